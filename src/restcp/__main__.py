@@ -1,0 +1,3 @@
+from restcp.cli import main
+
+raise SystemExit(main())

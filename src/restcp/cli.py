@@ -1,0 +1,208 @@
+"""``restcp serve`` and friends. Every flag has a RESTCP_* environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from restcp import __version__
+from restcp.errors import RestcpError
+from restcp.settings import Settings, parse_host_port, parse_ip, parse_port_range
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# --loop NAME -> "module:function" that runs a coroutine to completion; loaded lazily.
+LOOPS = {"uvloop": "uvloop:run", "asyncio": "asyncio:run"}
+
+DESCRIPTION = """\
+restcp: a REST-driven TCP proxy and layer-4 load balancer.
+
+Create a route through the HTTP API and restcp opens a TCP port for it; every client that
+connects is relayed to one of the route's backends, which you attach, replace and detach
+through the same API, live:
+
+  curl -XPUT http://localhost:8001/apps/123/routes
+  curl -XPUT -d '{"ip": "127.0.0.1", "port": 8888}' http://localhost:8001/apps/123/routes/1/backends
+"""
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"RESTCP_{name}", default)
+
+
+def _api_address(text: str) -> tuple[str, int]:
+    host, port = parse_host_port(text)
+    try:
+        host = parse_ip(host)
+    except ValueError:
+        try:  # a name such as "localhost": its first address
+            host = str(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0])
+        except OSError:
+            raise ValueError(f"cannot resolve API host {host!r}") from None
+    return host, port
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def _arg(parse: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    """Wrap a parser so argparse prints its message instead of a bare "invalid value"."""
+
+    def parse_arg(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{what}: {err}") from None
+
+    parse_arg.__name__ = what
+    return parse_arg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="restcp", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"restcp {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run a node: the API and the listeners of its routes",
+        description="Run a restcp node. Each flag also reads the RESTCP_* variable named.",
+    )
+    serve.add_argument(
+        "--api",
+        type=_arg(_api_address, "--api"),
+        default=_env("API", "127.0.0.1:8001"),
+        metavar="HOST:PORT",
+        help="where the HTTP API listens; port 0 picks a free one (RESTCP_API; %(default)s)",
+    )
+    serve.add_argument(
+        "--store",
+        default=_env("STORE", "sqlite:///restcp.db"),
+        metavar="URL",
+        help="sqlite:///PATH (relative), sqlite:////PATH (absolute) or memory:// "
+        "(RESTCP_STORE; %(default)s)",
+    )
+    serve.add_argument(
+        "--frontend-ip",
+        action="append",
+        type=_arg(parse_ip, "--frontend-ip"),
+        metavar="IP",
+        help="an address routes listen on; repeat for several, the first is the default "
+        "(RESTCP_FRONTEND_IP, comma-separated; 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--port-range",
+        type=_arg(parse_port_range, "--port-range"),
+        default=_env("PORT_RANGE", "10000-19999"),
+        metavar="LO-HI",
+        help="ports handed to routes that do not ask for one (RESTCP_PORT_RANGE; %(default)s)",
+    )
+    serve.add_argument(
+        "--connect-timeout",
+        type=_arg(_seconds, "--connect-timeout"),
+        default=_env("CONNECT_TIMEOUT", "5"),
+        metavar="SECONDS",
+        help="default time to connect to a backend (RESTCP_CONNECT_TIMEOUT; %(default)s)",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=_arg(_seconds, "--idle-timeout"),
+        default=_env("IDLE_TIMEOUT", "3600"),
+        metavar="SECONDS",
+        help="default time a silent connection is kept; 0 keeps it forever "
+        "(RESTCP_IDLE_TIMEOUT; %(default)s)",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=_arg(_seconds, "--drain-timeout"),
+        default=_env("DRAIN_TIMEOUT", "30"),
+        metavar="SECONDS",
+        help="on SIGTERM, how long open connections may finish (RESTCP_DRAIN_TIMEOUT; %(default)s)",
+    )
+    serve.add_argument(
+        "--resync-interval",
+        type=_arg(_seconds, "--resync-interval"),
+        default=_env("RESYNC_INTERVAL", "5"),
+        metavar="SECONDS",
+        help="how often the whole store is re-applied (RESTCP_RESYNC_INTERVAL; %(default)s)",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=_env("LOG_LEVEL", "info").lower(),
+        help="(RESTCP_LOG_LEVEL; %(default)s)",
+    )
+    serve.add_argument(
+        "--loop",
+        choices=("auto", *LOOPS),
+        default=_env("LOOP", "auto"),
+        help="event loop: uvloop where installed (RESTCP_LOOP; %(default)s)",
+    )
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    frontend_ips: Sequence[str] = args.frontend_ip or [
+        parse_ip(ip.strip()) for ip in _env("FRONTEND_IP", "127.0.0.1").split(",") if ip.strip()
+    ]
+    api_host, api_port = args.api
+    return Settings(
+        api_host=api_host,
+        api_port=api_port,
+        store=args.store,
+        frontend_ips=tuple(dict.fromkeys(frontend_ips)),
+        port_range=args.port_range,
+        log_level=args.log_level,
+        connect_timeout=args.connect_timeout,
+        idle_timeout=args.idle_timeout,
+        drain_timeout=args.drain_timeout,
+        resync_interval=args.resync_interval,
+    )
+
+
+def _runner(name: str) -> Callable[[Coroutine[Any, Any, None]], None]:
+    if name == "auto":
+        try:
+            return _runner("uvloop")
+        except ImportError:
+            return _runner("asyncio")
+    module, function = LOOPS[name].split(":")
+    run: Callable[[Coroutine[Any, Any, None]], None] = getattr(
+        importlib.import_module(module), function
+    )
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "serve":
+            # argparse applies type= to string defaults too, so env values are checked here.
+            settings = settings_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    from restcp.node import serve
+
+    try:
+        _runner(args.loop)(serve(settings))
+    except (RestcpError, OSError) as err:
+        logging.getLogger("restcp").error("cannot start: %s", err)
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""Sans-IO logic: pure, synchronous functions and state machines over model values."""

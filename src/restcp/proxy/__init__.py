@@ -1,0 +1,1 @@
+"""The data plane: listeners and relays on asyncio. Imports only core and model."""

@@ -1,0 +1,78 @@
+"""The node's listeners, keyed by route, and the one place reconcile actions are applied."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Iterable, Mapping
+
+from restcp.core.reconcile import Action, Start, Stop, Update
+from restcp.model import Route, RouteKey
+from restcp.proxy.listener import Listener, RelaySet, bind
+
+log = logging.getLogger("restcp.proxy")
+
+
+class ProxyManager:
+    def __init__(self) -> None:
+        self._listeners: dict[RouteKey, Listener] = {}
+        self.relays = RelaySet()
+        # Routes whose stored port could not be bound (another process holds it), by key.
+        self.unbound: dict[RouteKey, str] = {}
+
+    def running(self) -> Mapping[RouteKey, Route]:
+        return {key: listener.route for key, listener in self._listeners.items()}
+
+    async def serve(self, route: Route, sock: socket.socket) -> None:
+        """Serve ``route`` on a socket bound for it already."""
+        listener = Listener(route, sock, self.relays)
+        await listener.start()
+        self._listeners[route.key] = listener
+        self.unbound.pop(route.key, None)
+        log.info("listening app=%s route=%s url=%s", route.app, route.id, route.url)
+
+    async def apply(self, actions: Iterable[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Stop):
+                self.stop(action.key)
+            elif isinstance(action, Update):
+                self._listeners[action.route.key].update(action.route)
+            elif isinstance(action, Start):
+                await self._start(action.route)
+
+    async def _start(self, route: Route) -> None:
+        try:
+            sock = bind(route.frontend_ip, route.port)
+        except OSError as err:
+            if self.unbound.get(route.key) != str(err):
+                log.error(
+                    "cannot bind app=%s route=%s url=%s: %s", route.app, route.id, route.url, err
+                )
+            self.unbound[route.key] = str(err)
+            return
+        await self.serve(route, sock)
+
+    def stop(self, key: RouteKey) -> None:
+        self.unbound.pop(key, None)
+        listener = self._listeners.pop(key, None)
+        if listener is not None:
+            listener.stop()
+            log.info("stopped app=%s route=%s url=%s", key[0], key[1], listener.route.url)
+
+    async def shutdown(self, drain_timeout: float) -> None:
+        """Stop accepting everywhere, let relays finish up to the deadline, then reset them."""
+        for key in list(self._listeners):
+            self.stop(key)
+        if self.relays:
+            log.info("draining %d connections for up to %gs", len(self.relays), drain_timeout)
+            try:
+                async with asyncio.timeout(drain_timeout):
+                    await self.relays.wait_empty()
+            except TimeoutError:
+                log.warning("drain deadline passed: resetting %d connections", len(self.relays))
+                for relay in self.relays:
+                    relay.abort("shutdown")
+                # Aborted transports report on the next loop turns; wait for that, briefly.
+                async with asyncio.timeout(1.0):
+                    await self.relays.wait_empty()

@@ -1,0 +1,29 @@
+"""Stores of the desired state. Implementations load lazily by URL scheme, so a driver that
+is not installed costs nothing until a user asks for it."""
+
+from __future__ import annotations
+
+import importlib
+from urllib.parse import urlsplit
+
+from restcp.errors import InvalidSpec
+from restcp.store.base import AppInfo, Store
+
+__all__ = ["AppInfo", "Store", "open_store"]
+
+# scheme -> "module:factory"; each factory takes the URL and returns an opened Store.
+_IMPLEMENTATIONS = {
+    "sqlite": "restcp.store.sqlite:open_url",
+    "memory": "restcp.store.sqlite:open_url",
+}
+
+
+def open_store(url: str) -> Store:
+    scheme = urlsplit(url).scheme
+    target = _IMPLEMENTATIONS.get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in _IMPLEMENTATIONS)
+        raise InvalidSpec(f"unknown store URL {url!r}: expected one of {known}")
+    module_name, factory = target.split(":")
+    store: Store = getattr(importlib.import_module(module_name), factory)(url)
+    return store

@@ -1,0 +1,60 @@
+"""The Store protocol: the desired state every node follows, and the one shared truth.
+
+Every implementation keeps these rules, and tests/contract runs one suite against each:
+- ids count from 1 (routes per app, backends per route) and are never reused, even after a
+  delete, so an app exists from its first route on and keeps its counters;
+- every method is atomic: a failed call (NotFound, Conflict) changes nothing;
+- two routes never share a frontend address: ``create_route`` raises Conflict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from restcp.model import Backend, Route, RouteSettings
+
+
+@dataclass(frozen=True, slots=True)
+class AppInfo:
+    app: str
+    routes: int
+
+
+class Store(Protocol):
+    async def close(self) -> None:
+        """Release the connection; the store is unusable afterwards."""
+
+    async def list_apps(self) -> list[AppInfo]: ...
+
+    async def list_routes(self, app: str) -> list[Route]:
+        """The app's routes by id; NotFound if the app never had a route."""
+
+    async def all_routes(self) -> list[Route]:
+        """Every stored route of every app."""
+
+    async def get_route(self, app: str, route_id: int) -> Route: ...
+
+    async def create_route(
+        self, app: str, frontend_ip: str, port: int, settings: RouteSettings
+    ) -> Route:
+        """Store a route at an address its owner has bound; assigns the next id of the app."""
+
+    async def update_route(self, app: str, route_id: int, settings: RouteSettings) -> Route: ...
+
+    async def delete_route(self, app: str, route_id: int) -> None: ...
+
+    async def add_backend(self, app: str, route_id: int, ip: str, port: int) -> Backend: ...
+
+    async def replace_backend(
+        self, app: str, route_id: int, backend_id: int, ip: str, port: int
+    ) -> Backend: ...
+
+    async def delete_backend(self, app: str, route_id: int, backend_id: int) -> None: ...
+
+    async def ports_in_use(self, frontend_ip: str) -> set[int]: ...
+
+    async def get_port_cursor(self, frontend_ip: str) -> int | None:
+        """Where the owner of ``frontend_ip`` resumes handing out ports; None at first."""
+
+    async def set_port_cursor(self, frontend_ip: str, cursor: int) -> None: ...

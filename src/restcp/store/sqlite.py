@@ -1,0 +1,266 @@
+"""The embedded store: one SQLite database file (or memory), one connection.
+
+Calls run on the event loop's thread. Each is a single short transaction in WAL mode
+(synchronous=NORMAL: a commit survives ``kill -9``; only an OS crash may lose the last
+ones), so it costs tens of microseconds and never waits on another writer of this process:
+one connection serialises every write, which is why "database is locked" cannot surface from
+concurrent API requests. Another process on the same file waits up to ``busy_timeout``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from restcp.errors import Conflict, InvalidSpec, NotFound
+from restcp.model import Backend, Route, RouteSettings
+from restcp.store.base import AppInfo
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS apps (
+    app            TEXT PRIMARY KEY,
+    last_route_id  INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS routes (
+    app              TEXT NOT NULL REFERENCES apps(app),
+    id               INTEGER NOT NULL,
+    frontend_ip      TEXT NOT NULL,
+    port             INTEGER NOT NULL,
+    settings         TEXT NOT NULL,
+    last_backend_id  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (app, id),
+    UNIQUE (frontend_ip, port)
+);
+CREATE TABLE IF NOT EXISTS backends (
+    app       TEXT NOT NULL,
+    route_id  INTEGER NOT NULL,
+    id        INTEGER NOT NULL,
+    ip        TEXT NOT NULL,
+    port      INTEGER NOT NULL,
+    PRIMARY KEY (app, route_id, id),
+    FOREIGN KEY (app, route_id) REFERENCES routes(app, id) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS port_cursors (
+    frontend_ip  TEXT PRIMARY KEY,
+    cursor       INTEGER NOT NULL
+);
+"""
+
+
+def open_url(url: str) -> SqliteStore:
+    """``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or ``memory://``."""
+    if url.startswith("memory://"):
+        return SqliteStore(":memory:")
+    path = url.removeprefix("sqlite:///")
+    if not path or path == url:
+        raise InvalidSpec(f"store URL {url!r} names no file: use sqlite:///PATH")
+    return SqliteStore(path)
+
+
+class SqliteStore:
+    def __init__(self, path: str) -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        with self._write() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    async def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front, so a read-then-write never has to be
+        # upgraded (the upgrade is where SQLite reports "database is locked").
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def list_apps(self) -> list[AppInfo]:
+        rows = self._db.execute(
+            "SELECT apps.app, COUNT(routes.id) FROM apps "
+            "LEFT JOIN routes ON routes.app = apps.app GROUP BY apps.app ORDER BY apps.app"
+        ).fetchall()
+        return [AppInfo(app, count) for app, count in rows]
+
+    async def list_routes(self, app: str) -> list[Route]:
+        if self._db.execute("SELECT 1 FROM apps WHERE app = ?", (app,)).fetchone() is None:
+            raise NotFound(f"app {app!r} not found")
+        return self._routes(app)
+
+    async def all_routes(self) -> list[Route]:
+        return self._routes()
+
+    async def get_route(self, app: str, route_id: int) -> Route:
+        routes = self._routes(app, route_id)
+        if not routes:
+            raise NotFound(f"route {route_id} of app {app!r} not found")
+        return routes[0]
+
+    async def ports_in_use(self, frontend_ip: str) -> set[int]:
+        rows = self._db.execute("SELECT port FROM routes WHERE frontend_ip = ?", (frontend_ip,))
+        return {port for (port,) in rows}
+
+    async def get_port_cursor(self, frontend_ip: str) -> int | None:
+        row = self._db.execute(
+            "SELECT cursor FROM port_cursors WHERE frontend_ip = ?", (frontend_ip,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _routes(self, app: str | None = None, route_id: int | None = None) -> list[Route]:
+        """Routes with their backends: all, one app's, or one."""
+        params: tuple[Any, ...] = ()
+        route_where = backend_where = ""
+        if app is not None:
+            params = (app,)
+            route_where = backend_where = "WHERE app = ?"
+        if route_id is not None:
+            params += (route_id,)
+            route_where += " AND id = ?"
+            backend_where += " AND route_id = ?"
+        backends: dict[tuple[str, int], list[Backend]] = {}
+        for b_app, b_route_id, backend_id, ip, port in self._db.execute(
+            f"SELECT app, route_id, id, ip, port FROM backends {backend_where} "
+            "ORDER BY app, route_id, id",
+            params,
+        ):
+            backends.setdefault((b_app, b_route_id), []).append(Backend(backend_id, ip, port))
+        return [
+            Route(
+                app=r_app,
+                id=r_id,
+                frontend_ip=frontend_ip,
+                port=port,
+                settings=_load_settings(settings),
+                backends=tuple(backends.get((r_app, r_id), ())),
+            )
+            for r_app, r_id, frontend_ip, port, settings in self._db.execute(
+                "SELECT app, id, frontend_ip, port, settings FROM routes "
+                f"{route_where} ORDER BY app, id",
+                params,
+            )
+        ]
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def create_route(
+        self, app: str, frontend_ip: str, port: int, settings: RouteSettings
+    ) -> Route:
+        with self._write() as db:
+            taken = db.execute(
+                "SELECT app, id FROM routes WHERE frontend_ip = ? AND port = ?", (frontend_ip, port)
+            ).fetchone()
+            if taken is not None:
+                raise Conflict(
+                    f"port {port} of {frontend_ip} is already used by route {taken[1]} "
+                    f"of app {taken[0]!r}"
+                )
+            db.execute("INSERT OR IGNORE INTO apps (app) VALUES (?)", (app,))
+            (route_id,) = db.execute(
+                "UPDATE apps SET last_route_id = last_route_id + 1 WHERE app = ? "
+                "RETURNING last_route_id",
+                (app,),
+            ).fetchone()
+            db.execute(
+                "INSERT INTO routes (app, id, frontend_ip, port, settings) VALUES (?, ?, ?, ?, ?)",
+                (app, route_id, frontend_ip, port, _dump_settings(settings)),
+            )
+        return Route(app, route_id, frontend_ip, port, settings)
+
+    async def update_route(self, app: str, route_id: int, settings: RouteSettings) -> Route:
+        with self._write() as db:
+            self._require_route(app, route_id)
+            db.execute(
+                "UPDATE routes SET settings = ? WHERE app = ? AND id = ?",
+                (_dump_settings(settings), app, route_id),
+            )
+        return await self.get_route(app, route_id)
+
+    async def delete_route(self, app: str, route_id: int) -> None:
+        with self._write() as db:
+            self._require_route(app, route_id)
+            db.execute("DELETE FROM routes WHERE app = ? AND id = ?", (app, route_id))
+
+    async def add_backend(self, app: str, route_id: int, ip: str, port: int) -> Backend:
+        with self._write() as db:
+            self._require_route(app, route_id)
+            (backend_id,) = db.execute(
+                "UPDATE routes SET last_backend_id = last_backend_id + 1 "
+                "WHERE app = ? AND id = ? RETURNING last_backend_id",
+                (app, route_id),
+            ).fetchone()
+            db.execute(
+                "INSERT INTO backends (app, route_id, id, ip, port) VALUES (?, ?, ?, ?, ?)",
+                (app, route_id, backend_id, ip, port),
+            )
+        return Backend(backend_id, ip, port)
+
+    async def replace_backend(
+        self, app: str, route_id: int, backend_id: int, ip: str, port: int
+    ) -> Backend:
+        with self._write() as db:
+            self._require_backend(app, route_id, backend_id)
+            db.execute(
+                "UPDATE backends SET ip = ?, port = ? WHERE app = ? AND route_id = ? AND id = ?",
+                (ip, port, app, route_id, backend_id),
+            )
+        return Backend(backend_id, ip, port)
+
+    async def delete_backend(self, app: str, route_id: int, backend_id: int) -> None:
+        with self._write() as db:
+            self._require_backend(app, route_id, backend_id)
+            db.execute(
+                "DELETE FROM backends WHERE app = ? AND route_id = ? AND id = ?",
+                (app, route_id, backend_id),
+            )
+
+    async def set_port_cursor(self, frontend_ip: str, cursor: int) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO port_cursors (frontend_ip, cursor) VALUES (?, ?) "
+                "ON CONFLICT (frontend_ip) DO UPDATE SET cursor = excluded.cursor",
+                (frontend_ip, cursor),
+            )
+
+    def _require_route(self, app: str, route_id: int) -> None:
+        row = self._db.execute(
+            "SELECT 1 FROM routes WHERE app = ? AND id = ?", (app, route_id)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"route {route_id} of app {app!r} not found")
+
+    def _require_backend(self, app: str, route_id: int, backend_id: int) -> None:
+        self._require_route(app, route_id)
+        row = self._db.execute(
+            "SELECT 1 FROM backends WHERE app = ? AND route_id = ? AND id = ?",
+            (app, route_id, backend_id),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"backend {backend_id} of route {route_id} of app {app!r} not found")
+
+
+def _dump_settings(settings: RouteSettings) -> str:
+    return json.dumps(dataclasses.asdict(settings), sort_keys=True)
+
+
+def _load_settings(text: str) -> RouteSettings:
+    # Unknown keys are dropped so a database written by a newer restcp still loads.
+    known = {f.name for f in dataclasses.fields(RouteSettings)}
+    return RouteSettings(**{k: v for k, v in json.loads(text).items() if k in known})
