@@ -28,7 +28,13 @@ def parse_host_port(text: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     if not sep or not host:
         raise ValueError(f"{text!r} is not HOST:PORT")
-    host = host.removeprefix("[").removesuffix("]")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) == 2:
+            raise ValueError(f"{text!r} is not HOST:PORT: unbalanced or empty brackets")
+        host = host[1:-1]
+    elif ":" in host or "]" in host:
+        # Unbracketed, "::1:8001" could be ::1 on port 8001 or the address ::1:8001 alone.
+        raise ValueError(f"{text!r} is not HOST:PORT: put an IPv6 address in brackets, [::1]:8001")
     port = _port(port_text, allow_zero=True)
     return host, port
 
@@ -51,9 +57,11 @@ def parse_ip(text: str) -> str:
 
 
 def _port(text: str, *, allow_zero: bool = False) -> int:
-    if not text.isdigit():
+    # isdigit() alone admits "²" (int() then fails) and other scripts' digits such as "٨٠".
+    if not (text.isascii() and text.isdigit()):
         raise ValueError(f"{text!r} is not a port number")
     port = int(text)
-    if not (0 if allow_zero else 1) <= port <= 65535:
-        raise ValueError(f"port {port} is outside 1-65535")
+    lowest = 0 if allow_zero else 1
+    if not lowest <= port <= 65535:
+        raise ValueError(f"port {port} is outside {lowest}-65535")
     return port

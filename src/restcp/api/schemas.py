@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 from restcp.model import Balance
 
 Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
-Seconds = Annotated[float, Field(ge=0, le=86400 * 365, allow_inf_nan=False)]
-PositiveSeconds = Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)]
+Seconds = Annotated[float, Field(strict=True, ge=0, le=86400 * 365, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, Field(strict=True, gt=0, le=3600, allow_inf_nan=False)]
 
 
 def canonical_ip(value: str) -> str:

@@ -34,19 +34,27 @@ class RandomPicker:
 
 
 class RoundRobinPicker:
-    """Each new client goes to the next backend in id order; failover continues the cycle."""
+    """Each new client goes to the next backend in id order; failover continues the cycle.
+
+    The cursor is the id last handed out, not a position in the list: when a backend is
+    added or removed the positions shift, and a positional cursor would skip or repeat one.
+    """
 
     def __init__(self) -> None:
-        self._cursor = 0
+        self._last_id = 0
 
     def pick(self, backends: Sequence[Backend], tried: Collection[int]) -> Backend | None:
-        n = len(backends)
-        for _ in range(n):
-            backend = backends[self._cursor % n]
-            self._cursor += 1
-            if backend.id not in tried:
-                return backend
-        return None
+        left = [b for b in backends if b.id not in tried]
+        if not left:
+            return None
+        after = [b for b in left if b.id > self._last_id]
+        chosen = min(after or left, key=_by_id)
+        self._last_id = chosen.id
+        return chosen
+
+
+def _by_id(backend: Backend) -> int:
+    return backend.id
 
 
 def make_picker(balance: Balance, rng: random.Random | None = None) -> Picker:

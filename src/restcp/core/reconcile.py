@@ -37,13 +37,27 @@ Action = Start | Stop | Update
 
 
 def diff(desired: Mapping[RouteKey, Route], running: Mapping[RouteKey, Route]) -> list[Action]:
-    actions: list[Action] = [Stop(key) for key in running if key not in desired]
+    """Every Stop first, then Updates, then Starts.
+
+    A Start may need the address of a listener that is going away: a route re-created where a
+    deleted one was, or two routes whose ports swapped (a store wiped and refilled under a
+    running node). Stopping everything first means such a Start never finds it still bound.
+    """
+    stops: list[Action] = []
+    updates: list[Action] = []
+    starts: list[Action] = []
+    for key, serving in running.items():
+        wanted = desired.get(key)
+        if wanted is None or _address(wanted) != _address(serving):
+            stops.append(Stop(key))
     for key, route in desired.items():
         current = running.get(key)
-        if current is None:
-            actions.append(Start(route))
-        elif (current.frontend_ip, current.port) != (route.frontend_ip, route.port):
-            actions.extend((Stop(key), Start(route)))
+        if current is None or _address(route) != _address(current):
+            starts.append(Start(route))
         elif current != route:
-            actions.append(Update(route))
-    return actions
+            updates.append(Update(route))
+    return [*stops, *updates, *starts]
+
+
+def _address(route: Route) -> tuple[str, int]:
+    return route.frontend_ip, route.port

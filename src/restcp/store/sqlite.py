@@ -86,10 +86,26 @@ class SqliteStore:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # Also when COMMIT itself fails (disk full, I/O error): a transaction left open
+            # would make every later BEGIN fail on this connection.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One snapshot for reads of several statements, so that another process's commit
+        between them cannot pair one state's routes with another state's backends."""
+        if self._db.in_transaction:
+            yield self._db
+            return
+        self._db.execute("BEGIN")
+        try:
+            yield self._db
+        finally:
+            self._db.execute("COMMIT")
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -101,9 +117,10 @@ class SqliteStore:
         return [AppInfo(app, count) for app, count in rows]
 
     async def list_routes(self, app: str) -> list[Route]:
-        if self._db.execute("SELECT 1 FROM apps WHERE app = ?", (app,)).fetchone() is None:
-            raise NotFound(f"app {app!r} not found")
-        return self._routes(app)
+        with self._read() as db:
+            if db.execute("SELECT 1 FROM apps WHERE app = ?", (app,)).fetchone() is None:
+                raise NotFound(f"app {app!r} not found")
+            return self._routes(app)
 
     async def all_routes(self) -> list[Route]:
         return self._routes()
@@ -135,12 +152,19 @@ class SqliteStore:
             params += (route_id,)
             route_where += " AND id = ?"
             backend_where += " AND route_id = ?"
+        with self._read() as db:
+            backend_rows = db.execute(
+                f"SELECT app, route_id, id, ip, port FROM backends {backend_where} "
+                "ORDER BY app, route_id, id",
+                params,
+            ).fetchall()
+            route_rows = db.execute(
+                "SELECT app, id, frontend_ip, port, settings FROM routes "
+                f"{route_where} ORDER BY app, id",
+                params,
+            ).fetchall()
         backends: dict[tuple[str, int], list[Backend]] = {}
-        for b_app, b_route_id, backend_id, ip, port in self._db.execute(
-            f"SELECT app, route_id, id, ip, port FROM backends {backend_where} "
-            "ORDER BY app, route_id, id",
-            params,
-        ):
+        for b_app, b_route_id, backend_id, ip, port in backend_rows:
             backends.setdefault((b_app, b_route_id), []).append(Backend(backend_id, ip, port))
         return [
             Route(
@@ -151,11 +175,7 @@ class SqliteStore:
                 settings=_load_settings(settings),
                 backends=tuple(backends.get((r_app, r_id), ())),
             )
-            for r_app, r_id, frontend_ip, port, settings in self._db.execute(
-                "SELECT app, id, frontend_ip, port, settings FROM routes "
-                f"{route_where} ORDER BY app, id",
-                params,
-            )
+            for r_app, r_id, frontend_ip, port, settings in route_rows
         ]
 
     # -- writes --------------------------------------------------------------------------
@@ -191,7 +211,8 @@ class SqliteStore:
                 "UPDATE routes SET settings = ? WHERE app = ? AND id = ?",
                 (_dump_settings(settings), app, route_id),
             )
-        return await self.get_route(app, route_id)
+            # Read back in the same transaction: another process may delete it right after.
+            return self._routes(app, route_id)[0]
 
     async def delete_route(self, app: str, route_id: int) -> None:
         with self._write() as db:

@@ -1,0 +1,136 @@
+"""What only the SQLite store promises: its file format, and sharing a file between processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from restcp.errors import InvalidSpec
+from restcp.model import Backend, Route, RouteSettings
+from restcp.store import Store, open_store
+from tests.contract.conftest import SyncStore
+
+IP = "127.0.0.1"
+
+
+def raw(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """A statement on the file, from a connection of its own (another process, say)."""
+    with closing(sqlite3.connect(path)) as db, db:
+        return db.execute(sql, params).fetchall()
+
+
+def test_settings_with_unknown_or_missing_keys_still_load(
+    tmp_path: Path, open_url: Callable[[str], SyncStore]
+) -> None:
+    store = open_url(f"sqlite:///{tmp_path}/x.db")
+    store.create_route("a", IP, 10000, RouteSettings())
+    # As a newer restcp might have written it (a new knob), and without idle_timeout.
+    settings = {"balance": "round_robin", "connect_timeout": 2.0, "weights": {"1": 3}}
+    raw(tmp_path / "x.db", "UPDATE routes SET settings = ?", json.dumps(settings))
+    expected = RouteSettings(balance="round_robin", connect_timeout=2.0)
+    assert store.get_route("a", 1).settings == expected
+    store.close()
+    assert open_url(f"sqlite:///{tmp_path}/x.db").list_routes("a") == [
+        Route("a", 1, IP, 10000, expected)
+    ]
+
+
+def test_delete_route_leaves_no_backend_rows(
+    tmp_path: Path, open_url: Callable[[str], SyncStore]
+) -> None:
+    store = open_url(f"sqlite:///{tmp_path}/x.db")
+    store.create_route("a", IP, 10000, RouteSettings())
+    store.create_route("a", IP, 10001, RouteSettings())
+    for route_id in (1, 1, 2):
+        store.add_backend("a", route_id, IP, 9000)
+    store.delete_route("a", 1)
+    assert raw(tmp_path / "x.db", "SELECT app, route_id, id FROM backends") == [("a", 2, 1)]
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "postgres://db/x", "x.db"])
+def test_bad_store_urls(url: str) -> None:
+    with pytest.raises(InvalidSpec):
+        open_store(url)
+
+
+def test_two_stores_on_one_file_from_threads_never_report_locked(tmp_path: Path) -> None:
+    """Two processes sharing a file, as far as SQLite can tell: each write waits its turn
+    (busy_timeout) instead of failing with "database is locked", and ids stay distinct."""
+    url = f"sqlite:///{tmp_path}/x.db"
+    rounds = 150
+    start = threading.Barrier(2)
+    results: dict[int, list[tuple[int, int]]] = {}
+    errors: list[BaseException] = []
+
+    async def work(n: int, store: Store) -> list[tuple[int, int]]:
+        ids = []
+        for i in range(rounds):
+            route = await store.create_route("shared", IP, 10000 + 2 * i + n, RouteSettings())
+            backend = await store.add_backend("shared", 1, IP, 9000 + n)
+            await store.set_port_cursor(IP, i)
+            assert (await store.get_route("shared", route.id)).port == route.port
+            ids.append((route.id, backend.id))
+        return ids
+
+    def thread(n: int) -> None:
+        try:
+            start.wait(timeout=30)
+            # Opened at the same moment too: schema creation races as well.
+            store = open_store(url)
+            try:
+                results[n] = asyncio.run(work(n, store))
+            finally:
+                asyncio.run(store.close())
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=thread, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    route_ids = sorted(r for ids in results.values() for r, _ in ids)
+    backend_ids = sorted(b for ids in results.values() for _, b in ids)
+    assert route_ids == list(range(1, 2 * rounds + 1))
+    assert backend_ids == list(range(1, 2 * rounds + 1))
+    with closing(sqlite3.connect(tmp_path / "x.db")) as db:
+        assert db.execute("SELECT COUNT(*) FROM routes").fetchone() == (2 * rounds,)
+    store = open_store(url)
+    try:
+        route = asyncio.run(store.get_route("shared", 1))
+    finally:
+        asyncio.run(store.close())
+    assert len(route.backends) == 2 * rounds
+
+
+def test_a_read_is_one_snapshot(tmp_path: Path, open_url: Callable[[str], SyncStore]) -> None:
+    store = open_url(f"sqlite:///{tmp_path}/x.db")
+    store.create_route("a", IP, 10000, RouteSettings())
+    store.add_backend("a", 1, IP, 9000)
+    old = store.get_route("a", 1)
+    new = Route("a", 1, IP, 10000, RouteSettings("round_robin"), (Backend(1, IP, 9001),))
+    # White box: another writer commits between the store's SELECT of the backends and its
+    # SELECT of the routes, the window a read without a snapshot would mix two states in.
+    db: sqlite3.Connection = store.aio._db  # type: ignore[attr-defined]
+
+    def between(sql: str) -> None:
+        if sql.startswith("SELECT app, id, frontend_ip"):
+            db.set_trace_callback(None)
+            with closing(sqlite3.connect(tmp_path / "x.db")) as other, other:
+                other.execute("UPDATE backends SET port = 9001")
+                other.execute(
+                    "UPDATE routes SET settings = ?", (json.dumps({"balance": "round_robin"}),)
+                )
+
+    db.set_trace_callback(between)
+    assert store.get_route("a", 1) == old
+    assert store.get_route("a", 1) == new

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from restcp.api.schemas import BackendBody, RouteBody, RouteSettingsBody
+
+BAD_PORTS = ["80", 80.5, 80.0, True, None, 0, -1, 65536, [80], {"port": 80}]
+BAD_IPS = ["localhost", "example.com", "", "127.0.0.1:80", "[::1]", "127.1", 2130706433, None]
+
+
+def test_backend_body() -> None:
+    body = BackendBody.model_validate({"ip": "127.0.0.1", "port": 9999})
+    assert (body.ip, body.port) == ("127.0.0.1", 9999)
+    assert BackendBody.model_validate({"ip": "::1", "port": 1}).port == 1
+    assert BackendBody.model_validate({"ip": "::1", "port": 65535}).port == 65535
+
+
+@pytest.mark.parametrize("port", BAD_PORTS)
+def test_backend_port_must_be_an_integer_in_range(port: Any) -> None:
+    with pytest.raises(ValidationError) as err:
+        BackendBody.model_validate({"ip": "127.0.0.1", "port": port})
+    assert [e["loc"] for e in err.value.errors()] == [("port",)]
+
+
+@pytest.mark.parametrize("port", [p for p in BAD_PORTS if p is not None])
+def test_route_port_must_be_an_integer_in_range(port: Any) -> None:
+    with pytest.raises(ValidationError):
+        RouteBody.model_validate({"port": port})
+
+
+@pytest.mark.parametrize(
+    ("ip", "canonical"),
+    [
+        ("::0001", "::1"),
+        ("0:0:0:0:0:0:0:1", "::1"),
+        ("2001:DB8::1", "2001:db8::1"),
+        ("10.0.0.1", "10.0.0.1"),
+    ],
+)
+def test_ips_are_canonicalised(ip: str, canonical: str) -> None:
+    assert BackendBody.model_validate({"ip": ip, "port": 80}).ip == canonical
+    assert RouteBody.model_validate({"frontend_ip": ip}).frontend_ip == canonical
+
+
+@pytest.mark.parametrize("ip", BAD_IPS)
+def test_ip_must_be_an_ip_literal(ip: Any) -> None:
+    with pytest.raises(ValidationError) as err:
+        BackendBody.model_validate({"ip": ip, "port": 80})
+    assert [e["loc"] for e in err.value.errors()] == [("ip",)]
+
+
+@pytest.mark.parametrize("ip", [ip for ip in BAD_IPS if ip is not None])
+def test_frontend_ip_must_be_an_ip_literal(ip: Any) -> None:
+    with pytest.raises(ValidationError):
+        RouteBody.model_validate({"frontend_ip": ip})
+
+
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [
+        (BackendBody, {"ip": "127.0.0.1", "port": 80, "weight": 1}),
+        (RouteBody, {"prot": 80}),
+        (RouteBody, {"balance": "random", "backends": []}),
+        (RouteSettingsBody, {"port": 80}),  # a route's address cannot be changed
+        (RouteSettingsBody, {"frontend_ip": "127.0.0.1"}),
+    ],
+)
+def test_unknown_fields_are_rejected(model: Any, data: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        model.model_validate(data)
+
+
+def test_empty_route_body_is_valid() -> None:
+    body = RouteBody.model_validate({})
+    assert body.model_dump() == {
+        "port": None,
+        "frontend_ip": None,
+        "balance": None,
+        "connect_timeout": None,
+        "idle_timeout": None,
+    }
+    # null means "not given": the node picks the port and the frontend address.
+    assert RouteBody.model_validate({"port": None, "frontend_ip": None}) == body
+
+
+def test_route_settings() -> None:
+    body = RouteBody.model_validate(
+        {"port": 10001, "balance": "round_robin", "connect_timeout": 2.5, "idle_timeout": 0}
+    )
+    assert (body.port, body.balance, body.connect_timeout, body.idle_timeout) == (
+        10001,
+        "round_robin",
+        2.5,
+        0,
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"balance": "least_conn"},
+        {"balance": ""},
+        {"connect_timeout": 0},
+        {"connect_timeout": -1},
+        {"connect_timeout": 3601},
+        {"idle_timeout": -1},
+        {"idle_timeout": float("inf")},
+        {"idle_timeout": float("nan")},
+    ],
+)
+def test_bad_settings_are_rejected(data: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        RouteSettingsBody.model_validate(data)
+
+
+@pytest.mark.parametrize("value", [True, "5"])
+def test_timeouts_are_strict_numbers(value: Any) -> None:
+    with pytest.raises(ValidationError):
+        RouteSettingsBody.model_validate({"idle_timeout": value})
