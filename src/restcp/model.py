@@ -11,20 +11,53 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-Balance = Literal["random", "round_robin"]
-BALANCES: Final[tuple[Balance, ...]] = ("random", "round_robin")
+Balance = Literal["random", "round_robin", "least_conn", "two_choices", "source_hash"]
+AdminState = Literal["enabled", "drain", "disabled"]
+WhenAllDown = Literal["fail_fast", "try_all"]
+ProxyProtocol = Literal["v1", "v2"]
+# A backend's own PROXY protocol setting: None follows the route, "none" turns it off.
+BackendProxyProtocol = Literal["v1", "v2", "none"]
+Health = Literal["unknown", "up", "down"]
 
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_IDLE_TIMEOUT: Final = 3600.0
+DEFAULT_HALF_CLOSE_TIMEOUT: Final = 60.0
+MAX_WEIGHT: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
 class Backend:
-    """One address a route relays to."""
+    """One address a route relays to, and how much traffic it may take."""
 
     id: int
     ip: str
     port: int
+    # 0-256; a backend of weight 2 gets twice the new clients of one of weight 1; 0 gets none.
+    weight: int = 1
+    # enabled: takes traffic; drain: no new clients, open ones finish (or are closed after
+    # drain_timeout); disabled: no traffic and no health checks.
+    state: AdminState = "enabled"
+    drain_timeout: float | None = None
+    max_connections: int | None = None
+    proxy_protocol: BackendProxyProtocol | None = None
+
+    def replace(self, **changes: object) -> Backend:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """An active check, with HAProxy's defaults. ``send``/``expect`` make it a request/reply
+    probe; ``expect`` is a prefix of the reply, or ``re:PATTERN`` for a regular expression."""
+
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    send: str | None = None
+    expect: str | None = None
+    # The health a backend has before its first check; "unknown" takes traffic.
+    initial: Health = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +68,21 @@ class RouteSettings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     # Seconds a connection may stay silent both ways before it is closed; 0 disables.
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    # Off by default: a check opens connections the backend may not expect (a one-shot
+    # `ncat -l` would be used up by the first probe).
+    health_check: HealthCheck | None = None
+    when_all_down: WhenAllDown = "fail_fast"
+    # Open connections the route accepts at once; None is no limit.
+    max_connections: int | None = None
+    # Seconds a half-closed connection may wait for the other direction to end; 0 disables.
+    half_close_timeout: float = DEFAULT_HALF_CLOSE_TIMEOUT
+    # Backends tried for one client before it is closed (each a different backend).
+    max_connect_attempts: int = 3
+    proxy_protocol: ProxyProtocol | None = None
+    # Connect failures in a row on real traffic that mark a backend down; 0 turns it off.
+    passive_fall: int = 3
+    # Without active checks, seconds until a passively downed backend is tried again.
+    passive_cooldown: float = 10.0
 
     def replace(self, **changes: object) -> RouteSettings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -1,8 +1,9 @@
 """The store under test, once per implementation.
 
 Every test here runs against each URL of ``STORE_URLS``. A new implementation joins by
-adding an entry: a function from the test's tmp_path to a URL of a fresh, empty store
-(for Redis, e.g. a fresh key prefix or database number on a server the run provides).
+adding an entry: a function from the test's request and tmp_path to a URL of a fresh, empty
+store. Redis gets one real redis-server per session (tests/redis_server.py), flushed
+before each test that uses it.
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from restcp.store import Store, open_store
+from tests.redis_server import RedisServer
 
-STORE_URLS: dict[str, Callable[[Path], str]] = {
-    "memory": lambda tmp: "memory://",
-    "sqlite": lambda tmp: f"sqlite:///{tmp}/x.db",
+StoreUrl = Callable[[pytest.FixtureRequest, Path], str]
+STORE_URLS: dict[str, StoreUrl] = {
+    "memory": lambda request, tmp: "memory://",
+    "sqlite": lambda request, tmp: f"sqlite:///{tmp}/x.db",
+    "redis": lambda request, tmp: str(request.getfixturevalue("redis_url")),
 }
 # The stores whose data outlives the Store object that wrote it.
-DURABLE = ["sqlite"]
+DURABLE = ["sqlite", "redis"]
 
 
 class SyncStore:
@@ -89,12 +94,33 @@ def open_url(runner: asyncio.Runner) -> Iterator[Callable[[str], SyncStore]]:
 
 @pytest.fixture(params=list(STORE_URLS))
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return STORE_URLS[request.param](tmp_path)
+    return STORE_URLS[request.param](request, tmp_path)
 
 
 @pytest.fixture(params=DURABLE)
 def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return STORE_URLS[request.param](tmp_path)
+    return STORE_URLS[request.param](request, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One server for the session; a missing redis-server fails the tests that need it."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def raw_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client of the server's database 0, to look at keys the way an operator would."""
+    with redis.Redis(redis_server.host, redis_server.port, decode_responses=True) as client:
+        yield client
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer, raw_redis: redis.Redis) -> str:
+    """An empty database 0 under the default prefix."""
+    raw_redis.flushdb()
+    return redis_server.url()
 
 
 @pytest.fixture

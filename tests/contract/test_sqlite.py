@@ -49,7 +49,7 @@ def test_delete_route_leaves_no_backend_rows(
     store.create_route("a", IP, 10000, RouteSettings())
     store.create_route("a", IP, 10001, RouteSettings())
     for route_id in (1, 1, 2):
-        store.add_backend("a", route_id, IP, 9000)
+        store.add_backend("a", route_id, Backend(0, IP, 9000))
     store.delete_route("a", 1)
     assert raw(tmp_path / "x.db", "SELECT app, route_id, id FROM backends") == [("a", 2, 1)]
 
@@ -73,7 +73,7 @@ def test_two_stores_on_one_file_from_threads_never_report_locked(tmp_path: Path)
         ids = []
         for i in range(rounds):
             route = await store.create_route("shared", IP, 10000 + 2 * i + n, RouteSettings())
-            backend = await store.add_backend("shared", 1, IP, 9000 + n)
+            backend = await store.add_backend("shared", 1, Backend(0, IP, 9000 + n))
             await store.set_port_cursor(IP, i)
             assert (await store.get_route("shared", route.id)).port == route.port
             ids.append((route.id, backend.id))
@@ -115,7 +115,7 @@ def test_two_stores_on_one_file_from_threads_never_report_locked(tmp_path: Path)
 def test_a_read_is_one_snapshot(tmp_path: Path, open_url: Callable[[str], SyncStore]) -> None:
     store = open_url(f"sqlite:///{tmp_path}/x.db")
     store.create_route("a", IP, 10000, RouteSettings())
-    store.add_backend("a", 1, IP, 9000)
+    store.add_backend("a", 1, Backend(0, IP, 9000))
     old = store.get_route("a", 1)
     new = Route("a", 1, IP, 10000, RouteSettings("round_robin"), (Backend(1, IP, 9001),))
     # White box: another writer commits between the store's SELECT of the backends and its

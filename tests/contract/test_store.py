@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from restcp.errors import Conflict, NotFound
-from restcp.model import Backend, Route, RouteSettings
+from restcp.model import Backend, HealthCheck, Route, RouteSettings
 from restcp.store import AppInfo
 from tests.contract.conftest import SyncStore
 
@@ -37,9 +37,9 @@ def create(store: SyncStore, app: str, port: int, ip: str = IP, **settings: Any)
 def test_ids_count_from_one_per_app_and_per_route(store: SyncStore) -> None:
     assert [create(store, "a", p).id for p in (10000, 10001, 10002)] == [1, 2, 3]
     assert [create(store, "b", p).id for p in (10003, 10004)] == [1, 2]
-    assert [store.add_backend("a", 1, IP, 9000 + i).id for i in range(3)] == [1, 2, 3]
-    assert [store.add_backend("a", 2, IP, 9000 + i).id for i in range(2)] == [1, 2]
-    assert store.add_backend("b", 1, IP, 9000).id == 1
+    assert [store.add_backend("a", 1, Backend(0, IP, 9000 + i)).id for i in range(3)] == [1, 2, 3]
+    assert [store.add_backend("a", 2, Backend(0, IP, 9000 + i)).id for i in range(2)] == [1, 2]
+    assert store.add_backend("b", 1, Backend(0, IP, 9000)).id == 1
 
 
 def test_route_ids_are_never_reused(store: SyncStore) -> None:
@@ -60,13 +60,13 @@ def test_route_ids_are_never_reused(store: SyncStore) -> None:
 def test_backend_ids_are_never_reused(store: SyncStore) -> None:
     create(store, "a", 10000)
     for port in (9000, 9001, 9002):
-        store.add_backend("a", 1, IP, port)
+        store.add_backend("a", 1, Backend(0, IP, port))
     store.delete_backend("a", 1, 3)
     store.delete_backend("a", 1, 1)
-    assert store.add_backend("a", 1, IP, 9003).id == 4
+    assert store.add_backend("a", 1, Backend(0, IP, 9003)).id == 4
     store.delete_backend("a", 1, 2)
     store.delete_backend("a", 1, 4)
-    assert store.add_backend("a", 1, IP, 9004).id == 5
+    assert store.add_backend("a", 1, Backend(0, IP, 9004)).id == 5
     assert store.get_route("a", 1).backends == (Backend(5, IP, 9004),)
 
 
@@ -86,7 +86,7 @@ def test_list_routes(store: SyncStore) -> None:
     first = create(store, "a", 10000)
     second = create(store, "a", 10001, ip=IP6, balance="round_robin")
     create(store, "b", 10002)
-    store.add_backend("a", 2, IP6, 9000)
+    store.add_backend("a", 2, Backend(0, IP6, 9000))
     assert store.list_routes("a") == [
         first,
         Route("a", 2, IP6, 10001, second.settings, (Backend(1, IP6, 9000),)),
@@ -103,7 +103,9 @@ def test_get_route_has_its_backends_in_id_order(store: SyncStore) -> None:
     created = create(store, "a", 10000, connect_timeout=1.5)
     assert created == Route("a", 1, IP, 10000, DEFAULT.replace(connect_timeout=1.5))
     assert store.get_route("a", 1) == created
-    added = [store.add_backend("a", 1, ip, port) for ip, port in ((IP, 9001), (IP6, 9000))]
+    added = [
+        store.add_backend("a", 1, Backend(0, ip, port)) for ip, port in ((IP, 9001), (IP6, 9000))
+    ]
     assert added == [Backend(1, IP, 9001), Backend(2, IP6, 9000)]
     assert store.get_route("a", 1).backends == tuple(added)
 
@@ -125,7 +127,7 @@ def test_all_routes_spans_apps(store: SyncStore) -> None:
     a1 = create(store, "a", 10000)
     create(store, "b", 10001, ip=IP6)
     a2 = create(store, "a", 10002)
-    store.add_backend("b", 1, IP, 9000)
+    store.add_backend("b", 1, Backend(0, IP, 9000))
     b1 = Route("b", 1, IP6, 10001, DEFAULT, (Backend(1, IP, 9000),))
     assert sorted(store.all_routes(), key=lambda r: r.key) == [a1, a2, b1]
 
@@ -156,7 +158,7 @@ def test_port_cursors_are_per_frontend_ip(store: SyncStore) -> None:
 
 def test_update_route_settings_round_trip(store: SyncStore) -> None:
     create(store, "a", 10000)
-    store.add_backend("a", 1, IP, 9000)
+    store.add_backend("a", 1, Backend(0, IP, 9000))
     for settings in (
         RouteSettings(balance="round_robin", connect_timeout=0.25, idle_timeout=0.0),
         RouteSettings(balance="random", connect_timeout=3600.0, idle_timeout=86400.5),
@@ -178,22 +180,22 @@ def test_create_route_stores_its_settings(store: SyncStore) -> None:
 def test_replace_backend_keeps_its_id_and_place(store: SyncStore) -> None:
     create(store, "a", 10000)
     for port in (9000, 9001, 9002):
-        store.add_backend("a", 1, IP, port)
-    assert store.replace_backend("a", 1, 2, IP6, 9999) == Backend(2, IP6, 9999)
+        store.add_backend("a", 1, Backend(0, IP, port))
+    assert store.update_backend("a", 1, Backend(2, IP6, 9999)) == Backend(2, IP6, 9999)
     assert store.get_route("a", 1).backends == (
         Backend(1, IP, 9000),
         Backend(2, IP6, 9999),
         Backend(3, IP, 9002),
     )
     # Not a delete and re-add: the counter did not move.
-    assert store.add_backend("a", 1, IP, 9003).id == 4
+    assert store.add_backend("a", 1, Backend(0, IP, 9003)).id == 4
 
 
 def test_delete_route_cascades_to_its_backends_only(store: SyncStore) -> None:
     create(store, "a", 10000)
     create(store, "a", 10001)
-    store.add_backend("a", 1, IP, 9000)
-    store.add_backend("a", 2, IP, 9001)
+    store.add_backend("a", 1, Backend(0, IP, 9000))
+    store.add_backend("a", 2, Backend(0, IP, 9001))
     store.delete_route("a", 1)
     with pytest.raises(NotFound):
         store.get_route("a", 1)
@@ -206,8 +208,8 @@ def test_delete_route_cascades_to_its_backends_only(store: SyncStore) -> None:
 
 def test_delete_backend(store: SyncStore) -> None:
     create(store, "a", 10000)
-    store.add_backend("a", 1, IP, 9000)
-    store.add_backend("a", 1, IP, 9001)
+    store.add_backend("a", 1, Backend(0, IP, 9000))
+    store.add_backend("a", 1, Backend(0, IP, 9001))
     store.delete_backend("a", 1, 1)
     assert store.get_route("a", 1).backends == (Backend(2, IP, 9001),)
 
@@ -218,8 +220,8 @@ def test_delete_backend(store: SyncStore) -> None:
 def _populated(store: SyncStore) -> None:
     create(store, "a", 10000)
     create(store, "a", 10001, ip=IP6)
-    store.add_backend("a", 1, IP, 9000)
-    store.add_backend("a", 2, IP, 9001)
+    store.add_backend("a", 1, Backend(0, IP, 9000))
+    store.add_backend("a", 2, Backend(0, IP, 9001))
     store.delete_route("a", 2)
     store.set_port_cursor(IP, 10001)
 
@@ -233,12 +235,12 @@ UNKNOWN: list[tuple[str, Callable[[SyncStore], Any]]] = [
     ("delete unknown route", lambda s: s.delete_route("a", 9)),
     ("delete deleted route", lambda s: s.delete_route("a", 2)),
     ("delete route of unknown app", lambda s: s.delete_route("zz", 1)),
-    ("add backend to unknown route", lambda s: s.add_backend("a", 9, IP, 9000)),
-    ("add backend to deleted route", lambda s: s.add_backend("a", 2, IP, 9000)),
-    ("add backend to unknown app", lambda s: s.add_backend("zz", 1, IP, 9000)),
-    ("replace unknown backend", lambda s: s.replace_backend("a", 1, 9, IP, 9999)),
-    ("replace backend of unknown route", lambda s: s.replace_backend("a", 9, 1, IP, 9999)),
-    ("replace backend of deleted route", lambda s: s.replace_backend("a", 2, 1, IP, 9999)),
+    ("add backend to unknown route", lambda s: s.add_backend("a", 9, Backend(0, IP, 9000))),
+    ("add backend to deleted route", lambda s: s.add_backend("a", 2, Backend(0, IP, 9000))),
+    ("add backend to unknown app", lambda s: s.add_backend("zz", 1, Backend(0, IP, 9000))),
+    ("replace unknown backend", lambda s: s.update_backend("a", 1, Backend(9, IP, 9999))),
+    ("replace backend of unknown route", lambda s: s.update_backend("a", 9, Backend(1, IP, 9999))),
+    ("replace backend of deleted route", lambda s: s.update_backend("a", 2, Backend(1, IP, 9999))),
     ("delete unknown backend", lambda s: s.delete_backend("a", 1, 9)),
     ("delete backend of unknown route", lambda s: s.delete_backend("a", 9, 1)),
     ("delete backend of unknown app", lambda s: s.delete_backend("zz", 1, 1)),
@@ -255,7 +257,7 @@ def test_unknown_things_are_not_found_and_nothing_changes(
         call(store)
     assert snapshot(store) == before
     # The counters did not move either.
-    assert store.add_backend("a", 1, IP, 9002).id == 2
+    assert store.add_backend("a", 1, Backend(0, IP, 9002)).id == 2
     assert create(store, "a", 10002).id == 3
 
 
@@ -293,7 +295,7 @@ def test_concurrent_adds_get_distinct_ids(store: SyncStore) -> None:
     create(store, "a", 10000)
     create(store, "a", 10001)
     backends = store.gather(
-        *(store.aio.add_backend("a", 1 + i % 2, IP, 9000 + i) for i in range(60))
+        *(store.aio.add_backend("a", 1 + i % 2, Backend(0, IP, 9000 + i)) for i in range(60))
     )
     assert sorted(b.id for b in backends[0::2]) == list(range(1, 31))
     assert sorted(b.id for b in backends[1::2]) == list(range(1, 31))
@@ -325,10 +327,10 @@ def test_data_survives_reopening(durable_url: str, open_url: Callable[[str], Syn
     create(first, "a", 10000)
     create(first, "a", 10001, ip=IP6, balance="round_robin", idle_timeout=0.0)
     create(first, "b", 10002)
-    first.add_backend("a", 1, IP, 9000)
-    first.add_backend("a", 1, IP6, 9001)
-    first.add_backend("a", 2, IP, 9002)
-    first.replace_backend("a", 1, 1, IP, 9100)
+    first.add_backend("a", 1, Backend(0, IP, 9000))
+    first.add_backend("a", 1, Backend(0, IP6, 9001))
+    first.add_backend("a", 2, Backend(0, IP, 9002))
+    first.update_backend("a", 1, Backend(1, IP, 9100))
     first.delete_backend("a", 1, 2)
     first.delete_route("b", 1)
     first.set_port_cursor(IP, 10003)
@@ -339,4 +341,44 @@ def test_data_survives_reopening(durable_url: str, open_url: Callable[[str], Syn
     assert snapshot(second) == before
     # The counters came along too: nothing is reused after a restart.
     assert create(second, "b", 10002).id == 2
-    assert second.add_backend("a", 1, IP, 9003).id == 3
+    assert second.add_backend("a", 1, Backend(0, IP, 9003)).id == 3
+
+
+# -- settings round-trip --------------------------------------------------------------------
+
+
+def test_every_route_setting_round_trips(store: SyncStore) -> None:
+    check = HealthCheck(interval=0.5, timeout=0.25, rise=1, fall=5, send="PING\r\n", expect="+PONG")
+    settings = RouteSettings(
+        balance="source_hash",
+        connect_timeout=1.5,
+        idle_timeout=0,
+        health_check=check,
+        when_all_down="try_all",
+        max_connections=7,
+        half_close_timeout=3,
+        max_connect_attempts=2,
+        proxy_protocol="v2",
+        passive_fall=0,
+        passive_cooldown=4,
+    )
+    created = store.create_route("a", IP, 10000, settings)
+    assert store.get_route("a", 1) == created
+    assert store.get_route("a", 1).settings == settings
+    updated = store.update_route("a", 1, settings.replace(health_check=None, balance="least_conn"))
+    assert updated.settings.health_check is None
+    assert store.get_route("a", 1).settings == updated.settings
+
+
+def test_every_backend_setting_round_trips_and_update_replaces_them(store: SyncStore) -> None:
+    create(store, "a", 10000)
+    full = Backend(
+        0, IP, 9000, weight=7, state="drain", drain_timeout=2.5, max_connections=3,
+        proxy_protocol="none",
+    )  # fmt: skip
+    added = store.add_backend("a", 1, full)
+    assert added == full.replace(id=1)
+    assert store.get_route("a", 1).backends == (added,)
+    plain = store.update_backend("a", 1, Backend(1, IP6, 9001))
+    assert store.get_route("a", 1).backends == (plain,)
+    assert (plain.weight, plain.state, plain.proxy_protocol) == (1, "enabled", None)

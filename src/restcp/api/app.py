@@ -230,7 +230,7 @@ class Api:
     async def add_backend(self, request: web.Request) -> web.Response:
         route = await self._route(request)
         body = await parse_body(request, BackendBody)
-        backend = await self.store.add_backend(route.app, route.id, body.ip, body.port)
+        backend = await self.store.add_backend(route.app, route.id, Backend(0, body.ip, body.port))
         await self.owner.sync(route.key)
         location = f"/apps/{route.app}/routes/{route.id}/backends/{backend.id}"
         return _json({"id": backend.id}, 201, {"Location": location})
@@ -243,8 +243,8 @@ class Api:
         route = await self._route(request)
         backend_id = self._backend(route, request).id
         body = await parse_body(request, BackendBody)
-        backend = await self.store.replace_backend(
-            route.app, route.id, backend_id, body.ip, body.port
+        backend = await self.store.update_backend(
+            route.app, route.id, Backend(backend_id, body.ip, body.port)
         )
         await self.owner.sync(route.key)
         return _json(backend_json(backend))

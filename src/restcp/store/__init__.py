@@ -15,6 +15,9 @@ __all__ = ["AppInfo", "Store", "open_store"]
 _IMPLEMENTATIONS = {
     "sqlite": "restcp.store.sqlite:open_url",
     "memory": "restcp.store.sqlite:open_url",
+    "redis": "restcp.store.redis:open_url",
+    "rediss": "restcp.store.redis:open_url",
+    "redis+sentinel": "restcp.store.redis:open_url",
 }
 
 

@@ -44,11 +44,11 @@ class Store(Protocol):
 
     async def delete_route(self, app: str, route_id: int) -> None: ...
 
-    async def add_backend(self, app: str, route_id: int, ip: str, port: int) -> Backend: ...
+    async def add_backend(self, app: str, route_id: int, backend: Backend) -> Backend:
+        """Attach ``backend`` (its id is ignored) under the route's next backend id."""
 
-    async def replace_backend(
-        self, app: str, route_id: int, backend_id: int, ip: str, port: int
-    ) -> Backend: ...
+    async def update_backend(self, app: str, route_id: int, backend: Backend) -> Backend:
+        """Replace the backend of id ``backend.id``: address and settings."""
 
     async def delete_backend(self, app: str, route_id: int, backend_id: int) -> None: ...
 

@@ -9,9 +9,8 @@ concurrent API requests. Another process on the same file waits up to ``busy_tim
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,12 @@ from typing import Any
 from restcp.errors import Conflict, InvalidSpec, NotFound
 from restcp.model import Backend, Route, RouteSettings
 from restcp.store.base import AppInfo
+from restcp.store.codec import (
+    dump_backend_settings,
+    dump_route_settings,
+    load_backend,
+    load_route_settings,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
@@ -42,6 +47,7 @@ CREATE TABLE IF NOT EXISTS backends (
     id        INTEGER NOT NULL,
     ip        TEXT NOT NULL,
     port      INTEGER NOT NULL,
+    settings  TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (app, route_id, id),
     FOREIGN KEY (app, route_id) REFERENCES routes(app, id) ON DELETE CASCADE
 );
@@ -67,14 +73,19 @@ class SqliteStore:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # The busy timeout first: switching to WAL waits for other connections too.
+        self._db.execute("PRAGMA busy_timeout=5000")
+        _enable_wal(self._db)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
         with self._write() as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            # Databases from before backends had settings get the column.
+            columns = {row[1] for row in db.execute("PRAGMA table_info(backends)")}
+            if "settings" not in columns:
+                db.execute("ALTER TABLE backends ADD COLUMN settings TEXT NOT NULL DEFAULT '{}'")
 
     async def close(self) -> None:
         self._db.close()
@@ -154,7 +165,7 @@ class SqliteStore:
             backend_where += " AND route_id = ?"
         with self._read() as db:
             backend_rows = db.execute(
-                f"SELECT app, route_id, id, ip, port FROM backends {backend_where} "
+                f"SELECT app, route_id, id, ip, port, settings FROM backends {backend_where} "
                 "ORDER BY app, route_id, id",
                 params,
             ).fetchall()
@@ -164,15 +175,16 @@ class SqliteStore:
                 params,
             ).fetchall()
         backends: dict[tuple[str, int], list[Backend]] = {}
-        for b_app, b_route_id, backend_id, ip, port in backend_rows:
-            backends.setdefault((b_app, b_route_id), []).append(Backend(backend_id, ip, port))
+        for b_app, b_route_id, backend_id, ip, port, b_settings in backend_rows:
+            backend = load_backend(backend_id, ip, port, b_settings)
+            backends.setdefault((b_app, b_route_id), []).append(backend)
         return [
             Route(
                 app=r_app,
                 id=r_id,
                 frontend_ip=frontend_ip,
                 port=port,
-                settings=_load_settings(settings),
+                settings=load_route_settings(settings),
                 backends=tuple(backends.get((r_app, r_id), ())),
             )
             for r_app, r_id, frontend_ip, port, settings in route_rows
@@ -200,7 +212,7 @@ class SqliteStore:
             ).fetchone()
             db.execute(
                 "INSERT INTO routes (app, id, frontend_ip, port, settings) VALUES (?, ?, ?, ?, ?)",
-                (app, route_id, frontend_ip, port, _dump_settings(settings)),
+                (app, route_id, frontend_ip, port, dump_route_settings(settings)),
             )
         return Route(app, route_id, frontend_ip, port, settings)
 
@@ -209,7 +221,7 @@ class SqliteStore:
             self._require_route(app, route_id)
             db.execute(
                 "UPDATE routes SET settings = ? WHERE app = ? AND id = ?",
-                (_dump_settings(settings), app, route_id),
+                (dump_route_settings(settings), app, route_id),
             )
             # Read back in the same transaction: another process may delete it right after.
             return self._routes(app, route_id)[0]
@@ -219,7 +231,7 @@ class SqliteStore:
             self._require_route(app, route_id)
             db.execute("DELETE FROM routes WHERE app = ? AND id = ?", (app, route_id))
 
-    async def add_backend(self, app: str, route_id: int, ip: str, port: int) -> Backend:
+    async def add_backend(self, app: str, route_id: int, backend: Backend) -> Backend:
         with self._write() as db:
             self._require_route(app, route_id)
             (backend_id,) = db.execute(
@@ -227,22 +239,37 @@ class SqliteStore:
                 "WHERE app = ? AND id = ? RETURNING last_backend_id",
                 (app, route_id),
             ).fetchone()
+            backend = backend.replace(id=backend_id)
             db.execute(
-                "INSERT INTO backends (app, route_id, id, ip, port) VALUES (?, ?, ?, ?, ?)",
-                (app, route_id, backend_id, ip, port),
+                "INSERT INTO backends (app, route_id, id, ip, port, settings) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    app,
+                    route_id,
+                    backend_id,
+                    backend.ip,
+                    backend.port,
+                    dump_backend_settings(backend),
+                ),
             )
-        return Backend(backend_id, ip, port)
+        return backend
 
-    async def replace_backend(
-        self, app: str, route_id: int, backend_id: int, ip: str, port: int
-    ) -> Backend:
+    async def update_backend(self, app: str, route_id: int, backend: Backend) -> Backend:
         with self._write() as db:
-            self._require_backend(app, route_id, backend_id)
+            self._require_backend(app, route_id, backend.id)
             db.execute(
-                "UPDATE backends SET ip = ?, port = ? WHERE app = ? AND route_id = ? AND id = ?",
-                (ip, port, app, route_id, backend_id),
+                "UPDATE backends SET ip = ?, port = ?, settings = ? "
+                "WHERE app = ? AND route_id = ? AND id = ?",
+                (
+                    backend.ip,
+                    backend.port,
+                    dump_backend_settings(backend),
+                    app,
+                    route_id,
+                    backend.id,
+                ),
             )
-        return Backend(backend_id, ip, port)
+        return backend
 
     async def delete_backend(self, app: str, route_id: int, backend_id: int) -> None:
         with self._write() as db:
@@ -277,11 +304,16 @@ class SqliteStore:
             raise NotFound(f"backend {backend_id} of route {route_id} of app {app!r} not found")
 
 
-def _dump_settings(settings: RouteSettings) -> str:
-    return json.dumps(dataclasses.asdict(settings), sort_keys=True)
-
-
-def _load_settings(text: str) -> RouteSettings:
-    # Unknown keys are dropped so a database written by a newer restcp still loads.
-    known = {f.name for f in dataclasses.fields(RouteSettings)}
-    return RouteSettings(**{k: v for k, v in json.loads(text).items() if k in known})
+def _enable_wal(db: sqlite3.Connection) -> None:
+    """Switch to WAL. The switch needs a moment alone with the file and SQLite does not
+    apply the busy timeout to it, so a second process opening the same new file at the same
+    instant is retried here (briefly, at start only) rather than failing."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)

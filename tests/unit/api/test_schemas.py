@@ -101,7 +101,7 @@ def test_route_settings() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        {"balance": "least_conn"},
+        {"balance": "fastest"},
         {"balance": ""},
         {"connect_timeout": 0},
         {"connect_timeout": -1},
