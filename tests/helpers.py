@@ -94,7 +94,8 @@ class Node:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **(env or {})},
+            # A node that hangs is sent SIGABRT (see stop): faulthandler then logs where.
+            env={"PYTHONFAULTHANDLER": "1", **os.environ, **(env or {})},
             cwd=cwd,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -141,9 +142,28 @@ class Node:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        return code
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # Report the hang with the stacks of the hung process, and leave no process
+            # behind for the rest of the run.
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self._reader.join(timeout=5)
+            raise AssertionError(
+                f"restcp did not exit within {timeout}s of signal {sig}; log:\n"
+                + "\n".join(self.lines)
+            ) from None
+        finally:
+            self._reader.join(timeout=5)
+            # Left open, the pipe is closed by the garbage collector with a ResourceWarning,
+            # which this run turns into an error of whichever test happens to run then.
+            if self.proc.stderr is not None and not self._reader.is_alive():
+                self.proc.stderr.close()
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

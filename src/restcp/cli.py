@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -16,6 +17,7 @@ from restcp.errors import RestcpError
 from restcp.settings import Settings, parse_host_port, parse_ip, parse_port_range
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 # --loop NAME -> "module:function" that runs a coroutine to completion; loaded lazily.
 LOOPS = {"uvloop": "uvloop:run", "asyncio": "asyncio:run"}
@@ -146,13 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--loop",
         choices=("auto", *LOOPS),
-        default=_env("LOOP", "auto"),
+        default=_env("LOOP", "auto").lower(),
         help="event loop: uvloop where installed (RESTCP_LOOP; %(default)s)",
     )
     return parser
 
 
+def _check_choices(args: argparse.Namespace) -> None:
+    """argparse checks ``choices`` against the command line only, not against a default
+    taken from the environment; an unchecked value would fail later with a traceback."""
+    for name, value, choices in (
+        ("LOG_LEVEL", args.log_level, LOG_LEVELS),
+        ("LOOP", args.loop, ("auto", *LOOPS)),
+    ):
+        if value not in choices:
+            raise ValueError(f"RESTCP_{name}={value!r}: choose from {', '.join(choices)}")
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    _check_choices(args)
     frontend_ips: Sequence[str] = args.frontend_ip or [
         parse_ip(ip.strip()) for ip in _env("FRONTEND_IP", "127.0.0.1").split(",") if ip.strip()
     ]
@@ -198,11 +212,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    from restcp.node import serve
-
+    log = logging.getLogger("restcp")
+    # SIGTERM and SIGINT stay blocked (pending, not lost) until serve() has its handlers on
+    # the event loop and unblocks them. Delivered during the imports, a Ctrl-C is a
+    # KeyboardInterrupt that either escapes with a traceback or is swallowed by the module
+    # being imported (the node then runs on, deaf to the signal), and a SIGTERM kills.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        _runner(args.loop)(serve(settings))
+        log.info("starting restcp %s", __version__)
+        from restcp.node import serve
+
+        try:
+            run = _runner(args.loop)
+        except ImportError as err:
+            parser.error(f"--loop {args.loop}: {err}")
+        run(serve(settings))
     except (RestcpError, OSError) as err:
-        logging.getLogger("restcp").error("cannot start: %s", err)
+        log.error("cannot start: %s", err)
         return 1
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     return 0

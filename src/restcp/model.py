@@ -120,3 +120,14 @@ RouteKey = tuple[str, int]
 def format_host(ip: str) -> str:
     """An IP literal as it appears in a URL: IPv6 in brackets."""
     return f"[{ip}]" if ":" in ip else ip
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStatus:
+    """What the node serving a route observes of one backend (read-only in the API)."""
+
+    health: Health = "unknown"
+    # Wall-clock time (Unix seconds) and cause of the last health change.
+    health_changed_at: float | None = None
+    health_reason: str = ""
+    active_connections: int = 0

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -21,8 +22,8 @@ from aiohttp import web
 from restcp.api.app import build_app
 from restcp.core import ports
 from restcp.core.reconcile import diff
-from restcp.errors import Conflict, InvalidSpec, NotFound
-from restcp.model import Route, RouteKey, RouteSettings, format_host
+from restcp.errors import Conflict, InvalidSpec, NotFound, RestcpError, Unavailable
+from restcp.model import BackendStatus, Route, RouteKey, RouteSettings, format_host
 from restcp.proxy.listener import bind, is_address_taken
 from restcp.proxy.manager import ProxyManager
 from restcp.settings import Settings
@@ -36,7 +37,11 @@ class Node:
         self.settings = settings
         self.store = store
         self.proxy = ProxyManager()
-        self._provisioning = asyncio.Lock()
+        # Held by everything that reads the store and then changes listeners (creates, syncs,
+        # resyncs): each awaits in the middle (binding, starting a server), and another one
+        # acting on the state it read before would bind a port being bound, update a listener
+        # just stopped, or restart a route just deleted.
+        self._applying = asyncio.Lock()
         self._started = False
         self._runner: web.AppRunner | None = None
         self._resync_task: asyncio.Task[None] | None = None
@@ -57,8 +62,7 @@ class Node:
         if ip not in self.settings.frontend_ips:
             served = ", ".join(self.settings.frontend_ips)
             raise InvalidSpec(f"frontend_ip {ip} is not served by this node (it serves {served})")
-        # One creation at a time: the port search and the insert must not interleave.
-        async with self._provisioning:
+        async with self._applying:
             used = await self.store.ports_in_use(ip)
             if port is not None:
                 if port in used:
@@ -95,13 +99,17 @@ class Node:
         raise Conflict(f"no free port left in {lo}-{hi} on {ip}")
 
     async def sync(self, key: RouteKey) -> None:
-        try:
-            desired = {key: await self.store.get_route(*key)}
-        except NotFound:
-            desired = {}
-        current = self.proxy.running().get(key)
-        running = {} if current is None else {key: current}
-        await self.proxy.apply(diff(desired, running))
+        async with self._applying:
+            try:
+                desired = {key: await self.store.get_route(*key)}
+            except NotFound:
+                desired = {}
+            current = self.proxy.running().get(key)
+            running = {} if current is None else {key: current}
+            await self.proxy.apply(diff(desired, running))
+
+    def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]:
+        return self.proxy.backend_status(key)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         unbound = [
@@ -115,8 +123,9 @@ class Node:
 
     async def resync(self) -> None:
         """Make every listener match the store."""
-        desired = {r.key: r for r in await self.store.all_routes() if self._serves(r)}
-        await self.proxy.apply(diff(desired, self.proxy.running()))
+        async with self._applying:
+            desired = {r.key: r for r in await self.store.all_routes() if self._serves(r)}
+            await self.proxy.apply(diff(desired, self.proxy.running()))
 
     def _serves(self, route: Route) -> bool:
         return route.frontend_ip in self.settings.frontend_ips
@@ -145,14 +154,18 @@ class Node:
 
     async def stop(self) -> None:
         """uvicorn's order: stop the API and the listeners, drain the relays, close the store."""
-        if self._resync_task is not None:
-            self._resync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._resync_task
-        if self._runner is not None:
-            await self._runner.cleanup()
-        await self.proxy.shutdown(self.settings.drain_timeout)
-        await self.store.close()
+        try:
+            if self._resync_task is not None:
+                self._resync_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._resync_task
+            if self._runner is not None:
+                await self._runner.cleanup()
+            await self.proxy.shutdown(self.settings.drain_timeout)
+        finally:
+            # Whatever went wrong above, the store's last writes are flushed and its files
+            # released.
+            await self.store.close()
         log.info("stopped")
 
 
@@ -160,12 +173,26 @@ async def serve(settings: Settings) -> None:
     """Run a node until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in stop_signals:
         loop.add_signal_handler(sig, stopping.set)
-    node = Node(settings, open_store(settings.store))
+    # The CLI blocks them until this point, so one sent while it started is delivered now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+    node = Node(settings, _open_store(settings.store))
     try:
         await node.start()
         await stopping.wait()
         log.info("signal received: shutting down")
     finally:
         await node.stop()
+
+
+def _open_store(url: str) -> Store:
+    try:
+        return open_store(url)
+    except RestcpError:
+        raise
+    except Exception as err:
+        # A driver raises its own errors (sqlite3.DatabaseError for a file that is not a
+        # database); to someone starting a node they all mean one thing, said in one line.
+        raise Unavailable(f"cannot open store {url}: {err}") from err

@@ -7,23 +7,27 @@ is accepting, a deleted route's port refuses. Every error is an RFC 9457 problem
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from restcp.api.schemas import BackendBody, RouteBody, RouteSettingsBody
+from restcp.api.schemas import BackendBody, BackendPatchBody, RouteBody, RouteSettingsBody
 from restcp.errors import Conflict, InvalidSpec, NotFound, RestcpError, Unavailable
-from restcp.model import Backend, Route, RouteKey, RouteSettings
+from restcp.model import Backend, BackendStatus, HealthCheck, Route, RouteKey, RouteSettings
 from restcp.store import Store
 
 log = logging.getLogger("restcp.api")
 
 APP_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# ASCII digits only, and few enough that int() never meets Python's digit limit: str.isdigit()
+# accepts "²", which int() refuses.
+ID = re.compile(r"[0-9]{1,19}")
 MAX_ID = 2**63 - 1
 MAX_BODY = 64 * 1024
 
@@ -44,6 +48,9 @@ class Owner(Protocol):
     async def sync(self, key: RouteKey) -> None:
         """Make the listener of ``key`` match the store now."""
 
+    def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]:
+        """Health and load of a route's backends, by id (empty if nobody observes them)."""
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """(ready, details) for /healthz."""
 
@@ -51,23 +58,36 @@ class Owner(Protocol):
 # -- JSON shapes -------------------------------------------------------------------------
 
 
-def backend_json(backend: Backend) -> dict[str, Any]:
-    return {"ip": backend.ip, "port": backend.port, "id": backend.id}
+def backend_json(backend: Backend, status: BackendStatus | None = None) -> dict[str, Any]:
+    # The seed's fields first; status fields come from the node that serves the route.
+    status = status or BackendStatus()
+    return {
+        "ip": backend.ip,
+        "port": backend.port,
+        "id": backend.id,
+        "weight": backend.weight,
+        "state": backend.state,
+        "drain_timeout": backend.drain_timeout,
+        "max_connections": backend.max_connections,
+        "proxy_protocol": backend.proxy_protocol,
+        "health": status.health,
+        "health_changed_at": status.health_changed_at,
+        "health_reason": status.health_reason,
+        "active_connections": status.active_connections,
+    }
 
 
-def route_json(route: Route) -> dict[str, Any]:
+def route_json(route: Route, statuses: Mapping[int, BackendStatus]) -> dict[str, Any]:
     # The seed's fields first, in the seed's order; the rest after.
-    settings = route.settings
+    settings = dataclasses.asdict(route.settings)
     return {
         "id": route.id,
         "url": route.url,
-        "backends": [backend_json(b) for b in route.backends],
+        "backends": [backend_json(b, statuses.get(b.id)) for b in route.backends],
         "app": route.app,
         "frontend_ip": route.frontend_ip,
         "port": route.port,
-        "balance": settings.balance,
-        "connect_timeout": settings.connect_timeout,
-        "idle_timeout": settings.idle_timeout,
+        **settings,
     }
 
 
@@ -146,6 +166,9 @@ async def parse_body(request: web.Request, model: type[Body]) -> Body:
             data = json.loads(raw, parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as err:
             raise BadRequest(problem(400, f"request body is not valid JSON: {err}")) from None
+        except RecursionError:
+            # Nesting deep enough to exhaust the parser's stack fits in MAX_BODY.
+            raise BadRequest(problem(400, "request body is nested too deeply")) from None
     if not isinstance(data, dict):
         raise BadRequest(problem(400, "request body must be a JSON object"))
     try:
@@ -172,7 +195,7 @@ def path_app(request: web.Request) -> str:
 
 def path_id(request: web.Request, name: str, what: str) -> int:
     text = request.match_info[name]
-    if not text.isdigit() or not 1 <= int(text) <= MAX_ID:
+    if not ID.fullmatch(text) or not 1 <= int(text) <= MAX_ID:
         raise NotFound(f"{what} {text!r} not found")
     return int(text)
 
@@ -195,7 +218,7 @@ class Api:
 
     async def list_routes(self, request: web.Request) -> web.Response:
         routes = await self.store.list_routes(path_app(request))
-        return _json([route_json(r) for r in routes])
+        return _json([self._route_json(r) for r in routes])
 
     async def create_route(self, request: web.Request) -> web.Response:
         app = path_app(request)
@@ -203,11 +226,11 @@ class Api:
         settings = _merge(self.owner.route_defaults(), body)
         route = await self.owner.create_route(app, body.frontend_ip, body.port, settings)
         location = f"/apps/{app}/routes/{route.id}"
-        return _json(route_json(route), 201, {"Location": location})
+        return _json(self._route_json(route), 201, {"Location": location})
 
     async def get_route(self, request: web.Request) -> web.Response:
         app, route_id = path_app(request), path_id(request, "route", "route")
-        return _json(route_json(await self.store.get_route(app, route_id)))
+        return _json(self._route_json(await self.store.get_route(app, route_id)))
 
     async def patch_route(self, request: web.Request) -> web.Response:
         app, route_id = path_app(request), path_id(request, "route", "route")
@@ -215,7 +238,7 @@ class Api:
         route = await self.store.get_route(app, route_id)
         route = await self.store.update_route(app, route_id, _merge(route.settings, body))
         await self.owner.sync(route.key)
-        return _json(route_json(route))
+        return _json(self._route_json(route))
 
     async def delete_route(self, request: web.Request) -> web.Response:
         app, route_id = path_app(request), path_id(request, "route", "route")
@@ -225,29 +248,41 @@ class Api:
 
     async def list_backends(self, request: web.Request) -> web.Response:
         route = await self._route(request)
-        return _json([backend_json(b) for b in route.backends])
+        statuses = self.owner.backend_status(route.key)
+        return _json([backend_json(b, statuses.get(b.id)) for b in route.backends])
 
     async def add_backend(self, request: web.Request) -> web.Response:
         route = await self._route(request)
         body = await parse_body(request, BackendBody)
-        backend = await self.store.add_backend(route.app, route.id, Backend(0, body.ip, body.port))
+        backend = await self.store.add_backend(route.app, route.id, Backend(0, **body.model_dump()))
         await self.owner.sync(route.key)
         location = f"/apps/{route.app}/routes/{route.id}/backends/{backend.id}"
         return _json({"id": backend.id}, 201, {"Location": location})
 
     async def get_backend(self, request: web.Request) -> web.Response:
         route = await self._route(request)
-        return _json(backend_json(self._backend(route, request)))
+        backend = self._backend(route, request)
+        return _json(backend_json(backend, self.owner.backend_status(route.key).get(backend.id)))
 
     async def replace_backend(self, request: web.Request) -> web.Response:
         route = await self._route(request)
         backend_id = self._backend(route, request).id
         body = await parse_body(request, BackendBody)
         backend = await self.store.update_backend(
-            route.app, route.id, Backend(backend_id, body.ip, body.port)
+            route.app, route.id, Backend(backend_id, **body.model_dump())
         )
         await self.owner.sync(route.key)
-        return _json(backend_json(backend))
+        return _json(backend_json(backend, self.owner.backend_status(route.key).get(backend_id)))
+
+    async def patch_backend(self, request: web.Request) -> web.Response:
+        route = await self._route(request)
+        current = self._backend(route, request)
+        body = await parse_body(request, BackendPatchBody)
+        backend = await self.store.update_backend(
+            route.app, route.id, current.replace(**body.given())
+        )
+        await self.owner.sync(route.key)
+        return _json(backend_json(backend, self.owner.backend_status(route.key).get(backend.id)))
 
     async def delete_backend(self, request: web.Request) -> web.Response:
         route = await self._route(request)
@@ -255,6 +290,9 @@ class Api:
         await self.store.delete_backend(route.app, route.id, backend_id)
         await self.owner.sync(route.key)
         return web.Response(status=204)
+
+    def _route_json(self, route: Route) -> dict[str, Any]:
+        return route_json(route, self.owner.backend_status(route.key))
 
     async def _route(self, request: web.Request) -> Route:
         app, route_id = path_app(request), path_id(request, "route", "route")
@@ -271,11 +309,12 @@ class Api:
 
 
 def _merge(settings: RouteSettings, body: RouteSettingsBody) -> RouteSettings:
-    changes = {
-        name: value
-        for name in RouteSettingsBody.model_fields
-        if (value := getattr(body, name)) is not None
-    }
+    changes = body.given()
+    changes.pop("port", None)
+    changes.pop("frontend_ip", None)
+    check = changes.get("health_check")
+    if check is not None:
+        changes["health_check"] = HealthCheck(**check.model_dump())
     return settings.replace(**changes)
 
 
@@ -300,5 +339,6 @@ def build_app(store: Store, owner: Owner) -> web.Application:
     app.router.add_get(backend, api.get_backend)
     app.router.add_post(backend, api.replace_backend)
     app.router.add_put(backend, api.replace_backend)
+    app.router.add_patch(backend, api.patch_backend)
     app.router.add_delete(backend, api.delete_backend)
     return app

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Iterator
 
 from restcp.core.balancer import Picker, make_picker
-from restcp.model import Backend, Route
+from restcp.model import Backend, BackendStatus, Route
 from restcp.proxy.relay import Relay, client_factory
 
 BACKLOG = 1024
@@ -42,6 +42,25 @@ def is_address_taken(err: OSError) -> bool:
     return err.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
 
 
+class _Slot:
+    """A backend as the picker sees it: the address and its open connections (least_conn and
+    two_choices compare them)."""
+
+    __slots__ = ("active", "backend")
+
+    def __init__(self, backend: Backend, active: int = 0) -> None:
+        self.backend = backend
+        self.active = active
+
+    @property
+    def id(self) -> int:
+        return self.backend.id
+
+    @property
+    def weight(self) -> int:
+        return self.backend.weight
+
+
 class RouteRuntime:
     """What relays of one route read on every connection: backends, picker and settings."""
 
@@ -51,29 +70,50 @@ class RouteRuntime:
         self.route_id = route.id
         self.relays: set[Relay] = set()
         self.route = route
-        self.backends: tuple[Backend, ...] = route.backends
+        self._slots: dict[int, _Slot] = {b.id: _Slot(b) for b in route.backends}
+        self._candidates = tuple(self._slots.values())
         self.picker: Picker = make_picker(route.settings.balance)
         self.connect_timeout = route.settings.connect_timeout
         self.idle_timeout = route.settings.idle_timeout
+
+    @property
+    def backends(self) -> tuple[Backend, ...]:
+        return self.route.backends
 
     def update(self, route: Route) -> None:
         if route.settings.balance != self.route.settings.balance:
             self.picker = make_picker(route.settings.balance)
         self.route = route
-        self.backends = route.backends
+        # Open connections keep counting against a backend whose address or weight changed.
+        old = self._slots
+        self._slots = {
+            b.id: _Slot(b, old[b.id].active if b.id in old else 0) for b in route.backends
+        }
+        self._candidates = tuple(self._slots.values())
         self.connect_timeout = route.settings.connect_timeout
         self.idle_timeout = route.settings.idle_timeout
 
-    def pick(self, tried: set[int]) -> Backend | None:
-        return self.picker.pick(self.backends, tried)
+    def backend_status(self) -> dict[int, BackendStatus]:
+        return {i: BackendStatus(active_connections=s.active) for i, s in self._slots.items()}
+
+    def pick(self, tried: set[int], key: bytes) -> Backend | None:
+        slot = self.picker.pick(self._candidates, tried, key)
+        return None if slot is None else slot.backend
 
     def started(self, relay: Relay) -> None:
         self.relays.add(relay)
         self._all.add(relay)
 
+    def connected(self, relay: Relay) -> None:
+        if relay.backend is not None and (slot := self._slots.get(relay.backend.id)):
+            slot.active += 1
+
     def finished(self, relay: Relay) -> None:
         self.relays.discard(relay)
         self._all.discard(relay)
+        # Only relays that reached a backend were counted, and a relay reports once.
+        if relay.backend is not None and (slot := self._slots.get(relay.backend.id)):
+            slot.active = max(0, slot.active - 1)
 
 
 class RelaySet:
@@ -96,10 +136,14 @@ class RelaySet:
         self._relays.discard(relay)
         if not self._relays and self._empty is not None:
             self._empty.set()
+            self._empty = None
 
     async def wait_empty(self) -> None:
-        if self._relays:
-            self._empty = asyncio.Event()
+        # One event shared by every waiter, made on demand: the set may empty and fill again
+        # between a wake-up and the check, hence the loop.
+        while self._relays:
+            if self._empty is None:
+                self._empty = asyncio.Event()
             await self._empty.wait()
 
 
@@ -120,12 +164,7 @@ class Listener:
         runtime = self.runtime
         make_client = client_factory(runtime, loop)
 
-        def accept() -> asyncio.Protocol:
-            protocol = make_client()
-            runtime.started(protocol.relay)
-            return protocol
-
-        self._server = await loop.create_server(accept, sock=self._sock, backlog=BACKLOG)
+        self._server = await loop.create_server(make_client, sock=self._sock, backlog=BACKLOG)
 
     def update(self, route: Route) -> None:
         self.runtime.update(route)

@@ -8,7 +8,7 @@ import socket
 from collections.abc import Iterable, Mapping
 
 from restcp.core.reconcile import Action, Start, Stop, Update
-from restcp.model import Route, RouteKey
+from restcp.model import BackendStatus, Route, RouteKey
 from restcp.proxy.listener import Listener, RelaySet, bind
 
 log = logging.getLogger("restcp.proxy")
@@ -20,6 +20,10 @@ class ProxyManager:
         self.relays = RelaySet()
         # Routes whose stored port could not be bound (another process holds it), by key.
         self.unbound: dict[RouteKey, str] = {}
+
+    def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]:
+        listener = self._listeners.get(key)
+        return {} if listener is None else listener.runtime.backend_status()
 
     def running(self) -> Mapping[RouteKey, Route]:
         return {key: listener.route for key, listener in self._listeners.items()}

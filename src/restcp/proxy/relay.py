@@ -1,6 +1,6 @@
 """One client <-> backend pipe.
 
-    client ──► _ClientSide.data_received ──► backend transport.write ──► backend
+    client ──► ClientSide.data_received ──► backend transport.write ──► backend
     client ◄── client transport.write ◄── _BackendSide.data_received ◄── backend
 
 Flow control: when a side's transport buffer passes its high-water mark, asyncio calls
@@ -10,11 +10,21 @@ per connection stays bounded whatever the two peers do.
 
 Half-close: ``eof_received`` returns True to keep the transport open and forwards the FIN
 with ``write_eof`` (shutdown(SHUT_WR) once the buffer is flushed); the other direction keeps
-flowing. The pipe closes when both directions have ended, or at once, with a reset of the
-other side, when either peer resets.
+flowing. A side that has sent its FIN is never paused or resumed again: resuming a reader
+past EOF makes both loops read the EOF a second time. The pipe closes when both directions
+have ended, or at once, with a reset of the other side, when either peer resets.
 
 Until a backend accepts, the client is not read: nothing is buffered for a backend that may
-never come. The connect attempt runs in a task the Relay owns and cancels.
+never come. asyncio honours the ``pause_reading`` in ``connection_made``; uvloop starts
+reading right after ``connection_made`` returns, so the first chunk that arrives early is
+held (one read, at most 256 KiB) and reading paused from there. The connect attempt runs in
+a task the Relay owns and cancels.
+
+Ending: the first reason recorded is the one logged. A graceful end closes both transports
+after their buffers flush; the idle timer keeps running until both are gone, so a peer that
+stops reading cannot hold a closing pipe open for ever: it is reset after ``idle_timeout``
+without progress. Each relay logs one access line, once both transports are lost and no
+connect is running.
 """
 
 from __future__ import annotations
@@ -30,7 +40,8 @@ from typing import Protocol, cast
 
 from restcp.model import Backend
 
-log = logging.getLogger("restcp.access")
+log = logging.getLogger("restcp.proxy")
+access_log = logging.getLogger("restcp.access")
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -43,7 +54,11 @@ class RouteContext(Protocol):
     connect_timeout: float
     idle_timeout: float
 
-    def pick(self, tried: set[int]) -> Backend | None: ...
+    def pick(self, tried: set[int], key: bytes) -> Backend | None: ...
+
+    def started(self, relay: Relay) -> None: ...
+
+    def connected(self, relay: Relay) -> None: ...
 
     def finished(self, relay: Relay) -> None: ...
 
@@ -52,14 +67,18 @@ class Relay:
     """The state of one pipe. It ends once both transports are lost and no connect is running."""
 
     __slots__ = (
+        "_attempt",
         "_backend",
+        "_backend_full",
         "_client",
+        "_client_full",
         "_connect_task",
+        "_early",
         "_idle_handle",
         "_last_activity",
         "_loop",
-        "_open",
         "_reported",
+        "_sides",
         "_started",
         "backend",
         "backend_eof",
@@ -78,7 +97,14 @@ class Relay:
         self._backend: asyncio.Transport | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
-        self._open = 0  # transports made and not yet lost
+        # Set between pause_writing and resume_writing of that side's transport.
+        self._client_full = False
+        self._backend_full = False
+        self._early = b""  # client bytes that arrived before the backend connected
+        # Backend connections made and not yet lost: the current one, and any attempt that
+        # came up too late to be used and is being reset.
+        self._sides: set[_BackendSide] = set()
+        self._attempt: _BackendSide | None = None  # the create_connection in progress
         self._reported = False
         self._started = time.monotonic()
         self._last_activity = loop.time()
@@ -90,14 +116,25 @@ class Relay:
         self.backend_eof = False
         self.end_reason: str | None = None
 
+    @property
+    def client_transport(self) -> asyncio.Transport | None:
+        return self._client
+
+    @property
+    def backend_transport(self) -> asyncio.Transport | None:
+        return self._backend
+
     # -- setting up ----------------------------------------------------------------------
 
     def client_made(self, transport: asyncio.Transport) -> None:
         self._client = transport
-        self._open += 1
+        # Registered here, not when the protocol is built: connection_made is what promises
+        # a connection_lost, so a relay that is counted always reports.
+        self.route.started(self)
         peer = transport.get_extra_info("peername")
         self.client_addr = (peer[0], peer[1]) if peer else None
-        transport.pause_reading()
+        _set_nodelay(transport)
+        self._flow()
         task = self._loop.create_task(self._connect())
         task.add_done_callback(self._connect_done)
         self._connect_task = task
@@ -106,14 +143,24 @@ class Relay:
 
     async def _connect(self) -> None:
         tried: set[int] = set()
-        while (backend := self.route.pick(tried)) is not None:
+        key = self.client_addr[0].encode() if self.client_addr else b""
+        while (backend := self.route.pick(tried, key)) is not None:
             tried.add(backend.id)
+            side = self._attempt = _BackendSide(self)
             try:
                 async with asyncio.timeout(self.route.connect_timeout):
-                    await self._loop.create_connection(
-                        lambda: _BackendSide(self), backend.ip, backend.port
-                    )
-            except (OSError, TimeoutError) as err:
+                    await self._loop.create_connection(side.itself, backend.ip, backend.port)
+            except BaseException as err:
+                self._attempt = None
+                if side.transport is not None:
+                    # connection_made ran, then the attempt was cancelled (by _end, or by the
+                    # timeout as the connection came up). uvloop then closes the transport
+                    # without ever calling connection_lost, so the side is counted lost here.
+                    # Early bytes may have gone to it: no failover, the relay ends with a reset.
+                    side.drop()
+                    raise
+                if not isinstance(err, OSError | TimeoutError):
+                    raise
                 log.warning(
                     "connect failed app=%s route=%s backend=%s addr=%s:%s error=%s",
                     self.route.app,
@@ -121,27 +168,39 @@ class Relay:
                     backend.id,
                     backend.ip,
                     backend.port,
-                    err or "timeout",
+                    str(err) or type(err).__name__,
                 )
                 continue
+            self._attempt = None
             self.backend = backend
+            self.route.connected(self)
             return
         self._end("no_backend")
 
-    def _connect_done(self, _task: asyncio.Task[None]) -> None:
+    def _connect_done(self, task: asyncio.Task[None]) -> None:
         self._connect_task = None
+        if not task.cancelled() and (err := task.exception()) is not None:
+            if not isinstance(err, OSError | TimeoutError):
+                log.error("relay connect failed unexpectedly", exc_info=err)
+            self._end("connect_failed", reset=True)
         self._maybe_report()
 
-    def backend_made(self, transport: asyncio.Transport) -> None:
+    def backend_made(self, side: _BackendSide, transport: asyncio.Transport) -> None:
+        self._sides.add(side)
+        _set_nodelay(transport)
+        if side is not self._attempt or self._client is None or self.end_reason is not None:
+            # asyncio may run connection_made after create_connection was cancelled; or the
+            # client went away while we were connecting.
+            _reset(transport)
+            return
         self._backend = transport
-        self._open += 1
-        client = self._client
-        if client is None or self.end_reason is not None:
-            transport.close()  # the client went away while we were connecting
-        elif self.client_eof:
+        if self._early:
+            # May pass the high-water mark and mark the backend full before _flow runs.
+            transport.write(self._early)
+            self._early = b""
+        if self.client_eof:
             transport.write_eof()
-        else:
-            client.resume_reading()
+        self._flow()
 
     # -- data and EOF --------------------------------------------------------------------
 
@@ -150,6 +209,9 @@ class Relay:
         self._last_activity = self._loop.time()
         if self._backend is not None:
             self._backend.write(data)
+        elif self.end_reason is None:
+            self._early += data
+            self._flow()
 
     def from_backend(self, data: bytes) -> None:
         self.bytes_down += len(data)
@@ -173,57 +235,75 @@ class Relay:
 
     # -- flow control: a full buffer towards one peer stops reads from the other ---------
 
-    def pause_backend(self) -> None:
-        if self._backend is not None and not self._backend.is_closing():
-            self._backend.pause_reading()
+    def client_full(self, full: bool) -> None:
+        self._client_full = full
+        if not full:
+            self._last_activity = self._loop.time()  # the client is reading: progress
+        self._flow()
 
-    def resume_backend(self) -> None:
-        if self._backend is not None and not self._backend.is_closing():
-            self._backend.resume_reading()
+    def backend_full(self, full: bool) -> None:
+        self._backend_full = full
+        if not full:
+            self._last_activity = self._loop.time()
+        self._flow()
 
-    def pause_client(self) -> None:
-        if self._client is not None and not self._client.is_closing():
-            self._client.pause_reading()
-
-    def resume_client(self) -> None:
-        if self._client is not None and not self._client.is_closing():
-            self._client.resume_reading()
+    def _flow(self) -> None:
+        """Read each side exactly when what it sends has somewhere to go."""
+        client, backend = self._client, self._backend
+        if client is not None and not self.client_eof and not client.is_closing():
+            if backend is not None and not self._backend_full:
+                client.resume_reading()
+            else:
+                client.pause_reading()
+        if backend is not None and not self.backend_eof and not backend.is_closing():
+            if self._client_full:
+                backend.pause_reading()
+            else:
+                backend.resume_reading()
 
     # -- ending --------------------------------------------------------------------------
 
     def client_lost(self, exc: Exception | None) -> None:
         self._client = None
-        self._open -= 1
         if self.end_reason is None:
             self._end("client_reset" if exc else "client_closed", reset=exc is not None)
         self._maybe_report()
 
-    def backend_lost(self, exc: Exception | None) -> None:
-        self._backend = None
-        self._open -= 1
-        if self.end_reason is None:
-            self._end("backend_reset" if exc else "backend_closed", reset=exc is not None)
+    def backend_lost(self, side: _BackendSide, exc: Exception | None) -> None:
+        self._sides.discard(side)
+        if side.transport is self._backend:
+            self._backend = None
+            if self.end_reason is None:
+                self._end("backend_reset" if exc else "backend_closed", reset=exc is not None)
         self._maybe_report()
 
     def _check_idle(self) -> None:
-        remaining = self.route.idle_timeout - (self._loop.time() - self._last_activity)
+        self._idle_handle = None
+        timeout = self.route.idle_timeout
+        if timeout <= 0:
+            return  # disabled by a route update since this relay started
+        remaining = timeout - (self._loop.time() - self._last_activity)
         if remaining > 0:
             self._idle_handle = self._loop.call_later(remaining, self._check_idle)
-        else:
-            self._idle_handle = None
-            self._end("idle_timeout")
+            return
+        # Data stuck in a buffer means a peer stopped reading: a graceful close would wait on
+        # it for ever, and so would a pipe that is closing already.
+        stuck = self.end_reason is not None or any(
+            t is not None and t.get_write_buffer_size() for t in (self._client, self._backend)
+        )
+        self._end("idle_timeout", reset=stuck)
+        if self._client is not None or self._sides:
+            self._last_activity = self._loop.time()
+            self._idle_handle = self._loop.call_later(timeout, self._check_idle)
 
     def abort(self, reason: str) -> None:
-        """Reset both sides now (shutdown past its drain deadline)."""
-        if self.end_reason is None:
-            self._end(reason, reset=True)
+        """Reset both sides now (shutdown past its drain deadline), even mid-close."""
+        self._end(reason, reset=True)
 
     def _end(self, reason: str, *, reset: bool = False) -> None:
         """Close both sides: gracefully (buffers flushed first) or with a reset."""
-        self.end_reason = reason
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
+        if self.end_reason is None:
+            self.end_reason = reason
         task = self._connect_task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -231,16 +311,24 @@ class Relay:
             if transport is not None:
                 if reset:
                     _reset(transport)
-                else:
+                elif not transport.is_closing():
                     transport.close()
 
     def _maybe_report(self) -> None:
-        if self._open or self._connect_task is not None or self._reported:
+        if (
+            self._client is not None
+            or self._sides
+            or self._connect_task is not None
+            or self._reported
+        ):
             return
         self._reported = True
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
         route = self.route
         backend = self.backend
-        log.info(
+        access_log.info(
             "app=%s route=%s client=%s backend=%s bytes_up=%d bytes_down=%d duration=%.3f end=%s",
             route.app,
             route.route_id,
@@ -254,10 +342,20 @@ class Relay:
         route.finished(self)
 
 
+def _set_nodelay(transport: asyncio.Transport) -> None:
+    # Both loops set it on TCP transports today; a relay of interactive protocols must not
+    # depend on that, and the check costs one syscall per connection.
+    sock: socket.socket | None = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _reset(transport: asyncio.Transport) -> None:
     sock: socket.socket | None = transport.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):
+        # ValueError: uvloop's stand-in socket of a transport whose fd is closed already.
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     transport.abort()
 
@@ -280,23 +378,32 @@ class ClientSide(asyncio.Protocol):
 
     # Our write buffer to the client is full: stop reading the backend until it drains.
     def pause_writing(self) -> None:
-        self.relay.pause_backend()
+        self.relay.client_full(True)
 
     def resume_writing(self) -> None:
-        self.relay.resume_backend()
+        self.relay.client_full(False)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.relay.client_lost(exc)
 
 
 class _BackendSide(asyncio.Protocol):
-    __slots__ = ("relay",)
+    """One connection attempt to a backend; it reports its loss to the relay once."""
+
+    __slots__ = ("gone", "relay", "transport")
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
+        self.transport: asyncio.Transport | None = None
+        self.gone = False
+
+    def itself(self) -> _BackendSide:
+        """The protocol factory of this attempt: the relay must know which side is which."""
+        return self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.relay.backend_made(cast(asyncio.Transport, transport))
+        self.transport = cast(asyncio.Transport, transport)
+        self.relay.backend_made(self, self.transport)
 
     def data_received(self, data: bytes) -> None:
         self.relay.from_backend(data)
@@ -306,13 +413,22 @@ class _BackendSide(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
-        self.relay.pause_client()
+        self.relay.backend_full(True)
 
     def resume_writing(self) -> None:
-        self.relay.resume_client()
+        self.relay.backend_full(False)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.relay.backend_lost(exc)
+        if not self.gone:
+            self.gone = True
+            self.relay.backend_lost(self, exc)
+
+    def drop(self) -> None:
+        """Reset and count as lost now: the loop may not call connection_lost (see _connect)."""
+        if not self.gone and self.transport is not None:
+            _reset(self.transport)
+            self.gone = True
+            self.relay.backend_lost(self, ConnectionAbortedError("connect cancelled"))
 
 
 def client_factory(

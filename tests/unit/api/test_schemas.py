@@ -5,7 +5,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from restcp.api.schemas import BackendBody, RouteBody, RouteSettingsBody
+from restcp.api.schemas import (
+    BackendBody,
+    BackendPatchBody,
+    HealthCheckBody,
+    RouteBody,
+    RouteSettingsBody,
+)
 
 BAD_PORTS = ["80", 80.5, 80.0, True, None, 0, -1, 65536, [80], {"port": 80}]
 BAD_IPS = ["localhost", "example.com", "", "127.0.0.1:80", "[::1]", "127.1", 2130706433, None]
@@ -61,7 +67,9 @@ def test_frontend_ip_must_be_an_ip_literal(ip: Any) -> None:
 @pytest.mark.parametrize(
     ("model", "data"),
     [
-        (BackendBody, {"ip": "127.0.0.1", "port": 80, "weight": 1}),
+        (BackendBody, {"ip": "127.0.0.1", "port": 80, "wieght": 1}),
+        (BackendPatchBody, {"id": 2}),
+        (HealthCheckBody, {"intervall": 2}),
         (RouteBody, {"prot": 80}),
         (RouteBody, {"balance": "random", "backends": []}),
         (RouteSettingsBody, {"port": 80}),  # a route's address cannot be changed
@@ -75,15 +83,48 @@ def test_unknown_fields_are_rejected(model: Any, data: dict[str, Any]) -> None:
 
 def test_empty_route_body_is_valid() -> None:
     body = RouteBody.model_validate({})
-    assert body.model_dump() == {
-        "port": None,
-        "frontend_ip": None,
-        "balance": None,
-        "connect_timeout": None,
-        "idle_timeout": None,
+    assert body.given() == {}
+    assert (body.port, body.frontend_ip) == (None, None)
+    # For the address, null means "not given": the node picks the port and the frontend.
+    assert RouteBody.model_validate({"port": None, "frontend_ip": None}).port is None
+
+
+def test_given_tells_null_from_omitted() -> None:
+    assert RouteSettingsBody.model_validate({"health_check": None}).given() == {
+        "health_check": None
     }
-    # null means "not given": the node picks the port and the frontend address.
-    assert RouteBody.model_validate({"port": None, "frontend_ip": None}) == body
+    assert RouteSettingsBody.model_validate({"max_connections": 5}).given() == {
+        "max_connections": 5
+    }
+    with pytest.raises(ValidationError):
+        RouteSettingsBody.model_validate({"balance": None})
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        {"interval": 0},
+        {"rise": 0},
+        {"fall": 101},
+        {"expect": "re:("},
+        {"send": "\u20ac"},
+        {"initial": "maybe"},
+        {"timeout": "1"},
+    ],
+)
+def test_bad_health_checks_are_rejected(check: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        RouteSettingsBody.model_validate({"health_check": check})
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"weight": 257}, {"weight": -1}, {"state": "off"}, {"proxy_protocol": "v3"},
+     {"max_connections": 0}, {"drain_timeout": -1}, {"weight": 1.0}],
+)  # fmt: skip
+def test_bad_backend_settings_are_rejected(data: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        BackendBody.model_validate({"ip": "127.0.0.1", "port": 80, **data})
 
 
 def test_route_settings() -> None:

@@ -1,0 +1,1 @@
+"""restcp's benchmark suite: run it with ./bench/run (see bench/suite.py)."""

@@ -1,0 +1,148 @@
+"""Active probes of one route's backends.
+
+One task per backend, owned by ``RouteChecks`` and cancelled by it. A task probes, reports,
+then waits out the rest of the interval, so probes of one backend never overlap and never
+pile up behind a backend that hangs: each probe is cut at the check's ``timeout``.
+
+A probe is a TCP connect, and, when the check has ``send``/``expect``, a request and the
+start of its reply: ``expect`` is a prefix of the reply, or, written ``re:PATTERN``, a regular
+expression searched in the first bytes of it (enough for Redis ``PING`` -> ``+PONG`` or an
+HTTP status line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Protocol
+
+from restcp.model import Backend, HealthCheck
+
+MAX_REPLY = 4096
+
+
+class HealthSink(Protocol):
+    """Where results go: the route's runtime feeds them to core.health."""
+
+    def check_result(self, backend_id: int, ok: bool, reason: str, latency: float) -> None: ...
+
+
+def reply_matches(expect: str, reply: bytes) -> bool:
+    if expect.startswith("re:"):
+        return re.search(expect[3:].encode("latin-1"), reply) is not None
+    return reply.startswith(expect.encode("latin-1"))
+
+
+async def probe(ip: str, port: int, check: HealthCheck) -> str | None:
+    """None if the backend passes, else why it failed."""
+    writer: asyncio.StreamWriter | None = None
+    reply = b""
+    try:
+        async with asyncio.timeout(check.timeout):
+            reader, writer = await asyncio.open_connection(ip, port)
+            if check.send:
+                writer.write(check.send.encode("latin-1"))
+                await writer.drain()
+            if check.expect is None:
+                return None
+            while len(reply) < MAX_REPLY:
+                chunk = await reader.read(MAX_REPLY - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+                if reply_matches(check.expect, reply):
+                    return None
+                if not _may_still_match(check.expect, reply):
+                    # A server that keeps its connection open (Redis answering -ERR) would
+                    # otherwise be reported as a timeout, hiding the reply that failed.
+                    break
+            return f"unexpected reply {reply[:64]!r}"
+    except TimeoutError:
+        if reply:
+            return f"timeout after {check.timeout:g}s, unexpected reply {reply[:64]!r}"
+        return f"timeout after {check.timeout:g}s"
+    except OSError as err:
+        return _describe(err)
+    finally:
+        if writer is not None:
+            _close_now(writer)
+
+
+def _may_still_match(expect: str, reply: bytes) -> bool:
+    if expect.startswith("re:"):
+        return True  # a pattern may match bytes still to come
+    prefix = expect.encode("latin-1")
+    return prefix.startswith(reply[: len(prefix)])
+
+
+def _describe(err: OSError) -> str:
+    # asyncio's connect errors read "Connect call failed ('10.0.0.1', 80)": the address the
+    # user already knows, not why. The errno says why ("Connection refused").
+    if err.errno is not None and err.errno > 0:
+        return os.strerror(err.errno)
+    return err.strerror or str(err) or type(err).__name__
+
+
+def _close_now(writer: asyncio.StreamWriter) -> None:
+    # A reset, not a FIN: a probe leaves no TIME_WAIT behind on our side.
+    sock: socket.socket | None = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+class RouteChecks:
+    def __init__(self, sink: HealthSink) -> None:
+        self._sink = sink
+        self._check: HealthCheck | None = None
+        self._tasks: dict[int, tuple[Backend, asyncio.Task[None]]] = {}
+        # Cancelled tasks not yet finished: close() awaits them too.
+        self._retired: set[asyncio.Task[None]] = set()
+
+    def update(self, check: HealthCheck | None, backends: Sequence[Backend]) -> None:
+        """Probe exactly ``backends`` with ``check`` (None: no probes at all)."""
+        if check != self._check:
+            self._cancel(list(self._tasks))
+            self._check = check
+        if check is None:
+            return
+        wanted = {b.id: b for b in backends}
+        # A backend replaced under the same id is probed afresh at its new address.
+        self._cancel([bid for bid, (b, _) in self._tasks.items() if wanted.get(bid) != b])
+        for backend_id, backend in wanted.items():
+            if backend_id not in self._tasks:
+                task = asyncio.get_running_loop().create_task(self._run(backend, check))
+                self._tasks[backend_id] = (backend, task)
+
+    def _cancel(self, backend_ids: Sequence[int]) -> None:
+        self._retired = {task for task in self._retired if not task.done()}
+        for backend_id in backend_ids:
+            _, task = self._tasks.pop(backend_id)
+            task.cancel()
+            self._retired.add(task)
+
+    async def close(self) -> None:
+        self._cancel(list(self._tasks))
+        retired, self._retired = self._retired, set()
+        # return_exceptions: one task that died of an error must not leave the rest unawaited.
+        await asyncio.gather(*retired, return_exceptions=True)
+
+    async def _run(self, backend: Backend, check: HealthCheck) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                reason = await probe(backend.ip, backend.port, check)
+            except Exception as err:
+                # A check the probe cannot even run (a ``send`` outside latin-1, a bad
+                # pattern) must show as a failing backend, not end its checks silently.
+                reason = f"probe error: {err!r}"
+            latency = loop.time() - started
+            self._sink.check_result(backend.id, reason is None, reason or "", latency)
+            await asyncio.sleep(max(0.0, check.interval - latency))

@@ -1,0 +1,238 @@
+"""In-process harness for the data plane: an event loop per test, a proxy, test peers.
+
+Everything runs on one loop in the test's thread: the proxy under test, the backends it
+relays to and the clients. Nothing sleeps to wait for a server: sockets are bound before
+they are used, and every wait is on a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import uvloop
+
+from restcp.model import Backend, Route, RouteSettings
+from restcp.proxy.listener import bind
+from restcp.proxy.manager import ProxyManager
+from restcp.proxy.relay import Relay
+
+T = TypeVar("T")
+
+HOST = "127.0.0.1"
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "uvloop": uvloop.new_event_loop,
+    "asyncio": asyncio.new_event_loop,
+}
+# Long enough for a loaded 2-core CI box, short enough that a hang fails fast.
+WAIT = 10.0
+
+
+def run(loop_name: str, main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on a fresh loop of that kind and check it left nothing behind: no task
+    still pending and no error reported to the loop's exception handler (a protocol callback
+    that raised, a task exception never retrieved...)."""
+    errors: list[dict[str, Any]] = []
+
+    async def checked() -> T:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        result = await main
+        # Closed transports report on the next loop turns; give them a few before judging.
+        for _ in range(10):
+            await asyncio.sleep(0)
+        pending = asyncio.all_tasks() - {asyncio.current_task()}
+        assert not pending, f"tasks left pending: {pending}"
+        return result
+
+    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+        result = runner.run(checked())
+    assert not errors, f"errors reported to the loop: {errors}"
+    return result
+
+
+async def until(condition: Callable[[], bool], within: float = WAIT) -> None:
+    """Poll ``condition`` every 5 ms until it holds, for at most ``within`` seconds.
+
+    For states that nothing signals (a relay's counters, a transport's buffer): where the
+    test owns an event, it awaits that instead."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - nothing to await: the state is polled
+            await asyncio.sleep(0.005)
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with SO_LINGER 0: the kernel sends a RST instead of a FIN."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def read_all(reader: asyncio.StreamReader, within: float = WAIT) -> bytes:
+    return await asyncio.wait_for(reader.read(), within)
+
+
+async def read_outcome(reader: asyncio.StreamReader, within: float = WAIT) -> str:
+    """'eof' or 'reset': how the peer ended, after discarding whatever it still sent."""
+    try:
+        async with asyncio.timeout(within):
+            while await reader.read(1 << 16):
+                pass
+    except ConnectionResetError:
+        return "reset"
+    return "eof"
+
+
+def payload(size: int) -> bytes:
+    return os.urandom(size)
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[Any]]
+
+
+@dataclass
+class Server:
+    """A backend on 127.0.0.1:0 that runs ``handler`` for each connection.
+
+    What each handler returns (or raises) is queued in ``results`` in order, so a test awaits
+    what the backend saw instead of sharing state with it. Handlers still running when the
+    server is closed are cancelled and awaited: no task outlives the test.
+    """
+
+    handler: Handler
+    port: int = 0
+    accepted: int = 0
+    results: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def __aenter__(self) -> Server:
+        self._server = await asyncio.start_server(self._serve, HOST, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.accepted += 1
+        self.writers.append(writer)
+        try:
+            result: Any = await self.handler(reader, writer)
+        except asyncio.CancelledError:
+            writer.transport.abort()
+            raise
+        except Exception as err:  # handed to the test, which decides if it was expected
+            result = err
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+        self.results.put_nowait(result)
+
+    @property
+    def active(self) -> int:
+        """Connections whose handler is still running."""
+        return len(self._tasks)
+
+    async def result(self, within: float = WAIT) -> Any:
+        value = await asyncio.wait_for(self.results.get(), within)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    def backend(self, backend_id: int = 1) -> Backend:
+        return Backend(backend_id, HOST, self.port)
+
+
+async def _nothing(_reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
+    return None
+
+
+def refusing_backend(backend_id: int = 1) -> tuple[Backend, socket.socket]:
+    """A backend whose port refuses connections: bound (so nobody else takes the port while the
+    test runs) but not listening, so the kernel answers a SYN with a RST."""
+    sock = socket.socket()
+    sock.bind((HOST, 0))
+    return Backend(backend_id, HOST, sock.getsockname()[1]), sock
+
+
+@contextlib.contextmanager
+def silent_backend(backend_id: int = 1) -> Any:
+    """A backend that never accepts: a listen(0) socket whose accept queue is full, so the
+    kernel drops every further SYN and a connect hangs until the connector gives up."""
+    sock = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        sock.bind((HOST, 0))
+        sock.listen(0)
+        addr = sock.getsockname()
+        # A queue of backlog 0 holds one connection; one more settles the matter. Each filler
+        # connects without blocking so one that is not taken does not stall the test.
+        for _ in range(2):
+            filler = socket.socket()
+            fillers.append(filler)
+            filler.setblocking(False)
+            filler.connect_ex(addr)
+        yield Backend(backend_id, HOST, addr[1])
+    finally:
+        for s in (*fillers, sock):
+            s.close()
+
+
+@dataclass
+class Proxy:
+    manager: ProxyManager
+    route: Route
+
+    @property
+    def port(self) -> int:
+        return self.route.port
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.wait_for(asyncio.open_connection(HOST, self.port), WAIT)
+
+    def only_relay(self) -> Relay:
+        relays = list(self.manager.relays)
+        assert len(relays) == 1, relays
+        return relays[0]
+
+    async def relay_connected(self) -> Relay:
+        """The one live relay, once its backend connection is up."""
+        await until(lambda: len(self.manager.relays) == 1)
+        relay = self.only_relay()
+        await until(lambda: relay.backend is not None)
+        return relay
+
+
+def make_route(port: int, backends: tuple[Backend, ...], **settings: Any) -> Route:
+    return Route("test", 1, HOST, port, RouteSettings(**settings), backends)
+
+
+@asynccontextmanager
+async def proxy(*backends: Backend, **settings: Any) -> AsyncIterator[Proxy]:
+    """A ProxyManager serving one route on 127.0.0.1:0. On exit every relay must have ended
+    on its own (a relay that never reports is a leak), then the manager is shut down."""
+    manager = ProxyManager()
+    sock = bind(HOST, 0)
+    route = make_route(sock.getsockname()[1], backends, **settings)
+    await manager.serve(route, sock)
+    try:
+        yield Proxy(manager, route)
+        await asyncio.wait_for(manager.relays.wait_empty(), WAIT)
+    finally:
+        await asyncio.wait_for(manager.shutdown(drain_timeout=0), WAIT)

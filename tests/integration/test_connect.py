@@ -1,0 +1,118 @@
+"""Reaching a backend: failover past dead ones, giving up at once or after connect_timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from tests.integration.harness import (
+    Server,
+    proxy,
+    read_all,
+    read_outcome,
+    refusing_backend,
+    run,
+    silent_backend,
+)
+
+
+async def echo_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    got = await reader.read()
+    writer.write(got)
+    return got
+
+
+def test_failover_past_a_refusing_backend(loop: str) -> None:
+    """Round robin picks the dead backend first; the client must not notice."""
+    dead, holder = refusing_backend(1)
+
+    async def main() -> None:
+        async with (
+            Server(echo_all) as server,
+            proxy(dead, server.backend(2), balance="round_robin") as px,
+        ):
+            for _ in range(4):  # the cursor starts on the dead one every other time
+                reader, writer = await px.connect()
+                writer.write(b"ping")
+                writer.write_eof()
+                assert await read_all(reader) == b"ping"
+                writer.close()
+                await server.result()
+            assert server.accepted == 4
+
+    with holder:
+        run(loop, main())
+
+
+def test_no_live_backend_closes_at_once(loop: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Only refused backends: the client is let go now, not after a timeout."""
+    dead1, holder1 = refusing_backend(1)
+    dead2, holder2 = refusing_backend(2)
+
+    async def main() -> None:
+        async with proxy(dead1, dead2, connect_timeout=30) as px:
+            started = time.monotonic()
+            reader, writer = await px.connect()
+            assert await read_outcome(reader, within=2) in ("eof", "reset")
+            assert time.monotonic() - started < 2
+            writer.close()
+
+    caplog.set_level(logging.INFO, "restcp")
+    with holder1, holder2:
+        run(loop, main())
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "restcp.access"]
+    assert line.endswith("end=no_backend")
+    assert sum("connect failed" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_no_backends_at_all(loop: str) -> None:
+    async def main() -> None:
+        async with proxy() as px:
+            reader, writer = await px.connect()
+            assert await read_outcome(reader, within=2) in ("eof", "reset")
+            writer.close()
+
+    run(loop, main())
+
+
+def test_connect_timeout(loop: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A backend that never answers the SYN: the client is closed after ~connect_timeout."""
+    timeout = 0.5
+
+    async def main() -> None:
+        with silent_backend() as silent:
+            async with proxy(silent, connect_timeout=timeout) as px:
+                started = time.monotonic()
+                reader, writer = await px.connect()
+                assert await read_outcome(reader, within=5) in ("eof", "reset")
+                elapsed = time.monotonic() - started
+                assert timeout * 0.9 <= elapsed < timeout + 1.5, elapsed
+                writer.close()
+
+    caplog.set_level(logging.INFO, "restcp")
+    run(loop, main())
+    assert any("connect failed" in r.getMessage() for r in caplog.records)
+
+
+def test_early_bytes_survive_a_slow_connect(loop: str) -> None:
+    """The client sends its request and FIN before any backend has accepted (the first one
+    is silent until connect_timeout); the live second backend must still get all of it."""
+    request = b"early request " * 1000
+
+    async def main() -> None:
+        with silent_backend(1) as silent:
+            async with (
+                Server(echo_all) as server,
+                proxy(silent, server.backend(2), balance="round_robin", connect_timeout=0.3) as px,
+            ):
+                reader, writer = await px.connect()
+                writer.write(request)
+                writer.write_eof()
+                assert await read_all(reader) == request
+                assert await server.result() == request
+                writer.close()
+
+    run(loop, main())

@@ -1,0 +1,207 @@
+"""Backpressure and timeouts: what a relay does when a peer stops reading or goes silent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+import pytest
+
+from tests.integration.harness import (
+    HOST,
+    WAIT,
+    Server,
+    payload,
+    proxy,
+    read_outcome,
+    run,
+    until,
+)
+
+MB = 1 << 20
+# The flood is far more than every socket buffer on the way can hold (the kernel autotunes
+# loopback buffers up to tcp_rmem/tcp_wmem max, several MB each), so a relay that reads the
+# backend regardless of its client would take most of it into memory.
+FLOOD = 64 * MB
+# What the backend may get rid of while the client reads nothing: the kernel buffers of the
+# backend->proxy and proxy->client sockets plus the relay's own (high-water mark + one read).
+BOUND = 16 * MB
+SMALL_BUFFER = 64 * 1024
+
+
+async def _stalled(sent: list[int], quiet: float = 0.3) -> None:
+    """Wait until the backend's count of sent bytes has not moved for ``quiet`` seconds."""
+    last, since = -1, time.monotonic()
+    async with asyncio.timeout(WAIT):
+        while time.monotonic() - since < quiet:
+            if sent[0] != last:
+                last, since = sent[0], time.monotonic()
+            await asyncio.sleep(0.02)
+
+
+async def _drain(sock: socket.socket) -> bytes:
+    """Everything ``sock`` receives up to EOF."""
+    received = bytearray()
+    async with asyncio.timeout(WAIT):
+        while chunk := await asyncio.get_running_loop().sock_recv(sock, 1 * MB):
+            received += chunk
+    return bytes(received)
+
+
+def test_backpressure_bounds_buffering(loop: str) -> None:
+    """A backend floods a client that reads nothing: the backend's writes stall well short of
+    the flood, the relay holds no more than about its high-water mark and stops reading the
+    backend; then the client drains and gets every byte, in order."""
+    data = payload(FLOOD)
+    sent = [0]
+
+    async def flood(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER
+        )
+        view = memoryview(data)
+        for at in range(0, FLOOD, 256 * 1024):
+            writer.write(view[at : at + 256 * 1024])
+            await writer.drain()  # returns once the kernel took the bytes (below low water)
+            sent[0] = at + len(view[at : at + 256 * 1024])
+        writer.write_eof()
+
+    async def main() -> None:
+        loop_ = asyncio.get_running_loop()
+        async with Server(flood) as server, proxy(server.backend()) as px:
+            client = socket.socket()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+            client.setblocking(False)
+            await loop_.sock_connect(client, (HOST, px.port))
+            relay = await px.relay_connected()
+            biggest = 0
+
+            def relay_buffer() -> int:
+                nonlocal biggest
+                transport = relay.client_transport
+                size = transport.get_write_buffer_size() if transport else 0
+                biggest = max(biggest, size)
+                return size
+
+            await until(lambda: relay_buffer() > 0 and sent[0] > 0)
+            await _stalled(sent)
+            relay_buffer()
+            assert sent[0] < BOUND, f"backend wrote {sent[0] / MB:.1f} MB to a client not reading"
+            assert biggest < 1 * MB, f"relay buffered {biggest / MB:.1f} MB"
+            assert relay.backend_transport is not None
+            assert not relay.backend_transport.is_reading()
+
+            received = await _drain(client)
+            client.close()
+            assert sent[0] == FLOOD
+            assert received == data
+            await server.result()
+
+    run(loop, main())
+
+
+def test_idle_timeout_closes_a_silent_connection(
+    loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    idle = 0.3
+
+    async def backend(reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> str:
+        return await read_outcome(reader)
+
+    async def main() -> None:
+        async with Server(backend) as server, proxy(server.backend(), idle_timeout=idle) as px:
+            reader, writer = await px.connect()
+            # Traffic resets the clock: 3 exchanges spaced by 2/3 of the timeout keep it open.
+            for _ in range(3):
+                await asyncio.sleep(idle * 2 / 3)
+                writer.write(b"x")
+                await writer.drain()
+            started = time.monotonic()
+            assert await read_outcome(reader, within=5) == "eof"
+            assert idle * 0.9 <= time.monotonic() - started < idle + 1.0
+            assert await server.result() == "eof"
+            writer.close()
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "restcp.access"]
+    assert "bytes_up=3 " in line
+    assert line.endswith("end=idle_timeout")
+
+
+def test_idle_timeout_zero_disables_it(loop: str) -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1024):
+            writer.write(data)
+
+    async def main() -> None:
+        async with Server(echo) as server, proxy(server.backend(), idle_timeout=0) as px:
+            reader, writer = await px.connect()
+            await px.relay_connected()
+            # Time must pass for a timeout to fire; 0.5 s is well past any timer the relay
+            # could have armed by mistake (0 would fire at once, a default one never here).
+            await asyncio.sleep(0.5)
+            writer.write(b"still there?")
+            assert await asyncio.wait_for(reader.readexactly(12), WAIT) == b"still there?"
+            writer.close()
+            await server.result()
+
+    run(loop, main())
+
+
+def test_idle_timeout_resets_a_pipe_stuck_on_a_peer_that_stopped_reading(loop: str) -> None:
+    """Silence with data stuck in a buffer is a peer that stopped reading: a graceful close
+    would wait on it for ever, so the relay resets both sides."""
+    idle = 0.3
+    data = payload(16 * MB)
+
+    async def flood(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+        writer.write(data)
+        try:
+            await writer.drain()
+        except ConnectionResetError:
+            return "reset"
+        return "sent all"
+
+    async def main() -> None:
+        loop_ = asyncio.get_running_loop()
+        async with Server(flood) as server, proxy(server.backend(), idle_timeout=idle) as px:
+            client = socket.socket()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+            client.setblocking(False)
+            await loop_.sock_connect(client, (HOST, px.port))
+            assert await server.result() == "reset"
+            await until(lambda: not px.manager.relays)
+            with pytest.raises(ConnectionResetError):
+                await _drain(client)
+            client.close()
+
+    run(loop, main())
+
+
+def test_half_closed_slow_reader_still_gets_everything(loop: str) -> None:
+    """Both FINs seen, data still queued for a client that reads slowly but steadily: the
+    graceful close must wait for it (the idle clock counts drain progress as activity)."""
+    data = payload(4 * MB)
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert await reader.read() == b""
+        writer.write(data)
+        await writer.drain()
+
+    async def main() -> None:
+        async with Server(backend) as server, proxy(server.backend(), idle_timeout=0.5) as px:
+            reader, writer = await px.connect()
+            writer.write_eof()
+            received = bytearray()
+            async with asyncio.timeout(WAIT * 2):
+                while chunk := await reader.read(64 * 1024):
+                    received += chunk
+                    await asyncio.sleep(0.01)
+            assert received == data
+            writer.close()
+            await server.result()
+
+    run(loop, main())

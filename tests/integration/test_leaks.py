@@ -1,0 +1,132 @@
+"""Hundreds of connections ending every way a connection ends, then nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+
+from tests.helpers import tcp_states
+from tests.integration.harness import (
+    WAIT,
+    Server,
+    payload,
+    proxy,
+    read_all,
+    read_outcome,
+    refusing_backend,
+    reset,
+    run,
+    until,
+)
+
+CONNECTIONS = 300
+AT_ONCE = 50
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def open_sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own fd is gone already
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    """Echo until EOF, or reset at once when asked to."""
+    total = 0
+    while data := await reader.read(65536):
+        if data.startswith(b"RESET"):
+            reset(writer)
+            return -1
+        total += len(data)
+        writer.write(data)
+        await writer.drain()
+    return total
+
+
+async def half_close(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    data = payload(random.randrange(1, 100_000))
+    writer.write(data)
+    writer.write_eof()
+    assert await read_all(reader) == data
+    writer.close()
+
+
+async def full_close(port: int) -> None:
+    """A FIN after the reply, without a half-close first, as most clients do."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"ping")
+    assert await asyncio.wait_for(reader.readexactly(4), WAIT) == b"ping"
+    writer.close()
+    assert await read_outcome(reader) == "eof"
+
+
+async def client_reset(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"x" * 1000)
+    await asyncio.wait_for(reader.readexactly(1000), WAIT)
+    reset(writer)
+
+
+async def reset_while_connecting(port: int) -> None:
+    """Gone before the relay may even have reached the backend."""
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reset(writer)
+
+
+async def backend_reset(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"RESET please")
+    assert await read_outcome(reader) == "reset"
+    writer.close()
+
+
+async def no_backend(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert await read_outcome(reader) in ("eof", "reset")
+    writer.close()
+
+
+SCENARIOS = (half_close, full_close, client_reset, reset_while_connecting, backend_reset)
+
+
+def test_no_leaks_after_hundreds_of_connections(loop: str) -> None:
+    dead, holder = refusing_backend()
+
+    async def main() -> None:
+        # Sockets, not all fds: libuv keeps a spare fd, opened with its first listener, to
+        # shed connections when the process runs out of fds.
+        before = open_sockets()
+        async with Server(backend) as server, proxy(server.backend()) as px, proxy(dead) as nowhere:
+            baseline = open_fds()
+            rng = random.Random(1)
+            jobs = [
+                (rng.choice(SCENARIOS), px.port) if i % 6 else (no_backend, nowhere.port)
+                for i in range(CONNECTIONS)
+            ]
+            for at in range(0, CONNECTIONS, AT_ONCE):
+                batch = jobs[at : at + AT_ONCE]
+                await asyncio.wait_for(asyncio.gather(*(job(port) for job, port in batch)), WAIT)
+
+            # Every relay reported, every backend connection was closed by the proxy...
+            for manager in (px.manager, nowhere.manager):
+                await asyncio.wait_for(manager.relays.wait_empty(), WAIT)
+            await until(lambda: server.active == 0)
+            # ...and every socket is gone: a relay that forgot a transport keeps its fd, and
+            # a peer's FIN it never answered shows as CLOSE_WAIT.
+            await until(lambda: open_fds() == baseline)
+            states = tcp_states(os.getpid())
+            assert "CLOSE_WAIT" not in states
+            assert set(states) <= {"LISTEN", "CLOSE"}, states
+            assert server.accepted >= CONNECTIONS * 2 // 3
+        await until(lambda: open_sockets() == before)
+
+    with holder:
+        run(loop, main())

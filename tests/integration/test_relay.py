@@ -1,0 +1,218 @@
+"""One relay end to end: bytes, EOFs, resets and flow control between real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import pytest
+
+from tests.integration.harness import (
+    WAIT,
+    Server,
+    payload,
+    proxy,
+    read_all,
+    read_outcome,
+    reset,
+    run,
+)
+
+MB = 1 << 20
+
+
+def test_client_speaks_first(loop: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Request then response, several MB each way, each ended by a half-close."""
+    request, response = payload(4 * MB), payload(3 * MB)
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        got = await reader.read()  # up to the client's FIN, forwarded by the proxy
+        writer.write(response)
+        await writer.drain()
+        return got
+
+    async def main() -> None:
+        async with Server(backend) as server, proxy(server.backend()) as px:
+            reader, writer = await px.connect()
+            writer.write(request)
+            writer.write_eof()
+            assert await read_all(reader) == response
+            assert await server.result() == request
+            writer.close()
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "restcp.access"]
+    assert f"bytes_up={len(request)} bytes_down={len(response)}" in line
+    assert line.endswith("end=closed")
+
+
+def test_backend_speaks_first(loop: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A banner large enough to fill every buffer on the way, then the client's answer."""
+    banner, answer = payload(4 * MB), payload(2 * MB)
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        writer.write(banner)
+        await writer.drain()
+        got = await reader.readexactly(len(answer))
+        writer.write(b"bye")
+        writer.write_eof()
+        return got
+
+    async def main() -> None:
+        async with Server(backend) as server, proxy(server.backend()) as px:
+            reader, writer = await px.connect()
+            assert await asyncio.wait_for(reader.readexactly(len(banner)), WAIT) == banner
+            writer.write(answer)
+            assert await read_all(reader) == b"bye"
+            assert await server.result() == answer
+            writer.close()
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "restcp.access"]
+    assert f"bytes_up={len(answer)} bytes_down={len(banner) + 3}" in line
+    assert line.endswith("end=closed")
+
+
+def test_both_ways_at_once(loop: str) -> None:
+    """Full duplex: both peers write several MB before reading anything, so each direction's
+    backpressure must not block the other one (a relay that pauses the wrong side deadlocks)."""
+    up, down = payload(6 * MB), payload(6 * MB)
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        writer.write(down)
+        writer.write_eof()
+        got = await reader.read()
+        await writer.drain()
+        return got
+
+    async def main() -> None:
+        async with Server(backend) as server, proxy(server.backend()) as px:
+            reader, writer = await px.connect()
+            writer.write(up)
+            writer.write_eof()
+            assert await read_all(reader) == down
+            assert await server.result() == up
+            writer.close()
+
+    run(loop, main())
+
+
+def test_backend_sends_then_closes(loop: str) -> None:
+    """The original restcp's connectivity test: the backend writes a large payload and closes
+    its socket at once; the client must get every byte, then EOF."""
+    data = payload(8 * MB)
+
+    async def backend(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(data)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        async with Server(backend) as server, proxy(server.backend()) as px:
+            reader, writer = await px.connect()
+            assert await read_all(reader) == data
+            await server.result()
+            writer.close()
+
+    run(loop, main())
+
+
+def test_client_half_close(loop: str) -> None:
+    """Client SHUT_WR: the backend sees EOF, yet can still send, and the client gets it."""
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        got = await reader.read()
+        for _ in range(3):  # several writes after the EOF, not one lucky packet
+            writer.write(b"after your eof;")
+            await writer.drain()
+        return got
+
+    async def main() -> None:
+        async with Server(backend) as server, proxy(server.backend()) as px:
+            reader, writer = await px.connect()
+            writer.write(b"question")
+            writer.write_eof()
+            assert await server.result() == b"question"
+            assert await read_all(reader) == b"after your eof;" * 3
+            writer.close()
+
+    run(loop, main())
+
+
+def test_backend_half_close(loop: str) -> None:
+    """The mirror: backend SHUT_WR first; the client sees EOF and keeps sending; the backend
+    receives all of it."""
+    tail = payload(2 * MB)
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        writer.write(b"banner")
+        writer.write_eof()
+        return await reader.read()
+
+    async def main() -> None:
+        async with Server(backend) as server, proxy(server.backend()) as px:
+            reader, writer = await px.connect()
+            assert await read_all(reader) == b"banner"
+            writer.write(tail)
+            await writer.drain()
+            writer.write(b"end")
+            writer.write_eof()
+            assert await server.result() == tail + b"end"
+            writer.close()
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("who", ["client", "backend"])
+def test_reset_propagates(loop: str, who: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A RST from one peer resets the other at once, rather than closing it cleanly: the peer
+    must not take a truncated stream for a complete one."""
+    backend_writer: asyncio.Future[asyncio.StreamWriter]
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+        writer.write(b"hello")
+        backend_writer.set_result(writer)
+        return await read_outcome(reader)
+
+    async def main() -> None:
+        nonlocal backend_writer
+        backend_writer = asyncio.get_running_loop().create_future()
+        async with Server(backend) as server, proxy(server.backend()) as px:
+            reader, writer = await px.connect()
+            assert await asyncio.wait_for(reader.readexactly(5), WAIT) == b"hello"
+            if who == "client":
+                reset(writer)
+                assert await server.result() == "reset"
+            else:
+                reset(await backend_writer)
+                assert await read_outcome(reader) == "reset"
+                writer.close()
+                await server.result()
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "restcp.access"]
+    assert line.endswith(f"end={who}_reset")
+
+
+def test_nodelay_both_sides(loop: str) -> None:
+    """Small writes of interactive protocols must not wait for Nagle's ack delay."""
+
+    async def backend(reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    async def main() -> None:
+        async with Server(backend) as server, proxy(server.backend()) as px:
+            _reader, writer = await px.connect()
+            relay = await px.relay_connected()
+            for side in (relay.client_transport, relay.backend_transport):
+                assert side is not None
+                sock = side.get_extra_info("socket")
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            writer.close()
+            await server.result()
+
+    run(loop, main())
