@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -140,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often the whole store is re-applied (RESTCP_RESYNC_INTERVAL; %(default)s)",
     )
     serve.add_argument(
+        "--max-connections",
+        type=_arg(_count, "--max-connections"),
+        default=_env("MAX_CONNECTIONS", "auto"),
+        metavar="N",
+        help="node-wide cap on relayed connections; clients past it are closed at once. "
+        "auto: what the file-descriptor limit allows, two per connection, after raising the "
+        "soft limit to the hard one (RESTCP_MAX_CONNECTIONS; %(default)s)",
+    )
+    serve.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=_env("LOG_LEVEL", "info").lower(),
@@ -182,7 +193,33 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         idle_timeout=args.idle_timeout,
         drain_timeout=args.drain_timeout,
         resync_interval=args.resync_interval,
+        max_connections=args.max_connections or _fd_connection_cap(),
     )
+
+
+def _count(text: str) -> int | None:
+    if text == "auto":
+        return None
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{text!r} is not auto or a whole number >= 1")
+    return int(text)
+
+
+# Descriptors kept out of the connection cap: the API, health probes, the store, logs.
+FD_RESERVE = 128
+
+
+def _fd_connection_cap() -> int | None:
+    """Raise the soft descriptor limit to the hard one (as HAProxy does), then cap relayed
+    connections so that accepting never runs out of descriptors: two per connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(1, (soft - FD_RESERVE) // 2)
 
 
 def _runner(name: str) -> Callable[[Coroutine[Any, Any, None]], None]:

@@ -23,6 +23,7 @@ from restcp.api.app import build_app
 from restcp.core import ports
 from restcp.core.reconcile import diff
 from restcp.errors import Conflict, InvalidSpec, NotFound, RestcpError, Unavailable
+from restcp.health.checker import RouteChecks
 from restcp.model import BackendStatus, Route, RouteKey, RouteSettings, format_host
 from restcp.proxy.listener import bind, is_address_taken
 from restcp.proxy.manager import ProxyManager
@@ -36,7 +37,9 @@ class Node:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.proxy = ProxyManager()
+        self.proxy = ProxyManager(max_connections=settings.max_connections)
+        # Active health checks of the routes this node serves, fed into their runtimes.
+        self._checks: dict[RouteKey, RouteChecks] = {}
         # Held by everything that reads the store and then changes listeners (creates, syncs,
         # resyncs): each awaits in the middle (binding, starting a server), and another one
         # acting on the state it read before would bind a port being bound, update a listener
@@ -76,6 +79,7 @@ class Node:
                 sock.close()
                 raise
             await self.proxy.serve(route, sock)
+            await self._sync_checks()
             return route
 
     def _bind_requested(self, ip: str, port: int) -> socket.socket:
@@ -107,6 +111,7 @@ class Node:
             current = self.proxy.running().get(key)
             running = {} if current is None else {key: current}
             await self.proxy.apply(diff(desired, running))
+            await self._sync_checks()
 
     def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]:
         return self.proxy.backend_status(key)
@@ -126,6 +131,25 @@ class Node:
         async with self._applying:
             desired = {r.key: r for r in await self.store.all_routes() if self._serves(r)}
             await self.proxy.apply(diff(desired, self.proxy.running()))
+            await self._sync_checks()
+
+    async def _sync_checks(self) -> None:
+        """Probe exactly the enabled and draining backends of the routes being served."""
+        running = self.proxy.running()
+        for key in [k for k in self._checks if k not in running]:
+            await self._checks.pop(key).close()
+        for key, route in running.items():
+            runtime = self.proxy.runtime(key)
+            checks = self._checks.get(key)
+            if checks is not None and checks.sink is not runtime:
+                # The listener was restarted (its address changed): a new runtime to feed.
+                await checks.close()
+                checks = None
+            if checks is None and runtime is not None:
+                checks = self._checks[key] = RouteChecks(runtime)
+            if checks is not None:
+                probed = [b for b in route.backends if b.state != "disabled"]
+                checks.update(route.settings.health_check, probed)
 
     def _serves(self, route: Route) -> bool:
         return route.frontend_ip in self.settings.frontend_ips
@@ -161,6 +185,9 @@ class Node:
                     await self._resync_task
             if self._runner is not None:
                 await self._runner.cleanup()
+            for checks in self._checks.values():
+                await checks.close()
+            self._checks.clear()
             await self.proxy.shutdown(self.settings.drain_timeout)
         finally:
             # Whatever went wrong above, the store's last writes are flushed and its files

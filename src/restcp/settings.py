@@ -21,6 +21,8 @@ class Settings:
     drain_timeout: float = 30.0
     # How often the node re-reads the whole store, so that no change is ever lost for long.
     resync_interval: float = 5.0
+    # Relayed connections the node holds at once; None is no cap.
+    max_connections: int | None = None
 
 
 def parse_host_port(text: str) -> tuple[str, int]:

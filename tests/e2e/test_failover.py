@@ -34,7 +34,8 @@ def test_dead_backends_are_skipped(node: Node) -> None:
         add_backend(node, "rr", 1, dead1)
         add_backend(node, "rr", 1, live.port)
         # Random: three dead to one live, so most clients fail over more than once.
-        rnd = create_route(node, "rnd")["port"]
+        # Enough attempts to walk past all three dead ones (the default is 3).
+        rnd = create_route(node, "rnd", max_connect_attempts=4)["port"]
         for port in (dead1, dead2, live.port, dead3):
             add_backend(node, "rnd", 1, port)
 

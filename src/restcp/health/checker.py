@@ -99,7 +99,7 @@ def _close_now(writer: asyncio.StreamWriter) -> None:
 
 class RouteChecks:
     def __init__(self, sink: HealthSink) -> None:
-        self._sink = sink
+        self.sink = sink
         self._check: HealthCheck | None = None
         self._tasks: dict[int, tuple[Backend, asyncio.Task[None]]] = {}
         # Cancelled tasks not yet finished: close() awaits them too.
@@ -144,5 +144,5 @@ class RouteChecks:
                 # pattern) must show as a failing backend, not end its checks silently.
                 reason = f"probe error: {err!r}"
             latency = loop.time() - started
-            self._sink.check_result(backend.id, reason is None, reason or "", latency)
+            self.sink.check_result(backend.id, reason is None, reason or "", latency)
             await asyncio.sleep(max(0.0, check.interval - latency))

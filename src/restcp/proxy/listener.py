@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 from collections.abc import Iterator
+from typing import Any
 
-from restcp.core.balancer import Picker, make_picker
-from restcp.model import Backend, BackendStatus, Route
+from restcp.model import Route
 from restcp.proxy.relay import Relay, client_factory
+from restcp.proxy.runtime import RouteRuntime
+
+log = logging.getLogger("restcp.proxy")
 
 BACKLOG = 1024
+# Accepts per readiness event: enough to drain a burst, few enough to let relays run.
+ACCEPT_BATCH = 64
+ACCEPT_RETRY = 0.1
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
 def bind(ip: str, port: int) -> socket.socket:
@@ -42,89 +50,20 @@ def is_address_taken(err: OSError) -> bool:
     return err.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
 
 
-class _Slot:
-    """A backend as the picker sees it: the address and its open connections (least_conn and
-    two_choices compare them)."""
-
-    __slots__ = ("active", "backend")
-
-    def __init__(self, backend: Backend, active: int = 0) -> None:
-        self.backend = backend
-        self.active = active
-
-    @property
-    def id(self) -> int:
-        return self.backend.id
-
-    @property
-    def weight(self) -> int:
-        return self.backend.weight
-
-
-class RouteRuntime:
-    """What relays of one route read on every connection: backends, picker and settings."""
-
-    def __init__(self, route: Route, relays: RelaySet) -> None:
-        self.app = route.app
-        self._all = relays
-        self.route_id = route.id
-        self.relays: set[Relay] = set()
-        self.route = route
-        self._slots: dict[int, _Slot] = {b.id: _Slot(b) for b in route.backends}
-        self._candidates = tuple(self._slots.values())
-        self.picker: Picker = make_picker(route.settings.balance)
-        self.connect_timeout = route.settings.connect_timeout
-        self.idle_timeout = route.settings.idle_timeout
-
-    @property
-    def backends(self) -> tuple[Backend, ...]:
-        return self.route.backends
-
-    def update(self, route: Route) -> None:
-        if route.settings.balance != self.route.settings.balance:
-            self.picker = make_picker(route.settings.balance)
-        self.route = route
-        # Open connections keep counting against a backend whose address or weight changed.
-        old = self._slots
-        self._slots = {
-            b.id: _Slot(b, old[b.id].active if b.id in old else 0) for b in route.backends
-        }
-        self._candidates = tuple(self._slots.values())
-        self.connect_timeout = route.settings.connect_timeout
-        self.idle_timeout = route.settings.idle_timeout
-
-    def backend_status(self) -> dict[int, BackendStatus]:
-        return {i: BackendStatus(active_connections=s.active) for i, s in self._slots.items()}
-
-    def pick(self, tried: set[int], key: bytes) -> Backend | None:
-        slot = self.picker.pick(self._candidates, tried, key)
-        return None if slot is None else slot.backend
-
-    def started(self, relay: Relay) -> None:
-        self.relays.add(relay)
-        self._all.add(relay)
-
-    def connected(self, relay: Relay) -> None:
-        if relay.backend is not None and (slot := self._slots.get(relay.backend.id)):
-            slot.active += 1
-
-    def finished(self, relay: Relay) -> None:
-        self.relays.discard(relay)
-        self._all.discard(relay)
-        # Only relays that reached a backend were counted, and a relay reports once.
-        if relay.backend is not None and (slot := self._slots.get(relay.backend.id)):
-            slot.active = max(0, slot.active - 1)
-
-
 class RelaySet:
     """Every live relay of the node, routes deleted since included, for a draining shutdown."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self._relays: set[Relay] = set()
         self._empty: asyncio.Event | None = None
+        # The node-wide connection cap; None is no cap.
+        self.limit = limit
 
     def __len__(self) -> int:
         return len(self._relays)
+
+    def full(self) -> bool:
+        return self.limit is not None and len(self._relays) >= self.limit
 
     def __iter__(self) -> Iterator[Relay]:
         return iter(list(self._relays))
@@ -148,30 +87,90 @@ class RelaySet:
 
 
 class Listener:
-    """Accepts clients of one route and starts a Relay for each."""
+    """Accepts clients of one route and starts a Relay for each.
+
+    The accept loop is ours, not the event loop's server: out of file descriptors (EMFILE),
+    uvloop's server stops accepting for good, while here the listener only pauses, retries
+    every ACCEPT_RETRY seconds, and resumes once descriptors are free again.
+    """
 
     def __init__(self, route: Route, sock: socket.socket, relays: RelaySet) -> None:
         self.runtime = RouteRuntime(route, relays)
         self._sock = sock
-        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading = False
+        self._retry: asyncio.TimerHandle | None = None
+        # Transports being set up for accepted sockets; each finishes on the next loop turn.
+        self._pending: set[asyncio.Task[Any]] = set()
+        self.paused_by: str | None = None
 
     @property
     def route(self) -> Route:
         return self.runtime.route
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        runtime = self.runtime
-        make_client = client_factory(runtime, loop)
+        self._loop = asyncio.get_running_loop()
+        self._make_client = client_factory(self.runtime, self._loop)
+        self._resume()
 
-        self._server = await loop.create_server(make_client, sock=self._sock, backlog=BACKLOG)
+    def _resume(self) -> None:
+        self._retry = None
+        if self._loop is not None and self._sock.fileno() >= 0 and not self._reading:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+            self._reading = True
+
+    def _pause(self, err: OSError) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(self._sock.fileno())
+        self._reading = False
+        if self.paused_by is None:
+            log.error(
+                "accept paused app=%s route=%s: %s; retrying every %gs",
+                self.runtime.app, self.runtime.route_id, err.strerror, ACCEPT_RETRY,
+            )  # fmt: skip
+        self.paused_by = err.strerror
+        self._retry = self._loop.call_later(ACCEPT_RETRY, self._resume)
+
+    def _accept(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                if err.errno in _OUT_OF_RESOURCES:
+                    self._pause(err)
+                    return
+                # ECONNABORTED and the like: that one client gave up; the next may not.
+                continue
+            if self.paused_by is not None:
+                log.warning(
+                    "accept resumed app=%s route=%s", self.runtime.app, self.runtime.route_id
+                )
+                self.paused_by = None
+            conn.setblocking(False)
+            task = loop.create_task(loop.connect_accepted_socket(self._make_client, conn))
+            self._pending.add(task)
+            task.add_done_callback(self._accepted)
+
+    def _accepted(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("client lost while being set up: %s", task.exception())
 
     def update(self, route: Route) -> None:
         self.runtime.update(route)
 
     def stop(self) -> None:
-        """Stop accepting now; relays already running go on until their peers end them."""
-        if self._server is not None:
-            self._server.close()
-        else:
-            self._sock.close()
+        """Stop accepting now: the socket is closed before this returns, so the next connect
+        is refused. Relays already running go on until their peers end them."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._reading and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._reading = False
+        self._sock.close()
+        self.runtime.close()

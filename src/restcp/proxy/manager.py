@@ -10,16 +10,21 @@ from collections.abc import Iterable, Mapping
 from restcp.core.reconcile import Action, Start, Stop, Update
 from restcp.model import BackendStatus, Route, RouteKey
 from restcp.proxy.listener import Listener, RelaySet, bind
+from restcp.proxy.runtime import RouteRuntime
 
 log = logging.getLogger("restcp.proxy")
 
 
 class ProxyManager:
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int | None = None) -> None:
         self._listeners: dict[RouteKey, Listener] = {}
-        self.relays = RelaySet()
+        self.relays = RelaySet(max_connections)
         # Routes whose stored port could not be bound (another process holds it), by key.
         self.unbound: dict[RouteKey, str] = {}
+
+    def runtime(self, key: RouteKey) -> RouteRuntime | None:
+        listener = self._listeners.get(key)
+        return None if listener is None else listener.runtime
 
     def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]:
         listener = self._listeners.get(key)

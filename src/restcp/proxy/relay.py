@@ -47,18 +47,28 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class RouteContext(Protocol):
-    """What a relay needs from its route: settings, a picker, and a place to report to."""
+    """What a relay needs from its route (proxy.runtime.RouteRuntime): settings, admission,
+    a picker, PROXY headers, and a place to report to."""
 
     app: str
     route_id: int
     connect_timeout: float
     idle_timeout: float
+    half_close_timeout: float
+
+    def admit(self) -> str | None: ...
 
     def pick(self, tried: set[int], key: bytes) -> Backend | None: ...
+
+    def proxy_header(
+        self, backend: Backend, client: tuple[str, int] | None, frontend: tuple[str, int] | None
+    ) -> bytes | None: ...
 
     def started(self, relay: Relay) -> None: ...
 
     def connected(self, relay: Relay) -> None: ...
+
+    def connect_failed(self, backend: Backend, reason: str) -> None: ...
 
     def finished(self, relay: Relay) -> None: ...
 
@@ -74,6 +84,7 @@ class Relay:
         "_client_full",
         "_connect_task",
         "_early",
+        "_half_close_handle",
         "_idle_handle",
         "_last_activity",
         "_loop",
@@ -87,6 +98,7 @@ class Relay:
         "client_addr",
         "client_eof",
         "end_reason",
+        "refused",
         "route",
     )
 
@@ -115,6 +127,9 @@ class Relay:
         self.client_eof = False
         self.backend_eof = False
         self.end_reason: str | None = None
+        # Why the client was closed without reaching a backend (a limit, no backend left).
+        self.refused: str | None = None
+        self._half_close_handle: asyncio.TimerHandle | None = None
 
     @property
     def client_transport(self) -> asyncio.Transport | None:
@@ -133,6 +148,11 @@ class Relay:
         self.route.started(self)
         peer = transport.get_extra_info("peername")
         self.client_addr = (peer[0], peer[1]) if peer else None
+        refusal = self.route.admit()
+        if refusal is not None:
+            self.refused = refusal
+            self._end(refusal, reset=True)
+            return
         _set_nodelay(transport)
         self._flow()
         task = self._loop.create_task(self._connect())
@@ -146,7 +166,7 @@ class Relay:
         key = self.client_addr[0].encode() if self.client_addr else b""
         while (backend := self.route.pick(tried, key)) is not None:
             tried.add(backend.id)
-            side = self._attempt = _BackendSide(self)
+            side = self._attempt = _BackendSide(self, backend)
             try:
                 async with asyncio.timeout(self.route.connect_timeout):
                     await self._loop.create_connection(side.itself, backend.ip, backend.port)
@@ -161,6 +181,7 @@ class Relay:
                     raise
                 if not isinstance(err, OSError | TimeoutError):
                     raise
+                reason = str(err) or "timeout"
                 log.warning(
                     "connect failed app=%s route=%s backend=%s addr=%s:%s error=%s",
                     self.route.app,
@@ -168,13 +189,15 @@ class Relay:
                     backend.id,
                     backend.ip,
                     backend.port,
-                    str(err) or type(err).__name__,
+                    reason,
                 )
+                self.route.connect_failed(backend, reason)
                 continue
             self._attempt = None
             self.backend = backend
             self.route.connected(self)
             return
+        self.refused = "no_backend"
         self._end("no_backend")
 
     def _connect_done(self, task: asyncio.Task[None]) -> None:
@@ -194,6 +217,10 @@ class Relay:
             _reset(transport)
             return
         self._backend = transport
+        # Before any client byte: the backend reads the header first.
+        header = self.route.proxy_header(side.backend, self.client_addr, self._frontend())
+        if header is not None:
+            transport.write(header)
         if self._early:
             # May pass the high-water mark and mark the backend full before _flow runs.
             transport.write(self._early)
@@ -223,15 +250,26 @@ class Relay:
         self.client_eof = True
         if self._backend is not None:
             self._backend.write_eof()
-        if self.backend_eof:
-            self._end("closed")
+        self._half_closed()
 
     def backend_eof_received(self) -> None:
         self.backend_eof = True
         if self._client is not None:
             self._client.write_eof()
-        if self.client_eof:
+        self._half_closed()
+
+    def _half_closed(self) -> None:
+        if self.client_eof and self.backend_eof:
             self._end("closed")
+        elif self._half_close_handle is None and self.route.half_close_timeout > 0:
+            # A peer that never finishes its half of a half-closed pipe is closed eventually.
+            self._half_close_handle = self._loop.call_later(
+                self.route.half_close_timeout, self._end, "half_close_timeout"
+            )
+
+    def _frontend(self) -> tuple[str, int] | None:
+        sock = self._client.get_extra_info("sockname") if self._client is not None else None
+        return (sock[0], sock[1]) if sock else None
 
     # -- flow control: a full buffer towards one peer stops reads from the other ---------
 
@@ -326,6 +364,9 @@ class Relay:
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
+        if self._half_close_handle is not None:
+            self._half_close_handle.cancel()
+            self._half_close_handle = None
         route = self.route
         backend = self.backend
         access_log.info(
@@ -390,10 +431,11 @@ class ClientSide(asyncio.Protocol):
 class _BackendSide(asyncio.Protocol):
     """One connection attempt to a backend; it reports its loss to the relay once."""
 
-    __slots__ = ("gone", "relay", "transport")
+    __slots__ = ("backend", "gone", "relay", "transport")
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, backend: Backend) -> None:
         self.relay = relay
+        self.backend = backend
         self.transport: asyncio.Transport | None = None
         self.gone = False
 

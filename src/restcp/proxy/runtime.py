@@ -1,0 +1,305 @@
+"""The live state of one route that every relay reads: members, health, limits, counters.
+
+A *member* is a backend as the data plane sees it: the stored Backend plus its health
+(core.health), its open connections and its counters. The candidates a picker chooses from
+are recomputed when something changes (an update, a health transition), never per client:
+
+    candidates = members that are enabled, not down, and of weight > 0
+
+With no candidate left, ``when_all_down`` decides: ``fail_fast`` closes the client at once,
+``try_all`` tries every enabled member of weight > 0 whatever its health. A member at its own
+``max_connections`` is skipped for that client. Admin states: ``drain`` takes no new clients
+and, with a ``drain_timeout``, closes its open ones at that deadline; ``disabled`` takes no
+clients, is not checked, and its open connections are closed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from restcp.core import health as hm
+from restcp.core import proxy_protocol
+from restcp.core.balancer import Picker, make_picker
+from restcp.model import Backend, BackendStatus, Route
+
+if TYPE_CHECKING:
+    from restcp.proxy.listener import RelaySet
+    from restcp.proxy.relay import Relay
+
+log = logging.getLogger("restcp.health")
+
+
+class Member:
+    __slots__ = (
+        "active",
+        "backend",
+        "bytes_in",
+        "bytes_out",
+        "connect_failures",
+        "connections",
+        "health",
+        "timer",
+    )
+
+    def __init__(self, backend: Backend, health: hm.BackendHealth) -> None:
+        self.backend = backend
+        self.health = health
+        self.active = 0
+        self.connections = 0
+        self.bytes_in = 0  # client -> backend, of finished connections
+        self.bytes_out = 0
+        self.connect_failures = 0
+        # A cool-down after a passive "down", or a drain deadline: one at a time.
+        self.timer: asyncio.TimerHandle | None = None
+
+    @property
+    def id(self) -> int:
+        return self.backend.id
+
+    @property
+    def weight(self) -> int:
+        return self.backend.weight
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class RouteRuntime:
+    def __init__(self, route: Route, relays: RelaySet) -> None:
+        self.app = route.app
+        self.route_id = route.id
+        self.route = route
+        self.relays: set[Relay] = set()
+        self._all = relays
+        self.members: dict[int, Member] = {}
+        self.candidates: tuple[Member, ...] = ()
+        self.refused: Counter[str] = Counter()
+        self.picker: Picker = make_picker(route.settings.balance)
+        self._apply(route, first=True)
+
+    # -- configuration -------------------------------------------------------------------
+
+    def update(self, route: Route) -> None:
+        if route.settings.balance != self.route.settings.balance:
+            self.picker = make_picker(route.settings.balance)
+        self._apply(route, first=False)
+
+    def _apply(self, route: Route, *, first: bool) -> None:
+        old_route = self.route
+        self.route = route
+        settings = route.settings
+        self.connect_timeout = settings.connect_timeout
+        self.idle_timeout = settings.idle_timeout
+        self.half_close_timeout = settings.half_close_timeout
+        self.max_connect_attempts = settings.max_connect_attempts
+        check = settings.health_check
+        initial = check.initial if check is not None else "unknown"
+        old = self.members
+        members: dict[int, Member] = {}
+        now = time.time()
+        for backend in route.backends:
+            member = old.get(backend.id)
+            if member is None or (member.backend.ip, member.backend.port) != (
+                backend.ip,
+                backend.port,
+            ):
+                # A new address is a new server: its health starts over; open connections
+                # to the old address still count against the member.
+                fresh = Member(backend, hm.initial(initial, now))
+                if member is not None:
+                    fresh.active = member.active
+                    member.cancel_timer()
+                member = fresh
+            previous = member.backend
+            member.backend = backend
+            members[backend.id] = member
+            if not first and previous.state != backend.state:
+                self._state_changed(member, previous.state)
+        if not first and old_route.settings.health_check != check and check is None:
+            # Checks turned off: a down verdict they gave no longer holds.
+            for member in members.values():
+                if member.health.state == "down" and member.health.passive_failures == 0:
+                    member.health = hm.initial("unknown", now)
+        for backend_id, member in old.items():
+            if backend_id not in members:
+                member.cancel_timer()
+        self.members = members
+        self._recompute()
+
+    def _state_changed(self, member: Member, previous: str) -> None:
+        member.cancel_timer()
+        state = member.backend.state
+        log.info(
+            "admin state app=%s route=%s backend=%s %s -> %s",
+            self.app, self.route_id, member.id, previous, state,
+        )  # fmt: skip
+        if state == "disabled":
+            self._close_relays_of(member.id, "backend_disabled")
+        elif state == "drain" and member.backend.drain_timeout is not None:
+            member.timer = asyncio.get_running_loop().call_later(
+                member.backend.drain_timeout, self._drain_deadline, member.id
+            )
+
+    def _drain_deadline(self, backend_id: int) -> None:
+        member = self.members.get(backend_id)
+        if member is not None:
+            member.timer = None
+            if member.backend.state == "drain":
+                self._close_relays_of(backend_id, "drain_timeout")
+
+    def _close_relays_of(self, backend_id: int, reason: str) -> None:
+        for relay in list(self.relays):
+            if relay.backend is not None and relay.backend.id == backend_id:
+                relay.abort(reason)
+
+    def _recompute(self) -> None:
+        self.candidates = tuple(
+            m
+            for m in self.members.values()
+            if m.backend.state == "enabled" and m.health.usable and m.weight > 0
+        )
+
+    def close(self) -> None:
+        """The route stopped: no timer of it may fire any more."""
+        for member in self.members.values():
+            member.cancel_timer()
+
+    # -- admission and picking -----------------------------------------------------------
+
+    def admit(self) -> str | None:
+        """Why a new client must be refused now (None: welcome)."""
+        limit = self.route.settings.max_connections
+        if limit is not None and len(self.relays) >= limit:
+            return "route_limit"
+        if self._all.full():
+            return "node_limit"
+        return None
+
+    def pick(self, tried: set[int], key: bytes) -> Backend | None:
+        if len(tried) >= self.max_connect_attempts:
+            return None
+        excluded: set[int] | set[int] = tried
+        at_limit = {
+            m.id
+            for m in self.members.values()
+            if m.backend.max_connections is not None and m.active >= m.backend.max_connections
+        }
+        if at_limit:
+            excluded = tried | at_limit
+        candidates: tuple[Member, ...] = self.candidates
+        if not candidates and self.route.settings.when_all_down == "try_all":
+            candidates = tuple(
+                m for m in self.members.values() if m.backend.state == "enabled" and m.weight > 0
+            )
+        member = self.picker.pick(candidates, excluded, key)
+        if member is None:
+            return None
+        return member.backend
+
+    def proxy_header(
+        self,
+        backend: Backend,
+        client: tuple[str, int] | None,
+        frontend: tuple[str, int] | None,
+    ) -> bytes | None:
+        version = backend.proxy_protocol or self.route.settings.proxy_protocol
+        if version is None or version == "none":
+            return None
+        return proxy_protocol.header(version, client, frontend)
+
+    # -- what relays report --------------------------------------------------------------
+
+    def started(self, relay: Relay) -> None:
+        self.relays.add(relay)
+        self._all.add(relay)
+
+    def connected(self, relay: Relay) -> None:
+        backend = relay.backend
+        member = self.members.get(backend.id) if backend is not None else None
+        if member is not None:
+            member.active += 1
+            member.connections += 1
+            member.health = hm.connect_succeeded(member.health)
+
+    def connect_failed(self, backend: Backend, reason: str) -> None:
+        member = self.members.get(backend.id)
+        if member is None or member.backend != backend:
+            return
+        member.connect_failures += 1
+        step = hm.connect_failed(
+            member.health, time.time(), self.route.settings.passive_fall, reason
+        )
+        self._step(member, step)
+        if step.changed and self.route.settings.health_check is None:
+            # Nothing will probe it back up: give it another chance after the cool-down.
+            member.cancel_timer()
+            member.timer = asyncio.get_running_loop().call_later(
+                self.route.settings.passive_cooldown, self._cooldown_over, member.id
+            )
+
+    def _cooldown_over(self, backend_id: int) -> None:
+        member = self.members.get(backend_id)
+        if member is not None:
+            member.timer = None
+            self._step(member, hm.cooldown_over(member.health, time.time()))
+
+    def check_result(self, backend_id: int, ok: bool, reason: str, latency: float) -> None:
+        member = self.members.get(backend_id)
+        check = self.route.settings.health_check
+        if member is None or check is None:
+            return
+        now = time.time()
+        if ok:
+            step = hm.check_passed(member.health, now, check.rise)
+        else:
+            step = hm.check_failed(member.health, now, check.fall, reason)
+        self._step(member, step)
+
+    def _step(self, member: Member, step: hm.Step) -> None:
+        old = member.health.state
+        member.health = step.health
+        if step.changed:
+            log.warning(
+                "health app=%s route=%s backend=%s addr=%s:%s %s -> %s reason=%s",
+                self.app, self.route_id, member.id, member.backend.ip, member.backend.port,
+                old, step.health.state, step.health.reason,
+            )  # fmt: skip
+            self._recompute()
+
+    def finished(self, relay: Relay) -> None:
+        self.relays.discard(relay)
+        self._all.discard(relay)
+        if relay.refused is not None:
+            self.refused[relay.refused] += 1
+        backend = relay.backend
+        member = self.members.get(backend.id) if backend is not None else None
+        if member is not None:
+            member.active = max(0, member.active - 1)
+            member.bytes_in += relay.bytes_up
+            member.bytes_out += relay.bytes_down
+
+    # -- what the API and metrics read ---------------------------------------------------
+
+    def backend_status(self) -> dict[int, BackendStatus]:
+        return {
+            m.id: BackendStatus(
+                health=m.health.state,
+                health_changed_at=m.health.changed_at,
+                health_reason=m.health.reason,
+                active_connections=m.active,
+            )
+            for m in self.members.values()
+        }
+
+    def live_bytes(self) -> Iterable[tuple[int, int, int]]:
+        """(backend id, bytes in, bytes out) of connections still open."""
+        for relay in self.relays:
+            if relay.backend is not None:
+                yield relay.backend.id, relay.bytes_up, relay.bytes_down
