@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 from bench.peers import api_base, restcp_log_notes, start_restcp
 from bench.procs import BenchError, Proc
 
+ROUTES_PER_APP = 500
+
 
 @dataclass
 class ControlResult:
@@ -92,7 +94,8 @@ def run_control(
     started = time.monotonic()
     for i in range(1, routes + 1):
         t0 = time.perf_counter()
-        conn.request("PUT", "/apps/scale/routes", body=b"", headers={"Content-Length": "0"})
+        app = f"scale{(i - 1) // ROUTES_PER_APP}"  # restcp caps routes per app (1000)
+        conn.request("PUT", f"/apps/{app}/routes", body=b"", headers={"Content-Length": "0"})
         response = conn.getresponse()
         body = response.read()
         latencies.append((time.perf_counter() - t0) * 1e3)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.control import ControlResult
+from bench.control import ROUTES_PER_APP, ControlResult
 from bench.workloads import WORKLOADS, Sample
 
 PROXY_TITLES = {
@@ -79,7 +79,12 @@ def aggregate(samples: Sequence[Sample], proxies: Sequence[str]) -> list[Row]:
             cpus = [c for c in (s.cpu_us_per_op for s in mine) if c is not None]
             keys = sorted({k for s in mine for k in s.extra})
             extra = {k: _median([s.extra[k] for s in mine if k in s.extra]) for k in keys}
-            notes = list(dict.fromkeys(n for s in mine for n in s.notes))
+            if len(mine) == 1:
+                notes = mine[0].notes
+            else:
+                notes = [
+                    f"rep {n}: " + "; ".join(s.notes) for n, s in enumerate(mine, 1) if s.notes
+                ]
             rows.append(
                 Row(
                     workload,
@@ -264,7 +269,9 @@ def md_table(table: Sequence[Sequence[str]]) -> str:
 
 
 def console(report: Report) -> str:
-    parts = ["", text_table(main_table(report.rows)), "", text_table(ratio_table(report.rows))]
+    parts = []
+    if report.rows:
+        parts += ["", text_table(main_table(report.rows)), "", text_table(ratio_table(report.rows))]
     if report.control is not None:
         parts += ["", text_table(control_table(report.control))]
     if report.failures:
@@ -314,7 +321,10 @@ def charts(report: Report, directory: Path) -> list[tuple[str, str]]:
                 rows[0].rate_unit if value == "rate" else OP_LABEL[rows[0].op_unit] if rows else ""
             )
             better = "lower" if value != "rate" or workload in LOWER_IS_BETTER else "higher"
-            ax.set_title(f"{WORKLOADS[workload].title}\n{unit} ({better} is better)", fontsize=9)
+            title = WORKLOADS[workload].title
+            if workload == "idle" and value != "rate":
+                title = "Opening the idle connections (each echoes a byte)"
+            ax.set_title(f"{title}\n{unit} ({better} is better)", fontsize=9)
             ax.tick_params(axis="x", labelsize=7, rotation=30)
             ax.tick_params(axis="y", labelsize=8)
             for x, v in enumerate(values):
@@ -469,7 +479,8 @@ def markdown(report: Report, chart_dir_name: str, written: Sequence[tuple[str, s
             "### restcp control plane",
             "",
             f"One restcp with a SQLite store file, pinned on core 1: {c.routes_wanted:,} routes "
-            "created one after another through `PUT /apps/scale/routes` on one kept-alive "
+            f"created one after another through `PUT /apps/scaleN/routes` ({ROUTES_PER_APP} per "
+            "app, under restcp's `--max-routes-per-app`) on one kept-alive "
             "connection (each binds a listening port), then SIGTERM and "
             f"{len(c.restart_s)} restart(s) with all of them stored, timed from spawning "
             "`uv run restcp serve` (uv's own start-up included) to its `ready` line.",

@@ -10,15 +10,23 @@ import os
 import resource
 import signal
 import socket
-import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from restcp import __version__
+from restcp import __version__, logs
+from restcp.core.policy import parse_networks
 from restcp.errors import RestcpError
-from restcp.settings import Settings, parse_host_port, parse_ip, parse_port_range
+from restcp.settings import (
+    Settings,
+    parse_api_token,
+    parse_host_name,
+    parse_host_port,
+    parse_ip,
+    parse_port_range,
+)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 # --loop NAME -> "module:function" that runs a coroutine to completion; loaded lazily.
@@ -40,22 +48,83 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"RESTCP_{name}", default)
 
 
-def _api_address(text: str) -> tuple[str, int]:
+def _api_address(text: str) -> tuple[str, int, str | None]:
+    """(IP, port, the name given if it was one): browsers may call the API by that name."""
     host, port = parse_host_port(text)
     try:
-        host = parse_ip(host)
+        return parse_ip(host), port, None
     except ValueError:
         try:  # a name such as "localhost": its first address
-            host = str(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0])
+            ip = str(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0])
         except OSError:
             raise ValueError(f"cannot resolve API host {host!r}") from None
-    return host, port
+        try:
+            name: str | None = parse_host_name(host)
+        except ValueError:  # resolvable here (/etc/hosts), but no name a browser would send
+            name = None
+        return ip, port, name
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not one of 1, true, yes, on, 0, false, no, off")
+
+
+def _positive(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
+def _read_token_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            # Bounded: a token is short, and a path to /dev/zero must not hang the start.
+            text = file.read(4097)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--api-token-file {path}: cannot read it: {err}") from None
+    if len(text) > 4096:
+        raise ValueError(f"--api-token-file {path}: too long for a token")
+    try:
+        return parse_api_token(text.strip())
+    except ValueError as err:
+        raise ValueError(f"--api-token-file {path}: {err}") from None
+
+
+def _api_token(args: argparse.Namespace) -> str | None:
+    """The admin token from --api-token, --api-token-file or their variables (one only)."""
+    token = args.api_token if args.api_token is not None else _env("API_TOKEN", "") or None
+    path = args.api_token_file or _env("API_TOKEN_FILE", "") or None
+    if token is not None and path is not None:
+        raise ValueError(
+            "give the API token once: --api-token (RESTCP_API_TOKEN) or --api-token-file "
+            "(RESTCP_API_TOKEN_FILE), not both"
+        )
+    if path is not None:
+        return _read_token_file(path)
+    if token is not None:
+        try:
+            return parse_api_token(token)
+        except ValueError as err:
+            raise ValueError(f"--api-token (RESTCP_API_TOKEN): {err}") from None
+    return None
 
 
 def _seconds(text: str) -> float:
     value = float(text)
     if not 0 <= value < float("inf"):
         raise ValueError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def _lease_ttl(text: str) -> float:
+    # Renewed at a third of it: below 0.1 s the renewals alone would keep Redis busy.
+    value = _seconds(text)
+    if value < 0.1:
+        raise ValueError(f"{text!r} is too short a lease: use at least 0.1 seconds")
     return value
 
 
@@ -89,6 +158,52 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("API", "127.0.0.1:8001"),
         metavar="HOST:PORT",
         help="where the HTTP API listens; port 0 picks a free one (RESTCP_API; %(default)s)",
+    )
+    serve.add_argument(
+        "--api-token",
+        metavar="TOKEN",
+        help="the admin token: every API request but GET /healthz and GET /openapi.json must "
+        "send 'Authorization: Bearer TOKEN' (or a token of its app, POST /apps/APP/tokens); "
+        "at least 16 characters. The command line shows in ps: prefer --api-token-file or "
+        "RESTCP_API_TOKEN (default: none, the API asks for no token)",
+    )
+    serve.add_argument(
+        "--api-token-file",
+        metavar="PATH",
+        help="read the admin token from this file, trailing newline removed "
+        "(RESTCP_API_TOKEN_FILE)",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve the API on a non-loopback --api address without --api-token: anyone who "
+        "can reach it may change every route. Refused unless given (RESTCP_INSECURE=1)",
+    )
+    serve.add_argument(
+        "--api-allowed-host",
+        action="append",
+        type=_arg(parse_host_name, "--api-allowed-host"),
+        metavar="NAME",
+        help="a host name clients use for the API (behind a proxy or in DNS); requests from "
+        "browsers for other names are refused. The API's address, localhost and the name in "
+        "--api are always allowed; repeatable (RESTCP_API_ALLOWED_HOST, comma-separated)",
+    )
+    serve.add_argument(
+        "--max-routes-per-app",
+        type=_arg(_positive, "--max-routes-per-app"),
+        default=_env("MAX_ROUTES_PER_APP", "1000"),
+        metavar="N",
+        help="routes one app may have; more are refused with 409 "
+        "(RESTCP_MAX_ROUTES_PER_APP; %(default)s)",
+    )
+    serve.add_argument(
+        "--max-backends-per-route",
+        type=_arg(_positive, "--max-backends-per-route"),
+        default=_env("MAX_BACKENDS_PER_ROUTE", "100"),
+        metavar="N",
+        help="backends one route may have; more are refused with 409 "
+        "(RESTCP_MAX_BACKENDS_PER_ROUTE; %(default)s)",
     )
     serve.add_argument(
         "--store",
@@ -142,6 +257,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often the whole store is re-applied (RESTCP_RESYNC_INTERVAL; %(default)s)",
     )
     serve.add_argument(
+        "--provision-timeout",
+        type=_arg(_seconds, "--provision-timeout"),
+        default=_env("PROVISION_TIMEOUT", "5"),
+        metavar="SECONDS",
+        help="Redis store: how long a route created for another node's frontend IP waits for "
+        "that node to bind it before answering 202 (RESTCP_PROVISION_TIMEOUT; %(default)s)",
+    )
+    serve.add_argument(
+        "--lease-ttl",
+        type=_arg(_lease_ttl, "--lease-ttl"),
+        default=_env("LEASE_TTL", "10"),
+        metavar="SECONDS",
+        help="Redis store: how long this node's claim on its frontend IPs outlives it; a node "
+        "started for the same IP takes over after it (RESTCP_LEASE_TTL; %(default)s)",
+    )
+    serve.add_argument(
+        "--backend-allow",
+        action="append",
+        type=_arg(_cidr, "--backend-allow"),
+        metavar="CIDR",
+        help="backends may only be in these networks; repeatable "
+        "(RESTCP_BACKEND_ALLOW, comma-separated; default: any network not denied)",
+    )
+    serve.add_argument(
+        "--backend-deny",
+        action="append",
+        type=_arg(_cidr, "--backend-deny"),
+        metavar="CIDR",
+        help="backends may not be in these networks, on top of link-local and cloud "
+        "metadata, unspecified, multicast and broadcast addresses and the node's own API "
+        "and listeners; repeatable (RESTCP_BACKEND_DENY, comma-separated)",
+    )
+    serve.add_argument(
         "--max-connections",
         type=_arg(_count, "--max-connections"),
         default=_env("MAX_CONNECTIONS", "auto"),
@@ -151,10 +299,24 @@ def build_parser() -> argparse.ArgumentParser:
         "soft limit to the hard one (RESTCP_MAX_CONNECTIONS; %(default)s)",
     )
     serve.add_argument(
+        "--max-connections-per-app",
+        type=_arg(_count, "--max-connections-per-app"),
+        default=_env("MAX_CONNECTIONS_PER_APP", "auto"),
+        metavar="N",
+        help="open connections one app's routes may hold together; clients past it are "
+        "closed at once; auto: no per-app cap (RESTCP_MAX_CONNECTIONS_PER_APP; %(default)s)",
+    )
+    serve.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=_env("LOG_LEVEL", "info").lower(),
         help="(RESTCP_LOG_LEVEL; %(default)s)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=_env("LOG_FORMAT", "text").lower(),
+        help="text lines, or JSON lines with one object per event (RESTCP_LOG_FORMAT; %(default)s)",
     )
     serve.add_argument(
         "--loop",
@@ -171,6 +333,7 @@ def _check_choices(args: argparse.Namespace) -> None:
     for name, value, choices in (
         ("LOG_LEVEL", args.log_level, LOG_LEVELS),
         ("LOOP", args.loop, ("auto", *LOOPS)),
+        ("LOG_FORMAT", args.log_format, LOG_FORMATS),
     ):
         if value not in choices:
             raise ValueError(f"RESTCP_{name}={value!r}: choose from {', '.join(choices)}")
@@ -181,20 +344,52 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     frontend_ips: Sequence[str] = args.frontend_ip or [
         parse_ip(ip.strip()) for ip in _env("FRONTEND_IP", "127.0.0.1").split(",") if ip.strip()
     ]
-    api_host, api_port = args.api
-    return Settings(
+    api_host, api_port, api_name = args.api
+    allowed_hosts = args.api_allowed_host or _env_list("API_ALLOWED_HOST", parse_host_name)
+    insecure = args.insecure if args.insecure is not None else _flag(_env("INSECURE", ""))
+    settings = Settings(
         api_host=api_host,
         api_port=api_port,
+        api_token=_api_token(args),
+        insecure=insecure,
+        api_allowed_hosts=tuple(dict.fromkeys([*filter(None, [api_name]), *allowed_hosts])),
+        max_routes_per_app=args.max_routes_per_app,
+        max_backends_per_route=args.max_backends_per_route,
         store=args.store,
         frontend_ips=tuple(dict.fromkeys(frontend_ips)),
         port_range=args.port_range,
         log_level=args.log_level,
+        log_format=args.log_format,
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,
         drain_timeout=args.drain_timeout,
         resync_interval=args.resync_interval,
+        provision_timeout=args.provision_timeout,
+        lease_ttl=args.lease_ttl,
         max_connections=args.max_connections or _fd_connection_cap(),
+        max_connections_per_app=args.max_connections_per_app,
+        backend_allow=tuple(args.backend_allow or _env_list("BACKEND_ALLOW", _cidr)),
+        backend_deny=tuple(args.backend_deny or _env_list("BACKEND_DENY", _cidr)),
     )
+    if settings.exposed_without_token() and not settings.insecure:
+        raise ValueError(
+            f"--api {settings.api_host} is not a loopback address and no --api-token is set: "
+            "anyone who can reach it could change every route. Set --api-token-file (or "
+            "--api-token, RESTCP_API_TOKEN), or pass --insecure to accept that"
+        )
+    return settings
+
+
+def _cidr(text: str) -> str:
+    parse_networks([text])
+    return text.strip()
+
+
+def _env_list(name: str, parse: Callable[[str], str]) -> list[str]:
+    try:
+        return [parse(item) for item in _env(name, "").split(",") if item.strip()]
+    except ValueError as err:
+        raise ValueError(f"RESTCP_{name}: {err}") from None
 
 
 def _count(text: str) -> int | None:
@@ -244,11 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = settings_from_args(args)
     except ValueError as err:
         parser.error(str(err))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_format)
     log = logging.getLogger("restcp")
     # SIGTERM and SIGINT stay blocked (pending, not lost) until serve() has its handlers on
     # the event loop and unblocks them. Delivered during the imports, a Ctrl-C is a

@@ -9,6 +9,10 @@ class NotFound(RestcpError):
     """The app, route or backend does not exist (404)."""
 
 
+class Forbidden(RestcpError):
+    """Well-formed, but policy does not allow it, e.g. a backend in a denied network (403)."""
+
+
 class Conflict(RestcpError):
     """The request clashes with the current state, e.g. a port already taken (409)."""
 
@@ -19,3 +23,17 @@ class InvalidSpec(RestcpError):
 
 class Unavailable(RestcpError):
     """The store or the owning node cannot answer now (503)."""
+
+
+class Provisioning(RestcpError):
+    """Not an error: a route was handed to the node that owns its frontend IP, which did not
+    answer in time (202). The route appears under ``route_id`` once that node has bound it."""
+
+    def __init__(self, app: str, route_id: int, frontend_ip: str) -> None:
+        super().__init__(
+            f"route {route_id} of app {app!r} is being provisioned by the node that serves "
+            f"{frontend_ip}"
+        )
+        self.app = app
+        self.route_id = route_id
+        self.frontend_ip = frontend_ip

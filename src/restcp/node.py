@@ -14,19 +14,24 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from restcp.api.app import build_app
+from restcp.api.auth import ApiConfig
+from restcp.cluster import Cluster
 from restcp.core import ports
+from restcp.core.policy import DEFAULT_DENY, AddressPolicy, parse_networks
 from restcp.core.reconcile import diff
-from restcp.errors import Conflict, InvalidSpec, NotFound, RestcpError, Unavailable
+from restcp.errors import Conflict, Forbidden, InvalidSpec, NotFound, RestcpError, Unavailable
 from restcp.health.checker import RouteChecks
+from restcp.metrics import CONTENT_TYPE_LATEST, BackendSample, Metrics, RouteSample, generate_latest
 from restcp.model import BackendStatus, Route, RouteKey, RouteSettings, format_host
 from restcp.proxy.listener import bind, is_address_taken
 from restcp.proxy.manager import ProxyManager
+from restcp.proxy.runtime import RouteRuntime
 from restcp.settings import Settings
 from restcp.store import Store, open_store
 
@@ -37,9 +42,18 @@ class Node:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.proxy = ProxyManager(max_connections=settings.max_connections)
+        self.policy = AddressPolicy(
+            allow=parse_networks(settings.backend_allow),
+            deny=parse_networks((*DEFAULT_DENY, *settings.backend_deny)),
+        )
+        self.proxy = ProxyManager(
+            max_connections=settings.max_connections,
+            max_connections_per_app=settings.max_connections_per_app,
+            backend_refusal=self.backend_refusal,
+        )
+        self.metrics = Metrics(self)
         # Active health checks of the routes this node serves, fed into their runtimes.
-        self._checks: dict[RouteKey, RouteChecks] = {}
+        self._checks: dict[RouteKey, tuple[_CheckSink, RouteChecks]] = {}
         # Held by everything that reads the store and then changes listeners (creates, syncs,
         # resyncs): each awaits in the middle (binding, starting a server), and another one
         # acting on the state it read before would bind a port being bound, update a listener
@@ -49,6 +63,8 @@ class Node:
         self._runner: web.AppRunner | None = None
         self._resync_task: asyncio.Task[None] | None = None
         self.api_address: tuple[str, int] | None = None
+        # With a shared store (Redis): leases, change notices, remote provisioning.
+        self.cluster = Cluster.for_store(store, settings, self, lambda: len(self.proxy.running()))
 
     # -- the Owner protocol of the API ---------------------------------------------------
 
@@ -59,12 +75,29 @@ class Node:
         )
 
     async def create_route(
-        self, app: str, frontend_ip: str | None, port: int | None, settings: RouteSettings
+        self,
+        app: str,
+        frontend_ip: str | None,
+        port: int | None,
+        settings: RouteSettings,
+        route_id: int | None = None,
     ) -> Route:
-        ip = frontend_ip or self.settings.frontend_ips[0]
-        if ip not in self.settings.frontend_ips:
-            served = ", ".join(self.settings.frontend_ips)
-            raise InvalidSpec(f"frontend_ip {ip} is not served by this node (it serves {served})")
+        """``route_id``: store under an id another node reserved (cluster provisioning)."""
+        ip = (
+            frontend_ip
+            or (self.cluster and self.cluster.default_ip())
+            or self.settings.frontend_ips[0]
+        )
+        if not self._serves_ip(ip):
+            if self.cluster is None:
+                served = ", ".join(self.settings.frontend_ips)
+                raise InvalidSpec(
+                    f"frontend_ip {ip} is not served by this node (it serves {served})"
+                )
+            if route_id is None:
+                # Only the node serving an IP can bind its ports: hand the route over.
+                return await self.cluster.provision(app, ip, port, settings)
+            raise Unavailable(f"this node does not serve frontend_ip {ip} (any more)")
         async with self._applying:
             used = await self.store.ports_in_use(ip)
             if port is not None:
@@ -74,7 +107,10 @@ class Node:
             else:
                 port, sock = await self._bind_next(ip, used)
             try:
-                route = await self.store.create_route(app, ip, port, settings)
+                if route_id is not None and self.cluster is not None:
+                    route = await self.cluster.store_route(app, route_id, ip, port, settings)
+                else:
+                    route = await self.store.create_route(app, ip, port, settings)
             except BaseException:
                 sock.close()
                 raise
@@ -102,19 +138,72 @@ class Node:
             return port, sock
         raise Conflict(f"no free port left in {lo}-{hi} on {ip}")
 
-    async def sync(self, key: RouteKey) -> None:
+    async def sync(self, key: RouteKey, *, publish: bool = True) -> None:
+        """Apply one stored route now; ``publish``: and tell the node that serves it, if
+        that is another one (after an API write; not when told by another node)."""
         async with self._applying:
             try:
-                desired = {key: await self.store.get_route(*key)}
+                route: Route | None = await self.store.get_route(*key)
             except NotFound:
-                desired = {}
+                route = None
+            desired = {key: route} if route is not None and self._serves(route) else {}
             current = self.proxy.running().get(key)
             running = {} if current is None else {key: current}
             await self.proxy.apply(diff(desired, running))
             await self._sync_checks()
+        if publish and self.cluster is not None:
+            await self.cluster.changed(key, route)
+
+    def backend_refusal(self, ip: str, port: int) -> str | None:
+        """Why the policy refuses ``ip:port`` as a backend, or None. Checked by the API before
+        storing, and by the data plane before connecting and probing (the node's own
+        addresses change as routes come and go)."""
+        own = [(r.frontend_ip, r.port) for r in self.proxy.running().values()]
+        if self.api_address is not None:
+            own.append(self.api_address)
+        return self.policy.refusal(ip, port, own)
+
+    def check_backend(self, ip: str, port: int) -> None:
+        refusal = self.backend_refusal(ip, port)
+        if refusal is not None:
+            raise Forbidden(f"backend address not allowed: {refusal}")
 
     def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]:
         return self.proxy.backend_status(key)
+
+    def samples(self) -> Iterator[RouteSample]:
+        """The data plane's counters, for the metrics collector (at scrape time)."""
+        for key in self.proxy.running():
+            runtime = self.proxy.runtime(key)
+            if runtime is None:
+                continue
+            live: dict[int, list[int]] = {}
+            for backend_id, up, down in runtime.live_bytes():
+                sums = live.setdefault(backend_id, [0, 0])
+                sums[0] += up
+                sums[1] += down
+            yield RouteSample(
+                app=runtime.app,
+                route=runtime.route_id,
+                refused=dict(runtime.refused),
+                backends=tuple(
+                    BackendSample(
+                        app=runtime.app,
+                        route=runtime.route_id,
+                        backend=m.id,
+                        connections_total=m.connections,
+                        connections_active=m.active,
+                        bytes_in=m.bytes_in + live.get(m.id, (0, 0))[0],
+                        bytes_out=m.bytes_out + live.get(m.id, (0, 0))[1],
+                        connect_failures=m.connect_failures,
+                        health=m.health.state,
+                    )
+                    for m in runtime.members.values()
+                ),
+            )
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        return generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         unbound = [
@@ -122,7 +211,29 @@ class Node:
             for (app, route_id), error in self.proxy.unbound.items()
         ]
         ready = self._started and not unbound
-        return ready, {"routes": len(self.proxy.running()), "unbound": unbound}
+        details: dict[str, Any] = {"routes": len(self.proxy.running()), "unbound": unbound}
+        if self.cluster is not None:
+            # Its "status" (degraded, standby) replaces the API's ok/starting.
+            serving_all, cluster = self.cluster.readiness()
+            ready = ready and serving_all
+            details.update(cluster)
+        return ready, details
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        if self.cluster is not None:
+            return await self.cluster.nodes()
+        api = self.api_address
+        return [
+            {
+                "id": "local",
+                "api": None if api is None else f"http://{format_host(api[0])}:{api[1]}/",
+                "frontend_ips": list(self.settings.frontend_ips),
+                "leases": [],
+                "routes_serving": len(self.proxy.running()),
+                "started_at": None,
+                "last_seen": 0.0,
+            }
+        ]
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -137,41 +248,61 @@ class Node:
         """Probe exactly the enabled and draining backends of the routes being served."""
         running = self.proxy.running()
         for key in [k for k in self._checks if k not in running]:
-            await self._checks.pop(key).close()
+            await self._checks.pop(key)[1].close()
+            self.metrics.forget_route(*key)
         for key, route in running.items():
             runtime = self.proxy.runtime(key)
-            checks = self._checks.get(key)
-            if checks is not None and checks.sink is not runtime:
+            entry = self._checks.get(key)
+            if entry is not None and entry[0].runtime is not runtime:
                 # The listener was restarted (its address changed): a new runtime to feed.
-                await checks.close()
-                checks = None
-            if checks is None and runtime is not None:
-                checks = self._checks[key] = RouteChecks(runtime)
-            if checks is not None:
-                probed = [b for b in route.backends if b.state != "disabled"]
-                checks.update(route.settings.health_check, probed)
+                await self._checks.pop(key)[1].close()
+                entry = None
+            if entry is None and runtime is not None:
+                sink = _CheckSink(runtime, self.metrics)
+                entry = self._checks[key] = (sink, RouteChecks(sink))
+            if entry is not None:
+                probed = [
+                    b
+                    for b in route.backends
+                    if b.state != "disabled" and self.backend_refusal(b.ip, b.port) is None
+                ]
+                entry[1].update(route.settings.health_check, probed)
 
     def _serves(self, route: Route) -> bool:
-        return route.frontend_ip in self.settings.frontend_ips
+        return self._serves_ip(route.frontend_ip)
+
+    def _serves_ip(self, ip: str) -> bool:
+        # In a cluster only under the IP's lease, so that two live nodes never serve one IP.
+        return ip in self.settings.frontend_ips and (self.cluster is None or self.cluster.holds(ip))
 
     async def _resync_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.resync_interval)
             try:
                 await self.resync()
+            except Unavailable as err:
+                # Expected while the store is down; the listeners serve on meanwhile.
+                log.warning(
+                    "resync failed, retrying in %gs: %s", self.settings.resync_interval, err
+                )
             except Exception:
                 log.exception("resync failed; retrying in %gs", self.settings.resync_interval)
 
     async def start(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.start()
         await self.resync()
         self._started = True
         self._resync_task = asyncio.create_task(self._resync_forever())
-        self._runner = web.AppRunner(build_app(self.store, self), access_log=None)
+        api = build_app(self.store, self, ApiConfig.from_settings(self.settings))
+        self._runner = web.AppRunner(api, access_log=None)
         await self._runner.setup()
         sock = bind(self.settings.api_host, self.settings.api_port)
         host, port = sock.getsockname()[:2]
         await web.SockSite(self._runner, sock).start()
         self.api_address = (host, port)
+        if self.cluster is not None:
+            await self.cluster.register()
         log.info(
             "ready api=http://%s:%d/ routes=%d", format_host(host), port, len(self.proxy.running())
         )
@@ -183,12 +314,16 @@ class Node:
                 self._resync_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._resync_task
+            if self.cluster is not None:
+                await self.cluster.stop()
             if self._runner is not None:
                 await self._runner.cleanup()
-            for checks in self._checks.values():
+            for _, checks in self._checks.values():
                 await checks.close()
             self._checks.clear()
             await self.proxy.shutdown(self.settings.drain_timeout)
+            if self.cluster is not None:
+                await self.cluster.release()
         finally:
             # Whatever went wrong above, the store's last writes are flushed and its files
             # released.
@@ -198,6 +333,18 @@ class Node:
 
 async def serve(settings: Settings) -> None:
     """Run a node until SIGTERM or SIGINT."""
+    if settings.exposed_without_token():
+        if not settings.insecure:
+            raise InvalidSpec(
+                f"API address {settings.api_host} is not loopback and no API token is set; "
+                "set one, or pass --insecure"
+            )
+        log.warning(
+            "INSECURE: the API on %s:%d asks for no token; anyone who can reach it may "
+            "change every route. Set --api-token-file, or bind --api to 127.0.0.1",
+            format_host(settings.api_host),
+            settings.api_port,
+        )
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     stop_signals = (signal.SIGTERM, signal.SIGINT)
@@ -223,3 +370,15 @@ def _open_store(url: str) -> Store:
         # A driver raises its own errors (sqlite3.DatabaseError for a file that is not a
         # database); to someone starting a node they all mean one thing, said in one line.
         raise Unavailable(f"cannot open store {url}: {err}") from err
+
+
+class _CheckSink:
+    """Probe results go to the route's runtime (health) and to the latency histogram."""
+
+    def __init__(self, runtime: RouteRuntime, metrics: Metrics) -> None:
+        self.runtime = runtime
+        self._metrics = metrics
+
+    def check_result(self, backend_id: int, ok: bool, reason: str, latency: float) -> None:
+        self._metrics.observe_check(self.runtime.app, self.runtime.route_id, backend_id, latency)
+        self.runtime.check_result(backend_id, ok, reason, latency)

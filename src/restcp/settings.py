@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from restcp.model import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT
 
@@ -16,13 +17,38 @@ class Settings:
     frontend_ips: tuple[str, ...] = ("127.0.0.1",)
     port_range: tuple[int, int] = (10000, 19999)
     log_level: str = "info"
+    log_format: str = "text"
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     drain_timeout: float = 30.0
     # How often the node re-reads the whole store, so that no change is ever lost for long.
     resync_interval: float = 5.0
+    # Cluster (Redis store) only: how long a node that does not serve a route's frontend IP
+    # waits for the owner to bind it, and how long a node's claim on a frontend IP lives
+    # without being renewed (a dead node's IPs are taken over after this).
+    provision_timeout: float = 5.0
+    lease_ttl: float = 10.0
+    # Backend address policy: CIDRs allowed (empty: all not denied) and denied on top of
+    # core.policy.DEFAULT_DENY.
+    backend_allow: tuple[str, ...] = ()
+    backend_deny: tuple[str, ...] = ()
     # Relayed connections the node holds at once; None is no cap.
     max_connections: int | None = None
+    max_connections_per_app: int | None = None
+    # The admin token of the API; None turns authentication off. Kept out of repr() so that
+    # no log line or traceback that prints the settings prints the token.
+    api_token: str | None = field(default=None, repr=False)
+    # Serve an API without a token on a non-loopback address (refused otherwise).
+    insecure: bool = False
+    # Host names the API answers to besides its address and loopback names (the name given
+    # in --api, --api-allowed-host); a browser's request for any other name is refused.
+    api_allowed_hosts: tuple[str, ...] = ()
+    max_routes_per_app: int = 1000
+    max_backends_per_route: int = 100
+
+    def exposed_without_token(self) -> bool:
+        """Whether anyone beyond this machine may reach an API that asks for no token."""
+        return self.api_token is None and not is_loopback(self.api_host)
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -67,3 +93,48 @@ def _port(text: str, *, allow_zero: bool = False) -> int:
     if not lowest <= port <= 65535:
         raise ValueError(f"port {port} is outside {lowest}-65535")
     return port
+
+
+# RFC 6750's b64token: what may follow "Bearer " in an Authorization header.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+MIN_TOKEN_LENGTH = 16
+# A DNS name (labels of letters, digits and hyphens), as a Host header may carry it.
+_HOST_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def parse_api_token(text: str) -> str:
+    """An admin token as given (a file's trailing newline removed by the caller)."""
+    if not _B64TOKEN.fullmatch(text):
+        raise ValueError(
+            "the API token may only contain A-Z a-z 0-9 - . _ ~ + / (and = at its end), "
+            "as a Bearer token must"
+        )
+    if len(text) < MIN_TOKEN_LENGTH:
+        raise ValueError(
+            f"the API token is {len(text)} characters long; use at least {MIN_TOKEN_LENGTH} "
+            "random ones, e.g. from: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return text
+
+
+def parse_host_name(text: str) -> str:
+    """A name or IP literal a Host header may carry, lowercased, without a port."""
+    name = text.strip().lower()
+    try:
+        return parse_ip(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        pass
+    if len(name) > 253 or not _HOST_NAME.fullmatch(name):
+        raise ValueError(f"{text!r} is not a host name or an IP address (and takes no port)")
+    return name.rstrip(".")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an IP literal) is reachable from this machine only."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import json
 import re
 import socket
 import time
@@ -103,6 +104,9 @@ def test_the_doc_table_covers_every_key_family() -> None:
         "route:<app>:<route>:backend:<id>": "hash",
         "route:<app>:<route>:backends_live": "list",
         "route:<app>:<route>:backends_dead": "list",
+        "tokens": "hash",
+        "app:<app>:token_counter": "string",
+        "app:<app>:tokens": "hash",
     }
 
 
@@ -117,6 +121,11 @@ def test_keys_types_and_values_are_as_documented(store: SyncStore, raw_redis: re
     raw_redis.rpush("restcp:route:web:1:backends_dead", 2, 3)
     store.delete_backend("web", 1, 2)
     store.set_port_cursor(IP, 10003)
+    web_hash, billing_hash = "ab" * 32, "cd" * 32
+    store.create_token("web", "00" * 32, 1.5)
+    store.create_token("web", web_hash, 1764181343.25)
+    store.create_token("billing", billing_hash, 2.0)
+    store.delete_token("web", 1)
 
     keys = keyspace(raw_redis)
     found = classify(keys)
@@ -138,6 +147,13 @@ def test_keys_types_and_values_are_as_documented(store: SyncStore, raw_redis: re
     kind, backend = keys["route:web:1:backend:3"]
     assert (kind, backend["ip"], backend["port"]) == ("hash", "10.0.1.7", "8082")
     assert '"weight": 3' in backend["settings"]
+    assert keys["tokens"] == ("hash", {web_hash: "web:2", billing_hash: "billing:1"})
+    assert keys["app:web:token_counter"] == ("string", "2")
+    kind, web_tokens = keys["app:web:tokens"]
+    assert (kind, set(web_tokens)) == ("hash", {"2"})
+    assert json.loads(web_tokens["2"]) == {"hash": web_hash, "created_at": 1764181343.25}
+    # Tokens do not make an app: "billing" is in apps for its route, not its token.
+    assert "app:billing:tokens" in keys
     # delete_backend took its id out of the health lists too.
     assert keys["route:web:1:backends_live"] == ("list", ["1"])
     assert keys["route:web:1:backends_dead"] == ("list", ["3"])
@@ -177,6 +193,9 @@ FAILING: list[tuple[str, Callable[[SyncStore], Any], type[Exception]]] = [
     ("add to unknown app", lambda s: s.add_backend("new", 1, Backend(0, IP, 1)), NotFound),
     ("replace unknown backend", lambda s: s.update_backend("web", 1, Backend(9, IP, 1)), NotFound),
     ("delete unknown backend", lambda s: s.delete_backend("web", 1, 9), NotFound),
+    ("token hash taken", lambda s: s.create_token("new", "ab" * 32, 1.0), Conflict),
+    ("delete unknown token", lambda s: s.delete_token("web", 9), NotFound),
+    ("delete revoked token", lambda s: s.delete_token("web", 1), NotFound),
 ]
 
 
@@ -193,6 +212,9 @@ def test_a_refused_call_writes_no_key(
     store.create_route("web", IP, 10001, DEFAULT)
     store.add_backend("web", 1, Backend(0, IP, 9000))
     store.delete_route("web", 2)
+    store.create_token("web", "cd" * 32, 1.0)
+    store.delete_token("web", 1)
+    store.create_token("web", "ab" * 32, 1.0)
     before = keyspace(raw_redis)
     with pytest.raises(error):
         call(store)

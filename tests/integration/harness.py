@@ -31,6 +31,8 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
     "asyncio": asyncio.new_event_loop,
 }
+# Loops of failed tests, kept from the garbage collector (see run).
+_abandoned: list[asyncio.AbstractEventLoop] = []
 # Long enough for a loaded 2-core CI box, short enough that a hang fails fast.
 WAIT = 10.0
 
@@ -51,8 +53,18 @@ def run(loop_name: str, main: Coroutine[Any, Any, T]) -> T:
         assert not pending, f"tasks left pending: {pending}"
         return result
 
-    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
-        result = runner.run(checked())
+    loop = LOOPS[loop_name]()
+    try:
+        result = loop.run_until_complete(checked())
+    except BaseException:
+        # uvloop's close() runs the loop until every handle is gone, and a socket that the
+        # failure left open can keep it running for ever, in C, where not even pytest-timeout
+        # reaches: the failure would become a hang. A failed test's loop is abandoned
+        # instead; its sockets close when the process exits.
+        _abandoned.append(loop)
+        raise
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
     assert not errors, f"errors reported to the loop: {errors}"
     return result
 
@@ -124,7 +136,13 @@ class Server:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
+        # uvloop's wait_closed waits for every accepted connection to close: after a failed
+        # test the proxy may still hold one open, and the failure must not become a hang.
+        # (asyncio's abort() of a transport already closed fails: hence the check.)
+        for writer in self.writers:
+            if not writer.transport.is_closing():
+                writer.transport.abort()
+        await asyncio.wait_for(self._server.wait_closed(), WAIT)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -3,22 +3,56 @@
 Handlers validate, write to the store, then ask the owning node to apply the stored state
 (``Owner.sync``) before answering, so a response means the change is live: a new route's port
 is accepting, a deleted route's port refuses. Every error is an RFC 9457 problem document.
+
+Which endpoints exist, and who may call each, is the table of api/endpoints.py; tokens and the
+browser checks run as middleware before a handler (api/auth.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 import re
+import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from restcp.api.schemas import BackendBody, BackendPatchBody, RouteBody, RouteSettingsBody
-from restcp.errors import Conflict, InvalidSpec, NotFound, RestcpError, Unavailable
+from restcp.api.auth import (
+    ENDPOINTS,
+    PRINCIPAL,
+    ApiConfig,
+    Principal,
+    Refused,
+    authenticator,
+    guard,
+    hash_token,
+)
+from restcp.api.endpoints import ENDPOINTS as TABLE
+from restcp.api.endpoints import Endpoint
+from restcp.api.openapi import build_spec
+from restcp.api.schemas import (
+    BackendBody,
+    BackendPatchBody,
+    RouteBody,
+    RouteSettingsBody,
+    TokenBody,
+)
+from restcp.errors import (
+    Conflict,
+    Forbidden,
+    InvalidSpec,
+    NotFound,
+    Provisioning,
+    RestcpError,
+    Unavailable,
+)
 from restcp.model import Backend, BackendStatus, HealthCheck, Route, RouteKey, RouteSettings
 from restcp.store import Store
 
@@ -51,8 +85,17 @@ class Owner(Protocol):
     def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]:
         """Health and load of a route's backends, by id (empty if nobody observes them)."""
 
+    def check_backend(self, ip: str, port: int) -> None:
+        """Raise Forbidden if the backend address policy does not allow ``ip:port``."""
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        """The node's metrics in the Prometheus text format, and its content type."""
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """(ready, details) for /healthz."""
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """The live nodes sharing the store (this one alone with an embedded store)."""
 
 
 # -- JSON shapes -------------------------------------------------------------------------
@@ -101,6 +144,8 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 _TITLES = {
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
@@ -111,6 +156,7 @@ _TITLES = {
 }
 _STATUS: dict[type[RestcpError], int] = {
     NotFound: 404,
+    Forbidden: 403,
     Conflict: 409,
     InvalidSpec: 422,
     Unavailable: 503,
@@ -140,6 +186,10 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return await handler(request)
     except BadRequest as err:
         return err.response
+    except Refused as err:
+        response = problem(err.status, err.detail)
+        response.headers.update(err.headers)
+        return response
     except RestcpError as err:
         return problem(_STATUS.get(type(err), 500), str(err))
     except web.HTTPException as err:
@@ -204,13 +254,40 @@ def path_id(request: web.Request, name: str, what: str) -> int:
 
 
 class Api:
-    def __init__(self, store: Store, owner: Owner) -> None:
+    def __init__(
+        self,
+        store: Store,
+        owner: Owner,
+        config: ApiConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.owner = owner
+        self.config = config
+        self.clock = clock
+        # Held from counting to creating, so that concurrent requests cannot all pass a quota
+        # check before any of them creates. Creates are serialised by the node anyway.
+        self._quota = asyncio.Lock()
+        self._spec = json.dumps(build_spec())
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(text=self._spec, content_type="application/json")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.owner.metrics_text()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(self, request: web.Request) -> web.Response:
         ready, details = self.owner.readiness()
-        return _json({"status": "ok" if ready else "starting", **details}, 200 if ready else 503)
+        body = {"status": "ok" if ready else "starting", **details}
+        principal: Principal | None = request.get(PRINCIPAL)
+        if principal is None or not principal.is_admin:
+            # Open to anyone: which apps have which routes is not theirs to see.
+            body.pop("unbound", None)
+        return _json(body, 200 if ready else 503)
+
+    async def nodes(self, request: web.Request) -> web.Response:
+        return _json(await self.owner.nodes())
 
     async def list_apps(self, request: web.Request) -> web.Response:
         apps = await self.store.list_apps()
@@ -224,7 +301,26 @@ class Api:
         app = path_app(request)
         body = await parse_body(request, RouteBody)
         settings = _merge(self.owner.route_defaults(), body)
-        route = await self.owner.create_route(app, body.frontend_ip, body.port, settings)
+        async with self._quota:
+            limit = self.config.max_routes_per_app
+            count = next((a.routes for a in await self.store.list_apps() if a.app == app), 0)
+            if count >= limit:
+                raise Conflict(
+                    f"app {app!r} has {count} routes, the most --max-routes-per-app "
+                    f"({limit}) allows: delete one first"
+                )
+            try:
+                route = await self.owner.create_route(app, body.frontend_ip, body.port, settings)
+            except Provisioning as pending:
+                # Handed to another node that has not answered yet: the route appears here.
+                body_202 = {
+                    "id": pending.route_id,
+                    "app": app,
+                    "frontend_ip": pending.frontend_ip,
+                    "status": "provisioning",
+                }
+                location = f"/apps/{app}/routes/{pending.route_id}"
+                return _json(body_202, 202, {"Location": location})
         location = f"/apps/{app}/routes/{route.id}"
         return _json(self._route_json(route), 201, {"Location": location})
 
@@ -254,7 +350,19 @@ class Api:
     async def add_backend(self, request: web.Request) -> web.Response:
         route = await self._route(request)
         body = await parse_body(request, BackendBody)
-        backend = await self.store.add_backend(route.app, route.id, Backend(0, **body.model_dump()))
+        self.owner.check_backend(body.ip, body.port)
+        async with self._quota:
+            # Read again under the lock: a concurrent request may have added one meanwhile.
+            route = await self._route(request)
+            limit = self.config.max_backends_per_route
+            if len(route.backends) >= limit:
+                raise Conflict(
+                    f"route {route.id} of app {route.app!r} has {len(route.backends)} backends, "
+                    f"the most --max-backends-per-route ({limit}) allows: delete one first"
+                )
+            backend = await self.store.add_backend(
+                route.app, route.id, Backend(0, **body.model_dump())
+            )
         await self.owner.sync(route.key)
         location = f"/apps/{route.app}/routes/{route.id}/backends/{backend.id}"
         return _json({"id": backend.id}, 201, {"Location": location})
@@ -268,6 +376,7 @@ class Api:
         route = await self._route(request)
         backend_id = self._backend(route, request).id
         body = await parse_body(request, BackendBody)
+        self.owner.check_backend(body.ip, body.port)
         backend = await self.store.update_backend(
             route.app, route.id, Backend(backend_id, **body.model_dump())
         )
@@ -278,9 +387,9 @@ class Api:
         route = await self._route(request)
         current = self._backend(route, request)
         body = await parse_body(request, BackendPatchBody)
-        backend = await self.store.update_backend(
-            route.app, route.id, current.replace(**body.given())
-        )
+        changed = current.replace(**body.given())
+        self.owner.check_backend(changed.ip, changed.port)
+        backend = await self.store.update_backend(route.app, route.id, changed)
         await self.owner.sync(route.key)
         return _json(backend_json(backend, self.owner.backend_status(route.key).get(backend.id)))
 
@@ -289,6 +398,27 @@ class Api:
         backend_id = self._backend(route, request).id
         await self.store.delete_backend(route.app, route.id, backend_id)
         await self.owner.sync(route.key)
+        return web.Response(status=204)
+
+    async def create_token(self, request: web.Request) -> web.Response:
+        app = path_app(request)
+        await parse_body(request, TokenBody)
+        token = secrets.token_urlsafe(32)
+        info = await self.store.create_token(app, hash_token(token), self.clock())
+        body = {"id": info.id, "token": token, "created_at": _timestamp(info.created_at)}
+        # The one answer that carries a token: no cache anywhere may keep it.
+        headers = {"Location": f"/apps/{app}/tokens/{info.id}", "Cache-Control": "no-store"}
+        log.info("token %d of app %r created", info.id, app)
+        return _json(body, 201, headers)
+
+    async def list_tokens(self, request: web.Request) -> web.Response:
+        tokens = await self.store.list_tokens(path_app(request))
+        return _json([{"id": t.id, "created_at": _timestamp(t.created_at)} for t in tokens])
+
+    async def delete_token(self, request: web.Request) -> web.Response:
+        app, token_id = path_app(request), path_id(request, "token", "token")
+        await self.store.delete_token(app, token_id)
+        log.info("token %d of app %r revoked", token_id, app)
         return web.Response(status=204)
 
     def _route_json(self, route: Route) -> dict[str, Any]:
@@ -318,27 +448,32 @@ def _merge(settings: RouteSettings, body: RouteSettingsBody) -> RouteSettings:
     return settings.replace(**changes)
 
 
-def build_app(store: Store, owner: Owner) -> web.Application:
-    api = Api(store, owner)
-    app = web.Application(middlewares=[problems], client_max_size=MAX_BODY)
-    routes = "/apps/{app}/routes"
-    route = routes + "/{route}"
-    backends = route + "/backends"
-    backend = backends + "/{backend}"
-    app.router.add_get("/healthz", api.healthz)
-    app.router.add_get("/apps", api.list_apps)
-    app.router.add_get(routes, api.list_routes)
-    app.router.add_put(routes, api.create_route)
-    app.router.add_post(routes, api.create_route)
-    app.router.add_get(route, api.get_route)
-    app.router.add_patch(route, api.patch_route)
-    app.router.add_delete(route, api.delete_route)
-    app.router.add_get(backends, api.list_backends)
-    app.router.add_put(backends, api.add_backend)
-    app.router.add_post(backends, api.add_backend)
-    app.router.add_get(backend, api.get_backend)
-    app.router.add_post(backend, api.replace_backend)
-    app.router.add_put(backend, api.replace_backend)
-    app.router.add_patch(backend, api.patch_backend)
-    app.router.add_delete(backend, api.delete_backend)
+def _timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def build_app(
+    store: Store,
+    owner: Owner,
+    config: ApiConfig | None = None,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The API of the endpoints of api/endpoints.py; ``config`` None: no tokens, defaults."""
+    config = config or ApiConfig()
+    api = Api(store, owner, config, clock)
+    app = web.Application(
+        middlewares=[problems, guard(config), authenticator(config, store)],
+        client_max_size=MAX_BODY,
+    )
+    registered: dict[web.AbstractRoute, Endpoint] = {}
+    resources: dict[str, web.Resource] = {}
+    for endpoint in TABLE:
+        resource = resources.get(endpoint.path)
+        if resource is None:
+            resource = resources[endpoint.path] = app.router.add_resource(endpoint.path)
+        handler: Handler = getattr(api, endpoint.handler)
+        registered[resource.add_route(endpoint.method, handler)] = endpoint
+        if endpoint.method == "GET":
+            registered[resource.add_route("HEAD", handler)] = endpoint
+    app[ENDPOINTS] = registered
     return app

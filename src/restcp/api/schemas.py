@@ -1,4 +1,5 @@
-"""Request bodies, validated strictly: a port is a JSON integer, not "80", 80.0 or true.
+"""Request bodies, validated strictly: a port is a JSON integer, not "80", 80.0 or true;
+and the shapes of responses, for the OpenAPI document (api/openapi.py) only.
 
 Unknown fields are refused rather than ignored, so a typo is an error, not a silent default.
 Which fields a request *gave* matters (``model_fields_set``): an omitted field keeps its
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
@@ -24,6 +26,10 @@ from restcp.model import (
 )
 
 Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
+# Checked by canonical_ip; the formats tell an OpenAPI client what "an IP literal" means.
+IpText = Annotated[
+    StrictStr, Field(json_schema_extra={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
+]
 Seconds = Annotated[float, Field(strict=True, ge=0, le=86400 * 365, allow_inf_nan=False)]
 PositiveSeconds = Annotated[float, Field(strict=True, gt=0, le=3600, allow_inf_nan=False)]
 Weight = Annotated[int, Field(strict=True, ge=0, le=256)]
@@ -84,7 +90,7 @@ class BackendBody(_Body):
     """Attach (PUT/POST on the collection) or replace (POST/PUT on an id): ip and port are
     required, the rest take their defaults when omitted."""
 
-    ip: StrictStr
+    ip: IpText
     port: Port
     weight: Weight = 1
     state: AdminState = "enabled"
@@ -101,7 +107,7 @@ class BackendBody(_Body):
 class BackendPatchBody(_Body):
     """PATCH of a backend: only the fields given change."""
 
-    ip: StrictStr = ""
+    ip: IpText = ""
     port: Port = 1
     weight: Weight = 1
     state: AdminState = "enabled"
@@ -135,9 +141,161 @@ class RouteBody(RouteSettingsBody):
     """Route creation: all optional; an empty body is the seed's ``curl -XPUT``."""
 
     port: Port | None = None
-    frontend_ip: StrictStr | None = None
+    frontend_ip: IpText | None = None
 
     @field_validator("frontend_ip")
     @classmethod
     def _frontend_ip(cls, value: str | None) -> str | None:
         return None if value is None else canonical_ip(value)
+
+
+class TokenBody(_Body):
+    """Token creation takes no settings: an empty body, or ``{}``."""
+
+
+# -- responses ------------------------------------------------------------------------------
+# Never used to build a response (app.py writes the JSON); they describe it for OpenAPI, and
+# tests check each against what the handlers send. Unknown fields are refused, so a field a
+# handler adds without adding it here fails those tests rather than going undocumented.
+
+
+def _read_only(**kwargs: Any) -> Any:
+    return Field(json_schema_extra={"readOnly": True}, **kwargs)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackendOut(_Out):
+    """A backend: the seed's ``ip``, ``port`` and ``id`` first, then its settings, then what
+    the node serving its route observes of it (read-only)."""
+
+    ip: str
+    port: int
+    id: int = _read_only()
+    weight: int
+    state: AdminState
+    drain_timeout: float | None
+    max_connections: int | None
+    proxy_protocol: BackendProxyProtocol | None
+    health: Health = _read_only()
+    health_changed_at: float | None = _read_only(
+        description="Unix seconds of the last health change"
+    )
+    health_reason: str = _read_only()
+    active_connections: int = _read_only()
+
+
+class HealthCheckOut(_Out):
+    interval: float
+    timeout: float
+    rise: int
+    fall: int
+    send: str | None
+    expect: str | None
+    initial: Health
+
+
+class RouteOut(_Out):
+    """A route: the seed's fields first (``id``, ``url``, ``backends``), then the rest."""
+
+    id: int = _read_only()
+    url: str = _read_only(description="tcp://FRONTEND_IP:PORT/, IPv6 in brackets")
+    backends: list[BackendOut] = _read_only()
+    app: str = _read_only()
+    frontend_ip: str
+    port: int
+    balance: Balance
+    connect_timeout: float
+    idle_timeout: float
+    health_check: HealthCheckOut | None
+    when_all_down: WhenAllDown
+    max_connections: int | None
+    half_close_timeout: float
+    max_connect_attempts: int
+    proxy_protocol: ProxyProtocol | None
+    passive_fall: int
+    passive_cooldown: float
+
+
+class BackendCreated(_Out):
+    """The seed's answer to attaching a backend: its id only."""
+
+    id: int = _read_only()
+
+
+class AppOut(_Out):
+    app: str
+    routes: int = Field(description="the app's current route count")
+
+
+class UnboundRoute(_Out):
+    app: str
+    route: int
+    error: str
+
+
+class HealthOut(_Out):
+    status: Literal["ok", "starting", "degraded", "standby"] = Field(
+        description="Redis store only: degraded (200) while Redis is unreachable, the routes "
+        "relaying on as last configured; standby (503) while another node holds the lease "
+        "of one of this node's frontend IPs"
+    )
+    routes: int = Field(description="routes this node serves")
+    unbound: list[UnboundRoute] = Field(
+        default_factory=list,
+        description="stored routes whose port this node cannot bind now; shown only when "
+        "authentication is off or to the admin token",
+    )
+    cluster: dict[str, Any] | None = Field(
+        None, description="Redis store only: node id, Redis state, each frontend IP's lease"
+    )
+
+
+class LeaseOut(_Out):
+    ip: str
+    age: float = Field(description="seconds since the node acquired the IP's lease")
+    routes: int = Field(description="routes stored for the IP")
+
+
+class NodeOut(_Out):
+    """A node as it registered in the shared store (docs/cluster.md)."""
+
+    id: str
+    api: str | None
+    frontend_ips: list[str] = Field(description="the IPs it is configured for")
+    leases: list[LeaseOut] = Field(description="the IPs it holds, and so serves")
+    routes_serving: int = Field(description="routes it has bound")
+    started_at: float | None = None
+    last_seen: float | None = Field(None, description="seconds since its last heartbeat")
+
+
+class TokenCreated(_Out):
+    """The one answer that carries a token: it is stored hashed and cannot be shown again."""
+
+    id: int = _read_only()
+    token: str = _read_only(description="send as 'Authorization: Bearer TOKEN'")
+    created_at: datetime = _read_only()
+
+
+class TokenOut(_Out):
+    id: int = _read_only()
+    created_at: datetime = _read_only()
+
+
+class FieldError(_Out):
+    field: str
+    message: str
+
+
+class Problem(_Out):
+    """An RFC 9457 problem document."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] = Field(
+        default_factory=list, description="422 only: each invalid field of the body"
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import re
 import socket
@@ -24,6 +25,8 @@ from typing import Protocol
 from restcp.model import Backend, HealthCheck
 
 MAX_REPLY = 4096
+# Errors of this node, not of the backend: out of descriptors, buffers or memory.
+LOCAL_SHORTAGES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
 class HealthSink(Protocol):
@@ -39,7 +42,8 @@ def reply_matches(expect: str, reply: bytes) -> bool:
 
 
 async def probe(ip: str, port: int, check: HealthCheck) -> str | None:
-    """None if the backend passes, else why it failed."""
+    """None if the backend passes, else why it failed. An OSError of LOCAL_SHORTAGES is
+    raised instead: the probe could not be made, which says nothing of the backend."""
     writer: asyncio.StreamWriter | None = None
     reply = b""
     try:
@@ -67,6 +71,8 @@ async def probe(ip: str, port: int, check: HealthCheck) -> str | None:
             return f"timeout after {check.timeout:g}s, unexpected reply {reply[:64]!r}"
         return f"timeout after {check.timeout:g}s"
     except OSError as err:
+        if err.errno in LOCAL_SHORTAGES:
+            raise
         return _describe(err)
     finally:
         if writer is not None:
@@ -99,7 +105,7 @@ def _close_now(writer: asyncio.StreamWriter) -> None:
 
 class RouteChecks:
     def __init__(self, sink: HealthSink) -> None:
-        self.sink = sink
+        self._sink = sink
         self._check: HealthCheck | None = None
         self._tasks: dict[int, tuple[Backend, asyncio.Task[None]]] = {}
         # Cancelled tasks not yet finished: close() awaits them too.
@@ -139,10 +145,17 @@ class RouteChecks:
             started = loop.time()
             try:
                 reason = await probe(backend.ip, backend.port, check)
+            except OSError as err:
+                if err.errno in LOCAL_SHORTAGES:
+                    # No verdict: a node out of descriptors must not mark its backends
+                    # down (and then refuse clients once descriptors are back).
+                    await asyncio.sleep(check.interval)
+                    continue
+                reason = f"probe error: {err!r}"
             except Exception as err:
                 # A check the probe cannot even run (a ``send`` outside latin-1, a bad
                 # pattern) must show as a failing backend, not end its checks silently.
                 reason = f"probe error: {err!r}"
             latency = loop.time() - started
-            self.sink.check_result(backend.id, reason is None, reason or "", latency)
+            self._sink.check_result(backend.id, reason is None, reason or "", latency)
             await asyncio.sleep(max(0.0, check.interval - latency))

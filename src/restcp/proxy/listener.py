@@ -11,12 +11,13 @@ import asyncio
 import errno
 import logging
 import socket
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 from restcp.model import Route
 from restcp.proxy.relay import Relay, client_factory
-from restcp.proxy.runtime import RouteRuntime
+from restcp.proxy.runtime import BackendRefusal, RouteRuntime
 
 log = logging.getLogger("restcp.proxy")
 
@@ -53,11 +54,13 @@ def is_address_taken(err: OSError) -> bool:
 class RelaySet:
     """Every live relay of the node, routes deleted since included, for a draining shutdown."""
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(self, limit: int | None = None, app_limit: int | None = None) -> None:
         self._relays: set[Relay] = set()
         self._empty: asyncio.Event | None = None
-        # The node-wide connection cap; None is no cap.
+        # The node-wide connection cap, and the cap of each app; None is no cap.
         self.limit = limit
+        self.app_limit = app_limit
+        self._per_app: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._relays)
@@ -65,14 +68,24 @@ class RelaySet:
     def full(self) -> bool:
         return self.limit is not None and len(self._relays) >= self.limit
 
+    def app_full(self, app: str) -> bool:
+        return self.app_limit is not None and self._per_app[app] >= self.app_limit
+
     def __iter__(self) -> Iterator[Relay]:
         return iter(list(self._relays))
 
     def add(self, relay: Relay) -> None:
         self._relays.add(relay)
+        self._per_app[relay.route.app] += 1
 
     def discard(self, relay: Relay) -> None:
+        if relay not in self._relays:
+            return
         self._relays.discard(relay)
+        app = relay.route.app
+        self._per_app[app] -= 1
+        if not self._per_app[app]:
+            del self._per_app[app]
         if not self._relays and self._empty is not None:
             self._empty.set()
             self._empty = None
@@ -94,8 +107,10 @@ class Listener:
     every ACCEPT_RETRY seconds, and resumes once descriptors are free again.
     """
 
-    def __init__(self, route: Route, sock: socket.socket, relays: RelaySet) -> None:
-        self.runtime = RouteRuntime(route, relays)
+    def __init__(
+        self, route: Route, sock: socket.socket, relays: RelaySet, refusal: BackendRefusal
+    ) -> None:
+        self.runtime = RouteRuntime(route, relays, refusal)
         self._sock = sock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False

@@ -10,15 +10,21 @@ from collections.abc import Iterable, Mapping
 from restcp.core.reconcile import Action, Start, Stop, Update
 from restcp.model import BackendStatus, Route, RouteKey
 from restcp.proxy.listener import Listener, RelaySet, bind
-from restcp.proxy.runtime import RouteRuntime
+from restcp.proxy.runtime import BackendRefusal, RouteRuntime
 
 log = logging.getLogger("restcp.proxy")
 
 
 class ProxyManager:
-    def __init__(self, max_connections: int | None = None) -> None:
+    def __init__(
+        self,
+        max_connections: int | None = None,
+        max_connections_per_app: int | None = None,
+        backend_refusal: BackendRefusal = lambda ip, port: None,
+    ) -> None:
         self._listeners: dict[RouteKey, Listener] = {}
-        self.relays = RelaySet(max_connections)
+        self._refusal = backend_refusal
+        self.relays = RelaySet(max_connections, max_connections_per_app)
         # Routes whose stored port could not be bound (another process holds it), by key.
         self.unbound: dict[RouteKey, str] = {}
 
@@ -35,11 +41,17 @@ class ProxyManager:
 
     async def serve(self, route: Route, sock: socket.socket) -> None:
         """Serve ``route`` on a socket bound for it already."""
-        listener = Listener(route, sock, self.relays)
+        listener = Listener(route, sock, self.relays, self._refusal)
         await listener.start()
         self._listeners[route.key] = listener
         self.unbound.pop(route.key, None)
         log.info("listening app=%s route=%s url=%s", route.app, route.id, route.url)
+        # A new listener is a new address of ours: no backend may point at it now.
+        self.recheck_backends()
+
+    def recheck_backends(self) -> None:
+        for listener in self._listeners.values():
+            listener.runtime.recheck()
 
     async def apply(self, actions: Iterable[Action]) -> None:
         for action in actions:
@@ -83,5 +95,9 @@ class ProxyManager:
                 for relay in self.relays:
                     relay.abort("shutdown")
                 # Aborted transports report on the next loop turns; wait for that, briefly.
-                async with asyncio.timeout(1.0):
-                    await self.relays.wait_empty()
+                # Shutdown must return whatever happens: the node closes its store next.
+                try:
+                    async with asyncio.timeout(1.0):
+                        await self.relays.wait_empty()
+                except TimeoutError:
+                    log.error("%d connections did not end after a reset", len(self.relays))

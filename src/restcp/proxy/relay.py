@@ -369,16 +369,36 @@ class Relay:
             self._half_close_handle = None
         route = self.route
         backend = self.backend
+        if not access_log.isEnabledFor(logging.INFO):
+            route.finished(self)
+            return
+        client = f"{self.client_addr[0]}:{self.client_addr[1]}" if self.client_addr else "-"
+        duration = time.monotonic() - self._started
+        # The same fields twice: in the text line, and as "fields" for --log-format json.
         access_log.info(
             "app=%s route=%s client=%s backend=%s bytes_up=%d bytes_down=%d duration=%.3f end=%s",
             route.app,
             route.route_id,
-            f"{self.client_addr[0]}:{self.client_addr[1]}" if self.client_addr else "-",
+            client,
             f"{backend.id}/{backend.ip}:{backend.port}" if backend else "-",
             self.bytes_up,
             self.bytes_down,
-            time.monotonic() - self._started,
+            duration,
             self.end_reason,
+            extra={
+                "fields": {
+                    "event": "connection",
+                    "app": route.app,
+                    "route": route.route_id,
+                    "client": client,
+                    "backend": backend.id if backend else None,
+                    "backend_addr": f"{backend.ip}:{backend.port}" if backend else None,
+                    "bytes_up": self.bytes_up,
+                    "bytes_down": self.bytes_down,
+                    "duration": round(duration, 6),
+                    "end": self.end_reason,
+                }
+            },
         )
         route.finished(self)
 

@@ -8,7 +8,8 @@ are recomputed when something changes (an update, a health transition), never pe
 
 With no candidate left, ``when_all_down`` decides: ``fail_fast`` closes the client at once,
 ``try_all`` tries every enabled member of weight > 0 whatever its health. A member at its own
-``max_connections`` is skipped for that client. Admin states: ``drain`` takes no new clients
+``max_connections`` (open connections plus connects in flight) is skipped for that client.
+Admin states: ``drain`` takes no new clients
 and, with a ``drain_timeout``, closes its open ones at that deadline; ``disabled`` takes no
 clients, is not checked, and its open connections are closed at once.
 """
@@ -16,10 +17,11 @@ clients, is not checked, and its open connections are closed at once.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from restcp.core import health as hm
@@ -33,6 +35,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("restcp.health")
 
+# (ip, port) -> why the node's address policy refuses it as a backend, or None.
+BackendRefusal = Callable[[str, int], str | None]
+
+
+# A connect that failed for want of a local resource, not because of the backend. The relay
+# reports str(OSError), "[Errno N] ...".
+_LOCAL_SHORTAGES = tuple(
+    f"[Errno {code}]" for code in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+)
+
+
+def _is_local_shortage(reason: str) -> bool:
+    return reason.startswith(_LOCAL_SHORTAGES)
+
 
 class Member:
     __slots__ = (
@@ -41,8 +57,12 @@ class Member:
         "bytes_in",
         "bytes_out",
         "connect_failures",
+        "connecting",
         "connections",
+        "cooldown",
+        "drain_started",
         "health",
+        "refusal",
         "timer",
     )
 
@@ -50,12 +70,21 @@ class Member:
         self.backend = backend
         self.health = health
         self.active = 0
+        # Clients picked for this member whose connect is still in flight: a burst picks
+        # many before the first connects, and they count against max_connections.
+        self.connecting = 0
         self.connections = 0
         self.bytes_in = 0  # client -> backend, of finished connections
         self.bytes_out = 0
         self.connect_failures = 0
-        # A cool-down after a passive "down", or a drain deadline: one at a time.
+        self.refusal: str | None = None  # set: the address policy forbids this backend
+        # The drain deadline, and the cool-down after a passive "down": apart, so that
+        # draining (or re-enabling) a member does not cancel its way back from "down".
         self.timer: asyncio.TimerHandle | None = None
+        self.cooldown: asyncio.TimerHandle | None = None
+        # Loop time the member entered drain: its drain_timeout counts from there, even
+        # when the timeout is set (or changed) later.
+        self.drain_started: float | None = None
 
     @property
     def id(self) -> int:
@@ -66,13 +95,26 @@ class Member:
         return self.backend.weight
 
     def cancel_timer(self) -> None:
+        """Cancel both timers: the member is replaced or gone."""
+        self.cancel_drain()
+        self.cancel_cooldown()
+
+    def cancel_drain(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
+    def cancel_cooldown(self) -> None:
+        if self.cooldown is not None:
+            self.cooldown.cancel()
+            self.cooldown = None
+
 
 class RouteRuntime:
-    def __init__(self, route: Route, relays: RelaySet) -> None:
+    def __init__(
+        self, route: Route, relays: RelaySet, refusal: BackendRefusal = lambda ip, port: None
+    ) -> None:
+        self._refusal = refusal
         self.app = route.app
         self.route_id = route.id
         self.route = route
@@ -82,6 +124,10 @@ class RouteRuntime:
         self.candidates: tuple[Member, ...] = ()
         self.refused: Counter[str] = Counter()
         self.picker: Picker = make_picker(route.settings.balance)
+        # The relay started() counted last, until admit() has judged it.
+        self._admitting: Relay | None = None
+        # Connect tasks -> the member their current attempt is for (see pick()).
+        self._attempts: dict[asyncio.Task[object], Member] = {}
         self._apply(route, first=True)
 
     # -- configuration -------------------------------------------------------------------
@@ -106,46 +152,82 @@ class RouteRuntime:
         now = time.time()
         for backend in route.backends:
             member = old.get(backend.id)
+            moved = False
             if member is None or (member.backend.ip, member.backend.port) != (
                 backend.ip,
                 backend.port,
             ):
                 # A new address is a new server: its health starts over; open connections
-                # to the old address still count against the member.
+                # to the old address still count against the member, and so does a drain
+                # deadline they are under.
                 fresh = Member(backend, hm.initial(initial, now))
                 if member is not None:
                     fresh.active = member.active
+                    fresh.drain_started = member.drain_started
                     member.cancel_timer()
+                    moved = True
                 member = fresh
             previous = member.backend
             member.backend = backend
             members[backend.id] = member
             if not first and previous.state != backend.state:
                 self._state_changed(member, previous.state)
+            elif backend.state == "drain" and (
+                moved or previous.drain_timeout != backend.drain_timeout
+            ):
+                self._schedule_drain(member)
         if not first and old_route.settings.health_check != check and check is None:
-            # Checks turned off: a down verdict they gave no longer holds.
+            # Checks turned off: a down verdict they gave no longer holds. One that real
+            # clients' connect failures back up gets the passive cool-down instead: with
+            # nothing left to probe it, it would otherwise stay down for good.
             for member in members.values():
-                if member.health.state == "down" and member.health.passive_failures == 0:
+                if member.health.state != "down":
+                    continue
+                if member.health.passive_failures == 0:
                     member.health = hm.initial("unknown", now)
+                elif member.cooldown is None:
+                    self._start_cooldown(member)
         for backend_id, member in old.items():
             if backend_id not in members:
                 member.cancel_timer()
         self.members = members
+        self.recheck()
+
+    def recheck(self) -> None:
+        """Apply the address policy to every member again, then recompute the candidates."""
+        for member in self.members.values():
+            refusal = self._refusal(member.backend.ip, member.backend.port)
+            if refusal != member.refusal and refusal is not None:
+                log.error(
+                    "backend refused by policy app=%s route=%s backend=%s: %s",
+                    self.app, self.route_id, member.id, refusal,
+                )  # fmt: skip
+            member.refusal = refusal
         self._recompute()
 
     def _state_changed(self, member: Member, previous: str) -> None:
-        member.cancel_timer()
+        member.cancel_drain()
         state = member.backend.state
         log.info(
             "admin state app=%s route=%s backend=%s %s -> %s",
             self.app, self.route_id, member.id, previous, state,
         )  # fmt: skip
+        member.drain_started = None
         if state == "disabled":
             self._close_relays_of(member.id, "backend_disabled")
-        elif state == "drain" and member.backend.drain_timeout is not None:
-            member.timer = asyncio.get_running_loop().call_later(
-                member.backend.drain_timeout, self._drain_deadline, member.id
-            )
+        elif state == "drain":
+            member.drain_started = asyncio.get_running_loop().time()
+            self._schedule_drain(member)
+
+    def _schedule_drain(self, member: Member) -> None:
+        member.cancel_drain()
+        timeout = member.backend.drain_timeout
+        if timeout is None or member.drain_started is None:
+            return
+        loop = asyncio.get_running_loop()
+        # A deadline already past (set late, or shortened) fires on the next loop turn.
+        delay = max(0.0, member.drain_started + timeout - loop.time())
+        member.timer = loop.call_later(delay, self._drain_deadline, member.id)
 
     def _drain_deadline(self, backend_id: int) -> None:
         member = self.members.get(backend_id)
@@ -163,7 +245,10 @@ class RouteRuntime:
         self.candidates = tuple(
             m
             for m in self.members.values()
-            if m.backend.state == "enabled" and m.health.usable and m.weight > 0
+            if m.backend.state == "enabled"
+            and m.health.usable
+            and m.weight > 0
+            and m.refusal is None
         )
 
     def close(self) -> None:
@@ -174,34 +259,71 @@ class RouteRuntime:
     # -- admission and picking -----------------------------------------------------------
 
     def admit(self) -> str | None:
-        """Why a new client must be refused now (None: welcome)."""
+        """Why the client started() just counted must be refused now (None: welcome).
+
+        The limits count the *other* relays: the newcomer is taken out of the sets while it
+        is judged, and stays out when refused, so that neither it nor the refused clients
+        of a burst, reset but not yet gone, take a place a later client could have."""
+        relay, self._admitting = self._admitting, None
+        if relay is not None:
+            self.relays.discard(relay)
+            self._all.discard(relay)
         limit = self.route.settings.max_connections
+        refusal: str | None = None
         if limit is not None and len(self.relays) >= limit:
-            return "route_limit"
-        if self._all.full():
-            return "node_limit"
-        return None
+            refusal = "route_limit"
+        elif self._all.full():
+            refusal = "node_limit"
+        elif self._all.app_full(self.app):
+            refusal = "app_limit"
+        if refusal is None and relay is not None:
+            self.relays.add(relay)
+            self._all.add(relay)
+        return refusal
 
     def pick(self, tried: set[int], key: bytes) -> Backend | None:
         if len(tried) >= self.max_connect_attempts:
             return None
         excluded: set[int] | set[int] = tried
+        self._attempt_over()  # a failover: the previous attempt of this client has ended
         at_limit = {
             m.id
             for m in self.members.values()
-            if m.backend.max_connections is not None and m.active >= m.backend.max_connections
+            if m.backend.max_connections is not None
+            and m.active + m.connecting >= m.backend.max_connections
         }
         if at_limit:
             excluded = tried | at_limit
         candidates: tuple[Member, ...] = self.candidates
         if not candidates and self.route.settings.when_all_down == "try_all":
             candidates = tuple(
-                m for m in self.members.values() if m.backend.state == "enabled" and m.weight > 0
+                m
+                for m in self.members.values()
+                if m.backend.state == "enabled" and m.weight > 0 and m.refusal is None
             )
         member = self.picker.pick(candidates, excluded, key)
         if member is None:
             return None
+        # Relays pick from their connect task, and report the attempt's end (connected,
+        # connect_failed) from it too, or the task ends (cancelled): keyed by the task, an
+        # attempt is counted out exactly once whichever way it goes.
+        task = asyncio.current_task()
+        if task is not None:
+            member.connecting += 1
+            self._attempts[task] = member
+            task.add_done_callback(self._connect_task_done)
         return member.backend
+
+    def _attempt_over(self) -> None:
+        task = asyncio.current_task()
+        member = self._attempts.pop(task, None) if task is not None else None
+        if member is not None:
+            member.connecting = max(0, member.connecting - 1)
+
+    def _connect_task_done(self, task: asyncio.Task[object]) -> None:
+        member = self._attempts.pop(task, None)
+        if member is not None:
+            member.connecting = max(0, member.connecting - 1)
 
     def proxy_header(
         self,
@@ -219,8 +341,10 @@ class RouteRuntime:
     def started(self, relay: Relay) -> None:
         self.relays.add(relay)
         self._all.add(relay)
+        self._admitting = relay
 
     def connected(self, relay: Relay) -> None:
+        self._attempt_over()
         backend = relay.backend
         member = self.members.get(backend.id) if backend is not None else None
         if member is not None:
@@ -229,25 +353,38 @@ class RouteRuntime:
             member.health = hm.connect_succeeded(member.health)
 
     def connect_failed(self, backend: Backend, reason: str) -> None:
+        self._attempt_over()
         member = self.members.get(backend.id)
-        if member is None or member.backend != backend:
+        # A failure of an address the member no longer has says nothing of it; a change of
+        # weight or state while the connect ran does not make it any less a failure.
+        if member is None or (member.backend.ip, member.backend.port) != (
+            backend.ip,
+            backend.port,
+        ):
             return
         member.connect_failures += 1
+        if _is_local_shortage(reason):
+            # This node ran out of descriptors or buffers: the backend was never asked, and
+            # marking it down would turn a moment of overload into a passive_cooldown outage.
+            return
         step = hm.connect_failed(
             member.health, time.time(), self.route.settings.passive_fall, reason
         )
         self._step(member, step)
         if step.changed and self.route.settings.health_check is None:
             # Nothing will probe it back up: give it another chance after the cool-down.
-            member.cancel_timer()
-            member.timer = asyncio.get_running_loop().call_later(
-                self.route.settings.passive_cooldown, self._cooldown_over, member.id
-            )
+            self._start_cooldown(member)
+
+    def _start_cooldown(self, member: Member) -> None:
+        member.cancel_cooldown()
+        member.cooldown = asyncio.get_running_loop().call_later(
+            self.route.settings.passive_cooldown, self._cooldown_over, member.id
+        )
 
     def _cooldown_over(self, backend_id: int) -> None:
         member = self.members.get(backend_id)
         if member is not None:
-            member.timer = None
+            member.cooldown = None
             self._step(member, hm.cooldown_over(member.health, time.time()))
 
     def check_result(self, backend_id: int, ok: bool, reason: str, latency: float) -> None:
@@ -266,10 +403,17 @@ class RouteRuntime:
         old = member.health.state
         member.health = step.health
         if step.changed:
-            log.warning(
+            log.log(
+                logging.WARNING if step.health.state == "down" else logging.INFO,
                 "health app=%s route=%s backend=%s addr=%s:%s %s -> %s reason=%s",
                 self.app, self.route_id, member.id, member.backend.ip, member.backend.port,
                 old, step.health.state, step.health.reason,
+                extra={"fields": {
+                    "event": "health", "app": self.app, "route": self.route_id,
+                    "backend": member.id,
+                    "backend_addr": f"{member.backend.ip}:{member.backend.port}",
+                    "from": old, "to": step.health.state, "reason": step.health.reason,
+                }},
             )  # fmt: skip
             self._recompute()
 

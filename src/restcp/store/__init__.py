@@ -7,9 +7,9 @@ import importlib
 from urllib.parse import urlsplit
 
 from restcp.errors import InvalidSpec
-from restcp.store.base import AppInfo, Store
+from restcp.store.base import AppInfo, Store, TokenInfo
 
-__all__ = ["AppInfo", "Store", "open_store"]
+__all__ = ["AppInfo", "Store", "TokenInfo", "open_store"]
 
 # scheme -> "module:factory"; each factory takes the URL and returns an opened Store.
 _IMPLEMENTATIONS = {

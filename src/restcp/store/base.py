@@ -4,7 +4,9 @@ Every implementation keeps these rules, and tests/contract runs one suite agains
 - ids count from 1 (routes per app, backends per route) and are never reused, even after a
   delete, so an app exists from its first route on and keeps its counters;
 - every method is atomic: a failed call (NotFound, Conflict) changes nothing;
-- two routes never share a frontend address: ``create_route`` raises Conflict.
+- two routes never share a frontend address: ``create_route`` raises Conflict;
+- API tokens are kept as hashes only (the API hashes; a store never sees a token), with
+  ids per app that count from 1 and are never reused; tokens do not make an app exist.
 """
 
 from __future__ import annotations
@@ -19,6 +21,16 @@ from restcp.model import Backend, Route, RouteSettings
 class AppInfo:
     app: str
     routes: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """An app's API token as stored: never the token itself, nor its hash."""
+
+    app: str
+    id: int
+    # Unix seconds.
+    created_at: float
 
 
 class Store(Protocol):
@@ -58,3 +70,16 @@ class Store(Protocol):
         """Where the owner of ``frontend_ip`` resumes handing out ports; None at first."""
 
     async def set_port_cursor(self, frontend_ip: str, cursor: int) -> None: ...
+
+    async def create_token(self, app: str, token_hash: str, created_at: float) -> TokenInfo:
+        """Store a token of ``app`` by its hash under the app's next token id; Conflict if
+        the hash is already stored (and then nothing changes, the counter included)."""
+
+    async def list_tokens(self, app: str) -> list[TokenInfo]:
+        """The app's tokens by id; empty (not NotFound) for an app without any."""
+
+    async def delete_token(self, app: str, token_id: int) -> None:
+        """Revoke at once: ``find_token`` no longer finds it. NotFound if there is none."""
+
+    async def find_token(self, token_hash: str) -> TokenInfo | None:
+        """The token stored under ``token_hash``, or None."""

@@ -14,8 +14,13 @@ Redis Cluster forbids: this store is for one Redis or a Sentinel-managed master,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+import json
+import time
+from collections import deque
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, cast
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -28,7 +33,7 @@ from redis.backoff import NoBackoff
 
 from restcp.errors import Conflict, InvalidSpec, NotFound, Unavailable
 from restcp.model import Backend, Route, RouteSettings
-from restcp.store.base import AppInfo
+from restcp.store.base import AppInfo, TokenInfo
 from restcp.store.codec import (
     dump_backend_settings,
     dump_route_settings,
@@ -215,9 +220,17 @@ class Keys:
         self.apps = f"{prefix}apps"
         self.frontend_ips = f"{prefix}frontend_ips"
         self.port_cursors = f"{prefix}port_cursors"
+        self.tokens = f"{prefix}tokens"
+        self.nodes = f"{prefix}nodes"
 
     def route_counter(self, app: str) -> str:
         return f"{self.prefix}app:{app_segment(app)}:route_counter"
+
+    def token_counter(self, app: str) -> str:
+        return f"{self.prefix}app:{app_segment(app)}:token_counter"
+
+    def app_tokens(self, app: str) -> str:
+        return f"{self.prefix}app:{app_segment(app)}:tokens"
 
     def app_routes(self, app: str) -> str:
         return f"{self.prefix}app:{app_segment(app)}:routes"
@@ -245,6 +258,14 @@ class Keys:
 
     def backends_dead(self, app: str, route_id: int) -> str:
         return f"{self.route(app, route_id)}:backends_dead"
+
+    # Cluster coordination: short-lived, not part of the desired state.
+
+    def lease(self, ip: str) -> str:
+        return f"{self.prefix}lease:{ip}"
+
+    def node(self, node_id: str) -> str:
+        return f"{self.prefix}node:{node_id}"
 
 
 # -- scripts -------------------------------------------------------------------------------
@@ -386,6 +407,100 @@ redis.call('LREM', KEYS[5], 0, ARGV[1])
 return 1
 """
 
+# KEYS: tokens, token_counter, app_tokens; ARGV: app, hash, record (JSON with the hash).
+# The new id, or 0 if the hash is stored already.
+_CREATE_TOKEN = """
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 0 end
+local id = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[3], id, ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[1] .. ':' .. id)
+return id
+"""
+
+# KEYS: tokens, app_tokens; ARGV: id. 1, or 0 if there is none.
+_DELETE_TOKEN = """
+local record = redis.call('HGET', KEYS[2], ARGV[1])
+if not record then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], cjson.decode(record)['hash'])
+return 1
+"""
+
+# KEYS: tokens; ARGV: prefix, hash. {app, id, record}, or false.
+_FIND_TOKEN = """
+local member = redis.call('HGET', KEYS[1], ARGV[2])
+if not member then return false end
+local app, id = string.match(member, '^(.*):(%d+)$')
+local record = redis.call('HGET', ARGV[1] .. 'app:' .. app .. ':tokens', id)
+if not record then return false end
+return {app, id, record}
+"""
+
+# -- cluster coordination scripts ------------------------------------------------------------
+
+# KEYS: lease; ARGV: holder, ttl in ms. Renews a lease this holder has, takes a free one
+# (SET NX PX), or leaves another holder's alone: {1, holder, 0} renewed, {2, holder, 0}
+# acquired, {0, other holder, its remaining ms}.
+_ACQUIRE_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, holder, 0}
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+  return {2, ARGV[1], 0}
+end
+return {0, holder, redis.call('PTTL', KEYS[1])}
+"""
+
+# KEYS: lease; ARGV: holder. Deletes the lease only if this holder still has it.
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: apps, route_counter, app_routes, frontend_ips, ip_routes, ip_ports, route, lease
+# ARGV: prefix, app, ip, port, settings, id, holder
+# _CREATE_ROUTE for an id given out before (reserve_route_id), by the node holding the IP's
+# lease only: a node that lost its lease while it was binding must not store the route.
+# {1, id}, {0, "app:id"} holding the address, {-1, lease holder}, {-2, 0} id never given out
+# or stored already.
+_CREATE_RESERVED_ROUTE = """
+local holder = redis.call('GET', KEYS[8])
+if holder ~= ARGV[7] then return {-1, holder or ''} end
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[6]) > last or redis.call('EXISTS', KEYS[7]) == 1 then return {-2, 0} end
+local owner = redis.call('HGET', KEYS[6], ARGV[4])
+if owner then return {0, owner} end
+local member = ARGV[2] .. ':' .. ARGV[6]
+redis.call('HSET', KEYS[7], 'ip', ARGV[3], 'port', ARGV[4], 'settings', ARGV[5])
+redis.call('SADD', KEYS[3], ARGV[6])
+redis.call('SADD', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[3])
+redis.call('SADD', KEYS[5], member)
+redis.call('HSET', KEYS[6], ARGV[4], member)
+return {1, ARGV[6]}
+"""
+
+# KEYS: nodes, node; ARGV: node id, record (JSON), ttl in ms.
+_PUT_NODE = """
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS: nodes; ARGV: prefix. The records of the live nodes; the ids of expired ones leave
+# the set here, since nothing else would remove a node that was killed.
+_LIST_NODES = """
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local record = redis.call('GET', ARGV[1] .. 'node:' .. id)
+  if record then out[#out + 1] = record else redis.call('SREM', KEYS[1], id) end
+end
+return out
+"""
+
 
 class _Script:
     """A registered script with a typed call: EVALSHA, and SCRIPT LOAD on NOSCRIPT (a new
@@ -396,6 +511,86 @@ class _Script:
 
     async def __call__(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         return await self._script(keys=keys, args=args)
+
+
+# -- pub/sub -------------------------------------------------------------------------------
+
+
+class Subscription:
+    """One pub/sub connection of its own. A lost connection raises Unavailable and leaves
+    the subscription unusable on purpose: redis-py would reconnect and resubscribe quietly,
+    but whatever was published meanwhile is gone, and only the caller knows to resync after
+    opening a new one."""
+
+    def __init__(self, client: Redis, prefix: str, describe: str, wait: float) -> None:
+        self._pubsub = client.pubsub()
+        self._prefix = prefix
+        self._describe = describe
+        self._wait = wait
+        # Messages read while waiting for a subscription to be confirmed.
+        self._early: deque[tuple[str, str]] = deque()
+        self.channels: frozenset[str] = frozenset()
+        # When the connection last delivered anything (a message, a confirmation, a pong).
+        self.last_heard = time.monotonic()
+
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as err:
+            raise Unavailable(f"pub/sub of {self._describe} is unavailable: {err}") from err
+
+    async def subscribe(self, channels: Collection[str]) -> None:
+        """Subscribe and wait until Redis confirms every channel: from then on, a PUBLISH
+        to one of them reaches this subscription."""
+        waiting = {self._prefix + c for c in channels}
+        if not waiting:
+            return
+        with self._reachable():
+            await self._pubsub.subscribe(*waiting)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait
+        while waiting:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise Unavailable(f"{self._describe} did not confirm a subscription in time")
+            message = await self._read(left)
+            if message is None:
+                continue
+            if message["type"] == "subscribe":
+                waiting.discard(message["channel"])
+            elif message["type"] == "message":
+                self._early.append(self._unprefixed(message))
+        self.channels = self.channels | frozenset(channels)
+
+    async def get(self, within: float) -> tuple[str, str] | None:
+        """The next message as (channel, data), or None if none came within ``within`` seconds
+        (or only a confirmation or a pong did)."""
+        if self._early:
+            return self._early.popleft()
+        message = await self._read(within)
+        if message is None or message["type"] != "message":
+            return None
+        return self._unprefixed(message)
+
+    async def ping(self) -> None:
+        """Ask for a pong, which ``get`` reads: a silent connection may be a dead one."""
+        with self._reachable():
+            await self._pubsub.ping()
+
+    async def close(self) -> None:
+        with contextlib.suppress(redis.exceptions.RedisError, OSError):
+            await cast(Any, self._pubsub).aclose()
+
+    async def _read(self, within: float) -> dict[str, Any] | None:
+        with self._reachable():
+            message = await self._pubsub.get_message(timeout=max(0.0, within))
+        if message is not None:
+            self.last_heard = time.monotonic()
+        return cast(dict[str, Any] | None, message)
+
+    def _unprefixed(self, message: dict[str, Any]) -> tuple[str, str]:
+        return str(message["channel"]).removeprefix(self._prefix), str(message["data"])
 
 
 # -- the store -----------------------------------------------------------------------------
@@ -420,6 +615,16 @@ class RedisStore:
         self._add_backend = _Script(client, _ADD_BACKEND)
         self._update_backend = _Script(client, _UPDATE_BACKEND)
         self._delete_backend = _Script(client, _DELETE_BACKEND)
+        self._create_token = _Script(client, _CREATE_TOKEN)
+        self._delete_token = _Script(client, _DELETE_TOKEN)
+        self._find_token = _Script(client, _FIND_TOKEN)
+        self._acquire_lease = _Script(client, _ACQUIRE_LEASE)
+        self._release_lease = _Script(client, _RELEASE_LEASE)
+        self._create_reserved_route = _Script(client, _CREATE_RESERVED_ROUTE)
+        self._put_node = _Script(client, _PUT_NODE)
+        self._list_nodes = _Script(client, _LIST_NODES)
+        # How long a new subscription may take to be confirmed: a reply's patience.
+        self._wait = float(dict(target.options).get("socket_timeout", 10.0))
 
     @property
     def target(self) -> RedisTarget:
@@ -583,6 +788,213 @@ class RedisStore:
         with self._reachable():
             await cast(Any, self._client.hset(self.keys.port_cursors, frontend_ip, cursor))
 
+    # -- API tokens --------------------------------------------------------------------------
+
+    async def create_token(self, app: str, token_hash: str, created_at: float) -> TokenInfo:
+        k = self.keys
+        record = json.dumps({"hash": token_hash, "created_at": created_at})
+        with self._reachable():
+            token_id = await self._create_token(
+                [k.tokens, k.token_counter(app), k.app_tokens(app)],
+                [app_segment(app), token_hash, record],
+            )
+        if not token_id:
+            raise Conflict("a token with this hash is already stored")
+        return TokenInfo(app, int(token_id), created_at)
+
+    async def list_tokens(self, app: str) -> list[TokenInfo]:
+        with self._reachable():
+            records = await cast(Any, self._client.hgetall(self.keys.app_tokens(app)))
+        return sorted(
+            (_token(app, token_id, record) for token_id, record in records.items()),
+            key=lambda t: t.id,
+        )
+
+    async def delete_token(self, app: str, token_id: int) -> None:
+        with self._reachable():
+            deleted = await self._delete_token(
+                [self.keys.tokens, self.keys.app_tokens(app)], [token_id]
+            )
+        if not deleted:
+            raise NotFound(f"token {token_id} of app {app!r} not found")
+
+    async def find_token(self, token_hash: str) -> TokenInfo | None:
+        with self._reachable():
+            found = await self._find_token([self.keys.tokens], [self.keys.prefix, token_hash])
+        if found is None:
+            return None
+        app, token_id, record = found
+        return _token(unquote(app), token_id, record)
+
+    # -- cluster coordination --------------------------------------------------------------
+    # Pub/sub, leases and the node registry, for restcp.cluster. Channel names are given
+    # and returned without the prefix, which they carry in Redis like every key: pub/sub
+    # ignores database numbers, so the prefix is what keeps two clusters on one Redis apart.
+
+    async def publish(self, channel: str, message: str) -> int:
+        """Send ``message``; the number of subscriptions that received it (0: nobody
+        listens, and the message is gone)."""
+        with self._reachable():
+            receivers = await cast(Any, self._client.publish(self.keys.prefix + channel, message))
+        return int(receivers)
+
+    async def subscribers(self, channel: str) -> int:
+        with self._reachable():
+            counts = await cast(Any, self._client.pubsub_numsub(self.keys.prefix + channel))
+        return sum(int(n) for _, n in counts)
+
+    async def channels(self, pattern: str) -> list[str]:
+        """The channels matching the glob ``pattern`` that someone is subscribed to."""
+        prefix = self.keys.prefix
+        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+        with self._reachable():
+            names = await cast(Any, self._client.pubsub_channels(escaped + pattern))
+        return sorted(str(name).removeprefix(prefix) for name in names)
+
+    def subscription(self) -> Subscription:
+        """A new pub/sub connection, subscribed to nothing yet."""
+        return Subscription(self._client, self.keys.prefix, self._target.describe(), self._wait)
+
+    async def request(
+        self, channel: str, message: str, reply_channel: str, within: float
+    ) -> tuple[int, str | None]:
+        """Publish ``message`` and wait up to ``within`` seconds for one message on
+        ``reply_channel``, subscribed before publishing so that no reply can come too early.
+        (receivers, reply or None); after a delivered request a lost connection is a
+        missing reply, not an error: the request may be acted on all the same."""
+        subscription = self.subscription()
+        try:
+            await subscription.subscribe([reply_channel])
+            receivers = await self.publish(channel, message)
+            if receivers == 0:
+                return 0, None
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + within
+            try:
+                while (left := deadline - loop.time()) > 0:
+                    got = await subscription.get(left)
+                    if got is not None and got[0] == reply_channel:
+                        return receivers, got[1]
+            except Unavailable:
+                pass
+            return receivers, None
+        finally:
+            await subscription.close()
+
+    async def acquire_lease(self, ip: str, holder: str, ttl: float) -> tuple[int, str, float]:
+        """Renew ``holder``'s lease of ``ip``, or take it if it is free, for ``ttl`` seconds.
+        (2 acquired, 1 renewed, 0 held by another; the holder; seconds left of another's)."""
+        with self._reachable():
+            state, current, left_ms = await self._acquire_lease(
+                [self.keys.lease(ip)], [holder, max(1, round(ttl * 1000))]
+            )
+        return int(state), str(current), max(0, int(left_ms)) / 1000
+
+    async def release_lease(self, ip: str, holder: str) -> bool:
+        with self._reachable():
+            return bool(await self._release_lease([self.keys.lease(ip)], [holder]))
+
+    async def reserve_route_id(self, app: str) -> int:
+        """Give out the app's next route id for a route another node will store
+        (``create_reserved_route``); an id whose route is never stored stays unused."""
+        with self._reachable():
+            return int(await cast(Any, self._client.incr(self.keys.route_counter(app))))
+
+    async def create_reserved_route(
+        self,
+        app: str,
+        route_id: int,
+        frontend_ip: str,
+        port: int,
+        settings: RouteSettings,
+        holder: str,
+    ) -> Route:
+        """``create_route`` under a reserved id, if ``holder`` holds the lease of the IP."""
+        k = self.keys
+        with self._reachable():
+            status, value = await self._create_reserved_route(
+                [
+                    k.apps,
+                    k.route_counter(app),
+                    k.app_routes(app),
+                    k.frontend_ips,
+                    k.ip_routes(frontend_ip),
+                    k.ip_ports(frontend_ip),
+                    k.route(app, route_id),
+                    k.lease(frontend_ip),
+                ],
+                [
+                    k.prefix,
+                    app_segment(app),
+                    frontend_ip,
+                    port,
+                    dump_route_settings(settings),
+                    route_id,
+                    holder,
+                ],
+            )
+        if status == 0:
+            owner_app, _, owner_id = str(value).rpartition(":")
+            raise Conflict(
+                f"port {port} of {frontend_ip} is already used by route {owner_id} "
+                f"of app {unquote(owner_app)!r}"
+            )
+        if status == -1:
+            raise Unavailable(
+                f"this node no longer holds the lease of {frontend_ip} "
+                f"(held by {value or 'nobody'})"
+            )
+        if status == -2:
+            raise Conflict(f"route {route_id} of app {app!r} was not reserved or exists already")
+        return Route(app, route_id, frontend_ip, port, settings)
+
+    async def put_node(self, node_id: str, record: dict[str, Any], ttl: float) -> None:
+        """Register (or refresh) a node for ``GET /nodes``; it vanishes ``ttl`` seconds after
+        its last refresh."""
+        with self._reachable():
+            await self._put_node(
+                [self.keys.nodes, self.keys.node(node_id)],
+                [node_id, json.dumps(record), max(1, round(ttl * 1000))],
+            )
+
+    async def drop_node(self, node_id: str) -> None:
+        with self._reachable():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(self.keys.node(node_id))
+                pipe.srem(self.keys.nodes, node_id)
+                await pipe.execute()
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        with self._reachable():
+            records = await self._list_nodes([self.keys.nodes], [self.keys.prefix])
+        return [json.loads(record) for record in records]
+
+    async def lease_holders(self, ips: Sequence[str]) -> dict[str, tuple[str, float]]:
+        """ip -> (holder, seconds left) of the leases that exist."""
+        if not ips:
+            return {}
+        with self._reachable():
+            async with self._client.pipeline(transaction=True) as pipe:
+                for ip in ips:
+                    pipe.get(self.keys.lease(ip))
+                    pipe.pttl(self.keys.lease(ip))
+                replies = await pipe.execute()
+        return {
+            ip: (str(holder), max(0, int(left)) / 1000)
+            for ip, holder, left in zip(ips, replies[0::2], replies[1::2], strict=True)
+            if holder is not None
+        }
+
+    async def routes_per_ip(self, ips: Sequence[str]) -> dict[str, int]:
+        if not ips:
+            return {}
+        with self._reachable():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for ip in ips:
+                    pipe.scard(self.keys.ip_routes(ip))
+                counts = await pipe.execute()
+        return {ip: int(n) for ip, n in zip(ips, counts, strict=True)}
+
     @staticmethod
     def _found(status: int, app: str, route_id: int, backend_id: int) -> None:
         if status < 0:
@@ -613,3 +1025,7 @@ def _route(record: list[Any]) -> Route:
             )
         ),
     )
+
+
+def _token(app: str, token_id: str | int, record: str) -> TokenInfo:
+    return TokenInfo(app, int(token_id), float(json.loads(record)["created_at"]))

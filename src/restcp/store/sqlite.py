@@ -18,7 +18,7 @@ from typing import Any
 
 from restcp.errors import Conflict, InvalidSpec, NotFound
 from restcp.model import Backend, Route, RouteSettings
-from restcp.store.base import AppInfo
+from restcp.store.base import AppInfo, TokenInfo
 from restcp.store.codec import (
     dump_backend_settings,
     dump_route_settings,
@@ -54,6 +54,19 @@ CREATE TABLE IF NOT EXISTS backends (
 CREATE TABLE IF NOT EXISTS port_cursors (
     frontend_ip  TEXT PRIMARY KEY,
     cursor       INTEGER NOT NULL
+);
+-- Apart from apps: a token does not make its app exist (an app exists from its first route
+-- on), and the token counter outlives every token, as the route counter outlives routes.
+CREATE TABLE IF NOT EXISTS token_counters (
+    app      TEXT PRIMARY KEY,
+    last_id  INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    app         TEXT NOT NULL,
+    id          INTEGER NOT NULL,
+    hash        TEXT NOT NULL UNIQUE,
+    created_at  REAL NOT NULL,
+    PRIMARY KEY (app, id)
 );
 """
 
@@ -286,6 +299,43 @@ class SqliteStore:
                 "ON CONFLICT (frontend_ip) DO UPDATE SET cursor = excluded.cursor",
                 (frontend_ip, cursor),
             )
+
+    # -- API tokens ------------------------------------------------------------------------
+
+    async def create_token(self, app: str, token_hash: str, created_at: float) -> TokenInfo:
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM tokens WHERE hash = ?", (token_hash,)).fetchone():
+                raise Conflict("a token with this hash is already stored")
+            db.execute("INSERT OR IGNORE INTO token_counters (app) VALUES (?)", (app,))
+            (token_id,) = db.execute(
+                "UPDATE token_counters SET last_id = last_id + 1 WHERE app = ? RETURNING last_id",
+                (app,),
+            ).fetchone()
+            db.execute(
+                "INSERT INTO tokens (app, id, hash, created_at) VALUES (?, ?, ?, ?)",
+                (app, token_id, token_hash, created_at),
+            )
+        return TokenInfo(app, token_id, created_at)
+
+    async def list_tokens(self, app: str) -> list[TokenInfo]:
+        rows = self._db.execute(
+            "SELECT id, created_at FROM tokens WHERE app = ? ORDER BY id", (app,)
+        ).fetchall()
+        return [TokenInfo(app, token_id, created_at) for token_id, created_at in rows]
+
+    async def delete_token(self, app: str, token_id: int) -> None:
+        with self._write() as db:
+            deleted = db.execute(
+                "DELETE FROM tokens WHERE app = ? AND id = ?", (app, token_id)
+            ).rowcount
+            if not deleted:
+                raise NotFound(f"token {token_id} of app {app!r} not found")
+
+    async def find_token(self, token_hash: str) -> TokenInfo | None:
+        row = self._db.execute(
+            "SELECT app, id, created_at FROM tokens WHERE hash = ?", (token_hash,)
+        ).fetchone()
+        return None if row is None else TokenInfo(*row)
 
     def _require_route(self, app: str, route_id: int) -> None:
         row = self._db.execute(

@@ -1,0 +1,176 @@
+"""Cluster timings for docs/cluster.md (a script, not a test):
+
+1. change latency: a backend replaced through node A's API, until node C (which serves the
+   route's IP) relays to the new backend. 1,000 changes; p50/p99 of the API answer and of
+   the change being live on C, seen from a client of the route.
+2. resume time: node C with 1,000 routes is killed (SIGKILL) and a new node for its IP is
+   started at once: until all 1,000 ports listen again, with the lease wait broken out.
+
+    uv run python -m bench.cluster_timing [--changes 1000] [--routes 1000] [--lease-ttl 2]
+
+Real redis-server and ``restcp serve`` processes on loopback aliases (127.0.0.2, 127.0.0.3);
+every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from tests.cluster.conftest import fetch
+from tests.e2e.peers import Backend, sender
+from tests.helpers import Node, free_port_range, http
+from tests.redis_server import RedisServer
+
+A, C = "127.0.0.2", "127.0.0.3"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def ms(values: list[float]) -> str:
+    return (
+        f"p50 {1000 * pct(values, 0.5):.2f} ms, p99 {1000 * pct(values, 0.99):.2f} ms, "
+        f"max {1000 * max(values):.2f} ms, mean {1000 * statistics.fmean(values):.2f} ms"
+    )
+
+
+def until(check: Callable[[], bool], what: str, deadline: float = 30.0) -> float:
+    start = time.perf_counter()
+    while not check():
+        if time.perf_counter() - start > deadline:
+            raise RuntimeError(f"{what}: not within {deadline}s")
+    return time.perf_counter() - start
+
+
+@contextmanager
+def node(redis_url: str, ip: str, ports: int, *extra: str) -> Iterator[Node]:
+    lo, hi = free_port_range(ports)
+    proc = Node(
+        "--api", "127.0.0.1:0",
+        "--store", redis_url,
+        "--frontend-ip", ip,
+        "--port-range", f"{lo}-{hi}",
+        "--log-level", "info",
+        *extra,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def logged_at(proc: Node, needle: str) -> float:
+    """Unix time of the node's first log line containing ``needle`` (its own timestamp, so
+    the order of events inside the node is exact, whenever this script reads the line)."""
+    line = proc.wait_for_line(needle, 60.0)
+    stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
+
+
+def listening(ip: str) -> set[int]:
+    """Ports in LISTEN on ``ip`` (IPv4), from /proc/net/tcp: no probe connection needed."""
+    want = "".join(f"{int(octet):02X}" for octet in reversed(ip.split(".")))
+    ports = set()
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = row.split()
+        address, port = cols[1].split(":")
+        if address == want and cols[3] == "0A":
+            ports.add(int(port, 16))
+    return ports
+
+
+def change_latency(redis_url: str, changes: int) -> dict[str, object]:
+    with (
+        # No resync timer to speak of: every change must come by pub/sub.
+        node(redis_url, C, 20, "--resync-interval", "3600") as c,
+        node(redis_url, A, 20, "--resync-interval", "3600") as a,
+        Backend(sender(b"one")) as one,
+        Backend(sender(b"two")) as two,
+    ):
+        c.wait_ready()
+        a.wait_ready()
+        route = json.loads(http("PUT", c.api + "/apps/bench/routes").body)
+        port = route["port"]
+        path = f"/apps/bench/routes/{route['id']}/backends"
+        http("PUT", a.api + path, {"ip": "127.0.0.1", "port": one.port})
+        until(lambda: fetch(C, port) == b"one", "first backend live")
+        answered, live = [], []
+        for i in range(changes):
+            target, name = (two, b"two") if i % 2 == 0 else (one, b"one")
+            began = time.perf_counter()
+            reply = http("PUT", f"{a.api}{path}/1", {"ip": "127.0.0.1", "port": target.port})
+            answered.append(time.perf_counter() - began)
+            assert reply.status == 200, reply
+            until(lambda: fetch(C, port) == name, f"change {i} live", 10.0)  # noqa: B023
+            live.append(time.perf_counter() - began)
+        return {"answered": answered, "live": live}
+
+
+def resume_time(redis_url: str, routes: int, lease_ttl: str) -> dict[str, float]:
+    with node(redis_url, C, routes + 50, "--lease-ttl", lease_ttl) as old:
+        old.wait_ready()
+        ports = set()
+        for _ in range(routes):
+            route = json.loads(http("PUT", old.api + "/apps/bench/routes").body)
+            ports.add(route["port"])
+        assert len(ports) == routes
+        assert ports <= listening(C)
+        # SIGKILL: no lease released, no goodbye. The new node is started right after, as a
+        # supervisor restarting a crashed service would.
+        old.stop(signal.SIGKILL)
+        killed = time.time()
+        with node(redis_url, C, routes + 50, "--lease-ttl", lease_ttl) as new:
+            new.wait_ready()
+            until(lambda: ports <= listening(C), f"{routes} ports listening again", 60.0)
+            resumed = time.time() - killed
+            started = logged_at(new, "starting restcp") - killed
+            leased = logged_at(new, "lease of frontend IP 127.0.0.3 acquired") - killed
+            ready = logged_at(new, " ready api=") - killed
+        # A clean stop (SIGTERM) releases the lease: a successor waits for nothing.
+        with node(redis_url, C, routes + 50, "--lease-ttl", lease_ttl) as successor:
+            new.stop()
+            stopped = time.perf_counter()
+            successor.wait_ready()
+            until(lambda: ports <= listening(C), f"{routes} ports listening again", 60.0)
+            graceful = time.perf_counter() - stopped
+    return {
+        "kill_to_new_process_logging_s": started,
+        "kill_to_lease_acquired_s": leased,
+        "kill_to_new_node_ready_s": ready,
+        "kill_to_all_listening_s": resumed,
+        "lease_to_all_listening_s": resumed - leased,
+        "sigterm_to_successor_all_listening_s": graceful,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--changes", type=int, default=1000)
+    parser.add_argument("--routes", type=int, default=1000)
+    parser.add_argument("--lease-ttl", default="2")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp)) as server:
+        latency = change_latency(server.url(prefix="lat:"), args.changes)
+        print(f"{args.changes} backend changes through node A, live on node C:")
+        print(f"  API answer       {ms(latency['answered'])}")  # type: ignore[arg-type]
+        print(f"  live on C        {ms(latency['live'])}")  # type: ignore[arg-type]
+        resume = resume_time(server.url(prefix="res:"), args.routes, args.lease_ttl)
+        ttl = args.lease_ttl
+        print(f"{args.routes} routes, kill -9 and restart of their node (--lease-ttl {ttl}):")
+        for name, value in resume.items():
+            print(f"  {name:38s} {value:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""The route table of the API, the one place that lists its endpoints.
+
+``build_app`` registers exactly these (api/app.py), the auth middleware reads each one's
+``access`` (api/auth.py), and the OpenAPI document is generated from them (api/openapi.py),
+so the document cannot describe an endpoint the server does not have, or miss one it has.
+
+Each endpoint names its success replies and the problems only it produces; the problems
+every endpoint of a kind shares are added by ``problems_of``: 401/403/503 wherever a token
+is checked, 400/404 for an app in the path, 404 for an id in the path, 400/413/422 where a
+body is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel
+
+from restcp.api.schemas import (
+    AppOut,
+    BackendBody,
+    BackendCreated,
+    BackendOut,
+    BackendPatchBody,
+    HealthOut,
+    NodeOut,
+    RouteBody,
+    RouteOut,
+    RouteSettingsBody,
+    TokenBody,
+    TokenCreated,
+    TokenOut,
+)
+
+# public: no token needed (and the browser checks are skipped: nothing there changes or
+# tells anything secret); admin: the admin token only; app: the admin token, or a token of
+# the app named in the path.
+Access = Literal["public", "admin", "app"]
+METHODS = ("GET", "PUT", "POST", "PATCH", "DELETE")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A success reply. ``model`` None: no body (204) or a body the model cannot describe."""
+
+    status: int
+    description: str
+    model: type[BaseModel] | None = None
+    array: bool = False
+    media_type: str = "application/json"
+    headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    # The name of the method of api.app.Api that serves it.
+    handler: str
+    summary: str
+    access: Access
+    replies: tuple[Reply, ...]
+    body: type[BaseModel] | None = None
+    body_required: bool = False
+    # Problem statuses beyond the ones problems_of derives, with what causes them here.
+    problems: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def operation_id(self) -> str:
+        twins = [e for e in ENDPOINTS if e.handler == self.handler]
+        return self.handler if twins[0] is self else f"{self.handler}_{self.method.lower()}"
+
+
+def problems_of(endpoint: Endpoint) -> dict[int, str]:
+    """Every problem status ``endpoint`` can answer, with its causes."""
+    causes: dict[int, list[str]] = {}
+
+    def add(status: int, cause: str) -> None:
+        causes.setdefault(status, []).append(cause)
+
+    if endpoint.access != "public":
+        add(401, "no valid token, when the API asks for tokens")
+        add(403, "a request from a browser for another site or host name")
+        if endpoint.access == "admin":
+            add(403, "an app token on an endpoint for the admin token only")
+        add(503, "the store is unavailable")
+    if "{app}" in endpoint.path:
+        add(400, "an invalid app id")
+        if endpoint.access == "app":
+            add(404, "another app than the app token's")
+    for name in ("route", "backend", "token"):
+        if f"{{{name}}}" in endpoint.path:
+            add(404, f"an unknown {name}")
+    if endpoint.body is not None:
+        add(400, "a body that is not a JSON object")
+        add(413, "a body over 64 KiB")
+        add(422, "an invalid field")
+    for status, cause in endpoint.problems.items():
+        add(status, cause)
+    return {status: "; ".join(texts) for status, texts in sorted(causes.items())}
+
+
+ROUTES = "/apps/{app}/routes"
+ROUTE = ROUTES + "/{route}"
+BACKENDS = ROUTE + "/backends"
+BACKEND = BACKENDS + "/{backend}"
+TOKENS = "/apps/{app}/tokens"
+TOKEN = TOKENS + "/{token}"
+
+_CREATED = ("Location",)
+_NO_CONTENT = Reply(204, "done; no body")
+# Redis store only: a route for a frontend IP another node serves (docs/cluster.md).
+_PROVISIONING = Reply(
+    202,
+    "handed to the node serving the frontend IP, which did not answer within "
+    "--provision-timeout: {id, app, frontend_ip, status: provisioning}; the route appears "
+    "at Location once bound",
+    headers=_CREATED,
+)
+_ROUTE_CREATE_PROBLEMS = {
+    409: "the port is taken or cannot be bound, no port is left in the range, or the app "
+    "has --max-routes-per-app routes already",
+    503: "Redis store: no live node serves the frontend IP",
+}
+_ADD_BACKEND_PROBLEMS = {
+    403: "the backend's address is in a network the node's policy denies",
+    409: "the route has --max-backends-per-route backends already",
+}
+_SET_BACKEND_PROBLEMS = {403: "the backend's address is in a network the node's policy denies"}
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "GET", "/healthz", "healthz", "Readiness of this node", "public",
+        (Reply(200, "every stored route of this node is bound", HealthOut),
+         Reply(503, "starting, or a stored route's port cannot be bound", HealthOut)),
+    ),
+    Endpoint(
+        "GET", "/openapi.json", "openapi", "This document", "public",
+        (Reply(200, "the OpenAPI 3.1 document of this API"),),
+    ),
+    Endpoint(
+        "GET", "/metrics", "metrics", "Metrics in the Prometheus text format", "admin",
+        (Reply(200, "the node's counters and gauges", media_type="text/plain"),),
+    ),
+    Endpoint(
+        "GET", "/nodes", "nodes", "The cluster's live nodes and their frontend IPs", "admin",
+        (Reply(200, "each live node; with an embedded store, this one", NodeOut, array=True),),
+    ),
+    Endpoint(
+        "GET", "/apps", "list_apps", "List apps with their route counts", "admin",
+        (Reply(200, "every app that ever had a route", AppOut, array=True),),
+    ),
+    Endpoint(
+        "GET", ROUTES, "list_routes", "List an app's routes", "app",
+        (Reply(200, "the app's routes, by id", RouteOut, array=True),),
+        problems={404: "an app that never had a route"},
+    ),
+    Endpoint(
+        "PUT", ROUTES, "create_route", "Create a route", "app",
+        (Reply(201, "the route, bound and accepting", RouteOut, headers=_CREATED),
+         _PROVISIONING),
+        body=RouteBody, problems=_ROUTE_CREATE_PROBLEMS,
+    ),
+    Endpoint(
+        "POST", ROUTES, "create_route", "Create a route (as PUT)", "app",
+        (Reply(201, "the route, bound and accepting", RouteOut, headers=_CREATED),
+         _PROVISIONING),
+        body=RouteBody, problems=_ROUTE_CREATE_PROBLEMS,
+    ),
+    Endpoint(
+        "GET", ROUTE, "get_route", "One route", "app",
+        (Reply(200, "the route", RouteOut),),
+    ),
+    Endpoint(
+        "PATCH", ROUTE, "patch_route", "Change a route's settings", "app",
+        (Reply(200, "the route as changed", RouteOut),),
+        body=RouteSettingsBody,
+    ),
+    Endpoint(
+        "DELETE", ROUTE, "delete_route", "Destroy a route; its port refuses at once", "app",
+        (_NO_CONTENT,),
+    ),
+    Endpoint(
+        "GET", BACKENDS, "list_backends", "List a route's backends", "app",
+        (Reply(200, "the route's backends, by id", BackendOut, array=True),),
+    ),
+    Endpoint(
+        "PUT", BACKENDS, "add_backend", "Attach a backend", "app",
+        (Reply(201, "the new backend's id", BackendCreated, headers=_CREATED),),
+        body=BackendBody, body_required=True, problems=_ADD_BACKEND_PROBLEMS,
+    ),
+    Endpoint(
+        "POST", BACKENDS, "add_backend", "Attach a backend (as PUT)", "app",
+        (Reply(201, "the new backend's id", BackendCreated, headers=_CREATED),),
+        body=BackendBody, body_required=True, problems=_ADD_BACKEND_PROBLEMS,
+    ),
+    Endpoint(
+        "GET", BACKEND, "get_backend", "One backend", "app",
+        (Reply(200, "the backend", BackendOut),),
+    ),
+    Endpoint(
+        "POST", BACKEND, "replace_backend", "Replace a backend: address and settings", "app",
+        (Reply(200, "the backend as replaced", BackendOut),),
+        body=BackendBody, body_required=True, problems=_SET_BACKEND_PROBLEMS,
+    ),
+    Endpoint(
+        "PUT", BACKEND, "replace_backend", "Replace a backend (as POST)", "app",
+        (Reply(200, "the backend as replaced", BackendOut),),
+        body=BackendBody, body_required=True, problems=_SET_BACKEND_PROBLEMS,
+    ),
+    Endpoint(
+        "PATCH", BACKEND, "patch_backend", "Change some of a backend's fields", "app",
+        (Reply(200, "the backend as changed", BackendOut),),
+        body=BackendPatchBody, problems=_SET_BACKEND_PROBLEMS,
+    ),
+    Endpoint(
+        "DELETE", BACKEND, "delete_backend", "Detach a backend", "app",
+        (_NO_CONTENT,),
+    ),
+    Endpoint(
+        "POST", TOKENS, "create_token", "Create a token of an app", "admin",
+        (Reply(201, "the token, shown this once", TokenCreated, headers=_CREATED),),
+        body=TokenBody,
+    ),
+    Endpoint(
+        "GET", TOKENS, "list_tokens", "List an app's tokens (never the tokens)", "admin",
+        (Reply(200, "the app's tokens, by id", TokenOut, array=True),),
+    ),
+    Endpoint(
+        "DELETE", TOKEN, "delete_token", "Revoke a token at once", "admin",
+        (_NO_CONTENT,),
+    ),
+)  # fmt: skip

@@ -1,0 +1,131 @@
+"""The OpenAPI 3.1 document, generated from the route table (endpoints.py) and the pydantic
+models of schemas.py: request bodies from the models that validate them, responses from the
+models that describe them. Nothing here is written by hand per endpoint, so the document
+changes when the table or a model does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from restcp import __version__
+from restcp.api.endpoints import ENDPOINTS, Endpoint, Reply, problems_of
+from restcp.api.schemas import Problem
+
+_REF = "#/components/schemas/{model}"
+# JSON Schema of each path parameter, as api/app.py checks it.
+_PARAMETERS: dict[str, dict[str, Any]] = {
+    "app": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+    "route": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+    "backend": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+    "token": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+}
+_HEADERS: dict[str, dict[str, Any]] = {
+    "Location": {
+        "description": "the path of what was created",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "WWW-Authenticate": {
+        "description": 'Bearer, with error="invalid_token" when the token sent is not valid',
+        "required": True,
+        "schema": {"type": "string"},
+    },
+}
+_DESCRIPTION = """\
+A REST-driven TCP proxy and layer-4 load balancer: create a route and restcp opens a TCP port
+for it; every client that connects is relayed to one of the route's backends.
+
+Request bodies are JSON whatever the Content-Type says. Errors are RFC 9457 problem documents.
+With an admin token configured (`--api-token`), every endpoint but `/healthz` and this
+document needs `Authorization: Bearer TOKEN`: the admin token, or a token of the app in the
+path (`POST /apps/{app}/tokens`)."""
+
+
+def _models() -> list[type[BaseModel]]:
+    found: list[type[BaseModel]] = [Problem]
+    for endpoint in ENDPOINTS:
+        for model in (endpoint.body, *(r.model for r in endpoint.replies)):
+            if model is not None and model not in found:
+                found.append(model)
+    return found
+
+
+def _content(reply: Reply) -> dict[str, Any]:
+    schema: dict[str, Any]
+    if reply.model is not None:
+        schema = {"$ref": _REF.format(model=reply.model.__name__)}
+        if reply.array:
+            schema = {"type": "array", "items": schema}
+    elif reply.media_type == "application/json":
+        schema = {"type": "object"}
+    else:
+        schema = {"type": "string"}
+    return {reply.media_type: {"schema": schema}}
+
+
+def _operation(endpoint: Endpoint) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for reply in endpoint.replies:
+        response: dict[str, Any] = {"description": reply.description}
+        if reply.status != 204:
+            response["content"] = _content(reply)
+        if reply.headers:
+            response["headers"] = {h: _HEADERS[h] for h in reply.headers}
+        responses[str(reply.status)] = response
+    problem = {"application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}}
+    for status, causes in problems_of(endpoint).items():
+        response = {"description": causes, "content": problem}
+        if status == 401:
+            response["headers"] = {"WWW-Authenticate": _HEADERS["WWW-Authenticate"]}
+        responses[str(status)] = response
+    operation: dict[str, Any] = {
+        "operationId": endpoint.operation_id,
+        "summary": endpoint.summary,
+        "responses": responses,
+    }
+    names = [n for n in _PARAMETERS if f"{{{n}}}" in endpoint.path]
+    if names:
+        operation["parameters"] = [
+            {"name": n, "in": "path", "required": True, "schema": _PARAMETERS[n]} for n in names
+        ]
+    if endpoint.body is not None:
+        operation["requestBody"] = {
+            "required": endpoint.body_required,
+            "content": {
+                "application/json": {"schema": {"$ref": _REF.format(model=endpoint.body.__name__)}}
+            },
+        }
+    if endpoint.access == "public":
+        # No token needed; /healthz shows more to the admin token, so one may be sent.
+        operation["security"] = [{}, {"bearer": []}] if endpoint.path == "/healthz" else []
+    elif endpoint.access == "admin":
+        operation["description"] = "Needs the admin token (an app token gets 403)."
+    return operation
+
+
+def build_spec() -> dict[str, Any]:
+    _, schemas = models_json_schema(
+        [(model, "validation") for model in _models()], ref_template=_REF
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in ENDPOINTS:
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "restcp", "version": __version__, "description": _DESCRIPTION},
+        "paths": paths,
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the admin token (--api-token) or a token of one app",
+                }
+            },
+        },
+        "security": [{"bearer": []}],
+    }

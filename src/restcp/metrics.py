@@ -1,0 +1,121 @@
+"""Prometheus metrics, rendered at scrape time from the data plane's own counters.
+
+The relay hot path touches no metrics library: routes keep plain integer counters per
+backend (``proxy.stats``), and this collector reads them when ``/metrics`` is scraped, so an
+open connection's bytes are counted as they flow, not only when it ends. Each node has its
+own registry (no module-level state), which also gives every test a fresh one.
+
+Labels are app, route and backend ids, never client addresses: their number is bounded by
+the configuration, not by the traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE_LATEST", "BackendSample", "Metrics", "RouteSample", "generate_latest"]
+
+HEALTH_STATES = ("up", "down", "unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSample:
+    app: str
+    route: int
+    backend: int
+    connections_total: int
+    connections_active: int
+    bytes_in: int  # client -> backend
+    bytes_out: int  # backend -> client
+    connect_failures: int
+    health: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSample:
+    app: str
+    route: int
+    refused: dict[str, int]  # reason -> count
+    backends: tuple[BackendSample, ...]
+
+
+class StatsSource(Protocol):
+    def samples(self) -> Iterable[RouteSample]: ...
+
+
+class _DataPlaneCollector(Collector):
+    def __init__(self, source: StatsSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["app", "route", "backend"]
+        total = CounterMetricFamily(
+            "restcp_connections", "Client connections relayed to a backend", labels=labels
+        )
+        active = GaugeMetricFamily(
+            "restcp_connections_active", "Connections open now", labels=labels
+        )
+        sent = CounterMetricFamily("restcp_bytes", "Bytes relayed", labels=[*labels, "direction"])
+        failures = CounterMetricFamily(
+            "restcp_connect_failures", "Failed connects to a backend", labels=labels
+        )
+        health = GaugeMetricFamily(
+            "restcp_backend_health", "1 for the backend's health state", labels=[*labels, "state"]
+        )
+        refused = CounterMetricFamily(
+            "restcp_refused_connections",
+            "Clients closed without a backend (limits reached, no backend usable)",
+            labels=["app", "route", "reason"],
+        )
+        for route in self._source.samples():
+            rid = str(route.route)
+            for reason, count in sorted(route.refused.items()):
+                refused.add_metric([route.app, rid, reason], count)
+            for b in route.backends:
+                key = [b.app, rid, str(b.backend)]
+                total.add_metric(key, b.connections_total)
+                active.add_metric(key, b.connections_active)
+                sent.add_metric([*key, "in"], b.bytes_in)
+                sent.add_metric([*key, "out"], b.bytes_out)
+                failures.add_metric(key, b.connect_failures)
+                for state in HEALTH_STATES:
+                    health.add_metric([*key, state], 1.0 if b.health == state else 0.0)
+        yield from (total, active, sent, failures, health, refused)
+
+
+class Metrics:
+    """One node's registry: data-plane counters, health-check latency, and the process's
+    CPU, memory, descriptors and garbage collection."""
+
+    def __init__(self, source: StatsSource) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_DataPlaneCollector(source))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.check_latency = Histogram(
+            "restcp_health_check_duration_seconds",
+            "Time an active health check took",
+            ["app", "route", "backend"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self._checked: dict[tuple[str, int], set[int]] = {}
+
+    def observe_check(self, app: str, route: int, backend: int, seconds: float) -> None:
+        self._checked.setdefault((app, route), set()).add(backend)
+        self.check_latency.labels(app, str(route), str(backend)).observe(seconds)
+
+    def forget_route(self, app: str, route: int) -> None:
+        """Drop a stopped route's series, so label sets do not grow with route churn."""
+        for backend in self._checked.pop((app, route), ()):
+            self.check_latency.remove(app, str(route), str(backend))

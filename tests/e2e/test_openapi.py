@@ -1,0 +1,189 @@
+"""GET /openapi.json against the server it describes: every endpoint and method the server has
+is in it and nothing else, and requests schemathesis generates from it (a bounded number per
+operation) get no 5xx, answers that conform to it, and, when refused, change nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    ignored_auth,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from restcp.api.app import APP_ID as APP
+from restcp.api.endpoints import ENDPOINTS, METHODS
+from restcp.api.openapi import build_spec
+from tests.e2e.conftest import assert_clean_log, serve_args
+from tests.e2e.test_auth import ADMIN, bearer, path_of
+from tests.helpers import Node, free_port_range, http
+
+# Per operation; with ~20 operations this keeps the run well under a minute.
+EXAMPLES = 15
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    ignored_auth,
+]
+
+
+def stored(store: Path) -> Any:
+    """Every row of the store, counters and cursors included: a refused request must not
+    have moved anything (read from the file, so the cost does not grow with the apps that
+    generated requests create)."""
+    with closing(sqlite3.connect(store)) as db:
+        return {
+            table: db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+            for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    STORE[:] = [Path(tmp_path_factory.mktemp("openapi")) / "restcp.db"]
+    yield STORE[0]
+    STORE.clear()
+
+
+@pytest.fixture(scope="module")
+def api_node(store: Path) -> Iterator[Node]:
+    """A node with tokens on and small quotas, so generated requests reach those answers too."""
+    lo, hi = free_port_range(10)
+    node = Node(
+        *serve_args(store, lo, hi),
+        "--api-token", ADMIN,
+        "--max-routes-per-app", "3",
+        "--max-backends-per-route", "3",
+    )  # fmt: skip
+    try:
+        node.wait_ready()
+        # Something to find (see flatmap_path_parameters).
+        for app in ("web", "b"):
+            assert node.call("PUT", f"/apps/{app}/routes", headers=bearer(ADMIN)).status == 201
+            body = {"ip": "127.0.0.1", "port": 9}
+            added = node.call("PUT", f"/apps/{app}/routes/1/backends", body, headers=bearer(ADMIN))
+            assert added.status == 201
+            assert node.call("POST", f"/apps/{app}/tokens", headers=bearer(ADMIN)).status == 201
+        yield node
+    finally:
+        node.stop()
+
+
+# The document as build_app serves it (test_the_served_document_is_the_generated_one):
+# loaded at import, as schemathesis's lazy loading from a fixture fails on pytest 9.
+schema = schemathesis.openapi.from_dict(build_spec())
+IDS = ("route", "backend", "token")
+# The store file of the node under test, for the hook below (set by the store fixture).
+STORE: list[Path] = []
+
+
+def existing(context: schemathesis.HookContext) -> list[dict[str, int]]:
+    """Ids of app "web" that exist now, as path parameters. A DELETE never gets the lowest
+    route, backend or token, so that later operations still find something."""
+    with closing(sqlite3.connect(STORE[0])) as db:
+        pairs = db.execute(
+            "SELECT r.id, b.id FROM routes r LEFT JOIN backends b "
+            "ON b.app = r.app AND b.route_id = r.id WHERE r.app = 'web' ORDER BY 1, 2"
+        ).fetchall()
+        tokens = [t for (t,) in db.execute("SELECT id FROM tokens WHERE app = 'web' ORDER BY 1")]
+    if context.operation is not None and context.operation.method.upper() == "DELETE":
+        path = context.operation.path
+        if path.endswith("{route}"):
+            pairs = [p for p in pairs if p[0] != pairs[0][0]] if pairs else []
+        elif path.endswith("{backend}"):
+            pairs = [p for p in pairs if p[1] is not None]
+            pairs = [p for p in pairs if p[1] != min(b for r, b in pairs if r == p[0])]
+        tokens = tokens[1:]
+    return [
+        {"route": r, "backend": b or 1, "token": t}
+        for r, b in pairs or [(1, 1)]
+        for t in tokens or [1]
+    ]
+
+
+@schema.hook
+def flatmap_path_parameters(
+    context: schemathesis.HookContext, path_parameters: dict[str, Any] | None
+) -> st.SearchStrategy[dict[str, Any] | None]:
+    """Half the time, point a valid path at something stored (in app "web"): random app
+    names and ids almost never exist, and answers about things that do (200s, conflicts,
+    quotas) need checking as much as 404s."""
+    if not path_parameters:
+        return st.just(path_parameters)
+    app = path_parameters.get("app")
+    valid = isinstance(app, str) and APP.fullmatch(app) is not None
+    valid = valid and all(isinstance(path_parameters[n], int) for n in IDS if n in path_parameters)
+    if not valid:
+        return st.just(path_parameters)
+
+    def steer(i: int) -> dict[str, Any]:
+        # Read when drawn, not when the strategy is built: the store changes as cases run.
+        # The draw itself (an index) has one shape always, as Hypothesis requires.
+        choices = existing(context)
+        ids = choices[i % len(choices)]
+        given = {n: ids[n] for n in IDS if n in path_parameters}
+        return {**path_parameters, "app": "web", **given}
+
+    return st.one_of(st.just(path_parameters), st.integers(0, 63).map(steer))
+
+
+@schema.parametrize()
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_generated_requests_conform_and_refusals_change_nothing(
+    case: schemathesis.Case, api_node: Node, store: Path
+) -> None:
+    before = stored(store)
+    response = case.call(base_url=api_node.api, headers=bearer(ADMIN), timeout=10)
+    case.validate_response(response, checks=CHECKS, headers=bearer(ADMIN))
+    if response.status_code >= 400:
+        assert stored(store) == before, (case.method, case.formatted_path, response.text)
+
+
+def test_the_served_document_is_the_generated_one(api_node: Node) -> None:
+    # Open to anyone: no token.
+    response = http("GET", api_node.api + "/openapi.json")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json() == build_spec()
+
+
+def test_every_method_of_every_path_is_documented_or_refused(api_node: Node) -> None:
+    """The document cannot drift from the server: what it lists answers, what it does not
+    list is a 405 with an Allow header that lists exactly the documented methods."""
+    spec = build_spec()
+    for endpoint in ENDPOINTS:
+        documented = {m.upper() for m in spec["paths"][endpoint.path]}
+        path = path_of(endpoint, "a", 999)
+        for method in METHODS:
+            response = api_node.call(method, path, headers=bearer(ADMIN))
+            if method in documented:
+                assert response.status != 405, (method, path, response)
+            else:
+                assert response.status == 405, (method, path, response)
+                allowed = {m.strip() for m in response.headers["Allow"].split(",")}
+                assert allowed - {"HEAD"} == documented, (path, allowed)
+
+
+def test_the_node_logged_no_bug(api_node: Node) -> None:
+    assert api_node.stop() == 0
+    assert_clean_log(api_node)
