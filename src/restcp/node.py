@@ -14,7 +14,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -115,7 +115,9 @@ class Node:
                 sock.close()
                 raise
             await self.proxy.serve(route, sock)
-            await self._sync_checks()
+            # Backends of other routes pointing at the new address are refused now: their
+            # probes stop too.
+            await self._sync_checks({route.key, *self._backends_on(port)})
             return route
 
     def _bind_requested(self, ip: str, port: int) -> socket.socket:
@@ -150,7 +152,10 @@ class Node:
             current = self.proxy.running().get(key)
             running = {} if current is None else {key: current}
             await self.proxy.apply(diff(desired, running))
-            await self._sync_checks()
+            # A route stopped or moved frees its address: backends pointing at it may be
+            # probed again.
+            freed = self._backends_on(current.port) if current is not None else set()
+            await self._sync_checks({key, *freed})
         if publish and self.cluster is not None:
             await self.cluster.changed(key, route)
 
@@ -158,7 +163,7 @@ class Node:
         """Why the policy refuses ``ip:port`` as a backend, or None. Checked by the API before
         storing, and by the data plane before connecting and probing (the node's own
         addresses change as routes come and go)."""
-        own = [(r.frontend_ip, r.port) for r in self.proxy.running().values()]
+        own = [(ip, port) for ip in self.proxy.frontends_on(port)]
         if self.api_address is not None:
             own.append(self.api_address)
         return self.policy.refusal(ip, port, own)
@@ -244,13 +249,25 @@ class Node:
             await self.proxy.apply(diff(desired, self.proxy.running()))
             await self._sync_checks()
 
-    async def _sync_checks(self) -> None:
-        """Probe exactly the enabled and draining backends of the routes being served."""
+    def _backends_on(self, port: int) -> set[RouteKey]:
+        """The routes with a backend on ``port``: the address policy may judge them anew."""
+        return {
+            key
+            for key, route in self.proxy.running().items()
+            if any(b.port == port for b in route.backends)
+        }
+
+    async def _sync_checks(self, only: Collection[RouteKey] | None = None) -> None:
+        """Probe exactly the enabled and draining backends of the routes being served (of
+        the routes ``only``, after a change to them: a change costs its routes' work, not
+        the whole node's)."""
         running = self.proxy.running()
-        for key in [k for k in self._checks if k not in running]:
+        keys = list(self._checks) if only is None else list(only)
+        for key in [k for k in keys if k not in running and k in self._checks]:
             await self._checks.pop(key)[1].close()
             self.metrics.forget_route(*key)
-        for key, route in running.items():
+        targets = running if only is None else {k: running[k] for k in keys if k in running}
+        for key, route in targets.items():
             runtime = self.proxy.runtime(key)
             entry = self._checks.get(key)
             if entry is not None and entry[0].runtime is not runtime:
@@ -299,8 +316,13 @@ class Node:
         await self._runner.setup()
         sock = bind(self.settings.api_host, self.settings.api_port)
         host, port = sock.getsockname()[:2]
-        await web.SockSite(self._runner, sock).start()
         self.api_address = (host, port)
+        # The API's address is the node's own from now on: stored backends pointing at it
+        # (checked before it existed) are refused, in the relay and in the probes.
+        self.proxy.recheck_backends(port)
+        async with self._applying:
+            await self._sync_checks(self._backends_on(port))
+        await web.SockSite(self._runner, sock).start()
         if self.cluster is not None:
             await self.cluster.register()
         log.info(

@@ -23,6 +23,8 @@ class ProxyManager:
         backend_refusal: BackendRefusal = lambda ip, port: None,
     ) -> None:
         self._listeners: dict[RouteKey, Listener] = {}
+        # port -> frontend IPs listening on it: the node's own addresses, by port.
+        self._frontends: dict[int, set[str]] = {}
         self._refusal = backend_refusal
         self.relays = RelaySet(max_connections, max_connections_per_app)
         # Routes whose stored port could not be bound (another process holds it), by key.
@@ -44,14 +46,20 @@ class ProxyManager:
         listener = Listener(route, sock, self.relays, self._refusal)
         await listener.start()
         self._listeners[route.key] = listener
+        self._frontends.setdefault(route.port, set()).add(route.frontend_ip)
         self.unbound.pop(route.key, None)
         log.info("listening app=%s route=%s url=%s", route.app, route.id, route.url)
         # A new listener is a new address of ours: no backend may point at it now.
-        self.recheck_backends()
+        self.recheck_backends(route.port)
 
-    def recheck_backends(self) -> None:
+    def frontends_on(self, port: int) -> set[str]:
+        return self._frontends.get(port, set())
+
+    def recheck_backends(self, port: int) -> None:
+        """Apply the address policy again to the backends on ``port``."""
         for listener in self._listeners.values():
-            listener.runtime.recheck()
+            if any(b.port == port for b in listener.route.backends):
+                listener.runtime.recheck()
 
     async def apply(self, actions: Iterable[Action]) -> None:
         for action in actions:
@@ -79,7 +87,14 @@ class ProxyManager:
         listener = self._listeners.pop(key, None)
         if listener is not None:
             listener.stop()
-            log.info("stopped app=%s route=%s url=%s", key[0], key[1], listener.route.url)
+            route = listener.route
+            ips = self._frontends.get(route.port, set())
+            ips.discard(route.frontend_ip)
+            if not ips:
+                self._frontends.pop(route.port, None)
+            log.info("stopped app=%s route=%s url=%s", key[0], key[1], route.url)
+            # The address is free again: a backend refused for pointing at it may be used.
+            self.recheck_backends(route.port)
 
     async def shutdown(self, drain_timeout: float) -> None:
         """Stop accepting everywhere, let relays finish up to the deadline, then reset them."""
