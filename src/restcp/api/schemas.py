@@ -86,39 +86,34 @@ class HealthCheckBody(_Body):
         return value
 
 
-class BackendBody(_Body):
+class _BackendFields(_Body):
+    """What every backend body may carry besides its address, with the defaults."""
+
+    weight: Weight = 1
+    state: AdminState = "enabled"
+    drain_timeout: Seconds | None = None
+    max_connections: Limit | None = None
+    proxy_protocol: BackendProxyProtocol | None = None
+
+    @field_validator("ip", check_fields=False)
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        return canonical_ip(value)
+
+
+class BackendBody(_BackendFields):
     """Attach (PUT/POST on the collection) or replace (POST/PUT on an id): ip and port are
     required, the rest take their defaults when omitted."""
 
     ip: IpText
     port: Port
-    weight: Weight = 1
-    state: AdminState = "enabled"
-    drain_timeout: Seconds | None = None
-    max_connections: Limit | None = None
-    proxy_protocol: BackendProxyProtocol | None = None
-
-    @field_validator("ip")
-    @classmethod
-    def _ip(cls, value: str) -> str:
-        return canonical_ip(value)
 
 
-class BackendPatchBody(_Body):
+class BackendPatchBody(_BackendFields):
     """PATCH of a backend: only the fields given change."""
 
     ip: IpText = ""
     port: Port = 1
-    weight: Weight = 1
-    state: AdminState = "enabled"
-    drain_timeout: Seconds | None = None
-    max_connections: Limit | None = None
-    proxy_protocol: BackendProxyProtocol | None = None
-
-    @field_validator("ip")
-    @classmethod
-    def _ip(cls, value: str) -> str:
-        return canonical_ip(value)
 
 
 class RouteSettingsBody(_Body):
