@@ -8,6 +8,8 @@ app, backend ids per route, and neither is ever reused.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -30,6 +32,8 @@ class Backend:
     """One address a route relays to, and how much traffic it may take."""
 
     id: int
+    # An IP literal, or a DNS host name that the data plane resolves (and the address policy
+    # judges) at every connect and every probe: see canonical_host.
     ip: str
     port: int
     # 0-256; a backend of weight 2 gets twice the new clients of one of weight 1; 0 gets none.
@@ -115,6 +119,38 @@ class Route:
 
 
 RouteKey = tuple[str, int]
+
+
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def canonical_host(text: str) -> str:
+    """A backend address as stored: an IP literal in canonical form, or a DNS host name in
+    lower case. ValueError for anything else.
+
+    A name's last label must start with a letter (as every top-level domain does): a name
+    the resolver would read as a number instead (``2130706433``, ``0x7f.1``, ``1.2.3``, all
+    127.0.0.1 or worse to inet_aton) is refused, not guessed at."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    name = text.lower()
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    if (
+        len(name) > 253
+        or not all(_LABEL.fullmatch(label) for label in labels)
+        or not labels[-1][0].isalpha()
+    ):
+        raise ValueError("must be an IPv4 or IPv6 address literal or a DNS host name")
+    return name
+
+
+def is_host_name(host: str) -> bool:
+    """Whether a canonical_host value is a name to resolve (else an IP literal). Cheap enough
+    for every connect: a literal is all digits and dots (IPv4) or has a colon (IPv6), and a
+    name never is, since its last label starts with a letter."""
+    return ":" not in host and not host.replace(".", "").isdigit()
 
 
 def format_host(ip: str) -> str:

@@ -28,7 +28,14 @@ from restcp.core.reconcile import diff
 from restcp.errors import Conflict, Forbidden, InvalidSpec, NotFound, RestcpError, Unavailable
 from restcp.health.checker import RouteChecks
 from restcp.metrics import CONTENT_TYPE_LATEST, BackendSample, Metrics, RouteSample, generate_latest
-from restcp.model import BackendStatus, Route, RouteKey, RouteSettings, format_host
+from restcp.model import (
+    BackendStatus,
+    Route,
+    RouteKey,
+    RouteSettings,
+    format_host,
+    is_host_name,
+)
 from restcp.proxy.listener import bind, is_address_taken
 from restcp.proxy.manager import ProxyManager
 from restcp.proxy.runtime import RouteRuntime
@@ -36,6 +43,9 @@ from restcp.settings import Settings
 from restcp.store import Store, open_store
 
 log = logging.getLogger("restcp.node")
+
+# Seconds the API waits for a backend's host name to resolve before answering 503.
+RESOLVE_TIMEOUT = 5.0
 
 
 class Node:
@@ -163,15 +173,41 @@ class Node:
         """Why the policy refuses ``ip:port`` as a backend, or None. Checked by the API before
         storing, and by the data plane before connecting and probing (the node's own
         addresses change as routes come and go)."""
+        if is_host_name(ip):
+            return None  # judged address by address at every connect and probe
         own = [(ip, port) for ip in self.proxy.frontends_on(port)]
         if self.api_address is not None:
             own.append(self.api_address)
         return self.policy.refusal(ip, port, own)
 
-    def check_backend(self, ip: str, port: int) -> None:
-        refusal = self.backend_refusal(ip, port)
-        if refusal is not None:
-            raise Forbidden(f"backend address not allowed: {refusal}")
+    async def check_backend(self, host: str, port: int) -> None:
+        """Refuse (Forbidden) a backend the policy does not allow, before it is stored. A
+        host name must resolve now, to addresses that are all allowed: the data plane skips
+        refused ones at connect time, but a name that points anywhere denied is a mistake or
+        an attack worth telling the user about."""
+        if not is_host_name(host):
+            refusal = self.backend_refusal(host, port)
+            if refusal is not None:
+                raise Forbidden(f"backend address not allowed: {refusal}")
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(RESOLVE_TIMEOUT):
+                infos = await loop.getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+                )
+        except TimeoutError:
+            raise Unavailable(
+                f"cannot resolve {host!r}: no answer within {RESOLVE_TIMEOUT:g}s"
+            ) from None
+        except socket.gaierror as err:
+            if err.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+                raise InvalidSpec(f"cannot resolve {host!r}: {err.strerror}") from None
+            raise Unavailable(f"cannot resolve {host!r}: {err.strerror}") from None
+        for ip in dict.fromkeys(str(info[4][0]) for info in infos):
+            refusal = self.backend_refusal(ip, port)
+            if refusal is not None:
+                raise Forbidden(f"backend address not allowed: {host} resolves to {refusal}")
 
     def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]:
         return self.proxy.backend_status(key)
@@ -276,7 +312,7 @@ class Node:
                 entry = None
             if entry is None and runtime is not None:
                 sink = _CheckSink(runtime, self.metrics)
-                entry = self._checks[key] = (sink, RouteChecks(sink))
+                entry = self._checks[key] = (sink, RouteChecks(sink, runtime.resolve))
             if entry is not None:
                 probed = [
                     b

@@ -70,7 +70,7 @@ BACKEND = "/apps/a/routes/1/backends/1"
 # Wrong values for each field of a backend body: types, ranges, and non-literals.
 BAD_PORTS: list[Any] = ["80", 80.5, 80.0, True, None, 0, -1, 65536, 2**64, [80], {"p": 80}]
 BAD_IPS: list[Any] = [
-    "localhost", "example.com", "1.2.3", "256.1.1.1", "127.0.0.1 ", " 127.0.0.1",
+    "-localhost", "example.123", "1.2.3", "256.1.1.1", "127.0.0.1 ", " 127.0.0.1",
     "127.0.0.1:80", "0127.0.0.1", "::g", "", None, 2130706433, True, ["127.0.0.1"],
 ]  # fmt: skip
 

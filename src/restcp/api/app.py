@@ -85,8 +85,9 @@ class Owner(Protocol):
     def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]:
         """Health and load of a route's backends, by id (empty if nobody observes them)."""
 
-    def check_backend(self, ip: str, port: int) -> None:
-        """Raise Forbidden if the backend address policy does not allow ``ip:port``."""
+    async def check_backend(self, host: str, port: int) -> None:
+        """Raise Forbidden if the backend address policy does not allow ``host:port`` (a
+        host name: any address it resolves to); InvalidSpec if the name does not exist."""
 
     def metrics_text(self) -> tuple[bytes, str]:
         """The node's metrics in the Prometheus text format, and its content type."""
@@ -350,7 +351,7 @@ class Api:
     async def add_backend(self, request: web.Request) -> web.Response:
         route = await self._route(request)
         body = await parse_body(request, BackendBody)
-        self.owner.check_backend(body.ip, body.port)
+        await self.owner.check_backend(body.ip, body.port)
         async with self._quota:
             # Read again under the lock: a concurrent request may have added one meanwhile.
             route = await self._route(request)
@@ -376,7 +377,7 @@ class Api:
         route = await self._route(request)
         backend_id = self._backend(route, request).id
         body = await parse_body(request, BackendBody)
-        self.owner.check_backend(body.ip, body.port)
+        await self.owner.check_backend(body.ip, body.port)
         backend = await self.store.update_backend(
             route.app, route.id, Backend(backend_id, **body.model_dump())
         )
@@ -388,7 +389,7 @@ class Api:
         current = self._backend(route, request)
         body = await parse_body(request, BackendPatchBody)
         changed = current.replace(**body.given())
-        self.owner.check_backend(changed.ip, changed.port)
+        await self.owner.check_backend(changed.ip, changed.port)
         backend = await self.store.update_backend(route.app, route.id, changed)
         await self.owner.sync(route.key)
         return _json(backend_json(backend, self.owner.backend_status(route.key).get(backend.id)))

@@ -23,12 +23,24 @@ from restcp.model import (
     Health,
     ProxyProtocol,
     WhenAllDown,
+    canonical_host,
 )
 
 Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
 # Checked by canonical_ip; the formats tell an OpenAPI client what "an IP literal" means.
 IpText = Annotated[
     StrictStr, Field(json_schema_extra={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
+]
+# A backend's address: checked by model.canonical_host.
+HostText = Annotated[
+    StrictStr,
+    Field(
+        max_length=253,
+        json_schema_extra={
+            "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}, {"format": "hostname"}],
+            "description": "an IP literal, or a DNS name resolved at every connect",
+        },
+    ),
 ]
 Seconds = Annotated[float, Field(strict=True, ge=0, le=86400 * 365, allow_inf_nan=False)]
 PositiveSeconds = Annotated[float, Field(strict=True, gt=0, le=3600, allow_inf_nan=False)]
@@ -98,21 +110,21 @@ class _BackendFields(_Body):
     @field_validator("ip", check_fields=False)
     @classmethod
     def _ip(cls, value: str) -> str:
-        return canonical_ip(value)
+        return canonical_host(value)
 
 
 class BackendBody(_BackendFields):
     """Attach (PUT/POST on the collection) or replace (POST/PUT on an id): ip and port are
     required, the rest take their defaults when omitted."""
 
-    ip: IpText
+    ip: HostText
     port: Port
 
 
 class BackendPatchBody(_BackendFields):
     """PATCH of a backend: only the fields given change."""
 
-    ip: IpText = ""
+    ip: HostText = ""
     port: Port = 1
 
 

@@ -19,10 +19,19 @@ import os
 import re
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from restcp.model import Backend, HealthCheck
+from restcp.model import Backend, HealthCheck, is_host_name
+
+# (host name, port) -> the address allowed now (proxy.runtime.resolve_allowed); OSError if
+# none. Probes obey the address policy as relays do, at every probe.
+Resolve = Callable[[str, int], Awaitable[str]]
+
+
+async def _no_names(host: str, port: int) -> str:
+    raise OSError(errno.EACCES, f"{host}: host names are probed through the node's policy")
+
 
 MAX_REPLY = 4096
 # Errors of this node, not of the backend: out of descriptors, buffers or memory.
@@ -41,13 +50,16 @@ def reply_matches(expect: str, reply: bytes) -> bool:
     return reply.startswith(expect.encode("latin-1"))
 
 
-async def probe(ip: str, port: int, check: HealthCheck) -> str | None:
+async def probe(ip: str, port: int, check: HealthCheck, resolve: Resolve = _no_names) -> str | None:
     """None if the backend passes, else why it failed. An OSError of LOCAL_SHORTAGES is
-    raised instead: the probe could not be made, which says nothing of the backend."""
+    raised instead: the probe could not be made, which says nothing of the backend. A host
+    name is resolved through ``resolve`` within the check's timeout."""
     writer: asyncio.StreamWriter | None = None
     reply = b""
     try:
         async with asyncio.timeout(check.timeout):
+            if is_host_name(ip):
+                ip = await resolve(ip, port)
             reader, writer = await asyncio.open_connection(ip, port)
             if check.send:
                 writer.write(check.send.encode("latin-1"))
@@ -89,6 +101,8 @@ def _may_still_match(expect: str, reply: bytes) -> bool:
 def _describe(err: OSError) -> str:
     # asyncio's connect errors read "Connect call failed ('10.0.0.1', 80)": the address the
     # user already knows, not why. The errno says why ("Connection refused").
+    if isinstance(err, socket.gaierror) or err.errno == errno.EACCES:
+        return err.strerror or str(err)  # "Name or service not known", a policy refusal
     if err.errno is not None and err.errno > 0:
         return os.strerror(err.errno)
     return err.strerror or str(err) or type(err).__name__
@@ -104,8 +118,9 @@ def _close_now(writer: asyncio.StreamWriter) -> None:
 
 
 class RouteChecks:
-    def __init__(self, sink: HealthSink) -> None:
+    def __init__(self, sink: HealthSink, resolve: Resolve = _no_names) -> None:
         self._sink = sink
+        self._resolve = resolve
         self._check: HealthCheck | None = None
         self._tasks: dict[int, tuple[Backend, asyncio.Task[None]]] = {}
         # Cancelled tasks not yet finished: close() awaits them too.
@@ -144,7 +159,7 @@ class RouteChecks:
         while True:
             started = loop.time()
             try:
-                reason = await probe(backend.ip, backend.port, check)
+                reason = await probe(backend.ip, backend.port, check, self._resolve)
             except OSError as err:
                 if err.errno in LOCAL_SHORTAGES:
                     # No verdict: a node out of descriptors must not mark its backends

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
-from restcp.model import Backend
+from restcp.model import Backend, is_host_name
 
 log = logging.getLogger("restcp.proxy")
 access_log = logging.getLogger("restcp.access")
@@ -59,6 +59,9 @@ class RouteContext(Protocol):
     def admit(self) -> str | None: ...
 
     def pick(self, tried: set[int], key: bytes) -> Backend | None: ...
+
+    async def resolve(self, host: str, port: int) -> str:
+        """The allowed address a host-name backend resolves to now; OSError if none."""
 
     def proxy_header(
         self, backend: Backend, client: tuple[str, int] | None, frontend: tuple[str, int] | None
@@ -169,7 +172,10 @@ class Relay:
             side = self._attempt = _BackendSide(self, backend)
             try:
                 async with asyncio.timeout(self.route.connect_timeout):
-                    await self._loop.create_connection(side.itself, backend.ip, backend.port)
+                    ip = backend.ip
+                    if is_host_name(ip):
+                        ip = await self.route.resolve(ip, backend.port)
+                    await self._loop.create_connection(side.itself, ip, backend.port)
             except BaseException as err:
                 self._attempt = None
                 if side.transport is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -48,6 +49,25 @@ _LOCAL_SHORTAGES = tuple(
 
 def _is_local_shortage(reason: str) -> bool:
     return reason.startswith(_LOCAL_SHORTAGES)
+
+
+async def resolve_allowed(host: str, port: int, refusal: BackendRefusal) -> str:
+    """The address to connect to for a host-name backend: the first that ``host`` resolves to
+    and the policy allows. Resolved for every connect and every probe, never cached, so that a
+    name that has come to point somewhere denied (DNS rebinding) is refused at once; the
+    addresses the policy refuses are skipped. OSError (socket.gaierror included) when there is
+    none."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )
+    refusals: list[str] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        ip = str(sockaddr[0])
+        why = refusal(ip, port)
+        if why is None:
+            return ip
+        refusals.append(why)
+    raise OSError(errno.EACCES, f"{host} resolves to no allowed address: {'; '.join(refusals)}")
 
 
 class Member:
@@ -313,6 +333,9 @@ class RouteRuntime:
             self._attempts[task] = member
             task.add_done_callback(self._connect_task_done)
         return member.backend
+
+    async def resolve(self, host: str, port: int) -> str:
+        return await resolve_allowed(host, port, self._refusal)
 
     def _attempt_over(self) -> None:
         task = asyncio.current_task()

@@ -14,7 +14,8 @@ from restcp.api.schemas import (
 )
 
 BAD_PORTS = ["80", 80.5, 80.0, True, None, 0, -1, 65536, [80], {"port": 80}]
-BAD_IPS = ["localhost", "example.com", "", "127.0.0.1:80", "[::1]", "127.1", 2130706433, None]
+BAD_IPS = ["-localhost", "example.123", "", "127.0.0.1:80", "[::1]", "127.1", 2130706433, None]
+NAMES = ["localhost", "example.com", "db-1.internal", "a.b.c."]
 
 
 def test_backend_body() -> None:
@@ -52,13 +53,18 @@ def test_ips_are_canonicalised(ip: str, canonical: str) -> None:
 
 
 @pytest.mark.parametrize("ip", BAD_IPS)
-def test_ip_must_be_an_ip_literal(ip: Any) -> None:
+def test_ip_must_be_an_ip_literal_or_a_host_name(ip: Any) -> None:
     with pytest.raises(ValidationError) as err:
         BackendBody.model_validate({"ip": ip, "port": 80})
     assert [e["loc"] for e in err.value.errors()] == [("ip",)]
 
 
-@pytest.mark.parametrize("ip", [ip for ip in BAD_IPS if ip is not None])
+@pytest.mark.parametrize("name", NAMES)
+def test_a_backend_may_be_a_host_name_in_lower_case(name: str) -> None:
+    assert BackendBody.model_validate({"ip": name.upper(), "port": 80}).ip == name
+
+
+@pytest.mark.parametrize("ip", [ip for ip in BAD_IPS + NAMES if ip is not None])
 def test_frontend_ip_must_be_an_ip_literal(ip: Any) -> None:
     with pytest.raises(ValidationError):
         RouteBody.model_validate({"frontend_ip": ip})
