@@ -23,11 +23,13 @@ from restcp.settings import (
     parse_host_port,
     parse_ip,
     parse_port_range,
+    read_token_file,
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP (reload) is held back with them: one sent during the start is not a kill.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 # --loop NAME -> "module:function" that runs a coroutine to completion; loaded lazily.
 LOOPS = {"uvloop": "uvloop:run", "asyncio": "asyncio:run"}
@@ -79,21 +81,6 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _read_token_file(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as file:
-            # Bounded: a token is short, and a path to /dev/zero must not hang the start.
-            text = file.read(4097)
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"--api-token-file {path}: cannot read it: {err}") from None
-    if len(text) > 4096:
-        raise ValueError(f"--api-token-file {path}: too long for a token")
-    try:
-        return parse_api_token(text.strip())
-    except ValueError as err:
-        raise ValueError(f"--api-token-file {path}: {err}") from None
-
-
 def _api_token(args: argparse.Namespace) -> str | None:
     """The admin token from --api-token, --api-token-file or their variables (one only)."""
     token = args.api_token if args.api_token is not None else _env("API_TOKEN", "") or None
@@ -104,7 +91,7 @@ def _api_token(args: argparse.Namespace) -> str | None:
             "(RESTCP_API_TOKEN_FILE), not both"
         )
     if path is not None:
-        return _read_token_file(path)
+        return read_token_file(path)
     if token is not None:
         try:
             return parse_api_token(token)
@@ -351,6 +338,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         api_host=api_host,
         api_port=api_port,
         api_token=_api_token(args),
+        api_token_file=args.api_token_file or _env("API_TOKEN_FILE", "") or None,
         insecure=insecure,
         api_allowed_hosts=tuple(dict.fromkeys([*filter(None, [api_name]), *allowed_hosts])),
         max_routes_per_app=args.max_routes_per_app,

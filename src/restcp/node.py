@@ -39,7 +39,7 @@ from restcp.model import (
 from restcp.proxy.listener import bind, is_address_taken
 from restcp.proxy.manager import ProxyManager
 from restcp.proxy.runtime import RouteRuntime
-from restcp.settings import Settings
+from restcp.settings import Settings, read_token_file
 from restcp.store import Store, open_store
 
 log = logging.getLogger("restcp.node")
@@ -73,6 +73,7 @@ class Node:
         self._runner: web.AppRunner | None = None
         self._resync_task: asyncio.Task[None] | None = None
         self.api_address: tuple[str, int] | None = None
+        self.api_config: ApiConfig | None = None  # set by start(); SIGHUP rotates its token
         # With a shared store (Redis): leases, change notices, remote provisioning.
         self.cluster = Cluster.for_store(store, settings, self, lambda: len(self.proxy.running()))
 
@@ -347,7 +348,8 @@ class Node:
         await self.resync()
         self._started = True
         self._resync_task = asyncio.create_task(self._resync_forever())
-        api = build_app(self.store, self, ApiConfig.from_settings(self.settings))
+        self.api_config = ApiConfig.from_settings(self.settings)
+        api = build_app(self.store, self, self.api_config)
         self._runner = web.AppRunner(api, access_log=None)
         await self._runner.setup()
         sock = bind(self.settings.api_host, self.settings.api_port)
@@ -364,6 +366,25 @@ class Node:
         log.info(
             "ready api=http://%s:%d/ routes=%d", format_host(host), port, len(self.proxy.running())
         )
+
+    async def reload(self) -> None:
+        """SIGHUP: read the admin token file again (a rotation: the old token stops working),
+        and resync every route from the store (one restored or edited offline). The process,
+        its listeners and their connections stay; a token file that cannot be read keeps the
+        old token."""
+        path = self.settings.api_token_file
+        if path is not None and self.api_config is not None:
+            try:
+                self.api_config.rotate_admin_token(read_token_file(path))
+            except ValueError as err:
+                log.error("reload: keeping the admin token in use: %s", err)
+            else:
+                log.info("reload: admin token read again from %s", path)
+        try:
+            await self.resync()
+        except Unavailable as err:
+            log.warning("reload: resync failed, the timer retries: %s", err)
+        log.info("reloaded routes=%d", len(self.proxy.running()))
 
     async def stop(self) -> None:
         """uvicorn's order: stop the API and the listeners, drain the relays, close the store."""
@@ -405,18 +426,35 @@ async def serve(settings: Settings) -> None:
         )
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    reloading = asyncio.Event()
     stop_signals = (signal.SIGTERM, signal.SIGINT)
     for sig in stop_signals:
         loop.add_signal_handler(sig, stopping.set)
-    # The CLI blocks them until this point, so one sent while it started is delivered now.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+    loop.add_signal_handler(signal.SIGHUP, reloading.set)
+    # The CLI blocks them until this point, so one sent while it started is delivered now
+    # (a SIGHUP then reloads once the node has started).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (*stop_signals, signal.SIGHUP))
     node = Node(settings, _open_store(settings.store))
+    reloader: asyncio.Task[None] | None = None
     try:
         await node.start()
+        reloader = asyncio.create_task(_reload_on(reloading, node))
         await stopping.wait()
         log.info("signal received: shutting down")
     finally:
+        if reloader is not None:
+            reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reloader
         await node.stop()
+
+
+async def _reload_on(signalled: asyncio.Event, node: Node) -> None:
+    # SIGHUPs that arrive during a reload make one more, not one each.
+    while True:
+        await signalled.wait()
+        signalled.clear()
+        await node.reload()
 
 
 def _open_store(url: str) -> Store:

@@ -54,9 +54,10 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass
 class ApiConfig:
     # SHA-256 of the admin token (the token itself is not kept); None: authentication off.
+    # Replaced in place by rotate_admin_token (SIGHUP): the middlewares hold this object.
     admin_token_sha256: bytes | None = None
     # The address the API is bound to.
     api_host: str = "127.0.0.1"
@@ -75,6 +76,13 @@ class ApiConfig:
             max_routes_per_app=settings.max_routes_per_app,
             max_backends_per_route=settings.max_backends_per_route,
         )
+
+    def rotate_admin_token(self, token: str) -> None:
+        """The admin token from now on; the old one answers 401 from the next request. Only
+        a rotation: a node started without a token does not turn authentication on."""
+        if self.admin_token_sha256 is None:
+            raise ValueError("authentication is off: a token cannot be rotated in")
+        self.admin_token_sha256 = hashlib.sha256(token.encode()).digest()
 
     @property
     def auth_on(self) -> bool:
