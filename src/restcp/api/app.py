@@ -283,8 +283,10 @@ class Api:
         body = {"status": "ok" if ready else "starting", **details}
         principal: Principal | None = request.get(PRINCIPAL)
         if principal is None or not principal.is_admin:
-            # Open to anyone: which apps have which routes is not theirs to see.
+            # Open to anyone: which apps have which routes, the cluster's node ids, frontend
+            # IPs and Redis errors (which name its address) are not theirs to see.
             body.pop("unbound", None)
+            body.pop("cluster", None)
         return _json(body, 200 if ready else 503)
 
     async def nodes(self, request: web.Request) -> web.Response:
