@@ -81,23 +81,31 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _api_token(args: argparse.Namespace) -> str | None:
-    """The admin token from --api-token, --api-token-file or their variables (one only)."""
-    token = args.api_token if args.api_token is not None else _env("API_TOKEN", "") or None
-    path = args.api_token_file or _env("API_TOKEN_FILE", "") or None
+def _api_token(args: argparse.Namespace, kind: str = "api") -> str | None:
+    """The admin token (``kind`` "api") or the metrics token ("metrics") from --KIND-token,
+    --KIND-token-file or their variables (one only)."""
+    flag, var = f"--{kind}-token", f"{kind.upper()}_TOKEN"
+    given = getattr(args, f"{kind}_token")
+    token = given if given is not None else _env(var, "") or None
+    path = _token_file(args, kind)
     if token is not None and path is not None:
         raise ValueError(
-            "give the API token once: --api-token (RESTCP_API_TOKEN) or --api-token-file "
-            "(RESTCP_API_TOKEN_FILE), not both"
+            f"give the {kind} token once: {flag} (RESTCP_{var}) or {flag}-file "
+            f"(RESTCP_{var}_FILE), not both"
         )
     if path is not None:
-        return read_token_file(path)
+        return read_token_file(path, flag=f"{flag}-file")
     if token is not None:
         try:
             return parse_api_token(token)
         except ValueError as err:
-            raise ValueError(f"--api-token (RESTCP_API_TOKEN): {err}") from None
+            raise ValueError(f"{flag} (RESTCP_{var}): {err}") from None
     return None
+
+
+def _token_file(args: argparse.Namespace, kind: str) -> str | None:
+    path: str | None = getattr(args, f"{kind}_token_file") or _env(f"{kind.upper()}_TOKEN_FILE", "")
+    return path or None
 
 
 def _seconds(text: str) -> float:
@@ -157,8 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--api-token-file",
         metavar="PATH",
-        help="read the admin token from this file, trailing newline removed "
-        "(RESTCP_API_TOKEN_FILE)",
+        help="read the admin token from this file, trailing newline removed; SIGHUP reads it "
+        "again (RESTCP_API_TOKEN_FILE)",
+    )
+    serve.add_argument(
+        "--metrics-token",
+        metavar="TOKEN",
+        help="a token that reaches GET /metrics only, for a Prometheus scraper; needs "
+        "--api-token. Prefer --metrics-token-file (RESTCP_METRICS_TOKEN; default: none, "
+        "/metrics needs the admin token)",
+    )
+    serve.add_argument(
+        "--metrics-token-file",
+        metavar="PATH",
+        help="read the metrics token from this file; SIGHUP reads it again "
+        "(RESTCP_METRICS_TOKEN_FILE)",
     )
     serve.add_argument(
         "--insecure",
@@ -338,7 +359,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         api_host=api_host,
         api_port=api_port,
         api_token=_api_token(args),
-        api_token_file=args.api_token_file or _env("API_TOKEN_FILE", "") or None,
+        api_token_file=_token_file(args, "api"),
+        metrics_token=_api_token(args, "metrics"),
+        metrics_token_file=_token_file(args, "metrics"),
         insecure=insecure,
         api_allowed_hosts=tuple(dict.fromkeys([*filter(None, [api_name]), *allowed_hosts])),
         max_routes_per_app=args.max_routes_per_app,
@@ -359,6 +382,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         backend_allow=tuple(args.backend_allow or _env_list("BACKEND_ALLOW", _cidr)),
         backend_deny=tuple(args.backend_deny or _env_list("BACKEND_DENY", _cidr)),
     )
+    if settings.metrics_token is not None and settings.api_token is None:
+        raise ValueError(
+            "--metrics-token needs --api-token: without an admin token every endpoint, "
+            "/metrics included, is open"
+        )
+    if settings.metrics_token is not None and settings.metrics_token == settings.api_token:
+        raise ValueError("the metrics token must not be the admin token")
     if settings.exposed_without_token() and not settings.insecure:
         raise ValueError(
             f"--api {settings.api_host} is not a loopback address and no --api-token is set: "

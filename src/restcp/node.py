@@ -372,14 +372,19 @@ class Node:
         and resync every route from the store (one restored or edited offline). The process,
         its listeners and their connections stay; a token file that cannot be read keeps the
         old token."""
-        path = self.settings.api_token_file
-        if path is not None and self.api_config is not None:
+        config = self.api_config
+        for kind, path, rotate in (
+            ("admin", self.settings.api_token_file, config and config.rotate_admin_token),
+            ("metrics", self.settings.metrics_token_file, config and config.rotate_metrics_token),
+        ):
+            if path is None or not rotate:
+                continue
             try:
-                self.api_config.rotate_admin_token(read_token_file(path))
+                rotate(read_token_file(path))
             except ValueError as err:
-                log.error("reload: keeping the admin token in use: %s", err)
+                log.error("reload: keeping the %s token in use: %s", kind, err)
             else:
-                log.info("reload: admin token read again from %s", path)
+                log.info("reload: %s token read again from %s", kind, path)
         try:
             await self.resync()
         except Unavailable as err:

@@ -40,6 +40,9 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)
     # Where the admin token came from, if from a file: SIGHUP reads it again (rotation).
     api_token_file: str | None = None
+    # A token that reaches GET /metrics only (a Prometheus scraper's), and its file.
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_token_file: str | None = None
     # Serve an API without a token on a non-loopback address (refused otherwise).
     insecure: bool = False
     # Host names the API answers to besides its address and loopback names (the name given
@@ -119,20 +122,20 @@ def parse_api_token(text: str) -> str:
     return text
 
 
-def read_token_file(path: str) -> str:
-    """The admin token in ``path`` (its trailing newline removed); ValueError saying why not."""
+def read_token_file(path: str, flag: str = "--api-token-file") -> str:
+    """The token in ``path`` (its trailing newline removed); ValueError saying why not."""
     try:
         with open(path, encoding="utf-8") as file:
             # Bounded: a token is short, and a path to /dev/zero must not hang the start.
             text = file.read(4097)
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"--api-token-file {path}: cannot read it: {err}") from None
+        raise ValueError(f"{flag} {path}: cannot read it: {err}") from None
     if len(text) > 4096:
-        raise ValueError(f"--api-token-file {path}: too long for a token")
+        raise ValueError(f"{flag} {path}: too long for a token")
     try:
         return parse_api_token(text.strip())
     except ValueError as err:
-        raise ValueError(f"--api-token-file {path}: {err}") from None
+        raise ValueError(f"{flag} {path}: {err}") from None
 
 
 def parse_host_name(text: str) -> str:

@@ -59,7 +59,14 @@ BAD_TOKENS = [
     ("missing-file", ["--api-token-file", "/nonexistent/token"], {}, "cannot read"),
     ("directory", ["--api-token-file", "/"], {}, "cannot read"),
     ("huge-file", ["--api-token-file", "/dev/zero"], {}, "--api-token-file"),
-]
+    ("metrics-alone", ["--metrics-token", "metrics-token-0123456"], {}, "needs --api-token"),
+    ("metrics-short", ["--api-token", ADMIN, "--metrics-token", "short"], {}, "--metrics-token"),
+    ("metrics-is-admin", ["--api-token", ADMIN, "--metrics-token", ADMIN], {}, "must not be"),
+    ("metrics-both", ["--api-token", ADMIN, "--metrics-token", "metrics-token-0123456",
+                      "--metrics-token-file", "/etc/hostname"], {}, "not both"),
+    ("metrics-missing-file", ["--api-token", ADMIN, "--metrics-token-file", "/nonexistent"], {},
+     "--metrics-token-file /nonexistent: cannot read"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,8 @@ class ApiConfig:
     # SHA-256 of the admin token (the token itself is not kept); None: authentication off.
     # Replaced in place by rotate_admin_token (SIGHUP): the middlewares hold this object.
     admin_token_sha256: bytes | None = None
+    # SHA-256 of the token that reaches GET /metrics only; None: /metrics needs the admin's.
+    metrics_token_sha256: bytes | None = None
     # The address the API is bound to.
     api_host: str = "127.0.0.1"
     # Names clients may use besides IP literals and localhost (lowercase, no port).
@@ -68,9 +70,10 @@ class ApiConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiConfig:
-        token = settings.api_token
+        token, metrics = settings.api_token, settings.metrics_token
         return cls(
             admin_token_sha256=None if token is None else hashlib.sha256(token.encode()).digest(),
+            metrics_token_sha256=None if metrics is None else _sha256(metrics),
             api_host=settings.api_host,
             allowed_hosts=frozenset(settings.api_allowed_hosts),
             max_routes_per_app=settings.max_routes_per_app,
@@ -82,7 +85,16 @@ class ApiConfig:
         a rotation: a node started without a token does not turn authentication on."""
         if self.admin_token_sha256 is None:
             raise ValueError("authentication is off: a token cannot be rotated in")
-        self.admin_token_sha256 = hashlib.sha256(token.encode()).digest()
+        if _sha256(token) == self.metrics_token_sha256:
+            raise ValueError("the admin token must not be the metrics token")
+        self.admin_token_sha256 = _sha256(token)
+
+    def rotate_metrics_token(self, token: str) -> None:
+        if self.metrics_token_sha256 is None:
+            raise ValueError("no metrics token was set at start: none can be rotated in")
+        if _sha256(token) == self.admin_token_sha256:
+            raise ValueError("the metrics token must not be the admin token")
+        self.metrics_token_sha256 = _sha256(token)
 
     @property
     def auth_on(self) -> bool:
@@ -105,19 +117,26 @@ class ApiConfig:
         return ip.is_loopback or ip == bound or bound.is_unspecified
 
 
+def _sha256(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who a request is: the admin (``app`` None) or a token of one app."""
+    """Who a request is: the admin (``app`` None), a token of one app, or the scraper (the
+    metrics token)."""
 
     app: str | None = None
     token_id: int | None = None
+    scraper: bool = False
 
     @property
     def is_admin(self) -> bool:
-        return self.app is None
+        return self.app is None and not self.scraper
 
 
 ADMIN = Principal()
+SCRAPER = Principal(scraper=True)
 # Set on every request that got past authenticate: its Principal, or None (public
 # endpoints called without a valid token).
 PRINCIPAL = "restcp.principal"
@@ -238,6 +257,10 @@ def authenticator(config: ApiConfig, store: Store) -> Middleware:
         assert config.admin_token_sha256 is not None
         if hmac.compare_digest(digest, config.admin_token_sha256):
             return ADMIN
+        if config.metrics_token_sha256 is not None and hmac.compare_digest(
+            digest, config.metrics_token_sha256
+        ):
+            return SCRAPER
         # App tokens are found by their hash: timing can at most tell how a hash of the
         # caller's choosing compares to stored hashes, which says nothing of a token.
         info = await store.find_token(digest.hex())
@@ -270,7 +293,11 @@ def authenticator(config: ApiConfig, store: Store) -> Middleware:
             )
         if principal.is_admin:
             return await handler(request)
-        if access == "admin":
+        if principal.scraper:
+            if access == "metrics":
+                return await handler(request)
+            raise Refused(403, "the metrics token reaches GET /metrics only")
+        if access in ("admin", "metrics"):
             raise Refused(
                 403, "this endpoint needs the admin token; an app token has its own app only"
             )

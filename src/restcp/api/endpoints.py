@@ -35,8 +35,8 @@ from restcp.api.schemas import (
 
 # public: no token needed (and the browser checks are skipped: nothing there changes or
 # tells anything secret); admin: the admin token only; app: the admin token, or a token of
-# the app named in the path.
-Access = Literal["public", "admin", "app"]
+# the app named in the path; metrics: the admin token or the metrics token.
+Access = Literal["public", "admin", "app", "metrics"]
 METHODS = ("GET", "PUT", "POST", "PATCH", "DELETE")
 
 
@@ -84,6 +84,10 @@ def problems_of(endpoint: Endpoint) -> dict[int, str]:
         add(403, "a request from a browser for another site or host name")
         if endpoint.access == "admin":
             add(403, "an app token on an endpoint for the admin token only")
+        if endpoint.access == "metrics":
+            add(403, "an app token: this endpoint needs the admin or the metrics token")
+        if endpoint.access != "metrics":
+            add(403, "the metrics token, which reaches GET /metrics only")
         add(503, "the store is unavailable")
     if "{app}" in endpoint.path:
         add(400, "an invalid app id")
@@ -140,7 +144,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         (Reply(200, "the OpenAPI 3.1 document of this API"),),
     ),
     Endpoint(
-        "GET", "/metrics", "metrics", "Metrics in the Prometheus text format", "admin",
+        "GET", "/metrics", "metrics", "Metrics in the Prometheus text format", "metrics",
         (Reply(200, "the node's counters and gauges", media_type="text/plain"),),
     ),
     Endpoint(

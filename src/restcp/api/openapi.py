@@ -103,6 +103,10 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         operation["security"] = [{}, {"bearer": []}] if endpoint.path == "/healthz" else []
     elif endpoint.access == "admin":
         operation["description"] = "Needs the admin token (an app token gets 403)."
+    elif endpoint.access == "metrics":
+        operation["description"] = (
+            "Needs the admin token or the metrics token (--metrics-token); an app token gets 403."
+        )
     return operation
 
 
