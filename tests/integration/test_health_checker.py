@@ -365,9 +365,12 @@ def test_route_checks_report_every_backend_to_the_sink() -> None:
         assert all(not r.ok and "b'-ERR" in r.reason for r in sink.of(2))
         assert all(not r.ok and "refused" in r.reason.lower() for r in sink.of(3))
         assert all(0 <= r.latency < PING.timeout for r in sink.results)
-        # Once per interval, not as fast as the backend answers.
-        times = [r.at for r in sink.of(1)]
-        assert all(b - a >= 0.045 for a, b in itertools.pairwise(times)), times
+        # A probe starts once per interval, not as fast as the backend answers. Its report
+        # comes a latency later, and latencies vary (a loaded machine): the starts are what
+        # the interval spaces out, to the millisecond the event loop's clock resolves.
+        starts = [r.at - r.latency for r in sink.of(1)]
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        assert all(gap >= PING.interval - 0.002 for gap in gaps), gaps
 
     run(main())
 
