@@ -9,7 +9,6 @@ resolves (to 127.0.0.1 from /etc/hosts), so the tests deny loopback to make it h
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.peers import Backend, echo
 from tests.e2e.test_ops_metrics import Acceptor, exchange, metric, turned_away
-from tests.e2e.test_ops_policy import assert_forbidden, writes
+from tests.e2e.test_ops_policy import assert_forbidden, relayed_to_a_new_server, writes
 from tests.helpers import Node, free_port_range
 
 LOOPBACK_DENIED = ("--backend-deny", "127.0.0.0/8", "--backend-deny", "::1/128")
@@ -183,13 +182,4 @@ def test_a_name_that_reaches_the_nodes_own_listener_is_refused_at_connect(node: 
         assert inner_backend.accepted == 0
     # The route gone, the name reaches someone else's server again.
     assert node.call("DELETE", "/apps/inner/routes/1").status == 204
-    server = socket.create_server(("127.0.0.1", taken))
-    server.settimeout(5)
-    try:
-        with socket.create_connection(("127.0.0.1", outer), timeout=5) as sock:
-            sock.sendall(b"back?")
-            peer, _ = server.accept()
-            with peer:
-                assert peer.recv(5) == b"back?"
-    finally:
-        server.close()
+    assert relayed_to_a_new_server(outer, taken)

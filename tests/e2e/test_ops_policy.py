@@ -174,7 +174,12 @@ def test_deleting_that_route_frees_the_backend_again(node: Node) -> None:
     create_route(node, "inner", port=taken)
     node.wait_for_line("backend refused by policy app=outer route=1", timeout=5)
     assert node.call("DELETE", "/apps/inner/routes/1").status == 204
-    # Someone else's server on the address now: restcp no longer listens there.
+    assert relayed_to_a_new_server(outer, taken)
+
+
+def relayed_to_a_new_server(outer: int, taken: int) -> bool:
+    """Whether a client of port ``outer`` reaches a server that someone else (this test) now
+    runs on ``taken``, where restcp listened before."""
     server = socket.create_server(("127.0.0.1", taken))
     server.settimeout(5)
     try:
@@ -182,7 +187,7 @@ def test_deleting_that_route_frees_the_backend_again(node: Node) -> None:
             sock.sendall(b"back?")
             peer, _ = server.accept()
             with peer:
-                assert peer.recv(5) == b"back?"
+                return peer.recv(5) == b"back?"
     finally:
         server.close()
 
