@@ -3,6 +3,12 @@
 Events that carry structured data (one per connection in ``restcp.access``, one per health
 transition in ``restcp.health``) pass it as ``extra={"fields": {...}}``; the JSON formatter
 puts those fields at the top level of the line, next to time, level, logger and message.
+
+Access lines are many (one per connection: thousands a second under load), so they are
+buffered and written together, at most ``ACCESS_FLUSH_INTERVAL`` late: a write() per line
+was a syscall per connection. Every other line, and any line of level WARNING or above, is
+written at once, after the access lines buffered before it, so the order of lines is kept.
+What is buffered is written at exit (logging.shutdown flushes every handler).
 """
 
 from __future__ import annotations
@@ -10,10 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
-from typing import Any
+from typing import Any, TextIO
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+ACCESS_LOGGER = "restcp.access"
+# How late an access line may be written, and how much may wait.
+ACCESS_FLUSH_INTERVAL = 0.05
+ACCESS_FLUSH_BYTES = 64 * 1024
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,8 +52,80 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class BufferedAccessHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that holds access lines back for one write (see the module doc).
+
+    Lines are formatted when logged, so a buffered line says what it would have said. A
+    daemon thread, started with the first line that waits, writes what waits after
+    ACCESS_FLUSH_INTERVAL; emit() and flush() run under the handler's lock."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._waiting: list[str] = []
+        self._size = 0
+        self._wake = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self._closed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        self._waiting.append(line)
+        if record.name == ACCESS_LOGGER and record.levelno < logging.WARNING:
+            self._size += len(line)
+            if self._size < ACCESS_FLUSH_BYTES:
+                if len(self._waiting) == 1:
+                    self._wake_flusher()
+                return
+        self._write(record)
+
+    def _write(self, record: logging.LogRecord | None = None) -> None:
+        if not self._waiting:
+            return
+        text = "".join(self._waiting)
+        self._waiting.clear()
+        self._size = 0
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except Exception:
+            if record is not None:
+                self.handleError(record)
+
+    def _wake_flusher(self) -> None:
+        self._wake.set()
+        # A forked child has the handler but not its thread: it starts its own.
+        if (self._flusher is None or not self._flusher.is_alive()) and not self._closed:
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="restcp-log-flush", daemon=True
+            )
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            if not self._closed:
+                time.sleep(ACCESS_FLUSH_INTERVAL)
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]  # made by createLock() in __init__
+            self._write()
+        super().flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._closed = True
+        self._wake.set()
+        super().close()
+
+
 def configure(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BufferedAccessHandler(sys.stderr)
     if fmt == "json":
         formatter: logging.Formatter = JsonFormatter()
     else:

@@ -255,9 +255,13 @@ def test_a_stored_backend_on_the_new_api_port_is_refused(
     args[args.index("--api") + 1] = f"127.0.0.1:{api_port}"
     node = start_node(*args)
     assert node.api_port == api_port
-    with connect(port) as sock:
-        sock.sendall(b"GET /apps HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        reply = recv_all(sock)
+    try:
+        with connect(port) as sock:
+            sock.sendall(b"GET /apps HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            reply = recv_all(sock)
+    except ConnectionResetError:
+        # Turned away before its request was read: the kernel resets, nothing was relayed.
+        reply = b""
     # Relayed, this is the admin API's answer, listing every app.
     assert b"HTTP/1.0 200" not in reply, reply
     assert metric(node, "restcp_connections_total", app="ssrf", route=1, backend=1) == 0

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.integration.harness import (
+    WAIT,
     Server,
     proxy,
     read_all,
@@ -16,6 +17,7 @@ from tests.integration.harness import (
     refusing_backend,
     run,
     silent_backend,
+    until,
 )
 
 
@@ -114,5 +116,44 @@ def test_early_bytes_survive_a_slow_connect(loop: str) -> None:
                 assert await read_all(reader) == request
                 assert await server.result() == request
                 writer.close()
+
+    run(loop, main())
+
+
+def test_connects_in_flight_are_counted_out(loop: str) -> None:
+    """Each pick ends in exactly one of connected, connect_failed, connect_abandoned: after a
+    client that left mid-connect, and clients that failed over past a connect timeout, no
+    member still counts a connect in flight (max_connections would refuse clients for it)."""
+
+    async def main() -> None:
+        with silent_backend(1) as silent:
+            async with proxy(silent, connect_timeout=30) as px:
+                runtime = px.manager.runtime(px.route.key)
+                assert runtime is not None
+                reader, writer = await px.connect()
+                await until(lambda: runtime.members[1].connecting == 1)
+                # Ended from our side: asyncio does not see a client's RST while it is not
+                # reading that client, and it is not read until a backend connects.
+                px.only_relay().abort("drain_timeout")
+                assert await read_outcome(reader) == "reset"
+                writer.close()
+                await asyncio.wait_for(px.manager.relays.wait_empty(), WAIT)
+                assert runtime.members[1].connecting == 0
+            async with (
+                Server(echo_all) as server,
+                proxy(silent, server.backend(2), balance="round_robin", connect_timeout=0.2) as px,
+            ):
+                runtime = px.manager.runtime(px.route.key)
+                assert runtime is not None
+                for _ in range(3):
+                    reader, writer = await px.connect()
+                    writer.write(b"ping")
+                    writer.write_eof()
+                    assert await read_all(reader) == b"ping"
+                    writer.close()
+                    await server.result()
+                await asyncio.wait_for(px.manager.relays.wait_empty(), WAIT)
+                assert [m.connecting for m in runtime.members.values()] == [0, 0]
+                assert [m.active for m in runtime.members.values()] == [0, 0]
 
     run(loop, main())

@@ -172,3 +172,39 @@ def test_configure_replaces_handlers_instead_of_stacking(
     logs.configure("info", "json")
     logging.getLogger("restcp.x").info("once")
     assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_access_lines_are_batched_and_kept_in_order() -> None:
+    """Access lines wait for one write; a line of another logger writes them first, then
+    itself; close() writes whatever still waits."""
+    import io
+
+    stream = io.StringIO()
+    handler = logs.BufferedAccessHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    access = logging.LogRecord("restcp.access", logging.INFO, __file__, 1, "a%d", (1,), None)
+    handler.handle(access)
+    handler.handle(logging.LogRecord("restcp.access", logging.INFO, __file__, 1, "a2", (), None))
+    assert stream.getvalue() == ""  # held back
+    handler.handle(logging.LogRecord("restcp.node", logging.INFO, __file__, 1, "ready", (), None))
+    assert stream.getvalue() == "restcp.access a1\nrestcp.access a2\nrestcp.node ready\n"
+    handler.handle(logging.LogRecord("restcp.access", logging.INFO, __file__, 1, "a3", (), None))
+    handler.close()
+    assert stream.getvalue().endswith("restcp.node ready\nrestcp.access a3\n")
+
+
+def test_access_lines_are_written_within_the_flush_interval() -> None:
+    import io
+
+    stream = io.StringIO()
+    handler = logs.BufferedAccessHandler(stream)
+    try:
+        handler.handle(
+            logging.LogRecord("restcp.access", logging.INFO, __file__, 1, "late", (), None)
+        )
+        deadline = time.monotonic() + 10
+        while "late" not in stream.getvalue():  # written by the handler's own thread
+            assert time.monotonic() < deadline, "never written"
+            time.sleep(0.005)
+    finally:
+        handler.close()

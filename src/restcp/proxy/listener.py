@@ -8,15 +8,17 @@ socket is never rebound for an update, so no client is refused while a route cha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import functools
 import logging
 import socket
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from restcp.model import Route
-from restcp.proxy.relay import Relay, client_factory
+from restcp.proxy.relay import Relay, client_protocol
 from restcp.proxy.runtime import BackendRefusal, RouteRuntime
 
 log = logging.getLogger("restcp.proxy")
@@ -115,8 +117,6 @@ class Listener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
         self._retry: asyncio.TimerHandle | None = None
-        # Transports being set up for accepted sockets; each finishes on the next loop turn.
-        self._pending: set[asyncio.Task[Any]] = set()
         self.paused_by: str | None = None
 
     @property
@@ -125,7 +125,6 @@ class Listener:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._make_client = client_factory(self.runtime, self._loop)
         self._resume()
 
     def _resume(self) -> None:
@@ -151,7 +150,7 @@ class Listener:
         assert loop is not None
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, _addr = self._sock.accept()
+                conn, addr = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:
@@ -165,15 +164,15 @@ class Listener:
                     "accept resumed app=%s route=%s", self.runtime.app, self.runtime.route_id
                 )
                 self.paused_by = None
-            conn.setblocking(False)
-            task = loop.create_task(loop.connect_accepted_socket(self._make_client, conn))
-            self._pending.add(task)
-            task.add_done_callback(self._accepted)
-
-    def _accepted(self, task: asyncio.Task[Any]) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("client lost while being set up: %s", task.exception())
+            # asyncio skips TCP_NODELAY on an accepted socket (its proto is 0); uvloop sets
+            # it again, which is one cheap syscall. No setblocking(False): both loops make
+            # the socket non-blocking themselves.
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # No task either (one per client was a good part of its cost): the coroutine
+            # makes the transport at its first step and only waits for connection_made.
+            protocol = client_protocol(self.runtime, loop, (addr[0], addr[1]))
+            _drive(loop.connect_accepted_socket(functools.partial(_same, protocol), conn))
 
     def update(self, route: Route) -> None:
         self.runtime.update(route)
@@ -189,3 +188,21 @@ class Listener:
             self._reading = False
         self._sock.close()
         self.runtime.close()
+
+
+def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:
+    return protocol
+
+
+def _drive(coro: Coroutine[Any, Any, Any], _done: object = None) -> None:
+    """Run a coroutine that only awaits futures to its end, stepping it from their done
+    callbacks: what a Task does, for less. connect_accepted_socket's does its work in its
+    first step; what it awaits then is only the connection_made of the transport it made."""
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return
+    except (Exception, asyncio.CancelledError) as err:
+        log.debug("client lost while being set up: %r", err)
+        return
+    waiting.add_done_callback(functools.partial(_drive, coro))

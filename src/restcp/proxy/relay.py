@@ -17,8 +17,16 @@ have ended, or at once, with a reset of the other side, when either peer resets.
 Until a backend accepts, the client is not read: nothing is buffered for a backend that may
 never come. asyncio honours the ``pause_reading`` in ``connection_made``; uvloop starts
 reading right after ``connection_made`` returns, so the first chunk that arrives early is
-held (one read, at most 256 KiB) and reading paused from there. The connect attempt runs in
-a task the Relay owns and cancels.
+held (one read, at most 256 KiB) and reading paused from there.
+
+Connecting costs no task: a new client is the hot path of a proxy, and a Task per client
+(plus an ``asyncio.timeout``) cost more than the rest of the set-up. The Relay steps the
+loop's ``create_connection`` coroutine itself (``_step``): it sends into it, and the future
+it yields calls ``_step`` back when done; a ``call_later`` handle is the connect timeout;
+abandoning an attempt (timeout, client gone) cancels the future it waits on, as a Task
+would, and the coroutine's own cleanup closes the half-made transport. Each pick is paired
+with exactly one of the route's ``connected``, ``connect_failed`` or ``connect_abandoned``,
+which keeps its ``connecting`` counts exact.
 
 Ending: the first reason recorded is the one logged. A graceful end closes both transports
 after their buffers flush; the idle timer keeps running until both are gone, so a peer that
@@ -34,9 +42,8 @@ import contextlib
 import logging
 import socket
 import struct
-import time
-from collections.abc import Callable
-from typing import Protocol, cast
+from collections.abc import Callable, Collection, Coroutine
+from typing import Any, Protocol, cast
 
 from restcp.model import Backend, is_host_name
 
@@ -58,13 +65,16 @@ class RouteContext(Protocol):
 
     def admit(self) -> str | None: ...
 
-    def pick(self, tried: set[int], key: bytes) -> Backend | None: ...
+    def pick(self, tried: Collection[int], key: bytes) -> Backend | None: ...
 
     async def resolve(self, host: str, port: int) -> str:
         """The allowed address a host-name backend resolves to now; OSError if none."""
 
     def proxy_header(
-        self, backend: Backend, client: tuple[str, int] | None, frontend: tuple[str, int] | None
+        self,
+        backend: Backend,
+        client: tuple[str, int] | None,
+        frontend: Callable[[], tuple[str, int] | None],
     ) -> bytes | None: ...
 
     def started(self, relay: Relay) -> None: ...
@@ -73,6 +83,8 @@ class RouteContext(Protocol):
 
     def connect_failed(self, backend: Backend, reason: str) -> None: ...
 
+    def connect_abandoned(self, backend: Backend) -> None: ...
+
     def finished(self, relay: Relay) -> None: ...
 
 
@@ -80,12 +92,14 @@ class Relay:
     """The state of one pipe. It ends once both transports are lost and no connect is running."""
 
     __slots__ = (
+        "_abandoning",
         "_attempt",
         "_backend",
         "_backend_full",
         "_client",
         "_client_full",
-        "_connect_task",
+        "_connect_timer",
+        "_connecting",
         "_early",
         "_half_close_handle",
         "_idle_handle",
@@ -94,6 +108,8 @@ class Relay:
         "_reported",
         "_sides",
         "_started",
+        "_tried",
+        "_waiting",
         "backend",
         "backend_eof",
         "bytes_down",
@@ -105,26 +121,38 @@ class Relay:
         "route",
     )
 
-    def __init__(self, route: RouteContext, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        route: RouteContext,
+        loop: asyncio.AbstractEventLoop,
+        client_addr: tuple[str, int] | None = None,
+    ) -> None:
         self.route = route
         self._loop = loop
         self._client: asyncio.Transport | None = None
         self._backend: asyncio.Transport | None = None
-        self._connect_task: asyncio.Task[None] | None = None
+        # The connect in progress: the loop's coroutine, the future it waits on, its timeout.
+        self._connecting: Coroutine[Any, Any, Any] | None = None
+        self._waiting: asyncio.Future[Any] | None = None
+        self._connect_timer: asyncio.TimerHandle | None = None
+        self._abandoning: str | None = None  # why the connect is being given up
+        self._tried: tuple[int, ...] = ()  # backends tried for this client, in order
         self._idle_handle: asyncio.TimerHandle | None = None
         # Set between pause_writing and resume_writing of that side's transport.
         self._client_full = False
         self._backend_full = False
         self._early = b""  # client bytes that arrived before the backend connected
         # Backend connections made and not yet lost: the current one, and any attempt that
-        # came up too late to be used and is being reset.
-        self._sides: set[_BackendSide] = set()
-        self._attempt: _BackendSide | None = None  # the create_connection in progress
+        # came up too late to be used and is being reset. A count, not a set: each side
+        # reports its loss once (_BackendSide.gone).
+        self._sides = 0
+        self._attempt: _BackendSide | None = None  # the connect in progress
         self._reported = False
-        self._started = time.monotonic()
-        self._last_activity = loop.time()
+        # Loop time, not time.monotonic(): uvloop's is cached per iteration, no syscall.
+        self._started = self._last_activity = loop.time()
         self.backend: Backend | None = None
-        self.client_addr: tuple[str, int] | None = None
+        # From accept(): asking the transport again costs a conversion per client.
+        self.client_addr = client_addr
         self.bytes_up = 0  # client -> backend
         self.bytes_down = 0  # backend -> client
         self.client_eof = False
@@ -149,82 +177,149 @@ class Relay:
         # Registered here, not when the protocol is built: connection_made is what promises
         # a connection_lost, so a relay that is counted always reports.
         self.route.started(self)
-        peer = transport.get_extra_info("peername")
-        self.client_addr = (peer[0], peer[1]) if peer else None
+        if self.client_addr is None:
+            peer = transport.get_extra_info("peername")
+            self.client_addr = (peer[0], peer[1]) if peer else None
         refusal = self.route.admit()
         if refusal is not None:
             self.refused = refusal
             self._end(refusal, reset=True)
             return
-        _set_nodelay(transport)
+        # TCP_NODELAY: the listener sets it on the accepted socket, and both loops set it
+        # on the transports create_connection makes (test_nodelay_both_sides holds them to
+        # it). Setting it through get_extra_info("socket") cost three syscalls per side.
         self._flow()
-        task = self._loop.create_task(self._connect())
-        task.add_done_callback(self._connect_done)
-        self._connect_task = task
         if self.route.idle_timeout > 0:
             self._idle_handle = self._loop.call_later(self.route.idle_timeout, self._check_idle)
+        self._next_backend()
 
-    async def _connect(self) -> None:
-        tried: set[int] = set()
+    def _next_backend(self) -> None:
+        """Start connecting to the backend the route picks next, or end: none is left."""
         key = self.client_addr[0].encode() if self.client_addr else b""
-        while (backend := self.route.pick(tried, key)) is not None:
-            tried.add(backend.id)
-            side = self._attempt = _BackendSide(self, backend)
-            try:
-                async with asyncio.timeout(self.route.connect_timeout):
-                    ip = backend.ip
-                    if is_host_name(ip):
-                        ip = await self.route.resolve(ip, backend.port)
-                    await self._loop.create_connection(side.itself, ip, backend.port)
-            except BaseException as err:
-                self._attempt = None
-                if side.transport is not None:
-                    # connection_made ran, then the attempt was cancelled (by _end, or by the
-                    # timeout as the connection came up). uvloop then closes the transport
-                    # without ever calling connection_lost, so the side is counted lost here.
-                    # Early bytes may have gone to it: no failover, the relay ends with a reset.
-                    side.drop()
-                    raise
-                if not isinstance(err, OSError | TimeoutError):
-                    raise
-                reason = str(err) or "timeout"
-                log.warning(
-                    "connect failed app=%s route=%s backend=%s addr=%s:%s error=%s",
-                    self.route.app,
-                    self.route.route_id,
-                    backend.id,
-                    backend.ip,
-                    backend.port,
-                    reason,
-                )
-                self.route.connect_failed(backend, reason)
-                continue
-            self._attempt = None
+        backend = self.route.pick(self._tried, key)
+        if backend is None:
+            self.refused = "no_backend"
+            self._end("no_backend")
+            return
+        self._tried += (backend.id,)
+        side = self._attempt = _BackendSide(self, backend)
+        self._connect_timer = self._loop.call_later(
+            self.route.connect_timeout, self._connect_timed_out
+        )
+        if is_host_name(backend.ip):
+            self._connecting = self._resolve_and_connect(side)
+        else:
+            self._connecting = self._loop.create_connection(side.itself, backend.ip, backend.port)
+        self._step()
+
+    async def _resolve_and_connect(self, side: _BackendSide) -> None:
+        backend = side.backend
+        ip = await self.route.resolve(backend.ip, backend.port)
+        await self._loop.create_connection(side.itself, ip, backend.port)
+
+    def _step(self, _done: object = None) -> None:
+        """Run the connect coroutine to its next wait. It only ever awaits futures, which
+        call this back when done: a Task, without the Task."""
+        coro = self._connecting
+        if coro is None:
+            return
+        self._waiting = None
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            self._connect_ended(None)
+        except BaseException as err:
+            self._connect_ended(err)
+        else:
+            if waiting is None:  # a bare yield (sleep(0)): go on next turn
+                self._loop.call_soon(self._step)
+                return
+            self._waiting = waiting
+            waiting.add_done_callback(self._step)
+            if self._abandoning is not None:
+                waiting.cancel()
+
+    def _abandon_connect(self, why: str) -> None:
+        """Give the connect up ("timeout": try the next backend; "end": the relay is ending).
+
+        As a Task is cancelled: the future it waits on is cancelled, and the coroutine gets
+        the CancelledError at its next step, after the callbacks the loop put on that future
+        (asyncio's remove_writer of the connecting fd) have run. Closing the coroutine here
+        and now would free the fd first, and such a late callback could then unregister the
+        fd's next owner, the next attempt."""
+        if why == "end" or self._abandoning is None:
+            self._abandoning = why
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def _connect_timed_out(self) -> None:
+        self._connect_timer = None
+        self._abandon_connect("timeout")
+
+    def _connect_ended(self, err: BaseException | None) -> None:
+        """The connect coroutine has returned (err None) or raised."""
+        self._connecting = None
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+            self._connect_timer = None
+        side, self._attempt = self._attempt, None
+        why, self._abandoning = self._abandoning, None
+        if side is None:
+            return
+        backend = side.backend
+        if err is None and side.transport is None:
+            # uvloop returns a transport closed before connection_made could run.
+            err = ConnectionAbortedError("closed while connecting")
+        if err is None and why != "end":
+            # Connected; a timeout that fired in the same moment loses to the connection.
             self.backend = backend
             self.route.connected(self)
             return
-        self.refused = "no_backend"
-        self._end("no_backend")
-
-    def _connect_done(self, task: asyncio.Task[None]) -> None:
-        self._connect_task = None
-        if not task.cancelled() and (err := task.exception()) is not None:
-            if not isinstance(err, OSError | TimeoutError):
-                log.error("relay connect failed unexpectedly", exc_info=err)
+        if side.transport is not None:
+            # connection_made ran, then the attempt failed or was given up (asyncio runs
+            # connection_made a turn before create_connection returns). The loop may close
+            # that transport without calling connection_lost, so the side is counted lost
+            # here. Early bytes may have gone to it: no failover, the relay ends with a reset.
+            self.route.connect_abandoned(backend)
+            side.drop()
             self._end("connect_failed", reset=True)
-        self._maybe_report()
+            self._maybe_report()
+            return
+        if why == "timeout" and isinstance(err, asyncio.CancelledError):
+            err = TimeoutError()
+        if why == "end" or not isinstance(err, OSError):  # TimeoutError is an OSError
+            self.route.connect_abandoned(backend)
+            if why != "end":
+                log.error("relay connect failed unexpectedly", exc_info=err)
+                self._end("connect_failed", reset=True)
+            self._maybe_report()
+            return
+        reason = str(err) or "timeout"
+        log.warning(
+            "connect failed app=%s route=%s backend=%s addr=%s:%s error=%s",
+            self.route.app,
+            self.route.route_id,
+            backend.id,
+            backend.ip,
+            backend.port,
+            reason,
+        )
+        self.route.connect_failed(backend, reason)
+        if self.end_reason is None:
+            self._next_backend()
+        else:
+            self._maybe_report()
 
     def backend_made(self, side: _BackendSide, transport: asyncio.Transport) -> None:
-        self._sides.add(side)
-        _set_nodelay(transport)
+        self._sides += 1
         if side is not self._attempt or self._client is None or self.end_reason is not None:
-            # asyncio may run connection_made after create_connection was cancelled; or the
+            # asyncio may run connection_made after create_connection was abandoned; or the
             # client went away while we were connecting.
             _reset(transport)
             return
         self._backend = transport
         # Before any client byte: the backend reads the header first.
-        header = self.route.proxy_header(side.backend, self.client_addr, self._frontend())
+        header = self.route.proxy_header(side.backend, self.client_addr, self._frontend)
         if header is not None:
             transport.write(header)
         if self._early:
@@ -314,7 +409,7 @@ class Relay:
         self._maybe_report()
 
     def backend_lost(self, side: _BackendSide, exc: Exception | None) -> None:
-        self._sides.discard(side)
+        self._sides -= 1
         if side.transport is self._backend:
             self._backend = None
             if self.end_reason is None:
@@ -348,9 +443,8 @@ class Relay:
         """Close both sides: gracefully (buffers flushed first) or with a reset."""
         if self.end_reason is None:
             self.end_reason = reason
-        task = self._connect_task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
+        if self._connecting is not None:
+            self._abandon_connect("end")
         for transport in (self._client, self._backend):
             if transport is not None:
                 if reset:
@@ -362,7 +456,7 @@ class Relay:
         if (
             self._client is not None
             or self._sides
-            or self._connect_task is not None
+            or self._connecting is not None
             or self._reported
         ):
             return
@@ -379,7 +473,7 @@ class Relay:
             route.finished(self)
             return
         client = f"{self.client_addr[0]}:{self.client_addr[1]}" if self.client_addr else "-"
-        duration = time.monotonic() - self._started
+        duration = self._loop.time() - self._started
         # The same fields twice: in the text line, and as "fields" for --log-format json.
         access_log.info(
             "app=%s route=%s client=%s backend=%s bytes_up=%d bytes_down=%d duration=%.3f end=%s",
@@ -407,15 +501,6 @@ class Relay:
             },
         )
         route.finished(self)
-
-
-def _set_nodelay(transport: asyncio.Transport) -> None:
-    # Both loops set it on TCP transports today; a relay of interactive protocols must not
-    # depend on that, and the check costs one syscall per connection.
-    sock: socket.socket | None = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _reset(transport: asyncio.Transport) -> None:
@@ -492,14 +577,16 @@ class _BackendSide(asyncio.Protocol):
             self.relay.backend_lost(self, exc)
 
     def drop(self) -> None:
-        """Reset and count as lost now: the loop may not call connection_lost (see _connect)."""
+        """Reset and count as lost now: the loop may not call connection_lost (see
+        Relay._connect_ended)."""
         if not self.gone and self.transport is not None:
             _reset(self.transport)
             self.gone = True
             self.relay.backend_lost(self, ConnectionAbortedError("connect cancelled"))
 
 
-def client_factory(
-    route: RouteContext, loop: asyncio.AbstractEventLoop
-) -> Callable[[], ClientSide]:
-    return lambda: ClientSide(Relay(route, loop))
+def client_protocol(
+    route: RouteContext, loop: asyncio.AbstractEventLoop, client_addr: tuple[str, int] | None
+) -> ClientSide:
+    """The protocol of one accepted client, whose address accept() gave already."""
+    return ClientSide(Relay(route, loop, client_addr))

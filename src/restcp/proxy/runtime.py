@@ -22,7 +22,7 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
 from restcp.core import health as hm
@@ -146,8 +146,8 @@ class RouteRuntime:
         self.picker: Picker = make_picker(route.settings.balance)
         # The relay started() counted last, until admit() has judged it.
         self._admitting: Relay | None = None
-        # Connect tasks -> the member their current attempt is for (see pick()).
-        self._attempts: dict[asyncio.Task[object], Member] = {}
+        # Whether any member has a max_connections: pick() skips its scan when none does.
+        self._limited = False
         self._apply(route, first=True)
 
     # -- configuration -------------------------------------------------------------------
@@ -183,6 +183,8 @@ class RouteRuntime:
                 fresh = Member(backend, hm.initial(initial, now))
                 if member is not None:
                     fresh.active = member.active
+                    # Connects in flight end on the member of that id, whichever it is then.
+                    fresh.connecting = member.connecting
                     fresh.drain_started = member.drain_started
                     member.cancel_timer()
                     moved = True
@@ -211,6 +213,7 @@ class RouteRuntime:
             if backend_id not in members:
                 member.cancel_timer()
         self.members = members
+        self._limited = any(m.backend.max_connections is not None for m in members.values())
         self.recheck()
 
     def recheck(self) -> None:
@@ -301,19 +304,21 @@ class RouteRuntime:
             self._all.add(relay)
         return refusal
 
-    def pick(self, tried: set[int], key: bytes) -> Backend | None:
+    def pick(self, tried: Collection[int], key: bytes) -> Backend | None:
+        """The backend for a client's next connect. Each pick is counted in ``connecting``
+        until the relay reports its end: connected, connect_failed or connect_abandoned."""
         if len(tried) >= self.max_connect_attempts:
             return None
-        excluded: set[int] | set[int] = tried
-        self._attempt_over()  # a failover: the previous attempt of this client has ended
-        at_limit = {
-            m.id
-            for m in self.members.values()
-            if m.backend.max_connections is not None
-            and m.active + m.connecting >= m.backend.max_connections
-        }
-        if at_limit:
-            excluded = tried | at_limit
+        excluded: Collection[int] = tried
+        if self._limited:
+            at_limit = {
+                m.id
+                for m in self.members.values()
+                if m.backend.max_connections is not None
+                and m.active + m.connecting >= m.backend.max_connections
+            }
+            if at_limit:
+                excluded = at_limit.union(tried)
         candidates: tuple[Member, ...] = self.candidates
         if not candidates and self.route.settings.when_all_down == "try_all":
             candidates = tuple(
@@ -324,40 +329,36 @@ class RouteRuntime:
         member = self.picker.pick(candidates, excluded, key)
         if member is None:
             return None
-        # Relays pick from their connect task, and report the attempt's end (connected,
-        # connect_failed) from it too, or the task ends (cancelled): keyed by the task, an
-        # attempt is counted out exactly once whichever way it goes.
-        task = asyncio.current_task()
-        if task is not None:
-            member.connecting += 1
-            self._attempts[task] = member
-            task.add_done_callback(self._connect_task_done)
+        member.connecting += 1
         return member.backend
 
     async def resolve(self, host: str, port: int) -> str:
         return await resolve_allowed(host, port, self._refusal)
 
-    def _attempt_over(self) -> None:
-        task = asyncio.current_task()
-        member = self._attempts.pop(task, None) if task is not None else None
+    def _attempt_over(self, backend: Backend) -> Member | None:
+        """A connect picked for ``backend`` has ended; its member, if it still has one."""
+        member = self.members.get(backend.id)
         if member is not None:
             member.connecting = max(0, member.connecting - 1)
+        return member
 
-    def _connect_task_done(self, task: asyncio.Task[object]) -> None:
-        member = self._attempts.pop(task, None)
-        if member is not None:
-            member.connecting = max(0, member.connecting - 1)
+    def connect_abandoned(self, backend: Backend) -> None:
+        """The connect was given up (the client left, the node shuts down): it says nothing
+        of the backend."""
+        self._attempt_over(backend)
 
     def proxy_header(
         self,
         backend: Backend,
         client: tuple[str, int] | None,
-        frontend: tuple[str, int] | None,
+        frontend: Callable[[], tuple[str, int] | None],
     ) -> bytes | None:
+        """The PROXY header to send first, or None; ``frontend`` is asked only when one is
+        sent (it costs the relay a getsockname conversion)."""
         version = backend.proxy_protocol or self.route.settings.proxy_protocol
         if version is None or version == "none":
             return None
-        return proxy_protocol.header(version, client, frontend)
+        return proxy_protocol.header(version, client, frontend())
 
     # -- what relays report --------------------------------------------------------------
 
@@ -367,17 +368,15 @@ class RouteRuntime:
         self._admitting = relay
 
     def connected(self, relay: Relay) -> None:
-        self._attempt_over()
         backend = relay.backend
-        member = self.members.get(backend.id) if backend is not None else None
+        member = self._attempt_over(backend) if backend is not None else None
         if member is not None:
             member.active += 1
             member.connections += 1
             member.health = hm.connect_succeeded(member.health)
 
     def connect_failed(self, backend: Backend, reason: str) -> None:
-        self._attempt_over()
-        member = self.members.get(backend.id)
+        member = self._attempt_over(backend)
         # A failure of an address the member no longer has says nothing of it; a change of
         # weight or state while the connect ran does not make it any less a failure.
         if member is None or (member.backend.ip, member.backend.port) != (
