@@ -288,11 +288,7 @@ class Node:
 
     def _backends_on(self, port: int) -> set[RouteKey]:
         """The routes with a backend on ``port``: the address policy may judge them anew."""
-        return {
-            key
-            for key, route in self.proxy.running().items()
-            if any(b.port == port for b in route.backends)
-        }
+        return self.proxy.backends_on(port)
 
     async def _sync_checks(self, only: Collection[RouteKey] | None = None) -> None:
         """Probe exactly the enabled and draining backends of the routes being served (of
@@ -303,7 +299,9 @@ class Node:
         for key in [k for k in keys if k not in running and k in self._checks]:
             await self._checks.pop(key)[1].close()
             self.metrics.forget_route(*key)
-        targets = running if only is None else {k: running[k] for k in keys if k in running}
+        # A copy: checks are closed (awaited) on the way, and the view must not change under
+        # the loop.
+        targets = dict(running) if only is None else {k: running[k] for k in keys if k in running}
         for key, route in targets.items():
             runtime = self.proxy.runtime(key)
             entry = self._checks.get(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import socket
@@ -11,6 +12,7 @@ import time
 import pytest
 
 from restcp.core.reconcile import Stop, Update
+from restcp.model import Backend
 from restcp.proxy.listener import bind
 from restcp.proxy.manager import ProxyManager
 from tests.integration.harness import (
@@ -188,5 +190,28 @@ def test_shutdown_resets_a_relay_still_connecting(loop: str) -> None:
             assert time.monotonic() - started < 1.5
             assert await read_outcome(reader) in ("reset", "eof")
             writer.close()
+
+    run(loop, main())
+
+
+def test_the_manager_indexes_routes_by_their_backends_ports(loop: str) -> None:
+    """backends_on(port) follows every start, update and stop: it is what decides which
+    routes the address policy judges again when a listener opens or closes on a port."""
+
+    async def main() -> None:
+        manager = ProxyManager()
+        sock = bind(HOST, 0)
+        first = make_route(sock.getsockname()[1], (Backend(1, HOST, 7001), Backend(2, HOST, 7002)))
+        await manager.serve(first, sock)
+        assert manager.backends_on(7001) == manager.backends_on(7002) == {first.key}
+        moved = dataclasses.replace(first, backends=(Backend(1, HOST, 7003),))
+        await manager.apply([Update(moved)])
+        assert (manager.backends_on(7001), manager.backends_on(7002)) == (set(), set())
+        assert manager.backends_on(7003) == {first.key}
+        assert manager.running() == {first.key: moved}
+        manager.stop(first.key)
+        assert manager.backends_on(7003) == set()
+        assert dict(manager.running()) == {}
+        await manager.shutdown(drain_timeout=1)
 
     run(loop, main())

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 from restcp.core.reconcile import Action, Start, Stop, Update
 from restcp.model import BackendStatus, Route, RouteKey
@@ -23,6 +24,11 @@ class ProxyManager:
         backend_refusal: BackendRefusal = lambda ip, port: None,
     ) -> None:
         self._listeners: dict[RouteKey, Listener] = {}
+        # The routes of _listeners, and the routes with a backend on each port: indexes kept
+        # as listeners come, change and go, so that a route change costs that route's work,
+        # not a walk over every route of the node (10,000 of them).
+        self._routes: dict[RouteKey, Route] = {}
+        self._by_backend_port: dict[int, set[RouteKey]] = {}
         # port -> frontend IPs listening on it: the node's own addresses, by port.
         self._frontends: dict[int, set[str]] = {}
         self._refusal = backend_refusal
@@ -39,13 +45,36 @@ class ProxyManager:
         return {} if listener is None else listener.runtime.backend_status()
 
     def running(self) -> Mapping[RouteKey, Route]:
-        return {key: listener.route for key, listener in self._listeners.items()}
+        """The routes being served: a live read-only view (copy it to iterate across an
+        await)."""
+        return MappingProxyType(self._routes)
+
+    def backends_on(self, port: int) -> set[RouteKey]:
+        """The served routes with a backend on ``port``."""
+        return set(self._by_backend_port.get(port, ()))
+
+    def _index(self, route: Route, previous: Route | None) -> None:
+        if previous is not None:
+            self._unindex(previous)
+        for port in {b.port for b in route.backends}:
+            self._by_backend_port.setdefault(port, set()).add(route.key)
+        self._routes[route.key] = route
+
+    def _unindex(self, route: Route) -> None:
+        for port in {b.port for b in route.backends}:
+            keys = self._by_backend_port.get(port)
+            if keys is not None:
+                keys.discard(route.key)
+                if not keys:
+                    del self._by_backend_port[port]
+        del self._routes[route.key]
 
     async def serve(self, route: Route, sock: socket.socket) -> None:
         """Serve ``route`` on a socket bound for it already."""
         listener = Listener(route, sock, self.relays, self._refusal)
         await listener.start()
         self._listeners[route.key] = listener
+        self._index(route, None)
         self._frontends.setdefault(route.port, set()).add(route.frontend_ip)
         self.unbound.pop(route.key, None)
         log.info("listening app=%s route=%s url=%s", route.app, route.id, route.url)
@@ -57,15 +86,15 @@ class ProxyManager:
 
     def recheck_backends(self, port: int) -> None:
         """Apply the address policy again to the backends on ``port``."""
-        for listener in self._listeners.values():
-            if any(b.port == port for b in listener.route.backends):
-                listener.runtime.recheck()
+        for key in self.backends_on(port):
+            self._listeners[key].runtime.recheck()
 
     async def apply(self, actions: Iterable[Action]) -> None:
         for action in actions:
             if isinstance(action, Stop):
                 self.stop(action.key)
             elif isinstance(action, Update):
+                self._index(action.route, self._routes[action.route.key])
                 self._listeners[action.route.key].update(action.route)
             elif isinstance(action, Start):
                 await self._start(action.route)
@@ -88,6 +117,7 @@ class ProxyManager:
         if listener is not None:
             listener.stop()
             route = listener.route
+            self._unindex(route)
             ips = self._frontends.get(route.port, set())
             ips.discard(route.frontend_ip)
             if not ips:
