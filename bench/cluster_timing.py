@@ -56,18 +56,25 @@ def until(check: Callable[[], bool], what: str, deadline: float = 30.0) -> float
 @contextmanager
 def node(redis_url: str, ip: str, ports: int, *extra: str) -> Iterator[Node]:
     lo, hi = free_port_range(ports)
+    # Each node its own snapshot: one in the working directory would carry another run's
+    # cluster epoch into this run's fresh Redis.
+    snapshots = tempfile.TemporaryDirectory(prefix="restcp-snapshot-")
     proc = Node(
         "--api", "127.0.0.1:0",
         "--store", redis_url,
         "--frontend-ip", ip,
         "--port-range", f"{lo}-{hi}",
         "--log-level", "info",
+        "--snapshot", str(Path(snapshots.name) / "snapshot.db"),
         *extra,
     )  # fmt: skip
     try:
         yield proc
     finally:
-        proc.stop()
+        try:
+            proc.stop()
+        finally:
+            snapshots.cleanup()
 
 
 def logged_at(proc: Node, needle: str) -> float:

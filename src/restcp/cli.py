@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from restcp import __version__, logs
+from restcp import __version__, client, logs
 from restcp.core.policy import parse_networks
 from restcp.errors import RestcpError
 from restcp.settings import (
@@ -281,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
         "started for the same IP takes over after it (RESTCP_LEASE_TTL; %(default)s)",
     )
     serve.add_argument(
+        "--snapshot",
+        default=_env("SNAPSHOT", "restcp-snapshot.db"),
+        metavar="PATH",
+        help="Redis store: a local SQLite file of the routes this node serves, served when it "
+        "starts with Redis down and written back by `restcp cluster reseed`; one per node; "
+        "off: none (RESTCP_SNAPSHOT; %(default)s)",
+    )
+    serve.add_argument(
         "--backend-allow",
         action="append",
         type=_arg(_cidr, "--backend-allow"),
@@ -315,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
         "closed at once; auto: no per-app cap (RESTCP_MAX_CONNECTIONS_PER_APP; %(default)s)",
     )
     serve.add_argument(
+        "--workers",
+        type=_arg(_positive, "--workers"),
+        default=_env("WORKERS", "1"),
+        metavar="N",
+        help="data-plane processes: N-1 workers beside this one serve every route on the "
+        "same port (SO_REUSEPORT), so new connections spread over N cores; limits and "
+        "passive health are per process (RESTCP_WORKERS; %(default)s)",
+    )
+    serve.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=_env("LOG_LEVEL", "info").lower(),
@@ -332,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("LOOP", "auto").lower(),
         help="event loop: uvloop where installed (RESTCP_LOOP; %(default)s)",
     )
+    # Internal: a worker process of `restcp serve --workers N`, started by the main process
+    # (no help: not listed).
+    worker = commands.add_parser("_worker")
+    worker.add_argument("index", type=int)
+    worker.add_argument("channel", type=int)
+    worker.add_argument("parent", type=int)
+    worker.add_argument("loop", choices=("auto", *LOOPS))
+    client.add_commands(commands)
     return parser
 
 
@@ -366,6 +391,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         api_allowed_hosts=tuple(dict.fromkeys([*filter(None, [api_name]), *allowed_hosts])),
         max_routes_per_app=args.max_routes_per_app,
         max_backends_per_route=args.max_backends_per_route,
+        workers=args.workers,
         store=args.store,
         frontend_ips=tuple(dict.fromkeys(frontend_ips)),
         port_range=args.port_range,
@@ -377,6 +403,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         resync_interval=args.resync_interval,
         provision_timeout=args.provision_timeout,
         lease_ttl=args.lease_ttl,
+        snapshot=None if args.snapshot.strip().lower() in ("", "off", "none") else args.snapshot,
         max_connections=args.max_connections or _fd_connection_cap(),
         max_connections_per_app=args.max_connections_per_app,
         backend_allow=tuple(args.backend_allow or _env_list("BACKEND_ALLOW", _cidr)),
@@ -457,7 +484,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = settings_from_args(args)
     except ValueError as err:
         parser.error(str(err))
-    logs.configure(settings.log_level, settings.log_format)
+    if args.command == "cluster":
+        return client.run(args)
+    if args.command == "_worker":
+        from restcp import workers
+
+        return workers.main(args.index, args.channel, args.parent, _runner(args.loop))
+    # With workers, every process's lines carry its index (this one is 0).
+    logs.configure(settings.log_level, settings.log_format, 0 if settings.workers > 1 else None)
     log = logging.getLogger("restcp")
     # SIGTERM and SIGINT stay blocked (pending, not lost) until serve() has its handlers on
     # the event loop and unblocks them. Delivered during the imports, a Ctrl-C is a

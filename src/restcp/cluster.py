@@ -23,7 +23,18 @@ How it works (docs/cluster.md has the channels, messages and timings)::
   and waits for the holder's answer: the port it bound and stored, or an error.
 - Redis down is not an outage: the listeners live in memory and keep relaying; leases are
   kept (nobody else can take them while Redis is down), and the node reconnects with
-  backoff and resyncs.
+  backoff and resyncs. A node that starts while Redis is down serves its local snapshot
+  (node.py) on provisional leases, until Redis confirms or refuses them.
+- An epoch says which data the node follows. ``epoch`` is a random id written once
+  (SETNX) when a cluster is first used; every node remembers it (in its snapshot), and the
+  store refuses every read and write of the desired state while Redis holds another epoch
+  or none (store.redis: EpochMismatch). A Redis that came back empty is therefore never
+  mistaken for "delete everything": the node serves on what it has until an operator
+  reseeds (writes its snapshot back) or adopts Redis's state. The exact rules are in
+  docs/cluster.md, "Redis that lost its data".
+- Health travels the other way: the node serving a route writes which backends are up and
+  down (``backends_live``, ``backends_dead``), coalesced, after every transition, so that
+  any node's API can report it.
 
 Only the store talks to Redis: this module uses the ``Coordination`` methods a store offers
 (store/redis.py), and the node it drives through ``Controller``.
@@ -40,12 +51,13 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable, Collection, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import quote, unquote
 
 from restcp.errors import (
     Conflict,
+    EpochMismatch,
     Forbidden,
     InvalidSpec,
     NotFound,
@@ -53,7 +65,7 @@ from restcp.errors import (
     RestcpError,
     Unavailable,
 )
-from restcp.model import Route, RouteKey, RouteSettings, format_host
+from restcp.model import BackendStatus, Route, RouteKey, RouteSettings, format_host
 from restcp.settings import Settings
 from restcp.store.codec import dump_route_settings, load_route_settings
 
@@ -71,6 +83,8 @@ BACKOFF_MAX = 2.0
 POLL = 0.1
 # The most messages handled as one batch (each route synced once per batch).
 BATCH = 1000
+# Health transitions within this many seconds of the first are written to Redis together.
+HEALTH_COALESCE = 0.05
 
 # Errors travel between nodes as HTTP statuses, which the API maps back the same way.
 _STATUS_OF: dict[type[RestcpError], int] = {
@@ -79,8 +93,9 @@ _STATUS_OF: dict[type[RestcpError], int] = {
     Conflict: 409,
     InvalidSpec: 422,
     Unavailable: 503,
+    EpochMismatch: 503,
 }
-_ERROR_OF = {status: error for error, status in _STATUS_OF.items()}
+_ERROR_OF = {status: error for error, status in _STATUS_OF.items() if error is not EpochMismatch}
 
 
 class Subscription(Protocol):
@@ -140,11 +155,37 @@ class Coordination(Protocol):
 
     async def routes_per_ip(self, ips: Sequence[str]) -> dict[str, int]: ...
 
+    def expect_epoch(self, epoch: str | None) -> None: ...
+
+    async def get_epoch(self) -> str | None: ...
+
+    async def claim_epoch(self, candidate: str) -> str: ...
+
+    async def restore_route(
+        self, route: Route, epoch: str, route_counter: int = 0, backend_counter: int = 0
+    ) -> tuple[str, str]: ...
+
+    async def put_backend_health(
+        self, app: str, route_id: int, live: Sequence[int], dead: Sequence[int]
+    ) -> bool: ...
+
+    async def backend_health(self, app: str, route_id: int) -> dict[int, str]: ...
+
 
 class Controller(Protocol):
     """The node: applies routes from the store."""
 
     api_address: tuple[str, int] | None
+
+    def protects(self) -> bool:
+        """Whether the node has routes a wrong epoch could take away (serving or known)."""
+
+    def served(self) -> Collection[RouteKey]: ...
+
+    def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]: ...
+
+    async def epoch_changed(self, epoch: str) -> None:
+        """The node follows ``epoch`` from now on: remember it (the snapshot)."""
 
     async def sync(self, key: RouteKey, *, publish: bool = True) -> None: ...
 
@@ -163,6 +204,70 @@ class Controller(Protocol):
 def member(app: str, route_id: int) -> str:
     """``<app>:<route>``, the app percent-encoded as in the store's keys."""
     return f"{quote(app, safe='')}:{route_id}"
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(8)
+
+
+StoreState = Literal["ok", "empty", "foreign"]
+
+
+class HealthWriter:
+    """Writes the health of the routes this node serves into Redis: each transition marks
+    its route, and a task writes the marked routes' ``backends_live``/``backends_dead``
+    shortly after (transitions of many routes, or flapping ones, cost one write per route
+    per HEALTH_COALESCE). The data plane only marks: it never waits on Redis. A write that
+    fails (Redis away) is retried after the next resync, which marks every route again;
+    what Redis has already is not written twice."""
+
+    def __init__(
+        self, bus: Coordination, served: Callable[[], Collection[RouteKey]], status: Any
+    ) -> None:
+        self._bus = bus
+        self._served = served
+        self._status: Callable[[RouteKey], Mapping[int, BackendStatus]] = status
+        self._dirty: set[RouteKey] = set()
+        self._written: dict[RouteKey, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._wake = asyncio.Event()
+
+    def mark(self, keys: Iterable[RouteKey]) -> None:
+        self._dirty.update(keys)
+        if self._dirty:
+            self._wake.set()
+
+    def forget(self) -> None:
+        """Redis may have lost what was written (it came back, or another epoch)."""
+        self._written.clear()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(HEALTH_COALESCE)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        keys, self._dirty = self._dirty, set()
+        served = set(self._served())
+        pending = list(keys)
+        for i, key in enumerate(pending):
+            if key not in served:
+                self._written.pop(key, None)  # stopped; deleting a route deletes its lists
+                continue
+            statuses = self._status(key)
+            live = tuple(sorted(b for b, s in statuses.items() if s.health == "up"))
+            dead = tuple(sorted(b for b, s in statuses.items() if s.health == "down"))
+            if self._written.get(key) == (live, dead):
+                continue
+            try:
+                await self._bus.put_backend_health(key[0], key[1], live, dead)
+            except Unavailable as err:
+                # Kept for the next mark; a resync marks every route anyway.
+                self._dirty.update(pending[i:])
+                log.debug("health of route %s not written (%s): retried after a resync", key, err)
+                return
+            self._written[key] = (live, dead)
 
 
 def parse_member(text: str) -> RouteKey | None:
@@ -201,6 +306,14 @@ class Cluster:
         # taken over is not served until its routes are bound, so not ready before.
         self._gained = 0
         self._synced = 0
+        # IPs served from the snapshot because Redis was down at start: held until Redis
+        # answers the first claim, which confirms each lease or gives the IP up.
+        self._provisional: set[str] = set()
+        # The epoch this node follows (None: none seen yet), and how Redis compares to it.
+        self.epoch: str | None = None
+        self._store_state: StoreState = "ok"
+        self._found_epoch: str | None = None
+        self.health = HealthWriter(bus, node.served, node.backend_status)
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -214,19 +327,39 @@ class Cluster:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Claim the IPs, register, subscribe. Raises Unavailable when Redis cannot be
-        reached, as the node's first resync would."""
-        await self._claim()
-        # The node's own first resync follows, before it reports ready.
-        self._synced = self._gained
-        await self._register()
-        subscription = await self._subscribe()
-        self._connected = True
+    async def start(self, epoch: str | None = None, offline: bool = False) -> bool:
+        """Claim the IPs, check the epoch, register, subscribe; whether Redis answered.
+        ``epoch``: the one the node's snapshot remembers. When Redis cannot be reached this
+        raises Unavailable, as the node's first resync would, unless ``offline``: then every
+        frontend IP is held provisionally, and the node serves its snapshot meanwhile."""
+        self.epoch = epoch
+        self._bus.expect_epoch(epoch)
+        subscription: Subscription | None = None
+        try:
+            await self._claim()
+            # The node's own first resync follows, before it reports ready.
+            self._synced = self._gained
+            await self.check_epoch()
+            await self._register()
+            subscription = await self._subscribe()
+        except Unavailable as err:
+            if not offline or isinstance(err, EpochMismatch):
+                raise
+            self._provisional = set(self._settings.frontend_ips) - set(self._held)
+            self._problem = str(err)
+            log.warning(
+                "Redis is unreachable at start (%s): serving the snapshot's routes of %s "
+                "until it is back",
+                err,
+                ", ".join(sorted(self._provisional)) or "no IP",
+            )
+        self._connected = subscription is not None
         self._tasks = [
             asyncio.create_task(self._listen_forever(subscription)),
             asyncio.create_task(self._renew_forever()),
+            asyncio.create_task(self.health.run()),
         ]
+        return self._connected
 
     async def stop(self) -> None:
         """Stop listening and renewing; the leases stay until ``release``."""
@@ -251,7 +384,147 @@ class Cluster:
     # -- what the node asks ----------------------------------------------------------------
 
     def holds(self, ip: str) -> bool:
-        return ip in self._held
+        return ip in self._held or ip in self._provisional
+
+    def health_changed(self, key: RouteKey) -> None:
+        """A backend of a route this node serves went up or down (called by the data plane:
+        marks only)."""
+        self.health.mark((key,))
+
+    async def remote_health(self, key: RouteKey) -> dict[int, str]:
+        """backend id -> up/down of a route another node serves, as that node wrote it."""
+        return await self._bus.backend_health(*key)
+
+    # -- the epoch -------------------------------------------------------------------------
+
+    async def check_epoch(self) -> bool:
+        """Compare Redis's epoch with this node's: True when the node may follow Redis.
+
+        - The same epoch: follow it.
+        - This node knows none yet (a new node, or one without a snapshot): adopt Redis's
+          epoch, or claim a new one if Redis has none (SETNX: nodes starting together
+          agree on one).
+        - Another epoch, and this node has nothing to lose (no route known or served):
+          adopt it.
+        - Otherwise, no epoch (Redis lost its data: no node that knew the cluster claims a
+          new one, so the loss stays visible) or another one: do not follow it. The node
+          serves on what it has, the store refuses reads and writes, /healthz says "empty"
+          or "foreign", until a reseed or an adopt through this node's API."""
+        found = await self._bus.get_epoch()
+        if found is not None and found == self.epoch:
+            self._consistent()
+            return True
+        if self.epoch is None:
+            if found is None:
+                found = await self._bus.claim_epoch(new_epoch())
+            await self._adopt(found)
+            return True
+        if found is not None and not self._node.protects():
+            await self._adopt(found)
+            return True
+        self.mismatch(EpochMismatch(self.epoch, found))
+        return False
+
+    def mismatch(self, err: EpochMismatch) -> None:
+        """Redis does not hold this node's epoch (seen by check_epoch, or by the store)."""
+        state: StoreState = "empty" if err.found is None else "foreign"
+        if (state, err.found) != (self._store_state, self._found_epoch):
+            log.error(
+                "Redis %s: serving on the %d routes this node had, applying nothing from "
+                "Redis and refusing writes until `restcp cluster reseed` (writes them back) "
+                "or `restcp cluster adopt` (takes Redis's state)",
+                "has lost its data (no epoch)"
+                if state == "empty"
+                else f"holds another cluster (epoch {err.found}, this node's is {err.expected})",
+                len(self._node.served()),
+            )
+        self._store_state, self._found_epoch = state, err.found
+
+    def _consistent(self) -> None:
+        if self._store_state != "ok":
+            log.info("Redis holds this node's epoch %s again", self.epoch)
+        self._store_state, self._found_epoch = "ok", None
+
+    async def _adopt(self, epoch: str) -> None:
+        if epoch != self.epoch:
+            if self.epoch is None:
+                log.info("following cluster epoch %s", epoch)
+            else:
+                log.warning("following cluster epoch %s (was %s)", epoch, self.epoch)
+            self.health.forget()
+        self.epoch = epoch
+        self._bus.expect_epoch(epoch)
+        self._consistent()
+        await self._node.epoch_changed(epoch)
+
+    async def reseed(
+        self,
+        routes: Sequence[Route],
+        route_counters: Mapping[str, int],
+        backend_counters: Mapping[RouteKey, int],
+    ) -> dict[str, Any]:
+        """Write ``routes`` (this node's snapshot) back into a Redis that does not hold this
+        node's epoch, each route atomically and never over other content, then follow
+        Redis's epoch if nothing conflicted. When Redis holds this node's epoch, nothing is
+        written (a reseed would bring back routes deleted since through other nodes)."""
+        found = await self._bus.get_epoch()
+        report: dict[str, Any] = {
+            "epoch": found,
+            "previous_epoch": self.epoch,
+            "written": [],
+            "unchanged": [],
+            "conflicts": [],
+            "skipped": [],
+        }
+        if found is not None and found == self.epoch:
+            # Nothing to do, and nothing written: the snapshot could bring back routes
+            # deleted since through another node.
+            log.info("reseed: Redis holds this node's epoch %s, nothing to write", found)
+            return report
+        held = set(self._held)
+        if self._provisional or (not held and routes):
+            raise Unavailable("this node holds no lease yet: reseed once its leases are claimed")
+        # A Redis without an epoch gets a new one, never the old: a node that was away while
+        # Redis lost its data must not take the reseeded data for its own (it lacks that
+        # node's routes); it sees another epoch, and is reseeded (or adopts) in turn.
+        target = found if found is not None else await self._bus.claim_epoch(new_epoch())
+        report["epoch"] = target
+        for route in sorted(routes, key=lambda r: r.key):
+            ref = {"app": route.app, "route": route.id, "frontend_ip": route.frontend_ip}
+            if route.frontend_ip not in held:
+                report["skipped"].append({**ref, "reason": "this node does not hold its IP"})
+                continue
+            outcome, why = await self._bus.restore_route(
+                route,
+                target,
+                route_counters.get(route.app, 0),
+                backend_counters.get(route.key, 0),
+            )
+            if outcome == "conflict":
+                report["conflicts"].append({**ref, "port": route.port, "reason": why})
+            else:
+                report[outcome].append({**ref, "port": route.port})
+        log.warning(
+            "reseed into epoch %s: %d routes written, %d unchanged, %d conflicting, %d skipped",
+            target,
+            len(report["written"]),
+            len(report["unchanged"]),
+            len(report["conflicts"]),
+            len(report["skipped"]),
+        )
+        if not report["conflicts"]:
+            await self._adopt(target)
+        return report
+
+    async def adopt(self) -> dict[str, Any]:
+        """Follow whatever Redis holds now (an operator's decision): the routes this node
+        knew and Redis does not are stopped at the resync that follows."""
+        found = await self._bus.get_epoch()
+        previous = self.epoch
+        if found is None:
+            found = await self._bus.claim_epoch(new_epoch())
+        await self._adopt(found)
+        return {"epoch": found, "previous_epoch": previous}
 
     def default_ip(self) -> str | None:
         """The first of this node's frontend IPs that it serves now."""
@@ -341,10 +614,19 @@ class Cluster:
                 "frontend_ips": ips,
             }
         }
-        standby = len(self._held) < len(self._settings.frontend_ips)
+        for ip in self._provisional:
+            ips[ip] = {"lease": "provisional"}
+        details["cluster"]["epoch"] = self.epoch
+        details["cluster"]["store"] = self._store_state
+        if self._store_state == "foreign":
+            details["cluster"]["redis_epoch"] = self._found_epoch
+        standby = len(self._held) + len(self._provisional) < len(self._settings.frontend_ips)
         settling = self._synced < self._gained
         if not self._connected:
             details["status"] = "degraded"
+        elif self._store_state != "ok":
+            # Serving what it had; Redis needs a reseed (or an adopt) before it is followed.
+            details["status"] = self._store_state
         elif standby:
             details["status"] = "standby"
         return not standby and not settling, details
@@ -388,6 +670,18 @@ class Cluster:
             state, holder, left = await self._bus.acquire_lease(
                 ip, self.node_id, self._settings.lease_ttl
             )
+            if ip in self._provisional:
+                # Redis answers at last: the lease is confirmed (acquired below), or another
+                # node holds the IP now and this one stops serving it (standby).
+                self._provisional.discard(ip)
+                if not state:
+                    changed = True
+                    log.error(
+                        "frontend IP %s, served from the snapshot while Redis was away, is "
+                        "held by node %s: no longer serving it",
+                        ip,
+                        holder,
+                    )
             if state:
                 if ip not in self._held:
                     self._held[ip] = time.time()
@@ -452,6 +746,12 @@ class Cluster:
             try:
                 changed = await self._claim()
                 await self._register()
+                was = self._store_state
+                epoch = self.epoch
+                await self.check_epoch()
+                # Adopted (a node with nothing to lose) or back to its own epoch: follow it.
+                changed = changed or (was != "ok" and self._store_state == "ok")
+                changed = changed or epoch != self.epoch
             except Unavailable as err:
                 # Nobody can take the leases while Redis is away from everyone; if it is away
                 # from this node only, the IPs' routes have nowhere else to go either.
@@ -483,14 +783,20 @@ class Cluster:
         log.info("subscribed to %s", ", ".join(sorted(channels)) or "nothing (no lease held)")
         return subscription
 
-    async def _listen_forever(self, first: Subscription) -> None:
+    async def _listen_forever(self, first: Subscription | None) -> None:
         subscription: Subscription | None = first
         backoff = BACKOFF_MIN
         while True:
             try:
                 if subscription is None:
+                    # Leases first (a provisional one is confirmed or given up), then the
+                    # epoch: the node follows Redis only once both say it may.
+                    await self._claim()
+                    await self.check_epoch()
                     subscription = await self._subscribe()
-                    # What was published while nobody listened is gone: read it all.
+                    # What was published while nobody listened is gone: read it all, and
+                    # write the health Redis may have lost.
+                    self.health.forget()
                     await self._resync_all()
                     if not self._connected:
                         log.info("Redis is back: resynced")

@@ -37,3 +37,17 @@ class Provisioning(RestcpError):
         self.app = app
         self.route_id = route_id
         self.frontend_ip = frontend_ip
+
+
+class EpochMismatch(Unavailable):
+    """Redis does not hold the cluster this node knows (503): its epoch key is missing (Redis
+    came back empty) or holds another id. ``found`` is the epoch Redis has, or None."""
+
+    def __init__(self, expected: str, found: str | None) -> None:
+        what = "has no epoch (it lost its data)" if found is None else f"holds epoch {found}"
+        super().__init__(
+            f"Redis {what}, not this node's epoch {expected}: nothing is read from or written "
+            "to it until `restcp cluster reseed` (or `restcp cluster adopt`); see docs/cluster.md"
+        )
+        self.expected = expected
+        self.found = found

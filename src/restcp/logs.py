@@ -25,13 +25,17 @@ ACCESS_LOGGER = "restcp.access"
 # How late an access line may be written, and how much may wait.
 ACCESS_FLUSH_INTERVAL = 0.05
 ACCESS_FLUSH_BYTES = 64 * 1024
+# With several processes on one stderr: one line less than PIPE_BUF (4096), a write the
+# kernel never splits.
+SHARED_FLUSH_BYTES = 3 * 1024
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self) -> None:
+    def __init__(self, worker: int | None = None) -> None:
         super().__init__()
         # The "Z" the time carries promises UTC, wherever the formatter is built.
         self.converter = time.gmtime
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -45,6 +49,8 @@ class JsonFormatter(logging.Formatter):
             # An event's data never relabels the record it rides on.
             for key, value in fields.items():
                 line.setdefault(key, value)
+        if self.worker is not None:
+            line["worker"] = self.worker
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
@@ -63,6 +69,9 @@ class BufferedAccessHandler(logging.StreamHandler[TextIO]):
         super().__init__(stream)
         self._waiting: list[str] = []
         self._size = 0
+        # Bytes of access lines that may wait; a process sharing its stderr with others
+        # (--workers) keeps each write under PIPE_BUF so that lines never interleave.
+        self.flush_bytes = ACCESS_FLUSH_BYTES
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
         self._closed = False
@@ -76,7 +85,7 @@ class BufferedAccessHandler(logging.StreamHandler[TextIO]):
         self._waiting.append(line)
         if record.name == ACCESS_LOGGER and record.levelno < logging.WARNING:
             self._size += len(line)
-            if self._size < ACCESS_FLUSH_BYTES:
+            if self._size < self.flush_bytes:
                 if len(self._waiting) == 1:
                     self._wake_flusher()
                 return
@@ -124,12 +133,17 @@ class BufferedAccessHandler(logging.StreamHandler[TextIO]):
         super().close()
 
 
-def configure(level: str, fmt: str) -> None:
+def configure(level: str, fmt: str, worker: int | None = None) -> None:
+    """``worker``: the process's index under ``--workers N`` (0 for the main process), added
+    to every line (`` worker=N`` at the end of a text line, ``"worker"`` in JSON)."""
     handler = BufferedAccessHandler(sys.stderr)
+    if worker is not None:
+        handler.flush_bytes = SHARED_FLUSH_BYTES
     if fmt == "json":
-        formatter: logging.Formatter = JsonFormatter()
+        formatter: logging.Formatter = JsonFormatter(worker)
     else:
-        formatter = logging.Formatter(TEXT_FORMAT)
+        suffix = "" if worker is None else f" worker={worker}"
+        formatter = logging.Formatter(TEXT_FORMAT + suffix)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 import signal
 import socket
@@ -25,7 +27,15 @@ from restcp.cluster import Cluster
 from restcp.core import ports
 from restcp.core.policy import DEFAULT_DENY, AddressPolicy, parse_networks
 from restcp.core.reconcile import diff
-from restcp.errors import Conflict, Forbidden, InvalidSpec, NotFound, RestcpError, Unavailable
+from restcp.errors import (
+    Conflict,
+    EpochMismatch,
+    Forbidden,
+    InvalidSpec,
+    NotFound,
+    RestcpError,
+    Unavailable,
+)
 from restcp.health.checker import RouteChecks
 from restcp.metrics import CONTENT_TYPE_LATEST, BackendSample, Metrics, RouteSample, generate_latest
 from restcp.model import (
@@ -40,12 +50,15 @@ from restcp.proxy.listener import bind, is_address_taken
 from restcp.proxy.manager import ProxyManager
 from restcp.proxy.runtime import RouteRuntime
 from restcp.settings import Settings, read_token_file
-from restcp.store import Store, open_store
+from restcp.store import Snapshot, SnapshotData, Store, open_snapshot, open_store
+from restcp.workers import WorkerPool
 
 log = logging.getLogger("restcp.node")
 
 # Seconds the API waits for a backend's host name to resolve before answering 503.
 RESOLVE_TIMEOUT = 5.0
+# A backend no worker has counted yet.
+_NONE = (0, 0, 0, 0, 0)
 
 
 class Node:
@@ -56,10 +69,16 @@ class Node:
             allow=parse_networks(settings.backend_allow),
             deny=parse_networks((*DEFAULT_DENY, *settings.backend_deny)),
         )
+        # --workers N > 1: worker processes serve the same routes on SO_REUSEPORT sockets
+        # of the same ports; this process binds each port first, exclusively (409 if anyone
+        # else holds it), then lets them join (restcp/workers.py).
+        self.workers = WorkerPool(settings) if settings.workers > 1 else None
+        self._share = self.workers is not None
         self.proxy = ProxyManager(
             max_connections=settings.max_connections,
             max_connections_per_app=settings.max_connections_per_app,
             backend_refusal=self.backend_refusal,
+            binder=functools.partial(bind, share=self._share),
         )
         self.metrics = Metrics(self)
         # Active health checks of the routes this node serves, fed into their runtimes.
@@ -76,6 +95,13 @@ class Node:
         self.api_config: ApiConfig | None = None  # set by start(); SIGHUP rotates its token
         # With a shared store (Redis): leases, change notices, remote provisioning.
         self.cluster = Cluster.for_store(store, settings, self, lambda: len(self.proxy.running()))
+        # The routes this node serves as last read (from the store, or the snapshot at a
+        # start without Redis): what it serves on when the store cannot say, and what its
+        # snapshot file holds.
+        self._known: dict[RouteKey, Route] = {}
+        self.snapshot: Snapshot | None = None
+        if self.cluster is not None and settings.snapshot is not None:
+            self.snapshot = _open_snapshot(settings.snapshot)
 
     # -- the Owner protocol of the API ---------------------------------------------------
 
@@ -129,11 +155,13 @@ class Node:
             # Backends of other routes pointing at the new address are refused now: their
             # probes stop too.
             await self._sync_checks({route.key, *self._backends_on(port)})
+            await self._tell_workers(route.key)
+            await self._remember({route.key: route}, [])
             return route
 
     def _bind_requested(self, ip: str, port: int) -> socket.socket:
         try:
-            return bind(ip, port)
+            return bind(ip, port, share=self._share)
         except OSError as err:
             raise Conflict(f"port {port} of {ip} cannot be bound: {err.strerror}") from None
 
@@ -142,12 +170,16 @@ class Node:
         cursor = await self.store.get_port_cursor(ip)
         for port in ports.candidates(lo, hi, lo if cursor is None else cursor, used):
             try:
-                sock = bind(ip, port)
+                sock = bind(ip, port, share=self._share)
             except OSError as err:
                 if is_address_taken(err):
                     continue
                 raise
-            await self.store.set_port_cursor(ip, ports.next_cursor(lo, hi, port))
+            try:
+                await self.store.set_port_cursor(ip, ports.next_cursor(lo, hi, port))
+            except BaseException:
+                sock.close()  # the store refused (unreachable, another epoch): no leak
+                raise
             return port, sock
         raise Conflict(f"no free port left in {lo}-{hi} on {ip}")
 
@@ -159,6 +191,10 @@ class Node:
                 route: Route | None = await self.store.get_route(*key)
             except NotFound:
                 route = None
+            except EpochMismatch as err:
+                if self.cluster is not None:
+                    self.cluster.mismatch(err)
+                raise
             desired = {key: route} if route is not None and self._serves(route) else {}
             current = self.proxy.running().get(key)
             running = {} if current is None else {key: current}
@@ -167,6 +203,8 @@ class Node:
             # probed again.
             freed = self._backends_on(current.port) if current is not None else set()
             await self._sync_checks({key, *freed})
+            await self._tell_workers(key)
+            await self._remember(desired, [] if desired else [key])
         if publish and self.cluster is not None:
             await self.cluster.changed(key, route)
 
@@ -211,7 +249,17 @@ class Node:
                 raise Forbidden(f"backend address not allowed: {host} resolves to {refusal}")
 
     def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]:
-        return self.proxy.backend_status(key)
+        status = self.proxy.backend_status(key)
+        if self.workers is None:
+            return status
+        # Health as this process sees it (it probes for all); connections of every process.
+        counted = self.workers.counts(key)[1]
+        return {
+            backend_id: dataclasses.replace(
+                s, active_connections=s.active_connections + counted.get(backend_id, _NONE)[1]
+            )
+            for backend_id, s in status.items()
+        }
 
     def samples(self) -> Iterator[RouteSample]:
         """The data plane's counters, for the metrics collector (at scrape time)."""
@@ -224,20 +272,28 @@ class Node:
                 sums = live.setdefault(backend_id, [0, 0])
                 sums[0] += up
                 sums[1] += down
+            # The workers' counters (--workers), summed into this process's.
+            refused, counted = self.workers.counts(key) if self.workers else ({}, {})
+            for reason, n in runtime.refused.items():
+                refused[reason] = refused.get(reason, 0) + n
             yield RouteSample(
                 app=runtime.app,
                 route=runtime.route_id,
-                refused=dict(runtime.refused),
+                refused=refused,
                 backends=tuple(
                     BackendSample(
                         app=runtime.app,
                         route=runtime.route_id,
                         backend=m.id,
-                        connections_total=m.connections,
-                        connections_active=m.active,
-                        bytes_in=m.bytes_in + live.get(m.id, (0, 0))[0],
-                        bytes_out=m.bytes_out + live.get(m.id, (0, 0))[1],
-                        connect_failures=m.connect_failures,
+                        connections_total=m.connections + counted.get(m.id, _NONE)[0],
+                        connections_active=m.active + counted.get(m.id, _NONE)[1],
+                        bytes_in=m.bytes_in
+                        + live.get(m.id, (0, 0))[0]
+                        + counted.get(m.id, _NONE)[2],
+                        bytes_out=m.bytes_out
+                        + live.get(m.id, (0, 0))[1]
+                        + counted.get(m.id, _NONE)[3],
+                        connect_failures=m.connect_failures + counted.get(m.id, _NONE)[4],
                         health=m.health.state,
                     )
                     for m in runtime.members.values()
@@ -254,6 +310,9 @@ class Node:
         ]
         ready = self._started and not unbound
         details: dict[str, Any] = {"routes": len(self.proxy.running()), "unbound": unbound}
+        if self.workers is not None:
+            # A worker being restarted leaves the others serving: informative, not unready.
+            details["workers"] = self.workers.status()
         if self.cluster is not None:
             # Its "status" (degraded, standby) replaces the API's ok/starting.
             serving_all, cluster = self.cluster.readiness()
@@ -282,9 +341,133 @@ class Node:
     async def resync(self) -> None:
         """Make every listener match the store."""
         async with self._applying:
-            desired = {r.key: r for r in await self.store.all_routes() if self._serves(r)}
+            try:
+                routes = await self.store.all_routes()
+            except Unavailable as err:
+                # The store cannot say (unreachable, or a Redis without this node's epoch):
+                # serve on what is known, minus the frontend IPs no longer held. An epoch
+                # mismatch is the cluster's to report (/healthz), not a failure.
+                await self._serve_known()
+                if isinstance(err, EpochMismatch) and self.cluster is not None:
+                    self.cluster.mismatch(err)
+                    return
+                raise
+            desired = {r.key: r for r in routes if self._serves(r)}
             await self.proxy.apply(diff(desired, self.proxy.running()))
             await self._sync_checks()
+            if self.workers is not None:
+                self.workers.routes(self.proxy.running())
+                await self.workers.settle()
+            await self._remember(desired, [k for k in self._known if k not in desired])
+        if self.cluster is not None:
+            # Health Redis lacks (lost, or written while it was away) is written again.
+            self.cluster.health.mark(self.proxy.running())
+
+    async def _serve_known(self) -> None:
+        """Serve the routes known (the snapshot's, at a start without Redis) of the IPs this
+        node serves: stops those of an IP given up, binds those not bound yet."""
+        desired = {k: r for k, r in self._known.items() if self._serves(r)}
+        await self.proxy.apply(diff(desired, self.proxy.running()))
+        await self._sync_checks()
+        if self.workers is not None:
+            self.workers.routes(self.proxy.running())
+            await self.workers.settle()
+
+    async def _remember(self, routes: Mapping[RouteKey, Route], gone: Collection[RouteKey]) -> None:
+        """Record what the node now serves (``routes`` changed or new, ``gone`` removed), and
+        write the difference to the snapshot: only what changed, in one transaction."""
+        upserts = [r for k, r in routes.items() if self._known.get(k) != r]
+        deletes = [k for k in gone if k in self._known]
+        for key in deletes:
+            del self._known[key]
+        for route in upserts:
+            self._known[route.key] = route
+        if self.snapshot is not None and (upserts or deletes):
+            await self._write_snapshot(None, upserts, deletes)
+
+    async def _write_snapshot(
+        self, epoch: str | None, upserts: list[Route], deletes: list[RouteKey]
+    ) -> None:
+        assert self.snapshot is not None
+        try:
+            await self.snapshot.save_snapshot(epoch, upserts, deletes)
+        except Exception as err:
+            # The snapshot is a fallback: a full disk must not stop the node applying changes.
+            log.error("cannot write the snapshot %s: %s", self.settings.snapshot, err)
+
+    async def _load_snapshot(self) -> SnapshotData:
+        if self.snapshot is None or self.settings.snapshot is None:
+            return SnapshotData()
+        data = await _load(self.snapshot, self.settings.frontend_ips, self.settings.snapshot)
+        if data.epoch is not None:
+            log.info(
+                "snapshot %s: %d routes, cluster epoch %s",
+                self.settings.snapshot,
+                len(data.routes),
+                data.epoch,
+            )
+        return data
+
+    # -- what the cluster asks -------------------------------------------------------------
+
+    def protects(self) -> bool:
+        return bool(self._known) or bool(self.proxy.running())
+
+    def served(self) -> Collection[RouteKey]:
+        return list(self.proxy.running())
+
+    async def epoch_changed(self, epoch: str) -> None:
+        if self.snapshot is not None:
+            await self._write_snapshot(epoch, [], [])
+
+    def _health_changed(self, key: RouteKey) -> None:
+        if self.cluster is not None:
+            self.cluster.health_changed(key)
+
+    async def backend_statuses(self, route: Route) -> Mapping[int, BackendStatus]:
+        """Health and load of a route's backends: observed here if this node serves it,
+        else the health its node wrote to Redis (up/down; unknown if it wrote none)."""
+        if route.key in self.proxy.running() or self.cluster is None:
+            return self.backend_status(route.key)
+        try:
+            health = await self.cluster.remote_health(route.key)
+        except Unavailable:
+            return {}
+        return {b: BackendStatus(health="up" if h == "up" else "down") for b, h in health.items()}
+
+    async def reseed(self) -> tuple[bool, dict[str, Any]]:
+        """Write the routes this node knows (its snapshot) back into a Redis that lost them
+        or holds another epoch; (whether the node follows Redis again, the report)."""
+        if self.cluster is None:
+            raise Conflict("reseed is for a cluster on Redis: this node's store is embedded")
+        async with self._applying:
+            data = SnapshotData()
+            if self.snapshot is not None:
+                data = await self.snapshot.load_snapshot(self.settings.frontend_ips)
+            report = await self.cluster.reseed(
+                list(self._known.values()), data.route_counters, data.backend_counters
+            )
+        done = not report["conflicts"]
+        if done:
+            await self.resync()
+        return done, report
+
+    async def adopt(self) -> dict[str, Any]:
+        """Follow Redis's state as it is, giving up the routes it does not have."""
+        if self.cluster is None:
+            raise Conflict("adopt is for a cluster on Redis: this node's store is embedded")
+        async with self._applying:
+            report = await self.cluster.adopt()
+        await self.resync()
+        report["routes"] = len(self.proxy.running())
+        return report
+
+    async def _tell_workers(self, key: RouteKey) -> None:
+        """Have every worker serve ``key`` as this process does now, before the API answers
+        (called under ``_applying``, so the workers see changes in this process's order)."""
+        if self.workers is not None:
+            self.workers.route(key, self.proxy.running().get(key))
+            await self.workers.settle()
 
     def _backends_on(self, port: int) -> set[RouteKey]:
         """The routes with a backend on ``port``: the address policy may judge them anew."""
@@ -310,8 +493,10 @@ class Node:
                 await self._checks.pop(key)[1].close()
                 entry = None
             if entry is None and runtime is not None:
-                sink = _CheckSink(runtime, self.metrics)
+                sink = _CheckSink(runtime, self.metrics, self.workers)
                 entry = self._checks[key] = (sink, RouteChecks(sink, runtime.resolve))
+                # Health transitions go to Redis, for the other nodes' APIs.
+                runtime.on_health = self._health_changed
             if entry is not None:
                 probed = [
                     b
@@ -341,9 +526,20 @@ class Node:
                 log.exception("resync failed; retrying in %gs", self.settings.resync_interval)
 
     async def start(self) -> None:
-        if self.cluster is not None:
-            await self.cluster.start()
-        await self.resync()
+        if self.cluster is None:
+            await self.resync()
+        else:
+            data = await self._load_snapshot()
+            self._known = {r.key: r for r in data.routes}
+            # Without Redis, a node that has been part of a cluster serves its snapshot.
+            if await self.cluster.start(data.epoch, offline=data.epoch is not None):
+                await self.resync()
+            else:
+                async with self._applying:
+                    await self._serve_known()
+        if self.workers is not None:
+            # Each worker serves every route before the node says ready.
+            await self.workers.start(self.proxy.running())
         self._started = True
         self._resync_task = asyncio.create_task(self._resync_forever())
         self.api_config = ApiConfig.from_settings(self.settings)
@@ -353,6 +549,8 @@ class Node:
         sock = bind(self.settings.api_host, self.settings.api_port)
         host, port = sock.getsockname()[:2]
         self.api_address = (host, port)
+        if self.workers is not None:
+            self.workers.api_address(self.api_address)
         # The API's address is the node's own from now on: stored backends pointing at it
         # (checked before it existed) are refused, in the relay and in the probes.
         self.proxy.recheck_backends(port)
@@ -400,16 +598,25 @@ class Node:
                 await self.cluster.stop()
             if self._runner is not None:
                 await self._runner.cleanup()
+            if self.workers is not None:
+                # They stop accepting and drain alongside this process.
+                self.workers.begin_stop()
             for _, checks in self._checks.values():
                 await checks.close()
             self._checks.clear()
             await self.proxy.shutdown(self.settings.drain_timeout)
+            if self.workers is not None:
+                await self.workers.wait_stopped(self.settings.drain_timeout)
             if self.cluster is not None:
                 await self.cluster.release()
         finally:
             # Whatever went wrong above, the store's last writes are flushed and its files
             # released.
-            await self.store.close()
+            try:
+                if self.snapshot is not None:
+                    await self.snapshot.close()
+            finally:
+                await self.store.close()
         log.info("stopped")
 
 
@@ -460,6 +667,22 @@ async def _reload_on(signalled: asyncio.Event, node: Node) -> None:
         await node.reload()
 
 
+def _open_snapshot(path: str) -> Snapshot:
+    try:
+        return open_snapshot(path)
+    except Exception as err:
+        raise Unavailable(f"cannot open the snapshot {path}: {err}") from err
+
+
+async def _load(snapshot: Snapshot, frontend_ips: Collection[str], path: str) -> SnapshotData:
+    try:
+        return await snapshot.load_snapshot(frontend_ips)
+    except Exception as err:
+        # A damaged snapshot is no reason not to start: Redis has the truth.
+        log.error("cannot read the snapshot %s, starting without it: %s", path, err)
+        return SnapshotData()
+
+
 def _open_store(url: str) -> Store:
     try:
         return open_store(url)
@@ -472,12 +695,19 @@ def _open_store(url: str) -> Store:
 
 
 class _CheckSink:
-    """Probe results go to the route's runtime (health) and to the latency histogram."""
+    """Probe results go to the route's runtime (health), to the latency histogram, and to
+    the workers (--workers: only this process probes)."""
 
-    def __init__(self, runtime: RouteRuntime, metrics: Metrics) -> None:
+    def __init__(
+        self, runtime: RouteRuntime, metrics: Metrics, workers: WorkerPool | None = None
+    ) -> None:
         self.runtime = runtime
         self._metrics = metrics
+        self._workers = workers
 
     def check_result(self, backend_id: int, ok: bool, reason: str, latency: float) -> None:
         self._metrics.observe_check(self.runtime.app, self.runtime.route_id, backend_id, latency)
         self.runtime.check_result(backend_id, ok, reason, latency)
+        if self._workers is not None:
+            key = (self.runtime.app, self.runtime.route_id)
+            self._workers.check_result(key, backend_id, ok, reason, latency)

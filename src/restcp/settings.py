@@ -28,6 +28,9 @@ class Settings:
     # without being renewed (a dead node's IPs are taken over after this).
     provision_timeout: float = 5.0
     lease_ttl: float = 10.0
+    # Cluster (Redis store) only: the local file of what this node serves, which it serves
+    # from when it starts with Redis down, and writes back when Redis lost it; None: none.
+    snapshot: str | None = "restcp-snapshot.db"
     # Backend address policy: CIDRs allowed (empty: all not denied) and denied on top of
     # core.policy.DEFAULT_DENY.
     backend_allow: tuple[str, ...] = ()
@@ -50,6 +53,9 @@ class Settings:
     api_allowed_hosts: tuple[str, ...] = ()
     max_routes_per_app: int = 1000
     max_backends_per_route: int = 100
+    # Data-plane processes: 1 is this process alone; N > 1 adds N-1 workers that serve the
+    # same routes on SO_REUSEPORT sockets (restcp/workers.py).
+    workers: int = 1
 
     def exposed_without_token(self) -> bool:
         """Whether anyone beyond this machine may reach an API that asks for no token."""

@@ -61,18 +61,29 @@ def raw_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def start_node(redis_server: RedisServer) -> Iterator[StartNode]:
+def start_node(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartNode]:
     """``start_node(ip, *extra)``: a node serving ``ip`` on the test's Redis, ready; every
-    node started is stopped (or reaped, if the test killed it) at teardown."""
+    node started is stopped (or reaped, if the test killed it) at teardown. Each node has
+    a snapshot file of its own in the test's directory, unless ``snapshot`` names one (a
+    node restarted in a test passes the path of the one it replaces)."""
     started: list[Node] = []
 
-    def start(ip: str, *extra: str, ready: bool = True, ports: int = 20, **kw: Any) -> Node:
+    def start(
+        ip: str,
+        *extra: str,
+        ready: bool = True,
+        ports: int = 20,
+        snapshot: Path | None = None,
+        **kw: Any,
+    ) -> Node:
         lo, hi = free_port_range(ports)
+        snapshot = snapshot or tmp_path / f"snapshot-{len(started)}.db"
         node = Node(
             "--api", "127.0.0.1:0",
             "--store", redis_server.url(prefix=PREFIX),
             "--frontend-ip", ip,
             "--port-range", f"{lo}-{hi}",
+            "--snapshot", str(snapshot),
             # Long unless a test says otherwise: a change seen at once came by pub/sub.
             "--resync-interval", "30",
             "--log-level", "debug",

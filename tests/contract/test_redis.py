@@ -30,7 +30,7 @@ IP = "127.0.0.1"
 IP6 = "::1"
 DEFAULT = RouteSettings()
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cluster.md"
-# Written by the owning node's health checker, which does not exist yet.
+# Written by the node serving a route (put_backend_health), after health transitions.
 HEALTH_LISTS = {"route:<app>:<route>:backends_live", "route:<app>:<route>:backends_dead"}
 
 
@@ -107,6 +107,7 @@ def test_the_doc_table_covers_every_key_family() -> None:
         "tokens": "hash",
         "app:<app>:token_counter": "string",
         "app:<app>:tokens": "hash",
+        "epoch": "string",
     }
 
 
@@ -116,9 +117,10 @@ def test_keys_types_and_values_are_as_documented(store: SyncStore, raw_redis: re
     store.create_route("billing", IP, 10002, DEFAULT)
     for port in (8080, 8081, 8082):
         store.add_backend("web", 1, Backend(0, "10.0.1.7", port, weight=3))
-    # The health lists are the owning node's to write; create them as it will.
-    raw_redis.rpush("restcp:route:web:1:backends_live", 1, 2)
-    raw_redis.rpush("restcp:route:web:1:backends_dead", 2, 3)
+    # The health lists, as the node serving the route writes them; the epoch, as the
+    # first node of a cluster claims it.
+    assert store.put_backend_health("web", 1, [1, 2], [3]) is True
+    assert store.claim_epoch("e1") == "e1"
     store.delete_backend("web", 1, 2)
     store.set_port_cursor(IP, 10003)
     web_hash, billing_hash = "ab" * 32, "cd" * 32
@@ -154,6 +156,7 @@ def test_keys_types_and_values_are_as_documented(store: SyncStore, raw_redis: re
     assert json.loads(web_tokens["2"]) == {"hash": web_hash, "created_at": 1764181343.25}
     # Tokens do not make an app: "billing" is in apps for its route, not its token.
     assert "app:billing:tokens" in keys
+    assert keys["epoch"] == ("string", "e1")
     # delete_backend took its id out of the health lists too.
     assert keys["route:web:1:backends_live"] == ("list", ["1"])
     assert keys["route:web:1:backends_dead"] == ("list", ["3"])

@@ -23,6 +23,9 @@ def start(
     args = serve_args(tmp_path / "restcp.db", lo, hi)
     if store is not None:
         args[args.index("--store") + 1] = store
+        # A snapshot of this test's own: one in the working directory would carry another
+        # test's cluster epoch.
+        args += ["--snapshot", str(tmp_path / "snapshot.db")]
     return start_node(
         *args,
         "--max-routes-per-app", str(routes),

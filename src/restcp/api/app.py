@@ -46,6 +46,7 @@ from restcp.api.schemas import (
 )
 from restcp.errors import (
     Conflict,
+    EpochMismatch,
     Forbidden,
     InvalidSpec,
     NotFound,
@@ -97,6 +98,16 @@ class Owner(Protocol):
 
     async def nodes(self) -> list[dict[str, Any]]:
         """The live nodes sharing the store (this one alone with an embedded store)."""
+
+    async def backend_statuses(self, route: Route) -> Mapping[int, BackendStatus]:
+        """As backend_status, and for a route another node serves, the health that node
+        wrote to the shared store."""
+
+    async def reseed(self) -> tuple[bool, dict[str, Any]]:
+        """Write this node's snapshot back into the shared store: (done, report)."""
+
+    async def adopt(self) -> dict[str, Any]:
+        """Follow the shared store's state as it is."""
 
 
 # -- JSON shapes -------------------------------------------------------------------------
@@ -161,6 +172,7 @@ _STATUS: dict[type[RestcpError], int] = {
     Conflict: 409,
     InvalidSpec: 422,
     Unavailable: 503,
+    EpochMismatch: 503,
 }
 
 
@@ -287,10 +299,25 @@ class Api:
             # IPs and Redis errors (which name its address) are not theirs to see.
             body.pop("unbound", None)
             body.pop("cluster", None)
+            body.pop("workers", None)
         return _json(body, 200 if ready else 503)
 
     async def nodes(self, request: web.Request) -> web.Response:
         return _json(await self.owner.nodes())
+
+    async def reseed(self, request: web.Request) -> web.Response:
+        done, report = await self.owner.reseed()
+        if not done:
+            detail = (
+                f"{len(report['conflicts'])} routes conflict with what Redis holds: not "
+                "written, and the node keeps serving its snapshot; remove or change them "
+                "in Redis and reseed again, or adopt Redis's state"
+            )
+            return problem(409, detail, **report)
+        return _json(report)
+
+    async def adopt(self, request: web.Request) -> web.Response:
+        return _json(await self.owner.adopt())
 
     async def list_apps(self, request: web.Request) -> web.Response:
         apps = await self.store.list_apps()
@@ -329,7 +356,8 @@ class Api:
 
     async def get_route(self, request: web.Request) -> web.Response:
         app, route_id = path_app(request), path_id(request, "route", "route")
-        return _json(self._route_json(await self.store.get_route(app, route_id)))
+        route = await self.store.get_route(app, route_id)
+        return _json(route_json(route, await self.owner.backend_statuses(route)))
 
     async def patch_route(self, request: web.Request) -> web.Response:
         app, route_id = path_app(request), path_id(request, "route", "route")
@@ -347,7 +375,7 @@ class Api:
 
     async def list_backends(self, request: web.Request) -> web.Response:
         route = await self._route(request)
-        statuses = self.owner.backend_status(route.key)
+        statuses = await self.owner.backend_statuses(route)
         return _json([backend_json(b, statuses.get(b.id)) for b in route.backends])
 
     async def add_backend(self, request: web.Request) -> web.Response:
@@ -373,7 +401,8 @@ class Api:
     async def get_backend(self, request: web.Request) -> web.Response:
         route = await self._route(request)
         backend = self._backend(route, request)
-        return _json(backend_json(backend, self.owner.backend_status(route.key).get(backend.id)))
+        statuses = await self.owner.backend_statuses(route)
+        return _json(backend_json(backend, statuses.get(backend.id)))
 
     async def replace_backend(self, request: web.Request) -> web.Response:
         route = await self._route(request)

@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from restcp.api.schemas import (
+    AdoptOut,
     AppOut,
     BackendBody,
     BackendCreated,
@@ -25,6 +26,7 @@ from restcp.api.schemas import (
     BackendPatchBody,
     HealthOut,
     NodeOut,
+    ReseedOut,
     RouteBody,
     RouteOut,
     RouteSettingsBody,
@@ -136,8 +138,10 @@ _SET_BACKEND_PROBLEMS = {403: "the backend's address is in a network the node's 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET", "/healthz", "healthz", "Readiness of this node", "public",
-        (Reply(200, "every stored route of this node is bound", HealthOut),
-         Reply(503, "starting, or a stored route's port cannot be bound", HealthOut)),
+        (Reply(200, "every stored route of this node is bound (status ok; or degraded, "
+                    "empty, foreign with a Redis store: serving, see docs/cluster.md)",
+               HealthOut),
+         Reply(503, "starting, standby, or a stored route's port cannot be bound", HealthOut)),
     ),
     Endpoint(
         "GET", "/openapi.json", "openapi", "This document", "public",
@@ -150,6 +154,24 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET", "/nodes", "nodes", "The cluster's live nodes and their frontend IPs", "admin",
         (Reply(200, "each live node; with an embedded store, this one", NodeOut, array=True),),
+    ),
+    Endpoint(
+        "POST", "/cluster/reseed", "reseed",
+        "Write this node's snapshot back into a Redis that lost it", "admin",
+        (Reply(200, "every route written or found identical, and the node follows Redis "
+                    "again; nothing written when Redis holds the node's epoch already",
+               ReseedOut),),
+        problems={
+            409: "the store is embedded, or routes conflict with what Redis holds (the "
+            "report is in the problem: written, unchanged, conflicts, skipped)",
+            503: "Redis is unreachable, or the node holds no lease yet",
+        },
+    ),
+    Endpoint(
+        "POST", "/cluster/adopt", "adopt",
+        "Follow Redis's state as it is, giving up routes it lacks", "admin",
+        (Reply(200, "the epoch followed now", AdoptOut),),
+        problems={409: "the store is embedded", 503: "Redis is unreachable"},
     ),
     Endpoint(
         "GET", "/apps", "list_apps", "List apps with their route counts", "admin",

@@ -244,10 +244,13 @@ class UnboundRoute(_Out):
 
 
 class HealthOut(_Out):
-    status: Literal["ok", "starting", "degraded", "standby"] = Field(
+    status: Literal["ok", "starting", "degraded", "standby", "empty", "foreign"] = Field(
         description="Redis store only: degraded (200) while Redis is unreachable, the routes "
-        "relaying on as last configured; standby (503) while another node holds the lease "
-        "of one of this node's frontend IPs"
+        "relaying on as last configured (or as the snapshot has them, after a start without "
+        "Redis); empty (200) when Redis lost its data (no epoch) and foreign (200) when it "
+        "holds another cluster epoch: the node serves on what it had and needs "
+        "`restcp cluster reseed` or `adopt`; standby (503) while another node holds the "
+        "lease of one of this node's frontend IPs"
     )
     routes: int = Field(description="routes this node serves")
     unbound: list[UnboundRoute] = Field(
@@ -276,6 +279,36 @@ class NodeOut(_Out):
     routes_serving: int = Field(description="routes it has bound")
     started_at: float | None = None
     last_seen: float | None = Field(None, description="seconds since its last heartbeat")
+
+
+class ReseedRoute(_Out):
+    app: str
+    route: int
+    frontend_ip: str
+    port: int | None = None
+    reason: str | None = Field(None, description="why it was not written (conflicts, skipped)")
+
+
+class ReseedOut(_Out):
+    """What ``POST /cluster/reseed`` wrote back into Redis (docs/cluster.md)."""
+
+    epoch: str = Field(description="the cluster epoch Redis holds now")
+    previous_epoch: str | None = Field(description="the epoch this node followed before")
+    written: list[ReseedRoute] = Field(description="routes written, with their ids and ports")
+    unchanged: list[ReseedRoute] = Field(description="routes Redis held already, identical")
+    conflicts: list[ReseedRoute] = Field(
+        description="routes Redis holds with other content (or another route on their "
+        "address): not written; with any, the answer is 409 and the node does not follow Redis"
+    )
+    skipped: list[ReseedRoute] = Field(description="routes of IPs this node holds no lease of")
+
+
+class AdoptOut(_Out):
+    """What ``POST /cluster/adopt`` did."""
+
+    epoch: str = Field(description="the cluster epoch this node follows now")
+    previous_epoch: str | None
+    routes: int = Field(description="routes this node serves after following Redis")
 
 
 class TokenCreated(_Out):

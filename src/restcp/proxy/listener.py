@@ -30,8 +30,16 @@ ACCEPT_RETRY = 0.1
 _OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
-def bind(ip: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on ip:port; OSError (EADDRINUSE...) if it cannot be had."""
+def bind(ip: str, port: int, *, share: bool = False, join: bool = False) -> socket.socket:
+    """A listening-ready TCP socket on ip:port; OSError (EADDRINUSE...) if it cannot be had.
+
+    ``share`` (the main process of ``--workers N``): bound exclusively, by the ordinary
+    rules, so a port anyone else holds, with or without SO_REUSEPORT, is refused; then
+    SO_REUSEPORT is set before listen(), which lets the workers join. ``join`` (a worker):
+    SO_REUSEPORT before bind, so the bind succeeds next to the main process's socket.
+    Linux spreads new connections over the listening sockets of the group; a socket only
+    bound, not listening, gets none.
+    """
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -40,7 +48,11 @@ def bind(ip: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if join:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((ip, port))
+        if share:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.listen(BACKLOG)
         sock.setblocking(False)
     except BaseException:

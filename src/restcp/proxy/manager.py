@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
 from restcp.core.reconcile import Action, Start, Stop, Update
@@ -22,8 +22,11 @@ class ProxyManager:
         max_connections: int | None = None,
         max_connections_per_app: int | None = None,
         backend_refusal: BackendRefusal = lambda ip, port: None,
+        binder: Callable[[str, int], socket.socket] = bind,
     ) -> None:
         self._listeners: dict[RouteKey, Listener] = {}
+        # How a stored route's port is bound: plainly, or with SO_REUSEPORT (--workers).
+        self._bind = binder
         # The routes of _listeners, and the routes with a backend on each port: indexes kept
         # as listeners come, change and go, so that a route change costs that route's work,
         # not a walk over every route of the node (10,000 of them).
@@ -101,7 +104,7 @@ class ProxyManager:
 
     async def _start(self, route: Route) -> None:
         try:
-            sock = bind(route.frontend_ip, route.port)
+            sock = self._bind(route.frontend_ip, route.port)
         except OSError as err:
             if self.unbound.get(route.key) != str(err):
                 log.error(

@@ -148,6 +148,9 @@ class RouteRuntime:
         self._admitting: Relay | None = None
         # Whether any member has a max_connections: pick() skips its scan when none does.
         self._limited = False
+        # Told the route's key after each health transition (the node writes it to the
+        # cluster's store, later: it must only take note).
+        self.on_health: Callable[[tuple[str, int]], None] | None = None
         self._apply(route, first=True)
 
     # -- configuration -------------------------------------------------------------------
@@ -438,6 +441,8 @@ class RouteRuntime:
                 }},
             )  # fmt: skip
             self._recompute()
+            if self.on_health is not None:
+                self.on_health((self.app, self.route_id))
 
     def finished(self, relay: Relay) -> None:
         self.relays.discard(relay)

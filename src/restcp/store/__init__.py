@@ -7,9 +7,17 @@ import importlib
 from urllib.parse import urlsplit
 
 from restcp.errors import InvalidSpec
-from restcp.store.base import AppInfo, Store, TokenInfo
+from restcp.store.base import AppInfo, Snapshot, SnapshotData, Store, TokenInfo
 
-__all__ = ["AppInfo", "Store", "TokenInfo", "open_store"]
+__all__ = [
+    "AppInfo",
+    "Snapshot",
+    "SnapshotData",
+    "Store",
+    "TokenInfo",
+    "open_snapshot",
+    "open_store",
+]
 
 # scheme -> "module:factory"; each factory takes the URL and returns an opened Store.
 _IMPLEMENTATIONS = {
@@ -30,3 +38,10 @@ def open_store(url: str) -> Store:
     module_name, factory = target.split(":")
     store: Store = getattr(importlib.import_module(module_name), factory)(url)
     return store
+
+
+def open_snapshot(path: str) -> Snapshot:
+    """The local snapshot of a cluster node: a SQLite file (``:memory:`` for none on disk)."""
+    from restcp.store.sqlite import SqliteStore
+
+    return SqliteStore(path)

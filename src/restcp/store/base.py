@@ -11,10 +11,11 @@ Every implementation keeps these rules, and tests/contract runs one suite agains
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from restcp.model import Backend, Route, RouteSettings
+from restcp.model import Backend, Route, RouteKey, RouteSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +84,33 @@ class Store(Protocol):
 
     async def find_token(self, token_hash: str) -> TokenInfo | None:
         """The token stored under ``token_hash``, or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotData:
+    """What a node of a Redis cluster last served, kept in a local file: enough to serve it
+    again with Redis down, and to write it back into a Redis that lost it (reseed)."""
+
+    # The cluster epoch the routes were read under; None before the node saw one.
+    epoch: str | None = None
+    routes: tuple[Route, ...] = ()
+    # The highest route id given out per app, and backend id per route, that the snapshot
+    # has seen (never lower than the ids it holds; deleted ids count too).
+    route_counters: dict[str, int] = field(default_factory=dict)
+    backend_counters: dict[RouteKey, int] = field(default_factory=dict)
+
+
+class Snapshot(Protocol):
+    """A node's local copy of the routes it serves (store/sqlite.py keeps one in SQLite).
+    Routes are written and removed one by one, so several nodes (of different frontend
+    IPs) may share a file; each reads back the routes of its own frontend IPs."""
+
+    async def load_snapshot(self, frontend_ips: Collection[str]) -> SnapshotData: ...
+
+    async def save_snapshot(
+        self, epoch: str | None, upserts: Iterable[Route], deletes: Iterable[RouteKey]
+    ) -> None:
+        """In one transaction: store ``epoch`` (None keeps the one stored), replace each
+        route of ``upserts`` with its backends, remove ``deletes``. Counters only grow."""
+
+    async def close(self) -> None: ...

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import time
 from collections import deque
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, cast
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -31,7 +31,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
-from restcp.errors import Conflict, InvalidSpec, NotFound, Unavailable
+from restcp.errors import Conflict, EpochMismatch, InvalidSpec, NotFound, Unavailable
 from restcp.model import Backend, Route, RouteSettings
 from restcp.store.base import AppInfo, TokenInfo
 from restcp.store.codec import (
@@ -222,6 +222,7 @@ class Keys:
         self.port_cursors = f"{prefix}port_cursors"
         self.tokens = f"{prefix}tokens"
         self.nodes = f"{prefix}nodes"
+        self.epoch = f"{prefix}epoch"
 
     def route_counter(self, app: str) -> str:
         return f"{self.prefix}app:{app_segment(app)}:route_counter"
@@ -502,14 +503,120 @@ return out
 """
 
 
+# Put before a guarded script: with an epoch expected (the last ARGV; the epoch key is the
+# one before it), a Redis that holds another epoch, or none, is not touched at all.
+_EPOCH_GUARD = """
+local epoch_expected = ARGV[#ARGV]
+if epoch_expected ~= '' then
+  local epoch_found = redis.call('GET', ARGV[#ARGV - 1])
+  if epoch_found ~= epoch_expected then
+    return redis.error_reply('RESTCP_EPOCH ' .. (epoch_found or ''))
+  end
+end
+"""
+_EPOCH_ERROR = "RESTCP_EPOCH"
+
+
+# KEYS: port_cursors; ARGV: ip, cursor. A script for the epoch guard only.
+_SET_PORT_CURSOR = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: route_counter. A script for the epoch guard only.
+_RESERVE_ROUTE_ID = """
+return redis.call('INCR', KEYS[1])
+"""
+
+# KEYS: epoch; ARGV: a new epoch id. The epoch stored after: the one given if there was none.
+_CLAIM_EPOCH = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+"""
+
+# KEYS: apps, route_counter, app_routes, frontend_ips, ip_routes, ip_ports, route,
+#       backend_counter, backends, epoch
+# ARGV: prefix, app, id, ip, port, settings, route counter at least, backend counter at
+#       least, epoch, then (backend id, ip, port, settings) for each backend.
+# Writes a route with its ids as a node's snapshot has it (reseed), never over another
+# one: {1, ''} written, {2, ''} stored already exactly so, {0, why} conflicting content
+# (nothing written), {-1, epoch found} Redis holds another epoch (nothing written).
+_RESTORE_ROUTE = """
+local found = redis.call('GET', KEYS[10])
+if found ~= ARGV[9] then return {-1, found or ''} end
+local function at_least(key, value)
+  if tonumber(redis.call('GET', key) or '0') < tonumber(value) then
+    redis.call('SET', key, value)
+  end
+end
+local member = ARGV[2] .. ':' .. ARGV[3]
+local r = redis.call('HMGET', KEYS[7], 'ip', 'port', 'settings')
+if r[1] then
+  if r[1] ~= ARGV[4] or r[2] ~= ARGV[5] or r[3] ~= ARGV[6] then
+    return {0, 'stored with another address or other settings'}
+  end
+  local count = 0
+  for i = 10, #ARGV, 4 do
+    count = count + 1
+    local b = redis.call('HMGET', KEYS[7] .. ':backend:' .. ARGV[i], 'ip', 'port', 'settings')
+    if redis.call('SISMEMBER', KEYS[9], ARGV[i]) == 0 or b[1] ~= ARGV[i + 1]
+        or b[2] ~= ARGV[i + 2] or b[3] ~= ARGV[i + 3] then
+      return {0, 'stored with other backends'}
+    end
+  end
+  if redis.call('SCARD', KEYS[9]) ~= count then return {0, 'stored with other backends'} end
+  at_least(KEYS[2], ARGV[7])
+  at_least(KEYS[8], ARGV[8])
+  return {2, ''}
+end
+local owner = redis.call('HGET', KEYS[6], ARGV[5])
+if owner then return {0, 'its address is used by route ' .. owner} end
+redis.call('HSET', KEYS[7], 'ip', ARGV[4], 'port', ARGV[5], 'settings', ARGV[6])
+for i = 10, #ARGV, 4 do
+  redis.call('HSET', KEYS[7] .. ':backend:' .. ARGV[i], 'ip', ARGV[i + 1], 'port', ARGV[i + 2],
+             'settings', ARGV[i + 3])
+  redis.call('SADD', KEYS[9], ARGV[i])
+end
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('SADD', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[4])
+redis.call('SADD', KEYS[5], member)
+redis.call('HSET', KEYS[6], ARGV[5], member)
+at_least(KEYS[2], ARGV[7])
+at_least(KEYS[8], ARGV[8])
+return {1, ''}
+"""
+
+# KEYS: route, backends, backends_live, backends_dead; ARGV: live count, dead count, the
+# live ids, the dead ids. Replaces both lists, keeping only ids of the route's backends;
+# 0 (nothing written) if the route is gone.
+_PUT_HEALTH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[3], KEYS[4])
+local live, dead = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 3, 2 + live + dead do
+  if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 1 then
+    redis.call('RPUSH', i <= 2 + live and KEYS[3] or KEYS[4], ARGV[i])
+  end
+end
+return 1
+"""
+
+
 class _Script:
     """A registered script with a typed call: EVALSHA, and SCRIPT LOAD on NOSCRIPT (a new
-    or restarted server, a Sentinel failover)."""
+    or restarted server, a Sentinel failover). ``guard``: the script runs only while Redis
+    holds the epoch it returns (epoch key, expected epoch; '' expects nothing)."""
 
-    def __init__(self, client: Redis, source: str) -> None:
-        self._script = client.register_script(source)
+    def __init__(
+        self, client: Redis, source: str, guard: Callable[[], tuple[str, str]] | None = None
+    ) -> None:
+        self._guard = guard
+        self._script = client.register_script(source if guard is None else _EPOCH_GUARD + source)
 
     async def __call__(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        if self._guard is not None:
+            args = [*args, *self._guard()]
         return await self._script(keys=keys, args=args)
 
 
@@ -605,22 +712,31 @@ class RedisStore:
         self._target = target
         self._closed = False
         self.keys = Keys(target.prefix)
-        self._get_route = _Script(client, _GET_ROUTE)
-        self._list_routes = _Script(client, _LIST_ROUTES)
-        self._all_routes = _Script(client, _ALL_ROUTES)
-        self._list_apps = _Script(client, _LIST_APPS)
-        self._create_route = _Script(client, _CREATE_ROUTE)
-        self._update_route = _Script(client, _UPDATE_ROUTE)
-        self._delete_route = _Script(client, _DELETE_ROUTE)
-        self._add_backend = _Script(client, _ADD_BACKEND)
-        self._update_backend = _Script(client, _UPDATE_BACKEND)
-        self._delete_backend = _Script(client, _DELETE_BACKEND)
-        self._create_token = _Script(client, _CREATE_TOKEN)
-        self._delete_token = _Script(client, _DELETE_TOKEN)
+        # The epoch this store's reads and writes of the desired state expect (None: any,
+        # until the node has decided which cluster it belongs to): see expect_epoch.
+        self._epoch: str | None = None
+        guard = self._epoch_args
+        self._get_route = _Script(client, _GET_ROUTE, guard)
+        self._list_routes = _Script(client, _LIST_ROUTES, guard)
+        self._all_routes = _Script(client, _ALL_ROUTES, guard)
+        self._list_apps = _Script(client, _LIST_APPS, guard)
+        self._create_route = _Script(client, _CREATE_ROUTE, guard)
+        self._update_route = _Script(client, _UPDATE_ROUTE, guard)
+        self._delete_route = _Script(client, _DELETE_ROUTE, guard)
+        self._add_backend = _Script(client, _ADD_BACKEND, guard)
+        self._update_backend = _Script(client, _UPDATE_BACKEND, guard)
+        self._delete_backend = _Script(client, _DELETE_BACKEND, guard)
+        self._create_token = _Script(client, _CREATE_TOKEN, guard)
+        self._delete_token = _Script(client, _DELETE_TOKEN, guard)
         self._find_token = _Script(client, _FIND_TOKEN)
+        self._set_port_cursor = _Script(client, _SET_PORT_CURSOR, guard)
+        self._reserve_route_id = _Script(client, _RESERVE_ROUTE_ID, guard)
+        self._claim_epoch = _Script(client, _CLAIM_EPOCH)
+        self._restore_route = _Script(client, _RESTORE_ROUTE)
+        self._put_health = _Script(client, _PUT_HEALTH, guard)
         self._acquire_lease = _Script(client, _ACQUIRE_LEASE)
         self._release_lease = _Script(client, _RELEASE_LEASE)
-        self._create_reserved_route = _Script(client, _CREATE_RESERVED_ROUTE)
+        self._create_reserved_route = _Script(client, _CREATE_RESERVED_ROUTE, guard)
         self._put_node = _Script(client, _PUT_NODE)
         self._list_nodes = _Script(client, _LIST_NODES)
         # How long a new subscription may take to be confirmed: a reply's patience.
@@ -651,6 +767,15 @@ class RedisStore:
             redis.exceptions.ReadOnlyError,
         ) as err:
             raise Unavailable(f"store {self._target.describe()} is unavailable: {err}") from err
+        except redis.exceptions.ResponseError as err:
+            text = str(err)
+            if not text.startswith(_EPOCH_ERROR) or self._epoch is None:
+                raise
+            found = text.removeprefix(_EPOCH_ERROR).strip() or None
+            raise EpochMismatch(self._epoch, found) from None
+
+    def _epoch_args(self) -> tuple[str, str]:
+        return self.keys.epoch, self._epoch or ""
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -786,7 +911,7 @@ class RedisStore:
 
     async def set_port_cursor(self, frontend_ip: str, cursor: int) -> None:
         with self._reachable():
-            await cast(Any, self._client.hset(self.keys.port_cursors, frontend_ip, cursor))
+            await self._set_port_cursor([self.keys.port_cursors], [frontend_ip, cursor])
 
     # -- API tokens --------------------------------------------------------------------------
 
@@ -898,7 +1023,7 @@ class RedisStore:
         """Give out the app's next route id for a route another node will store
         (``create_reserved_route``); an id whose route is never stored stays unused."""
         with self._reachable():
-            return int(await cast(Any, self._client.incr(self.keys.route_counter(app))))
+            return int(await self._reserve_route_id([self.keys.route_counter(app)], []))
 
     async def create_reserved_route(
         self,
@@ -994,6 +1119,111 @@ class RedisStore:
                     pipe.scard(self.keys.ip_routes(ip))
                 counts = await pipe.execute()
         return {ip: int(n) for ip, n in zip(ips, counts, strict=True)}
+
+    # -- epoch, reseed and health (docs/cluster.md) -------------------------------------------
+
+    def expect_epoch(self, epoch: str | None) -> None:
+        """From now on every read and write of the desired state runs only while Redis holds
+        ``epoch``, and raises EpochMismatch otherwise (None: no check)."""
+        self._epoch = epoch
+
+    @property
+    def expected_epoch(self) -> str | None:
+        return self._epoch
+
+    @property
+    def identity(self) -> str:
+        """Which cluster this is, for logs: the address and prefix, never the password."""
+        return f"{self._target.describe()}?prefix={self.keys.prefix}"
+
+    async def get_epoch(self) -> str | None:
+        with self._reachable():
+            epoch = await cast(Any, self._client.get(self.keys.epoch))
+        return None if epoch is None else str(epoch)
+
+    async def claim_epoch(self, candidate: str) -> str:
+        """Store ``candidate`` as the epoch if Redis has none (SETNX); the epoch stored."""
+        with self._reachable():
+            return str(await self._claim_epoch([self.keys.epoch], [candidate]))
+
+    async def restore_route(
+        self, route: Route, epoch: str, route_counter: int = 0, backend_counter: int = 0
+    ) -> tuple[str, str]:
+        """Write ``route`` with its ids, port and backends if Redis holds ``epoch`` and no
+        other content under its id or address; raise the counters to at least the ids (and
+        the given counters). ("written" | "unchanged" | "conflict", why)."""
+        k = self.keys
+        app, route_id = route.app, route.id
+        args: list[str | int] = [
+            k.prefix,
+            app_segment(app),
+            route_id,
+            route.frontend_ip,
+            route.port,
+            dump_route_settings(route.settings),
+            max(route_counter, route_id),
+            max([backend_counter, *(b.id for b in route.backends)]),
+            epoch,
+        ]
+        for backend in route.backends:
+            args += [backend.id, backend.ip, backend.port, dump_backend_settings(backend)]
+        with self._reachable():
+            status, detail = await self._restore_route(
+                [
+                    k.apps,
+                    k.route_counter(app),
+                    k.app_routes(app),
+                    k.frontend_ips,
+                    k.ip_routes(route.frontend_ip),
+                    k.ip_ports(route.frontend_ip),
+                    k.route(app, route_id),
+                    k.backend_counter(app, route_id),
+                    k.backends(app, route_id),
+                    k.epoch,
+                ],
+                args,
+            )
+        status = int(status)
+        if status == -1:
+            raise EpochMismatch(epoch, str(detail) or None)
+        if status == 0:
+            owner = str(detail)
+            if owner.startswith("its address is used by route "):
+                owner_app, _, owner_id = owner.removeprefix(
+                    "its address is used by route "
+                ).rpartition(":")
+                owner = f"its address is used by route {owner_id} of app {unquote(owner_app)!r}"
+            return "conflict", owner
+        return ("written" if status == 1 else "unchanged"), ""
+
+    async def put_backend_health(
+        self, app: str, route_id: int, live: Sequence[int], dead: Sequence[int]
+    ) -> bool:
+        """Replace the route's ``backends_live`` and ``backends_dead`` lists; False if the
+        route is not stored (nothing written)."""
+        k = self.keys
+        with self._reachable():
+            written = await self._put_health(
+                [
+                    k.route(app, route_id),
+                    k.backends(app, route_id),
+                    k.backends_live(app, route_id),
+                    k.backends_dead(app, route_id),
+                ],
+                [len(live), len(dead), *live, *dead],
+            )
+        return bool(written)
+
+    async def backend_health(self, app: str, route_id: int) -> dict[int, str]:
+        """backend id -> "up" or "down", as the route's serving node last wrote them."""
+        with self._reachable():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.lrange(self.keys.backends_live(app, route_id), 0, -1)
+                pipe.lrange(self.keys.backends_dead(app, route_id), 0, -1)
+                live, dead = await pipe.execute()
+        health = {int(b): "down" for b in dead}
+        health.update({int(b): "up" for b in live})
+        return health
 
     @staticmethod
     def _found(status: int, app: str, route_id: int, backend_id: int) -> None:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from restcp.errors import Conflict, InvalidSpec, NotFound
-from restcp.model import Backend, Route, RouteSettings
-from restcp.store.base import AppInfo, TokenInfo
+from restcp.model import Backend, Route, RouteKey, RouteSettings
+from restcp.store.base import AppInfo, SnapshotData, TokenInfo
 from restcp.store.codec import (
     dump_backend_settings,
     dump_route_settings,
@@ -60,6 +60,11 @@ CREATE TABLE IF NOT EXISTS port_cursors (
 CREATE TABLE IF NOT EXISTS token_counters (
     app      TEXT PRIMARY KEY,
     last_id  INTEGER NOT NULL DEFAULT 0
+);
+-- Facts about the file itself: a cluster node's snapshot keeps the cluster epoch here.
+CREATE TABLE IF NOT EXISTS meta (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tokens (
     app         TEXT NOT NULL,
@@ -336,6 +341,82 @@ class SqliteStore:
             "SELECT app, id, created_at FROM tokens WHERE hash = ?", (token_hash,)
         ).fetchone()
         return None if row is None else TokenInfo(*row)
+
+    # -- a cluster node's snapshot (store.base.Snapshot) --------------------------------------
+    # The same tables as the embedded store, so a snapshot file is also a store a single
+    # node can serve (--store sqlite:///PATH) in a disaster; the epoch is in ``meta``.
+
+    async def load_snapshot(self, frontend_ips: Collection[str]) -> SnapshotData:
+        ips = set(frontend_ips)
+        with self._read() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            routes = [r for r in self._routes() if r.frontend_ip in ips]
+            route_counters = dict(db.execute("SELECT app, last_route_id FROM apps").fetchall())
+            keys = {r.key for r in routes}
+            backend_counters = {
+                (app, route_id): last
+                for app, route_id, last in db.execute("SELECT app, id, last_backend_id FROM routes")
+                if (app, route_id) in keys
+            }
+        return SnapshotData(
+            epoch=None if row is None else str(row[0]),
+            routes=tuple(routes),
+            route_counters=route_counters,
+            backend_counters=backend_counters,
+        )
+
+    async def save_snapshot(
+        self, epoch: str | None, upserts: Iterable[Route], deletes: Iterable[RouteKey]
+    ) -> None:
+        with self._write() as db:
+            if epoch is not None:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('epoch', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (epoch,),
+                )
+            for app, route_id in deletes:
+                db.execute("DELETE FROM routes WHERE app = ? AND id = ?", (app, route_id))
+            for route in upserts:
+                self._put_route(db, route)
+
+    def _put_route(self, db: sqlite3.Connection, route: Route) -> None:
+        """A route with its ids as given, replacing the one stored under its id and any
+        other one on its address (the snapshot follows the cluster, which moved on)."""
+        db.execute(
+            "DELETE FROM routes WHERE frontend_ip = ? AND port = ? AND NOT (app = ? AND id = ?)",
+            (route.frontend_ip, route.port, route.app, route.id),
+        )
+        db.execute("INSERT OR IGNORE INTO apps (app) VALUES (?)", (route.app,))
+        db.execute(
+            "UPDATE apps SET last_route_id = MAX(last_route_id, ?) WHERE app = ?",
+            (route.id, route.app),
+        )
+        top = max((b.id for b in route.backends), default=0)
+        db.execute(
+            "INSERT INTO routes (app, id, frontend_ip, port, settings, last_backend_id) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (app, id) DO UPDATE SET "
+            "frontend_ip = excluded.frontend_ip, port = excluded.port, "
+            "settings = excluded.settings, "
+            "last_backend_id = MAX(last_backend_id, excluded.last_backend_id)",
+            (
+                route.app,
+                route.id,
+                route.frontend_ip,
+                route.port,
+                dump_route_settings(route.settings),
+                top,
+            ),
+        )
+        db.execute("DELETE FROM backends WHERE app = ? AND route_id = ?", (route.app, route.id))
+        db.executemany(
+            "INSERT INTO backends (app, route_id, id, ip, port, settings) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (route.app, route.id, b.id, b.ip, b.port, dump_backend_settings(b))
+                for b in route.backends
+            ],
+        )
 
     def _require_route(self, app: str, route_id: int) -> None:
         row = self._db.execute(
