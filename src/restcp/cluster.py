@@ -78,6 +78,8 @@ REPLY = "provision-success:"
 # Reconnecting to Redis: first wait, doubling up to the last one.
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
+# Seconds stop() waits for its cancelled tasks.
+STOP_TIMEOUT = 5.0
 # How long the listener waits for a message before it looks up: to see whether the IPs it
 # should listen to changed, and to ping a silent connection.
 POLL = 0.1
@@ -366,9 +368,16 @@ class Cluster:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if not tasks:
+            return
+        # Bounded: a task stuck past its cancellation (a Redis call with nobody answering)
+        # must not keep the node from draining and exiting.
+        done, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("cluster task %s failed", task.get_name(), exc_info=task.exception())
+        for task in stuck:
+            log.error("cluster task %s did not stop within %gs", task.get_name(), STOP_TIMEOUT)
 
     async def release(self) -> None:
         """Hand the IPs over now rather than at the end of the lease: called once the

@@ -589,33 +589,43 @@ class Node:
 
     async def stop(self) -> None:
         """uvicorn's order: stop the API and the listeners, drain the relays, close the store."""
+        # Each step is logged (debug): a stop that hangs shows where in the log.
         try:
+            log.debug("stopping: the resync timer")
             if self._resync_task is not None:
                 self._resync_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._resync_task
             if self.cluster is not None:
+                log.debug("stopping: the cluster's tasks")
                 await self.cluster.stop()
             if self._runner is not None:
+                log.debug("stopping: the API")
                 await self._runner.cleanup()
             if self.workers is not None:
                 # They stop accepting and drain alongside this process.
                 self.workers.begin_stop()
+            log.debug("stopping: the health checks")
             for _, checks in self._checks.values():
                 await checks.close()
             self._checks.clear()
+            log.debug("stopping: the listeners, then draining")
             await self.proxy.shutdown(self.settings.drain_timeout)
             if self.workers is not None:
+                log.debug("stopping: the workers")
                 await self.workers.wait_stopped(self.settings.drain_timeout)
             if self.cluster is not None:
+                log.debug("stopping: releasing the leases")
                 await self.cluster.release()
         finally:
             # Whatever went wrong above, the store's last writes are flushed and its files
             # released.
             try:
                 if self.snapshot is not None:
+                    log.debug("stopping: the snapshot")
                     await self.snapshot.close()
             finally:
+                log.debug("stopping: the store")
                 await self.store.close()
         log.info("stopped")
 

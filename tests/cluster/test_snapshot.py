@@ -39,9 +39,11 @@ def status(node: Node) -> str:
 
 
 def settled(node: Node, method: str, path: str, body: Any = None) -> Any:
-    """A call through a node whose pooled Redis connections may predate a Redis restart:
-    the store does not retry (docs/cluster.md), so each stale connection fails one call,
-    before it sends anything, with a 503 that says so."""
+    """A call through a node whose pooled Redis connections may predate a Redis restart.
+    The store PINGs a connection idle for more than health_check_interval (1 s) before
+    using it, and replaces it if Redis closed it; but here Redis restarts within that
+    second, so a connection used just before may fail one call (the store does not retry
+    a command, docs/cluster.md), with a 503 that says so."""
     for _ in range(20):
         response = node.call(method, path, body)
         if response.status != 503 or "Connection closed by server" not in str(response.body):

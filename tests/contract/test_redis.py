@@ -386,7 +386,7 @@ def test_a_rediss_store_speaks_tls_and_connects_lazily(runner: asyncio.Runner) -
         assert isinstance(store, RedisStore)
         pool = store._client.connection_pool
         kwargs = pool.connection_kwargs
-        assert pool.connection_class is SSLConnection
+        assert issubclass(pool.connection_class, SSLConnection)  # one that revalidates
         assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("h.invalid", 6380, 2)
         assert kwargs["ssl_cert_reqs"] == "none"
         assert store.keys.apps == "t:apps"
@@ -483,3 +483,26 @@ def test_a_missing_redis_server_fails_with_instructions(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RedisServerMissing, match="apt-get install -y redis-server"):
         RedisServer(tmp_path / "redis").start()
+
+
+# -- connections Redis closed ------------------------------------------------------------------
+
+
+def test_pooled_connections_redis_closed_are_replaced_before_a_command(
+    redis_url: str, open_url: Callable[[str], SyncStore], raw_redis: redis.Redis
+) -> None:
+    """After Redis restarts or fails over, every connection the pool kept is dead. A command
+    must not fail on one (a 503 per pooled connection): the store PINGs a connection that
+    idled past health_check_interval and connects again before sending."""
+    # An interval this small checks before every command: no waiting for one to pass.
+    checked = open_url(f"{redis_url}?health_check_interval=0.000001")
+    unchecked = open_url(f"{redis_url}?health_check_interval=0")
+    for store in (checked, unchecked):
+        # Four connections in the pool, all idle afterwards.
+        store.gather(*(store.aio.list_apps() for _ in range(4)))
+    assert raw_redis.client_kill_filter(_type="normal", skipme=True) >= 5
+    for _ in range(4):
+        assert checked.list_apps() == []
+    # Without the check, the dead connection fails the command: what the check prevents.
+    with pytest.raises(Unavailable):
+        unchecked.list_apps()

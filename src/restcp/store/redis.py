@@ -27,8 +27,9 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import redis.exceptions
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import NoBackoff
 
 from restcp.errors import Conflict, EpochMismatch, InvalidSpec, NotFound, Unavailable
@@ -62,6 +63,7 @@ _OPTIONS: Final[dict[str, Any]] = {
     "socket_connect_timeout": float,
     "client_name": str,
     "max_connections": int,
+    "health_check_interval": float,
 }
 _TLS_OPTIONS: Final[dict[str, Any]] = {
     "ssl_cert_reqs": str,
@@ -72,6 +74,9 @@ _TLS_OPTIONS: Final[dict[str, Any]] = {
 }
 # A store that cannot reach Redis should say so (503) within an API request's patience.
 _DEFAULT_TIMEOUTS: Final = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
+# A pooled connection idle for longer is PINGed before it carries a command (see
+# _revalidate): after Redis restarts or fails over, every idle connection is dead.
+HEALTH_CHECK_INTERVAL: Final = 1.0
 
 
 # -- URLs ----------------------------------------------------------------------------------
@@ -177,10 +182,69 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+async def _revalidate(conn: AbstractConnection) -> None:
+    """Before a command goes out on a connection that idled past its health-check interval:
+    PING it, and if that fails (Redis restarted or failed over and closed it), connect again.
+    Only the PING is lost, and it changes nothing: no command is ever sent twice (the store
+    does not retry, see open_url). Without this, each connection the pool kept from before a
+    Redis restart failed one API request with a 503."""
+    interval = conn.health_check_interval
+    if not interval or asyncio.get_running_loop().time() <= conn.next_health_check:
+        return
+    try:
+        await conn._send_ping()  # type: ignore[no-untyped-call]
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        await conn.disconnect()
+        await conn.connect()  # type: ignore[no-untyped-call]  # Redis down: raises
+
+
+class _Revalidating:
+    """Mixed into each connection class the store uses (before the class itself)."""
+
+    async def check_health(self) -> None:
+        await _revalidate(cast(AbstractConnection, self))
+
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        # Never during the handshake: its commands are pipelined, and a PING between them
+        # would read the reply of another.
+        await super().on_connect_check_health(check_health=False)  # type: ignore[misc]
+
+
+class _Connection(_Revalidating, Connection):
+    pass
+
+
+class _SSLConnection(_Revalidating, SSLConnection):
+    pass
+
+
+class _SentinelConnection(_Revalidating, SentinelManagedConnection):
+    pass
+
+
+_REVALIDATING: Final[dict[type[AbstractConnection], type[AbstractConnection]]] = {
+    Connection: _Connection,
+    SSLConnection: _SSLConnection,
+    SentinelManagedConnection: _SentinelConnection,
+}
+
+
+def _revalidating(client: Redis) -> Redis:
+    """``client`` with connections that _revalidate. The pool has made none yet (opening a
+    store connects nothing), so its class can still be swapped."""
+    pool = client.connection_pool
+    pool.connection_class = _REVALIDATING[pool.connection_class]
+    return client
+
+
 def open_url(url: str) -> RedisStore:
     """Opens no connection: the first call connects, so this never blocks or fails on I/O."""
     target = parse_url(url)
-    options: dict[str, Any] = {**_DEFAULT_TIMEOUTS, **dict(target.options)}
+    options: dict[str, Any] = {
+        **_DEFAULT_TIMEOUTS,
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+        **dict(target.options),
+    }
     common: dict[str, Any] = {
         "db": target.db,
         "username": target.username,
@@ -193,13 +257,13 @@ def open_url(url: str) -> RedisStore:
     }
     if target.service is None:
         ((host, port),) = target.hosts
-        client = Redis(host=host, port=port, ssl=target.tls, **common)
+        client = _revalidating(Redis(host=host, port=port, ssl=target.tls, **common))
         return RedisStore(client, target)
     # The sentinels get the timeouts only: their credentials, if any, are not the master's.
     sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
     # Sentinel's constructor has no annotations; its instance is typed.
     sentinel: Sentinel = cast(Any, Sentinel)(list(target.hosts), sentinel_kwargs=sentinel_options)
-    client = cast(Redis, sentinel.master_for(target.service, **common))
+    client = _revalidating(cast(Redis, sentinel.master_for(target.service, **common)))
     return RedisStore(client, target, sentinel)
 
 
@@ -686,8 +750,11 @@ class Subscription:
             await self._pubsub.ping()
 
     async def close(self) -> None:
-        with contextlib.suppress(redis.exceptions.RedisError, OSError):
-            await cast(Any, self._pubsub).aclose()
+        # Bounded: closing a pub/sub connection that Redis cut mid-read must not hold up the
+        # node's stop (the connection is dropped either way).
+        with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(self._wait):
+                await cast(Any, self._pubsub).aclose()
 
     async def _read(self, within: float) -> dict[str, Any] | None:
         with self._reachable():
