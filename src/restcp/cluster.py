@@ -68,6 +68,7 @@ from restcp.errors import (
 from restcp.model import BackendStatus, Route, RouteKey, RouteSettings, format_host
 from restcp.settings import Settings
 from restcp.store.codec import dump_route_settings, load_route_settings
+from restcp.tasks import cancel_and_wait
 
 log = logging.getLogger("restcp.cluster")
 
@@ -366,18 +367,9 @@ class Cluster:
     async def stop(self) -> None:
         """Stop listening and renewing; the leases stay until ``release``."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        if not tasks:
-            return
-        # Bounded: a task stuck past its cancellation (a Redis call with nobody answering)
-        # must not keep the node from draining and exiting.
-        done, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("cluster task %s failed", task.get_name(), exc_info=task.exception())
-        for task in stuck:
-            log.error("cluster task %s did not stop within %gs", task.get_name(), STOP_TIMEOUT)
+        # Bounded: a task stuck past its cancellation (restcp/tasks.py) must not keep the
+        # node from draining and exiting.
+        await cancel_and_wait(tasks, STOP_TIMEOUT, log)
 
     async def release(self) -> None:
         """Hand the IPs over now rather than at the end of the lease: called once the

@@ -10,7 +10,6 @@ without anyone asking. A single node with the embedded store is a cluster of one
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -51,10 +50,13 @@ from restcp.proxy.manager import ProxyManager
 from restcp.proxy.runtime import RouteRuntime
 from restcp.settings import Settings, read_token_file
 from restcp.store import Snapshot, SnapshotData, Store, open_snapshot, open_store
+from restcp.tasks import cancel_and_wait
 from restcp.workers import WorkerPool
 
 log = logging.getLogger("restcp.node")
 
+# Seconds a stopping node waits for each of its tasks to end once cancelled.
+STOP_TIMEOUT = 5.0
 # Seconds the API waits for a backend's host name to resolve before answering 503.
 RESOLVE_TIMEOUT = 5.0
 # A backend no worker has counted yet.
@@ -593,9 +595,7 @@ class Node:
         try:
             log.debug("stopping: the resync timer")
             if self._resync_task is not None:
-                self._resync_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._resync_task
+                await cancel_and_wait([self._resync_task], STOP_TIMEOUT, log)
             if self.cluster is not None:
                 log.debug("stopping: the cluster's tasks")
                 await self.cluster.stop()
@@ -663,9 +663,7 @@ async def serve(settings: Settings) -> None:
         log.info("signal received: shutting down")
     finally:
         if reloader is not None:
-            reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reloader
+            await cancel_and_wait([reloader], STOP_TIMEOUT, log)
         await node.stop()
 
 

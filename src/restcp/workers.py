@@ -66,6 +66,7 @@ from restcp.proxy.listener import bind
 from restcp.proxy.manager import ProxyManager
 from restcp.proxy.runtime import RouteRuntime
 from restcp.settings import Settings
+from restcp.tasks import cancel_and_wait
 
 log = logging.getLogger("restcp.workers")
 
@@ -80,6 +81,8 @@ RESTART_MAX = 5.0
 STABLE_AFTER = 10.0
 # Beyond --drain-timeout: how long a stopping worker may take before it is killed.
 STOP_GRACE = 5.0
+# Seconds the worker waits for each of its tasks to end once cancelled.
+STOP_TIMEOUT = 5.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _HEADER = struct.Struct("!I")
@@ -580,15 +583,7 @@ async def _serve(channel: socket.socket, settings: Settings, api: tuple[str, int
     try:
         await asyncio.wait([tasks[0], stop], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (*tasks, stop):
-            task.cancel()
-        for task in (*tasks, stop):
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("bug: the worker failed")
+        await cancel_and_wait([*tasks, stop], STOP_TIMEOUT, log)
         await worker.proxy.shutdown(settings.drain_timeout)
         writer.close()
         with contextlib.suppress(OSError):
