@@ -366,6 +366,8 @@ class WorkerPool:
 
     def begin_stop(self) -> None:
         """SIGTERM every worker: each stops accepting at once and drains its connections."""
+        if self._stopping.is_set():
+            return  # signalled once: a second SIGTERM is no news to a draining worker
         self._stopping.set()
         for worker in self._workers:
             if worker.proc is not None and worker.proc.returncode is None:
@@ -533,16 +535,16 @@ def main(
 ) -> int:
     """``restcp _worker``: started by the main process only (internal, undocumented)."""
     _die_with_parent(parent)
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, (*STOP_SIGNALS, signal.SIGHUP))
+    # Blocked until _serve handles them, and again once it has returned: the loop is closed
+    # then, and a late SIGTERM (the main process signals every worker it stops) would kill
+    # a worker that has already drained and is exiting 0.
+    signal.pthread_sigmask(signal.SIG_BLOCK, (*STOP_SIGNALS, signal.SIGHUP))
     channel = socket.socket(fileno=channel_fd)
     size = _HEADER.unpack(_read_exactly(channel, _HEADER.size))[0]
     hello = pickle.loads(_read_exactly(channel, size))
     settings: Settings = hello[1]
     logs.configure(settings.log_level, settings.log_format, worker=index)
-    try:
-        run(_serve(channel, settings, hello[2]))
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    run(_serve(channel, settings, hello[2]))
     return 0
 
 
@@ -588,4 +590,6 @@ async def _serve(channel: socket.socket, settings: Settings, api: tuple[str, int
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+        # Before the loop closes and drops its handlers (see main): no signal kills it now.
+        signal.pthread_sigmask(signal.SIG_BLOCK, (*STOP_SIGNALS, signal.SIGHUP))
         log.info("stopped")
