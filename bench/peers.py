@@ -7,7 +7,7 @@ Proxies (on the proxy core, started fresh for every measurement so none inherits
 workload's memory or warm-up): none (the client talks to the backend directly: the limit),
 HAProxy ``mode tcp`` with ``nbthread 1``, the same with splice, nginx ``stream`` with one
 worker, and restcp as a user runs it (``uv run restcp serve`` with a ``memory://`` store, a
-route created and a backend attached through its API).
+route created and a backend attached through its API), also with the route's ``splice`` on.
 
 Every config is rendered here and kept on the result so the report can print it verbatim.
 """
@@ -267,25 +267,33 @@ def api(method: str, url: str, body: dict[str, object] | None = None) -> dict[st
         return answer
 
 
-def _restcp(backend: Backend, work: Path, log_dir: Path) -> RunningProxy:
-    proc = start_restcp("restcp", "memory://", log_dir)
-    base = api_base(proc.wait_line(30))
-    listen = free_port()
-    route = api("PUT", f"{base}apps/bench/routes", {"port": listen})
-    if route.get("port") != listen:
-        raise BenchError(f"restcp created {route} instead of a route on port {listen}")
-    api(
-        "PUT",
-        f"{base}apps/bench/routes/{route['id']}/backends",
-        {"ip": "127.0.0.1", "port": backend.port},
-    )
-    config = (
-        f"cd {REPO} && {' '.join(restcp_argv('memory://'))}\n"
-        f"curl -XPUT -d '{{\"port\": {listen}}}' {base}apps/bench/routes\n"
-        f'curl -XPUT -d \'{{"ip": "127.0.0.1", "port": {backend.port}}}\' '
-        f"{base}apps/bench/routes/{route['id']}/backends\n"
-    )
-    return RunningProxy("restcp", listen, proc, config)
+def _restcp(splice: bool) -> Callable[[Backend, Path, Path], RunningProxy]:
+    """restcp with one route; ``splice``: the route relays with os.splice (``"splice": true``),
+    as HAProxy's splice options do."""
+    name = "restcp-splice" if splice else "restcp"
+
+    def start_it(backend: Backend, work: Path, log_dir: Path) -> RunningProxy:
+        proc = start_restcp(name, "memory://", log_dir)
+        base = api_base(proc.wait_line(30))
+        listen = free_port()
+        body: dict[str, object] = {"port": listen, **({"splice": True} if splice else {})}
+        route = api("PUT", f"{base}apps/bench/routes", body)
+        if route.get("port") != listen or route.get("splice", False) != splice:
+            raise BenchError(f"restcp created {route} instead of a route like {body}")
+        api(
+            "PUT",
+            f"{base}apps/bench/routes/{route['id']}/backends",
+            {"ip": "127.0.0.1", "port": backend.port},
+        )
+        config = (
+            f"cd {REPO} && {' '.join(restcp_argv('memory://'))}\n"
+            f"curl -XPUT -d '{json.dumps(body)}' {base}apps/bench/routes\n"
+            f'curl -XPUT -d \'{{"ip": "127.0.0.1", "port": {backend.port}}}\' '
+            f"{base}apps/bench/routes/{route['id']}/backends\n"
+        )
+        return RunningProxy(name, listen, proc, config)
+
+    return start_it
 
 
 PROXIES: dict[str, Callable[[Backend, Path, Path], RunningProxy]] = {
@@ -293,7 +301,8 @@ PROXIES: dict[str, Callable[[Backend, Path, Path], RunningProxy]] = {
     "haproxy": _haproxy(splice=False),
     "haproxy-splice": _haproxy(splice=True),
     "nginx": _nginx,
-    "restcp": _restcp,
+    "restcp": _restcp(splice=False),
+    "restcp-splice": _restcp(splice=True),
 }
 
 

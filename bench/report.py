@@ -6,12 +6,14 @@ by hand.
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench import workers as workers_bench
 from bench.control import ROUTES_PER_APP, ControlResult
 from bench.workloads import WORKLOADS, Sample
 
@@ -21,6 +23,7 @@ PROXY_TITLES = {
     "haproxy-splice": "HAProxy + splice",
     "nginx": "nginx stream",
     "restcp": "restcp",
+    "restcp-splice": "restcp + splice",
 }
 BACKEND_TITLES = {
     "iperf3": "`iperf3 -s`",
@@ -63,6 +66,8 @@ class Report:
     configs: dict[str, str]
     commands: dict[str, str]
     control: ControlResult | None
+    # restcp --workers 1 vs 2 on the connections workload (bench/workers.py), every rep.
+    workers: list[workers_bench.Row] = field(default_factory=list)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -154,12 +159,17 @@ def main_table(rows: Sequence[Row]) -> list[list[str]]:
     return table
 
 
+# restcp against HAProxy, configured alike: plain, and both splicing.
+RATIO_PAIRS = (("restcp", "haproxy", ""), ("restcp-splice", "haproxy-splice", " + splice"))
+
+
 def ratio_table(rows: Sequence[Row]) -> list[list[str]]:
-    """restcp against HAProxy (the plain one) for every number both have."""
+    """restcp against HAProxy for every number both have: the plain pair, then the pair that
+    splices (where both were measured)."""
     table = [["workload", "metric", "restcp", "HAProxy", "restcp / HAProxy"]]
     by = {(r.workload, r.proxy): r for r in rows}
-    for workload in WORKLOADS:
-        ours, theirs = by.get((workload, "restcp")), by.get((workload, "haproxy"))
+    for (ours_name, theirs_name, suffix), workload in itertools.product(RATIO_PAIRS, WORKLOADS):
+        ours, theirs = by.get((workload, ours_name)), by.get((workload, theirs_name))
         if ours is None or theirs is None:
             continue
         pairs: list[tuple[str, float | None, float | None]] = [
@@ -174,7 +184,7 @@ def ratio_table(rows: Sequence[Row]) -> list[list[str]]:
             )
         for metric, a, b in pairs:
             ratio = f"{a / b:.2f}x" if a is not None and b else "—"
-            table.append([workload, metric, fmt(a), fmt(b), ratio])
+            table.append([workload + suffix, metric, fmt(a), fmt(b), ratio])
     return table
 
 
@@ -249,6 +259,23 @@ def control_table(control: ControlResult) -> list[list[str]]:
     ]
 
 
+def workers_table(rows: Sequence[workers_bench.Row]) -> list[list[str]]:
+    table = [["placement", "workers", "conn/s", "CPU-µs/conn", "p99 ms", "others' CPU %"]]
+    for placement, workers in dict.fromkeys((r.placement, r.workers) for r in rows):
+        mine = [r for r in rows if (r.placement, r.workers) == (placement, workers)]
+        table.append(
+            [
+                placement,
+                str(workers),
+                fmt(_median([r.conn_s for r in mine])),
+                fmt(_median([r.cpu_us_per_conn for r in mine])),
+                fmt(_median([r.p99_ms for r in mine])),
+                fmt(_median([r.foreign_cpu_pct for r in mine])),
+            ]
+        )
+    return table
+
+
 def text_table(table: Sequence[Sequence[str]]) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = []
@@ -274,6 +301,8 @@ def console(report: Report) -> str:
         parts += ["", text_table(main_table(report.rows)), "", text_table(ratio_table(report.rows))]
     if report.control is not None:
         parts += ["", text_table(control_table(report.control))]
+    if report.workers:
+        parts += ["", text_table(workers_table(report.workers))]
     if report.failures:
         parts += ["", "FAILED:", *(f"  {f}" for f in report.failures)]
     return "\n".join(parts)
@@ -299,6 +328,7 @@ def charts(report: Report, directory: Path) -> list[tuple[str, str]]:
         "haproxy-splice": "#6baed6",
         "nginx": "#2ca02c",
         "restcp": "#d62728",
+        "restcp-splice": "#ff9896",
     }
     workloads = [w for w in WORKLOADS if any(r.workload == w for r in report.rows)]
 
@@ -459,7 +489,9 @@ def markdown(report: Report, chart_dir_name: str, written: Sequence[tuple[str, s
         "",
         "### restcp / HAProxy",
         "",
-        "HAProxy here is the plain `mode tcp`, `nbthread 1` one (no splice). For rates a "
+        "HAProxy here is the plain `mode tcp`, `nbthread 1` one (no splice); the rows marked "
+        "*+ splice* compare restcp with the route's `splice` on against HAProxy with "
+        "`option splice-request` and `splice-response`. For rates a "
         "ratio below 1 means restcp is slower; for CPU per operation, latency and memory a "
         "ratio above 1 means restcp costs more.",
         "",
@@ -492,6 +524,22 @@ def markdown(report: Report, chart_dir_name: str, written: Sequence[tuple[str, s
         ]
         if c.notes:
             out += ["Notes: " + "; ".join(c.notes), ""]
+    if report.workers:
+        out += [
+            "### restcp `--workers 1` vs `--workers 2`",
+            "",
+            "The connections workload (wrk `Connection: close` to the nginx backend, "
+            f"`-c{workers_bench.CONNS}`) through `restcp serve --workers N`; CPU of restcp's "
+            "whole process group. *pinned*: every restcp process on core 1, so two workers "
+            "share one core (what a second process costs, not a gain). *spread*: restcp may "
+            "use both cores while wrk and nginx keep core 0, so the second worker competes "
+            "with the load generator: **this 2-core machine cannot show scaling**; on a "
+            "machine with spare cores, give restcp cores of its own. Median of "
+            f"{len(report.workers) // len(workers_table(report.workers)[1:])} repetition(s).",
+            "",
+            md_table(workers_table(report.workers)),
+            "",
+        ]
     if report.failures:
         out += ["### Could not measure", "", *(f"- {f}" for f in report.failures), ""]
     if written:

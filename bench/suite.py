@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import report
+from bench import workers as workers_bench
 from bench.control import ControlResult, run_control
 from bench.peers import (
     NGINX_STREAM_MODULE,
@@ -167,7 +168,7 @@ def measure(
     finally:
         if proxy is not None:
             proxy.stop()
-    if proxy.name == "restcp" and proxy.proc is not None:
+    if proxy.name.startswith("restcp") and proxy.proc is not None:
         sample.notes += restcp_log_notes(proxy.proc.log_path)
     return sample, proxy.config
 
@@ -229,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
     parser.add_argument("--routes", type=int, help="control-plane routes (10000; 500 with --quick)")
     parser.add_argument("--no-control", action="store_true", help="skip the control-plane run")
+    parser.add_argument(
+        "--no-workers", action="store_true", help="skip restcp --workers 1 vs 2 (connections)"
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the peers' logs and configs")
     args = parser.parse_args(argv)
 
@@ -259,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     configs: dict[str, str] = {}
     control: ControlResult | None = None
+    worker_rows: list[workers_bench.Row] = []
     settler = Settler(budget_s=0.0 if args.quick else 900.0, attempts=1 if args.quick else 3)
     work = Path(tempfile.mkdtemp(prefix="restcp-bench-"))
     logs = work / "logs"
@@ -303,6 +308,27 @@ def main(argv: list[str] | None = None) -> int:
             except BenchError as err:
                 failures.append(f"control plane: {err}")
                 print(f"control plane FAILED: {err}", flush=True)
+        if "restcp" in proxies and "connections" in workloads and not args.no_workers:
+            http = backends[WORKLOADS["connections"].backend]
+            for rep in range(1, plan.reps + 1):
+                for placement in workers_bench.PLACEMENTS:
+                    for count in (1, 2):
+                        label = f"[{rep}/{plan.reps}] workers={count} {placement:<6}"
+                        settler.settle(label)
+                        try:
+                            row = workers_bench.measure(
+                                placement, count, http.port, plan.seconds, workers_bench.CONNS, logs
+                            )
+                        except BenchError as err:
+                            failures.append(f"{label}: {err}")
+                            print(f"{label} FAILED: {err}", flush=True)
+                            continue
+                        worker_rows.append(row)
+                        print(
+                            f"{label} {row.conn_s:9,.0f} conn/s "
+                            f"{row.cpu_us_per_conn:6.0f} CPU-µs/conn",
+                            flush=True,
+                        )
     finally:
         cleanup()
 
@@ -318,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         configs=configs,
         commands=commands(plan),
         control=control,
+        workers=worker_rows,
     )
     print(report.console(result))
     page = report.write(result, out_dir, samples)

@@ -45,6 +45,8 @@ from bench.procs import (
 )
 from bench.workloads import check_relays, parse_wrk
 
+# wrk connections: enough to keep two processes busy.
+CONNS = 16
 PLACEMENTS = {
     "pinned": str(PROXY_CORE),
     "spread": f"{LOAD_CORE},{PROXY_CORE}",
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.workers", description=__doc__)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--conns", type=int, default=16, help="wrk connections (16)")
+    parser.add_argument("--conns", type=int, default=CONNS, help=f"wrk connections ({CONNS})")
     parser.add_argument("--placements", default=",".join(PLACEMENTS))
     args = parser.parse_args(argv)
     for tool in ("wrk", "nginx", "taskset", "uv"):

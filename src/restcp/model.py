@@ -87,6 +87,10 @@ class RouteSettings:
     passive_fall: int = 3
     # Without active checks, seconds until a passively downed backend is tried again.
     passive_cooldown: float = 10.0
+    # Once the backend is connected, relay with os.splice through pipes (proxy/splice.py):
+    # bulk bytes stay in the kernel, for less CPU per byte; each direction that is moving
+    # bulk holds a pipe.
+    splice: bool = False
 
     def replace(self, **changes: object) -> RouteSettings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
 from restcp.model import (
     AdminState,
@@ -142,6 +142,7 @@ class RouteSettingsBody(_Body):
     proxy_protocol: ProxyProtocol | None = None
     passive_fall: Annotated[int, Field(strict=True, ge=0, le=100)] = 3
     passive_cooldown: PositiveSeconds = 10.0
+    splice: StrictBool = False
 
 
 class RouteBody(RouteSettingsBody):
@@ -224,6 +225,7 @@ class RouteOut(_Out):
     proxy_protocol: ProxyProtocol | None
     passive_fall: int
     passive_cooldown: float
+    splice: bool
 
 
 class BackendCreated(_Out):

@@ -20,6 +20,7 @@ from typing import Any
 from restcp.model import Route
 from restcp.proxy.relay import Relay, client_protocol
 from restcp.proxy.runtime import BackendRefusal, RouteRuntime
+from restcp.proxy.splice import Splicer
 
 log = logging.getLogger("restcp.proxy")
 
@@ -75,6 +76,8 @@ class RelaySet:
         self.limit = limit
         self.app_limit = app_limit
         self._per_app: Counter[str] = Counter()
+        # The epoll set and pipes of the relays of splice routes (proxy/splice.py).
+        self.splicer = Splicer()
 
     def __len__(self) -> int:
         return len(self._relays)

@@ -149,3 +149,4 @@ class ProxyManager:
                         await self.relays.wait_empty()
                 except TimeoutError:
                     log.error("%d connections did not end after a reset", len(self.relays))
+        self.relays.splicer.close()

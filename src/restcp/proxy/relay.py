@@ -33,6 +33,14 @@ after their buffers flush; the idle timer keeps running until both are gone, so 
 stops reading cannot hold a closing pipe open for ever: it is reset after ``idle_timeout``
 without progress. Each relay logs one access line, once both transports are lost and no
 connect is running.
+
+Splice routes (``route.splice``) take the same way up to the connect; then, instead of
+resuming the client, ``_hand_over`` gives both connections to a proxy.splice.SplicePipe and
+aborts the transports (the pipe has dups of their fds). Until then nothing is written to
+either transport: the PROXY header and early bytes of either side are held and handed over
+with the FINs seen. The Relay keeps its part, the timers, counters, ending and access line;
+the pipe reports through ``splice_moved``, ``splice_eof``, ``splice_failed`` and
+``splice_closed``.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from collections.abc import Callable, Collection, Coroutine
 from typing import Any, Protocol, cast
 
 from restcp.model import Backend, is_host_name
+from restcp.proxy.splice import CAN_SPLICE, SplicePipe, Splicer
 
 log = logging.getLogger("restcp.proxy")
 access_log = logging.getLogger("restcp.access")
@@ -62,6 +71,8 @@ class RouteContext(Protocol):
     connect_timeout: float
     idle_timeout: float
     half_close_timeout: float
+    splice: bool
+    splicer: Splicer
 
     def admit(self) -> str | None: ...
 
@@ -101,12 +112,15 @@ class Relay:
         "_connect_timer",
         "_connecting",
         "_early",
+        "_early_down",
         "_half_close_handle",
         "_idle_handle",
         "_last_activity",
         "_loop",
         "_reported",
         "_sides",
+        "_splice",
+        "_splicing",
         "_started",
         "_tried",
         "_waiting",
@@ -161,6 +175,10 @@ class Relay:
         # Why the client was closed without reaching a backend (a limit, no backend left).
         self.refused: str | None = None
         self._half_close_handle: asyncio.TimerHandle | None = None
+        # A splice route: the sockets go to a SplicePipe once the backend is connected.
+        self._splicing = route.splice and CAN_SPLICE
+        self._splice: SplicePipe | None = None
+        self._early_down = b""  # (splicing) backend bytes that came before the hand-over
 
     @property
     def client_transport(self) -> asyncio.Transport | None:
@@ -169,6 +187,11 @@ class Relay:
     @property
     def backend_transport(self) -> asyncio.Transport | None:
         return self._backend
+
+    @property
+    def spliced(self) -> bool:
+        """Whether the connections went to a SplicePipe (the transports are gone then)."""
+        return self._splice is not None
 
     # -- setting up ----------------------------------------------------------------------
 
@@ -274,6 +297,8 @@ class Relay:
             # Connected; a timeout that fired in the same moment loses to the connection.
             self.backend = backend
             self.route.connected(self)
+            if self._splicing:
+                self._hand_over()
             return
         if side.transport is not None:
             # connection_made ran, then the attempt failed or was given up (asyncio runs
@@ -320,6 +345,13 @@ class Relay:
         self._backend = transport
         # Before any client byte: the backend reads the header first.
         header = self.route.proxy_header(side.backend, self.client_addr, self._frontend)
+        if self._splicing:
+            # Held, not written: the transports are to give their sockets up at the
+            # hand-over (_connect_ended), and what one had buffered would be lost.
+            if header is not None:
+                self._early = header + self._early
+            self._flow()  # both paused until then
+            return
         if header is not None:
             transport.write(header)
         if self._early:
@@ -330,12 +362,81 @@ class Relay:
             transport.write_eof()
         self._flow()
 
+    def _hand_over(self) -> None:
+        """Splice from now on: both connections go to a SplicePipe, the transports close."""
+        client, backend = self._client, self._backend
+        if client is None or backend is None or self.end_reason is not None:
+            return  # ending already, through the transports
+        try:
+            pipe = SplicePipe(
+                self,
+                self._loop,
+                self.route.splicer,
+                client.get_extra_info("socket").fileno(),
+                backend.get_extra_info("socket").fileno(),
+            )
+        except OSError as err:  # no fd for the dups (EMFILE): the transports relay it
+            log.warning(
+                "splice unavailable app=%s route=%s: %s; relaying without it",
+                self.route.app, self.route.route_id, err,
+            )  # fmt: skip
+            self._unsplice(client, backend)
+            return
+        self._splice = pipe
+        self._client = self._backend = None
+        # Closes the transports' fds only: the connections live on in the pipe's dups. Their
+        # connection_lost still comes, and only counts them gone (client_lost, backend_lost).
+        client.abort()
+        backend.abort()
+        held_up, held_down, self._early, self._early_down = self._early, self._early_down, b"", b""
+        pipe.start(held_up, held_down, self.client_eof, self.backend_eof)
+
+    def _unsplice(self, client: asyncio.Transport, backend: asyncio.Transport) -> None:
+        """Relay through the transports after all: write what was held, then flow."""
+        self._splicing = False
+        if self._early:
+            backend.write(self._early)
+            self._early = b""
+        if self.client_eof:
+            backend.write_eof()
+        if self._early_down:
+            client.write(self._early_down)
+            self._early_down = b""
+        if self.backend_eof:
+            client.write_eof()
+        if self.client_eof and self.backend_eof:
+            self._end("closed")
+        else:
+            self._flow()
+
+    # -- what a SplicePipe reports -------------------------------------------------------
+
+    def splice_moved(self, up: bool, count: int) -> None:
+        if up:
+            self.bytes_up += count
+        else:
+            self.bytes_down += count
+        self._last_activity = self._loop.time()
+
+    def splice_eof(self, up: bool) -> None:
+        if up:
+            self.client_eof = True
+        else:
+            self.backend_eof = True
+        self._half_closed()
+
+    def splice_failed(self, side: str) -> None:
+        self._end(f"{side}_reset", reset=True)
+
+    def splice_closed(self) -> None:
+        self._maybe_report()
+
     # -- data and EOF --------------------------------------------------------------------
 
     def from_client(self, data: bytes) -> None:
         self.bytes_up += len(data)
         self._last_activity = self._loop.time()
-        if self._backend is not None:
+        if self._backend is not None and not self._splicing:
             self._backend.write(data)
         elif self.end_reason is None:
             self._early += data
@@ -345,22 +446,27 @@ class Relay:
         self.bytes_down += len(data)
         self._last_activity = self._loop.time()
         if self._client is not None:
-            self._client.write(data)
+            if self._splicing:
+                self._early_down += data  # before the hand-over: goes out first
+            else:
+                self._client.write(data)
 
     def client_eof_received(self) -> None:
         self.client_eof = True
-        if self._backend is not None:
+        if self._backend is not None and not self._splicing:
             self._backend.write_eof()
         self._half_closed()
 
     def backend_eof_received(self) -> None:
         self.backend_eof = True
-        if self._client is not None:
+        if self._client is not None and not self._splicing:
             self._client.write_eof()
         self._half_closed()
 
     def _half_closed(self) -> None:
         if self.client_eof and self.backend_eof:
+            if self._splicing and self._splice is None:
+                return  # the hand-over sends what is held, then both FINs, then ends
             self._end("closed")
         elif self._half_close_handle is None and self.route.half_close_timeout > 0:
             # A peer that never finishes its half of a half-closed pipe is closed eventually.
@@ -390,12 +496,12 @@ class Relay:
         """Read each side exactly when what it sends has somewhere to go."""
         client, backend = self._client, self._backend
         if client is not None and not self.client_eof and not client.is_closing():
-            if backend is not None and not self._backend_full:
+            if backend is not None and not self._backend_full and not self._splicing:
                 client.resume_reading()
             else:
                 client.pause_reading()
         if backend is not None and not self.backend_eof and not backend.is_closing():
-            if self._client_full:
+            if self._client_full or self._splicing:
                 backend.pause_reading()
             else:
                 backend.resume_reading()
@@ -403,6 +509,10 @@ class Relay:
     # -- ending --------------------------------------------------------------------------
 
     def client_lost(self, exc: Exception | None) -> None:
+        if self._splice is not None:
+            # The transport given up at the hand-over: the connection is the pipe's now.
+            self._maybe_report()
+            return
         self._client = None
         if self.end_reason is None:
             self._end("client_reset" if exc else "client_closed", reset=exc is not None)
@@ -427,11 +537,15 @@ class Relay:
             return
         # Data stuck in a buffer means a peer stopped reading: a graceful close would wait on
         # it for ever, and so would a pipe that is closing already.
-        stuck = self.end_reason is not None or any(
-            t is not None and t.get_write_buffer_size() for t in (self._client, self._backend)
+        stuck = (
+            self.end_reason is not None
+            or any(
+                t is not None and t.get_write_buffer_size() for t in (self._client, self._backend)
+            )
+            or (self._splice is not None and self._splice.holding())
         )
         self._end("idle_timeout", reset=stuck)
-        if self._client is not None or self._sides:
+        if self._client is not None or self._sides or self._spliced_open():
             self._last_activity = self._loop.time()
             self._idle_handle = self._loop.call_later(timeout, self._check_idle)
 
@@ -451,11 +565,17 @@ class Relay:
                     _reset(transport)
                 elif not transport.is_closing():
                     transport.close()
+        if self._splice is not None:
+            self._splice.close(reset)
+
+    def _spliced_open(self) -> bool:
+        return self._splice is not None and not self._splice.closed
 
     def _maybe_report(self) -> None:
         if (
             self._client is not None
             or self._sides
+            or self._spliced_open()
             or self._connecting is not None
             or self._reported
         ):
@@ -497,6 +617,8 @@ class Relay:
                     "bytes_down": self.bytes_down,
                     "duration": round(duration, 6),
                     "end": self.end_reason,
+                    # JSON only: the text line keeps its fields.
+                    "spliced": self._splice is not None,
                 }
             },
         )

@@ -140,6 +140,7 @@ class RouteRuntime:
         self.route = route
         self.relays: set[Relay] = set()
         self._all = relays
+        self.splicer = relays.splicer  # for the relays of splice routes
         self.members: dict[int, Member] = {}
         self.candidates: tuple[Member, ...] = ()
         self.refused: Counter[str] = Counter()
@@ -167,6 +168,8 @@ class RouteRuntime:
         self.connect_timeout = settings.connect_timeout
         self.idle_timeout = settings.idle_timeout
         self.half_close_timeout = settings.half_close_timeout
+        # Read by each new relay: a change applies to new connections.
+        self.splice = settings.splice
         self.max_connect_attempts = settings.max_connect_attempts
         check = settings.health_check
         initial = check.initial if check is not None else "unknown"
