@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -99,6 +100,26 @@ async def read_outcome(reader: asyncio.StreamReader, within: float = WAIT) -> st
     except ConnectionResetError:
         return "reset"
     return "eof"
+
+
+async def stalled(sent: list[int], quiet: float = 0.3) -> None:
+    """Wait until a sender's count of sent bytes (``sent[0]``) has not moved for ``quiet``
+    seconds: it is blocked on a full socket."""
+    last, since = -1, time.monotonic()
+    async with asyncio.timeout(WAIT):
+        while time.monotonic() - since < quiet:
+            if sent[0] != last:
+                last, since = sent[0], time.monotonic()
+            await asyncio.sleep(0.02)
+
+
+async def drain(sock: socket.socket) -> bytes:
+    """Everything ``sock`` receives up to EOF."""
+    received = bytearray()
+    async with asyncio.timeout(WAIT):
+        while chunk := await asyncio.get_running_loop().sock_recv(sock, 1 << 20):
+            received += chunk
+    return bytes(received)
 
 
 def payload(size: int) -> bytes:

@@ -13,10 +13,12 @@ from tests.integration.harness import (
     HOST,
     WAIT,
     Server,
+    drain,
     payload,
     proxy,
     read_outcome,
     run,
+    stalled,
     until,
 )
 
@@ -29,25 +31,6 @@ FLOOD = 64 * MB
 # backend->proxy and proxy->client sockets plus the relay's own (high-water mark + one read).
 BOUND = 16 * MB
 SMALL_BUFFER = 64 * 1024
-
-
-async def _stalled(sent: list[int], quiet: float = 0.3) -> None:
-    """Wait until the backend's count of sent bytes has not moved for ``quiet`` seconds."""
-    last, since = -1, time.monotonic()
-    async with asyncio.timeout(WAIT):
-        while time.monotonic() - since < quiet:
-            if sent[0] != last:
-                last, since = sent[0], time.monotonic()
-            await asyncio.sleep(0.02)
-
-
-async def _drain(sock: socket.socket) -> bytes:
-    """Everything ``sock`` receives up to EOF."""
-    received = bytearray()
-    async with asyncio.timeout(WAIT):
-        while chunk := await asyncio.get_running_loop().sock_recv(sock, 1 * MB):
-            received += chunk
-    return bytes(received)
 
 
 def test_backpressure_bounds_buffering(loop: str) -> None:
@@ -86,14 +69,14 @@ def test_backpressure_bounds_buffering(loop: str) -> None:
                 return size
 
             await until(lambda: relay_buffer() > 0 and sent[0] > 0)
-            await _stalled(sent)
+            await stalled(sent)
             relay_buffer()
             assert sent[0] < BOUND, f"backend wrote {sent[0] / MB:.1f} MB to a client not reading"
             assert biggest < 1 * MB, f"relay buffered {biggest / MB:.1f} MB"
             assert relay.backend_transport is not None
             assert not relay.backend_transport.is_reading()
 
-            received = await _drain(client)
+            received = await drain(client)
             client.close()
             assert sent[0] == FLOOD
             assert received == data
@@ -175,7 +158,7 @@ def test_idle_timeout_resets_a_pipe_stuck_on_a_peer_that_stopped_reading(loop: s
             assert await server.result() == "reset"
             await until(lambda: not px.manager.relays)
             with pytest.raises(ConnectionResetError):
-                await _drain(client)
+                await drain(client)
             client.close()
 
     run(loop, main())

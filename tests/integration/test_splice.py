@@ -31,12 +31,14 @@ from tests.integration.harness import (
     WAIT,
     Proxy,
     Server,
+    drain,
     payload,
     proxy,
     read_all,
     read_outcome,
     reset,
     run,
+    stalled,
     until,
 )
 
@@ -216,24 +218,6 @@ def test_proxy_header_and_early_bytes_of_both_sides_go_first(
     assert spliced(caplog) == [True]
 
 
-async def _stalled(sent: list[int], quiet: float = 0.3) -> None:
-    """Wait until the backend's count of sent bytes has not moved for ``quiet`` seconds."""
-    last, since = -1, time.monotonic()
-    async with asyncio.timeout(WAIT):
-        while time.monotonic() - since < quiet:
-            if sent[0] != last:
-                last, since = sent[0], time.monotonic()
-            await asyncio.sleep(0.02)
-
-
-async def _drain(sock: socket.socket) -> bytes:
-    received = bytearray()
-    async with asyncio.timeout(WAIT):
-        while chunk := await asyncio.get_running_loop().sock_recv(sock, 1 * MB):
-            received += chunk
-    return bytes(received)
-
-
 def test_slow_reader_stalls_the_sender(loop: str) -> None:
     """A backend floods a client that reads nothing: its writes stall well short of the flood
     (the pipe is bounded, and the relay stops reading a pipe that cannot drain), the proxy's
@@ -264,12 +248,12 @@ def test_slow_reader_stalls_the_sender(loop: str) -> None:
             await until(lambda: relay.spliced)
             before = rss()
             await until(lambda: sent[0] > 0)
-            await _stalled(sent)
+            await stalled(sent)
             # The kernel's socket buffers on the way (autotuned, several MB each) plus one
             # pipe: a relay that kept reading the backend would let it send all 64 MB.
             assert sent[0] < 24 * MB, f"backend wrote {sent[0] / MB:.1f} MB to a stalled client"
             assert rss() - before < 4 * MB, "the proxy's memory grew while the client stalled"
-            received = await _drain(client)
+            received = await drain(client)
             client.close()
             assert sent[0] == flood
             assert received == data
@@ -409,7 +393,7 @@ def test_idle_timeout_resets_a_pipe_stuck_on_a_client_that_stopped_reading(loop:
             assert await server.result() == "reset"
             await until(lambda: not px.manager.relays)
             with pytest.raises(ConnectionResetError):
-                await _drain(client)
+                await drain(client)
             client.close()
 
     run(loop, main())
