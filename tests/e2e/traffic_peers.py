@@ -160,12 +160,13 @@ class Client:
 
 
 def served_by(port: int, text: str = "hello", source: str = "127.0.0.1") -> str | None:
-    """The backend one new client reached, or None if the proxy closed it."""
-    with Client(port, source) as client:
-        try:
+    """The backend one new client reached, or None if the proxy closed it. A refusal is a
+    reset, and it may reach the client before its connect() has returned, under load."""
+    try:
+        with Client(port, source) as client:
             return client.ask(text)
-        except (EOFError, ConnectionResetError):
-            return None
+    except (EOFError, ConnectionResetError):
+        return None
 
 
 def attach(node: Node, app: str, route: int, port: int, **fields: Any) -> int:
