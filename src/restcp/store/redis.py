@@ -306,6 +306,18 @@ class Keys:
     def ip_ports(self, ip: str) -> str:
         return f"{self.prefix}ip:{ip}:ports"
 
+    def route_indexes(self, app: str, ip: str) -> list[str]:
+        """The keys every script that adds a route updates, in the order the scripts read
+        them as KEYS[1..6]: the app and IP sets and counters that index the route."""
+        return [
+            self.apps,
+            self.route_counter(app),
+            self.app_routes(app),
+            self.frontend_ips,
+            self.ip_routes(ip),
+            self.ip_ports(ip),
+        ]
+
     def route(self, app: str, route_id: int) -> str:
         return f"{self.prefix}route:{app_segment(app)}:{route_id}"
 
@@ -895,12 +907,7 @@ class RedisStore:
         with self._reachable():
             created, value = await self._create_route(
                 [
-                    k.apps,
-                    k.route_counter(app),
-                    k.app_routes(app),
-                    k.frontend_ips,
-                    k.ip_routes(frontend_ip),
-                    k.ip_ports(frontend_ip),
+                    *k.route_indexes(app, frontend_ip),
                 ],
                 [k.prefix, app_segment(app), frontend_ip, port, dump_route_settings(settings)],
             )
@@ -1106,12 +1113,7 @@ class RedisStore:
         with self._reachable():
             status, value = await self._create_reserved_route(
                 [
-                    k.apps,
-                    k.route_counter(app),
-                    k.app_routes(app),
-                    k.frontend_ips,
-                    k.ip_routes(frontend_ip),
-                    k.ip_ports(frontend_ip),
+                    *k.route_indexes(app, frontend_ip),
                     k.route(app, route_id),
                     k.lease(frontend_ip),
                 ],
@@ -1237,12 +1239,7 @@ class RedisStore:
         with self._reachable():
             status, detail = await self._restore_route(
                 [
-                    k.apps,
-                    k.route_counter(app),
-                    k.app_routes(app),
-                    k.frontend_ips,
-                    k.ip_routes(route.frontend_ip),
-                    k.ip_ports(route.frontend_ip),
+                    *k.route_indexes(app, route.frontend_ip),
                     k.route(app, route_id),
                     k.backend_counter(app, route_id),
                     k.backends(app, route_id),
