@@ -178,6 +178,30 @@ class Node:
         raise AssertionError("no VmRSS")
 
 
+class NodeStarter:
+    """``start(*args, ready=True, **kw)``: a ``restcp serve ARGS`` (``Node``), waited for its
+    ready line unless ``ready=False``. ``stop_all()``, a fixture's teardown, stops every node
+    started (or reaps it, if the test killed it), so a failing test leaves no process behind."""
+
+    def __init__(self) -> None:
+        self.started: list[Node] = []
+
+    def __call__(self, *args: str, ready: bool = True, **kw: Any) -> Node:
+        node = Node(*args, **kw)
+        self.started.append(node)
+        return node.wait_ready() if ready else node
+
+    def stop_all(self) -> None:
+        errors: list[BaseException] = []
+        for node in self.started:
+            try:
+                node.stop()
+            except Exception as err:  # stop the others all the same
+                errors.append(err)
+        if errors:
+            raise errors[0]
+
+
 @contextlib.contextmanager
 def running_node(*args: str, **kw: Any) -> Iterator[Node]:
     node = Node(*args, **kw)

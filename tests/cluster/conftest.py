@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from tests.e2e.peers import Backend, sender
-from tests.helpers import Node, free_port_range
+from tests.helpers import Node, NodeStarter, free_port_range
 from tests.redis_server import BINARY, RedisServer
 
 PREFIX = "c1:"
@@ -66,7 +66,7 @@ def start_node(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartNode]
     node started is stopped (or reaped, if the test killed it) at teardown. Each node has
     a snapshot file of its own in the test's directory, unless ``snapshot`` names one (a
     node restarted in a test passes the path of the one it replaces)."""
-    started: list[Node] = []
+    nodes = NodeStarter()
 
     def start(
         ip: str,
@@ -77,8 +77,8 @@ def start_node(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartNode]
         **kw: Any,
     ) -> Node:
         lo, hi = free_port_range(ports)
-        snapshot = snapshot or tmp_path / f"snapshot-{len(started)}.db"
-        node = Node(
+        snapshot = snapshot or tmp_path / f"snapshot-{len(nodes.started)}.db"
+        return nodes(
             "--api", "127.0.0.1:0",
             "--store", redis_server.url(prefix=PREFIX),
             "--frontend-ip", ip,
@@ -88,20 +88,12 @@ def start_node(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartNode]
             "--resync-interval", "30",
             "--log-level", "debug",
             *extra,
+            ready=ready,
             **kw,
         )  # fmt: skip
-        started.append(node)
-        return node.wait_ready() if ready else node
 
     yield start
-    errors: list[BaseException] = []
-    for node in started:
-        try:
-            node.stop()
-        except Exception as err:  # stop the others all the same
-            errors.append(err)
-    if errors:
-        raise errors[0]
+    nodes.stop_all()
 
 
 @pytest.fixture

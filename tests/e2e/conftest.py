@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Node, free_port_range
+from tests.helpers import Node, NodeStarter, free_port_range
 
 StartNode = Callable[..., Node]
 
@@ -26,22 +26,9 @@ def serve_args(store: Path, lo: int, hi: int, *extra: str) -> list[str]:
 def start_node() -> Iterator[StartNode]:
     """Start ``restcp serve ARGS`` and wait for its ready line; every node it started is
     stopped at teardown, so a failing test leaves no process behind."""
-    started: list[Node] = []
-
-    def start(*args: str, ready: bool = True, **kw: Any) -> Node:
-        node = Node(*args, **kw)
-        started.append(node)
-        return node.wait_ready() if ready else node
-
-    yield start
-    errors: list[BaseException] = []
-    for node in started:
-        try:
-            node.stop()
-        except Exception as err:  # stop the others all the same
-            errors.append(err)
-    if errors:
-        raise errors[0]
+    nodes = NodeStarter()
+    yield nodes
+    nodes.stop_all()
 
 
 # What a node observes of a backend rather than what is stored: it starts afresh on restart.

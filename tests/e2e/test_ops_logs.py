@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import StartNode, create_route, serve_args, wait_until
-from tests.e2e.peers import Backend, connect, echo, recv_exactly
+from tests.e2e.peers import Backend, attach, connect, echo, recv_exactly
 from tests.e2e.test_ops_metrics import (
     Acceptor,
     Scrape,
-    attach,
     doubler,
     health_one_hot,
     start_json_node,

@@ -24,6 +24,7 @@ from restcp.metrics import BackendSample, Metrics, RouteSample, generate_latest
 from tests.e2e.conftest import StartNode, create_route, serve_args, wait_until
 from tests.e2e.peers import (
     Backend,
+    attach,
     closed_by_peer,
     connect,
     echo,
@@ -95,15 +96,6 @@ def start_json_node(start_node: StartNode, *args: str) -> Node:
     node.api = line["message"].split("ready api=")[1].split()[0].rstrip("/")
     node.api_port = int(node.api.rsplit(":", 1)[1])
     return node
-
-
-def attach(node: Node, app: str, route: int, port: int, **body: Any) -> int:
-    response = node.call(
-        "PUT", f"/apps/{app}/routes/{route}/backends", {"ip": "127.0.0.1", "port": port, **body}
-    )
-    assert response.status == 201, response
-    backend_id: int = response.json()["id"]
-    return backend_id
 
 
 def doubler(conn: socket.socket) -> None:

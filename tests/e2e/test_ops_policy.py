@@ -23,8 +23,8 @@ from tests.e2e.conftest import (
     snapshot,
     wait_until,
 )
-from tests.e2e.peers import Backend, connect, echo, recv_all, recv_exactly
-from tests.e2e.test_ops_metrics import Acceptor, Scrape, attach, exchange, metric, turned_away
+from tests.e2e.peers import Backend, attach, connect, echo, recv_all, recv_exactly
+from tests.e2e.test_ops_metrics import Acceptor, Scrape, exchange, metric, turned_away
 from tests.helpers import Node, free_port_range
 
 METADATA = [

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from tests.e2e.conftest import StartNode, assert_clean_log, create_route, serve_args, snapshot
-from tests.e2e.peers import Backend, assert_refused, connect, echo, recv_all, recv_exactly
-from tests.e2e.test_ops_metrics import attach, exchange
+from tests.e2e.peers import Backend, assert_refused, attach, connect, echo, recv_all, recv_exactly
+from tests.e2e.test_ops_metrics import exchange
 from tests.helpers import free_port_range
 
 CLIENTS = 100

@@ -7,9 +7,9 @@ from collections import Counter
 from contextlib import ExitStack
 
 from tests.e2e.conftest import create_route, wait_until
-from tests.e2e.traffic_peers import (
+from tests.e2e.peers import (
+    Backend,
     Client,
-    Server,
     Tagged,
     attach,
     backend_of,
@@ -21,7 +21,7 @@ from tests.helpers import Node
 
 def test_weighted_round_robin(node: Node) -> None:
     port = create_route(node, "rr", balance="round_robin")["port"]
-    with Server(Tagged("a")) as a, Server(Tagged("b")) as b:
+    with Backend(Tagged("a")) as a, Backend(Tagged("b")) as b:
         attach(node, "rr", 1, a.port, weight=3)
         attach(node, "rr", 1, b.port, weight=1)
         order = [served_by(port) for _ in range(40)]
@@ -44,8 +44,8 @@ def test_weighted_round_robin(node: Node) -> None:
 def test_least_conn_follows_held_connections(node: Node) -> None:
     port = create_route(node, "lc", balance="least_conn")["port"]
     with ExitStack() as stack:
-        a = stack.enter_context(Server(Tagged("a")))
-        b = stack.enter_context(Server(Tagged("b")))
+        a = stack.enter_context(Backend(Tagged("a")))
+        b = stack.enter_context(Backend(Tagged("b")))
         attach(node, "lc", 1, a.port)
         attach(node, "lc", 1, b.port)
 
@@ -71,7 +71,7 @@ def test_least_conn_follows_held_connections(node: Node) -> None:
 def test_source_hash_pins_each_client_address(node: Node) -> None:
     port = create_route(node, "sh", balance="source_hash")["port"]
     sources = [f"127.0.0.{i}" for i in range(1, 21)]
-    with Server(Tagged("a")) as a, Server(Tagged("b")) as b, Server(Tagged("c")) as c:
+    with Backend(Tagged("a")) as a, Backend(Tagged("b")) as b, Backend(Tagged("c")) as c:
         for server in (a, b, c):
             attach(node, "sh", 1, server.port)
         pinned: dict[str, str | None] = {}

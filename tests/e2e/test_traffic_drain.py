@@ -8,10 +8,10 @@ import time
 from collections import Counter
 
 from tests.e2e.conftest import create_route, wait_until
-from tests.e2e.traffic_peers import (
+from tests.e2e.peers import (
     TAGGED_CHECK,
+    Backend,
     Client,
-    Server,
     Tagged,
     attach,
     backend_of,
@@ -41,7 +41,7 @@ def test_drain_and_disable(node: Node) -> None:
     port = create_route(node, "dr", balance="round_robin", health_check=check)["port"]
     ta, tb = Tagged("a"), Tagged("b")
     opened: list[Client] = []
-    with Server(ta) as a, Server(tb) as b:
+    with Backend(ta) as a, Backend(tb) as b:
         try:
             attach(node, "dr", 1, a.port)
             attach(node, "dr", 1, b.port)
@@ -105,7 +105,7 @@ def test_drain_timeout_set_while_draining(node: Node) -> None:
     """A deadline given to a backend already draining counts from when it entered drain."""
     port = create_route(node, "late", balance="round_robin")["port"]
     opened: list[Client] = []
-    with Server(Tagged("a")) as a, Server(Tagged("b")) as b:
+    with Backend(Tagged("a")) as a, Backend(Tagged("b")) as b:
         try:
             attach(node, "late", 1, a.port)
             attach(node, "late", 1, b.port)

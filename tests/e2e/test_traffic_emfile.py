@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.e2e.conftest import StartNode, create_route, wait_until
-from tests.e2e.traffic_peers import (
+from tests.e2e.peers import (
+    Backend,
     Client,
-    Server,
     Tagged,
     attach,
     backend_of,
@@ -77,7 +77,7 @@ def test_out_of_descriptors(start_node: StartNode, tmp_path: Path) -> None:
     # without forking a multi-threaded test process.
     resource.prlimit(node.proc.pid, resource.RLIMIT_NOFILE, (LIMIT, LIMIT))
     port = create_route(node, "emf")["port"]
-    with Server(Tagged("x")) as backend, clients_held() as held:
+    with Backend(Tagged("x")) as backend, clients_held() as held:
         attach(node, "emf", 1, backend.port)
         if (LIMIT - steady_fds(node)) % 2 == 0:
             create_route(node, "pad")  # one more listener: an odd number free

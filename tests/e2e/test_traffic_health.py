@@ -8,12 +8,11 @@ import time
 from collections import Counter
 
 from tests.e2e.conftest import create_route, wait_until
-from tests.e2e.peers import refusing_port
-from tests.e2e.traffic_peers import (
+from tests.e2e.peers import (
     PROBE,
+    Backend,
     Client,
     Handler,
-    Server,
     Tagged,
     attach,
     backend_of,
@@ -23,6 +22,7 @@ from tests.e2e.traffic_peers import (
     log_count,
     logged_clients,
     patch_route,
+    refusing_port,
     served_by,
 )
 from tests.helpers import Node
@@ -35,8 +35,8 @@ FALL = 3
 def test_killed_backend_goes_down_in_time_takes_no_clients_and_comes_back(node: Node) -> None:
     check = {"interval": INTERVAL, "timeout": 0.5, "rise": RISE, "fall": FALL}
     port = create_route(node, "hc", balance="round_robin", health_check=check)["port"]
-    a = Server(Tagged("a"))
-    with Server(Tagged("b")) as b:
+    a = Backend(Tagged("a"))
+    with Backend(Tagged("b")) as b:
         try:
             attach(node, "hc", 1, a.port)
             attach(node, "hc", 1, b.port)
@@ -72,7 +72,7 @@ def test_killed_backend_goes_down_in_time_takes_no_clients_and_comes_back(node: 
             a.close()
 
         restarted_at = time.time()
-        with Server(Tagged("a"), port=a.port):
+        with Backend(Tagged("a"), port=a.port):
             wait_until(health_is(node, "hc", 1, 1, "up"), "restarted backend back up")
             up = backend_of(node, "hc", 1, 1)
             up_after = up["health_changed_at"] - restarted_at
@@ -126,12 +126,12 @@ def test_send_expect_checks(node: Node) -> None:
     redis_port = create_route(node, "redis", health_check=redis)["port"]
     create_route(node, "web", health_check=web)
     with (
-        Server(pong_in_two_pieces) as good,
-        Server(redis_error) as bad,
-        Server(http_status(b"200 OK")) as ok,
-        Server(http_status(b"503 Service Unavailable")) as unavailable,
+        Backend(pong_in_two_pieces) as good,
+        Backend(redis_error) as bad,
+        Backend(http_status(b"200 OK")) as ok,
+        Backend(http_status(b"503 Service Unavailable")) as unavailable,
         # "HTTP/1.0 200" in the body, not at the start: the pattern is anchored.
-        Server(http_status(b"500 Oops", b"\r\nHTTP/1.0 200 OK")) as tricky,
+        Backend(http_status(b"500 Oops", b"\r\nHTTP/1.0 200 OK")) as tricky,
     ):
         attach(node, "redis", 1, good.port)
         attach(node, "redis", 1, bad.port)
@@ -178,7 +178,7 @@ def test_passive_health_without_checks(node: Node) -> None:
     rnd = create_route(node, "rnd", balance="random", passive_cooldown=60)["port"]
     rr_failures = "connect failed app=rr route=1 backend=1 "
     rnd_failures = "connect failed app=rnd route=1 backend=1 "
-    with refusing_port() as dead, Server(Tagged("live")) as live:
+    with refusing_port() as dead, Backend(Tagged("live")) as live:
         for app in ("rr", "rnd"):
             attach(node, app, 1, dead)
             attach(node, app, 1, live.port)
@@ -235,7 +235,7 @@ def test_when_all_down(node: Node) -> None:
         "port"
     ]
     x = Tagged("x")
-    with refusing_port() as dead, Server(x) as alive:
+    with refusing_port() as dead, Backend(x) as alive:
         attach(node, "ff", 1, dead)
         attach(node, "ff", 1, alive.port)
         for backend in (1, 2):

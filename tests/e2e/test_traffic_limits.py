@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.e2e.conftest import StartNode, create_route, serve_args, wait_until
-from tests.e2e.traffic_peers import (
+from tests.e2e.peers import (
+    Backend,
     Client,
-    Server,
     Tagged,
     attach,
     backend_of,
@@ -116,7 +116,7 @@ def refused_metric(node: Node, app: str, reason: str) -> float:
 def test_route_max_connections_under_a_burst(node: Node) -> None:
     limit = 50
     port = create_route(node, "lim", max_connections=limit)["port"]
-    with Server(Tagged("x")) as backend:
+    with Backend(Tagged("x")) as backend:
         attach(node, "lim", 1, backend.port)
         result = burst(port, 200)
         try:
@@ -148,7 +148,7 @@ def test_route_max_connections_under_a_burst(node: Node) -> None:
 
 def test_backend_max_connections_spills_over(node: Node) -> None:
     port = create_route(node, "spill", balance="round_robin")["port"]
-    with Server(Tagged("a")) as a, Server(Tagged("b")) as b:
+    with Backend(Tagged("a")) as a, Backend(Tagged("b")) as b:
         # Weight 3 would give a three clients in four: its limit must cut that to 5.
         attach(node, "spill", 1, a.port, weight=3, max_connections=5)
         attach(node, "spill", 1, b.port)
@@ -186,7 +186,7 @@ def test_node_and_app_caps(start_node: StartNode, tmp_path: Path) -> None:
     )  # fmt: skip
     ports = {app: create_route(node, app)["port"] for app in ("a", "b", "c", "d")}
     bursts: list[Burst] = []
-    with Server(Tagged("x")) as backend:
+    with Backend(Tagged("x")) as backend:
         try:
             for app in ports:
                 attach(node, app, 1, backend.port)

@@ -11,10 +11,10 @@ from contextlib import ExitStack
 from typing import Any
 
 from tests.e2e.conftest import create_route, wait_until
-from tests.e2e.traffic_peers import (
+from tests.e2e.peers import (
     TAGGED_CHECK,
+    Backend,
     Client,
-    Server,
     Tagged,
     attach,
     backend_of,
@@ -65,7 +65,7 @@ class ClientLoop:
 def test_patches_under_traffic(node: Node) -> None:
     port = create_route(node, "live", balance="round_robin")["port"]
     with ExitStack() as stack:
-        a, b, c = (stack.enter_context(Server(Tagged(name))) for name in "abc")
+        a, b, c = (stack.enter_context(Backend(Tagged(name))) for name in "abc")
         attach(node, "live", 1, a.port)
         attach(node, "live", 1, b.port)
         held = Client(port)

@@ -9,8 +9,7 @@ import threading
 from pathlib import Path
 
 from tests.e2e.conftest import StartNode, create_route, serve_args
-from tests.e2e.peers import recv_all
-from tests.e2e.traffic_peers import Server, attach, patch_route
+from tests.e2e.peers import Backend, attach, patch_route, recv_all
 from tests.helpers import Node, free_port_range
 
 V2_SIGNATURE = b"\x0d\x0a\x0d\x0a\x00\x0d\x0a\x51\x55\x49\x54\x0a"
@@ -73,7 +72,7 @@ def check_route(node: Node, host: str, source: str, proxy: str | None, backend: 
     app = f"pp{len(node.lines)}"
     route = create_route(node, app, frontend_ip=host, proxy_protocol=proxy)
     recorder = Recorder()
-    with Server(recorder) as server:
+    with Backend(recorder) as server:
         fields = {} if backend is None else {"proxy_protocol": backend}
         attach(node, app, 1, server.port, **fields)
         payload = b"GET / HTTP/1.0\r\n\r\n"
@@ -109,7 +108,7 @@ def test_proxy_protocol_headers_ipv6(start_node: StartNode, tmp_path: Path) -> N
 def test_proxy_protocol_changed_live(node: Node) -> None:
     route = create_route(node, "live", proxy_protocol="v1")
     recorder = Recorder()
-    with Server(recorder) as server:
+    with Backend(recorder) as server:
         attach(node, "live", 1, server.port)
         frontend = ("127.0.0.1", route["port"])
         client = send_through(route["port"], b"one", "127.0.0.1", "127.0.0.3")

@@ -12,11 +12,10 @@ from collections import Counter
 from contextlib import ExitStack
 
 from tests.e2e.conftest import create_route
-from tests.e2e.peers import refusing_port
-from tests.e2e.traffic_peers import (
+from tests.e2e.peers import (
+    Backend,
     Client,
     Handler,
-    Server,
     Tagged,
     attach,
     backend_of,
@@ -24,6 +23,7 @@ from tests.e2e.traffic_peers import (
     log_count,
     logged_clients,
     patch_route,
+    refusing_port,
     served_by,
 )
 from tests.helpers import Node
@@ -37,7 +37,7 @@ def test_max_connect_attempts(node: Node) -> None:
     with ExitStack() as stack:
         for _ in range(5):
             attach(node, "att", 1, stack.enter_context(refusing_port()))
-        live = stack.enter_context(Server(Tagged("live")))
+        live = stack.enter_context(Backend(Tagged("live")))
         attach(node, "att", 1, live.port)
 
         # Round robin walks 1 2 | 3 4 | 5 6 | 1 2 ...: one client in three reaches 6.
@@ -68,7 +68,7 @@ def test_no_retry_once_bytes_were_forwarded(node: Node) -> None:
     port = create_route(node, "once", balance="round_robin", max_connect_attempts=3)["port"]
     seen: list[bytes] = []
     other = Tagged("other")
-    with Server(read_then_reset(seen)) as resetter, Server(other) as second:
+    with Backend(read_then_reset(seen)) as resetter, Backend(other) as second:
         attach(node, "once", 1, resetter.port)
         attach(node, "once", 1, second.port)
         outcomes = []
@@ -96,7 +96,7 @@ def test_half_close_timeout_client_side(node: Node) -> None:
         conn.sendall(b"after your FIN\n")
         release.wait(10)
 
-    with Server(answer_after_eof_then_hang) as backend:
+    with Backend(answer_after_eof_then_hang) as backend:
         attach(node, "hc", 1, backend.port)
         try:
             with Client(port) as client:
@@ -132,7 +132,7 @@ def test_half_close_timeout_backend_side(node: Node) -> None:
         timing.append(elapsed_since(started))
         done.set()
 
-    with Server(say_bye_and_half_close) as backend:
+    with Backend(say_bye_and_half_close) as backend:
         attach(node, "hb", 1, backend.port)
         with Client(port) as client:
             assert client.sock.recv(64) == b"bye\n"

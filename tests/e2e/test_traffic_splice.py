@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import StartNode, create_route, serve_args, wait_until
-from tests.e2e.peers import Backend, connect, echo, recv_exactly
+from tests.e2e.peers import Backend, attach, connect, echo, recv_exactly
 from tests.e2e.test_ops_logs import address_of, events
-from tests.e2e.test_ops_metrics import attach, start_json_node
+from tests.e2e.test_ops_metrics import start_json_node
 from tests.helpers import Node, free_port_range
 
 MB = 1 << 20

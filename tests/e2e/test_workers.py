@@ -18,14 +18,16 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import StartNode, assert_clean_log, serve_args, wait_until
-from tests.e2e.peers import assert_refused, echo, held_port
-from tests.e2e.traffic_peers import (
+from tests.e2e.peers import (
     TAGGED_CHECK,
+    Backend,
     Client,
-    Server,
     Tagged,
+    assert_refused,
     attach,
+    echo,
     health_is,
+    held_port,
     log_count,
     served_by,
 )
@@ -45,8 +47,8 @@ def node(start_node: StartNode, tmp_path: Path) -> Node:
 
 
 @pytest.fixture
-def tagged() -> Iterator[tuple[Server, Server]]:
-    with Server(Tagged("a")) as a, Server(Tagged("b")) as b:
+def tagged() -> Iterator[tuple[Backend, Backend]]:
+    with Backend(Tagged("a")) as a, Backend(Tagged("b")) as b:
         yield a, b
 
 
@@ -99,7 +101,7 @@ def access_lines(node: Node, worker: int) -> int:
     )
 
 
-def test_every_process_listens_and_serves(node: Node, tagged: tuple[Server, Server]) -> None:
+def test_every_process_listens_and_serves(node: Node, tagged: tuple[Backend, Backend]) -> None:
     route = create_route(node)
     port = int(str(route["port"]))
     attach(node, "w", int(str(route["id"])), tagged[0].port)
@@ -124,7 +126,9 @@ def test_every_process_listens_and_serves(node: Node, tagged: tuple[Server, Serv
     assert_clean_log(node)
 
 
-def test_a_client_right_after_the_201_is_relayed(node: Node, tagged: tuple[Server, Server]) -> None:
+def test_a_client_right_after_the_201_is_relayed(
+    node: Node, tagged: tuple[Backend, Backend]
+) -> None:
     for _ in range(5):
         route = create_route(node)
         port, route_id = int(str(route["port"])), int(str(route["id"]))
@@ -139,7 +143,7 @@ def test_a_client_right_after_the_201_is_relayed(node: Node, tagged: tuple[Serve
 
 
 def test_the_api_answers_once_every_worker_applied_the_change(
-    node: Node, tagged: tuple[Server, Server]
+    node: Node, tagged: tuple[Backend, Backend]
 ) -> None:
     route = create_route(node)
     port, route_id = int(str(route["port"])), int(str(route["id"]))
@@ -164,7 +168,7 @@ def test_the_api_answers_once_every_worker_applied_the_change(
     assert not any("did not apply a change" in line for line in node.lines)
 
 
-def test_backend_changes_reach_every_process(node: Node, tagged: tuple[Server, Server]) -> None:
+def test_backend_changes_reach_every_process(node: Node, tagged: tuple[Backend, Backend]) -> None:
     a, b = tagged
     route = create_route(node)
     port, route_id = int(str(route["port"])), int(str(route["id"]))
@@ -186,7 +190,7 @@ def test_backend_changes_reach_every_process(node: Node, tagged: tuple[Server, S
 
 
 def test_deleting_a_route_closes_its_port_in_every_process(
-    node: Node, tagged: tuple[Server, Server]
+    node: Node, tagged: tuple[Backend, Backend]
 ) -> None:
     route = create_route(node)
     port, route_id = int(str(route["port"])), int(str(route["id"]))
@@ -202,7 +206,7 @@ def test_deleting_a_route_closes_its_port_in_every_process(
     assert_clean_log(node)
 
 
-def test_a_killed_worker_is_restarted(node: Node, tagged: tuple[Server, Server]) -> None:
+def test_a_killed_worker_is_restarted(node: Node, tagged: tuple[Backend, Backend]) -> None:
     route = create_route(node)
     port, route_id = int(str(route["port"])), int(str(route["id"]))
     attach(node, "w", route_id, tagged[0].port)
@@ -222,7 +226,7 @@ def test_a_killed_worker_is_restarted(node: Node, tagged: tuple[Server, Server])
 
 
 def test_sigterm_drains_every_process_and_leaves_none(
-    start_node: StartNode, tmp_path: Path, tagged: tuple[Server, Server]
+    start_node: StartNode, tmp_path: Path, tagged: tuple[Backend, Backend]
 ) -> None:
     lo, hi = free_port_range(20)
     node = start_node(*serve_args(tmp_path / "w.db", lo, hi, "--workers", "2"))
@@ -313,10 +317,10 @@ def test_workers_1_is_one_process_without_so_reuseport(
     assert not any(line.endswith(" worker=0") for line in node.lines)
 
 
-def test_probe_results_reach_every_process(node: Node, tagged: tuple[Server, Server]) -> None:
+def test_probe_results_reach_every_process(node: Node, tagged: tuple[Backend, Backend]) -> None:
     # Only the main process probes; a worker that did not hear the results would keep
     # sending clients to the backend that fails its checks (never probed: "unknown", usable).
-    with Server(echo) as failing:
+    with Backend(echo) as failing:
         route = create_route(node)
         port, route_id = int(str(route["port"])), int(str(route["id"]))
         check = {**TAGGED_CHECK, "interval": 0.1, "rise": 1, "fall": 1}

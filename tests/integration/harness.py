@@ -18,12 +18,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import pytest
 import uvloop
 
 from restcp.model import Backend, Route, RouteSettings
 from restcp.proxy.listener import bind
 from restcp.proxy.manager import ProxyManager
 from restcp.proxy.relay import Relay
+from restcp.proxy.splice import PipePool
 
 T = TypeVar("T")
 
@@ -36,6 +38,8 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 _abandoned: list[asyncio.AbstractEventLoop] = []
 # Long enough for a loaded 2-core CI box, short enough that a hang fails fast.
 WAIT = 10.0
+# For a scenario both relays must pass alike: the transports' one and the spliced one.
+SPLICE = pytest.mark.parametrize("splice", [False, True], ids=["transports", "splice"])
 
 
 def run(loop_name: str, main: Coroutine[Any, Any, T]) -> T:
@@ -124,6 +128,17 @@ async def drain(sock: socket.socket) -> bytes:
 
 def payload(size: int) -> bytes:
     return os.urandom(size)
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "restcp.access"]
+
+
+def spliced(caplog: pytest.LogCaptureFixture) -> list[bool]:
+    """Whether each connection logged went to a SplicePipe (its access event says)."""
+    return [
+        getattr(r, "fields", {})["spliced"] for r in caplog.records if r.name == "restcp.access"
+    ]
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[Any]]
@@ -256,6 +271,21 @@ class Proxy:
         relay = self.only_relay()
         await until(lambda: relay.backend is not None)
         return relay
+
+    async def relay_spliced(self) -> Relay:
+        """The one live relay, once it handed its connections to a SplicePipe."""
+        relay = await self.relay_connected()
+        await until(lambda: relay.spliced)
+        return relay
+
+
+def pipes_of(px: Proxy) -> PipePool:
+    return px.manager.relays.splicer.pipes
+
+
+def used_pipes(px: Proxy) -> bool:
+    """A pipe was taken and given back: bytes went through the kernel, not Python."""
+    return len(pipes_of(px)) > 0
 
 
 def make_route(port: int, backends: tuple[Backend, ...], **settings: Any) -> Route:

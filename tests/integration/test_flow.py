@@ -11,13 +11,16 @@ import pytest
 
 from tests.integration.harness import (
     HOST,
+    SPLICE,
     WAIT,
     Server,
+    access_lines,
     drain,
     payload,
     proxy,
     read_outcome,
     run,
+    spliced,
     stalled,
     until,
 )
@@ -85,8 +88,9 @@ def test_backpressure_bounds_buffering(loop: str) -> None:
     run(loop, main())
 
 
+@SPLICE
 def test_idle_timeout_closes_a_silent_connection(
-    loop: str, caplog: pytest.LogCaptureFixture
+    loop: str, splice: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     idle = 0.3
 
@@ -94,9 +98,15 @@ def test_idle_timeout_closes_a_silent_connection(
         return await read_outcome(reader)
 
     async def main() -> None:
-        async with Server(backend) as server, proxy(server.backend(), idle_timeout=idle) as px:
+        async with (
+            Server(backend) as server,
+            proxy(server.backend(), idle_timeout=idle, splice=splice) as px,
+        ):
             reader, writer = await px.connect()
-            # Traffic resets the clock: 3 exchanges spaced by 2/3 of the timeout keep it open.
+            if splice:
+                await px.relay_spliced()
+            # Traffic resets the clock (spliced traffic too): 3 exchanges spaced by 2/3 of the
+            # timeout keep it open.
             for _ in range(3):
                 await asyncio.sleep(idle * 2 / 3)
                 writer.write(b"x")
@@ -109,7 +119,8 @@ def test_idle_timeout_closes_a_silent_connection(
 
     caplog.set_level(logging.INFO, "restcp.access")
     run(loop, main())
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "restcp.access"]
+    assert spliced(caplog) == [splice]
+    (line,) = access_lines(caplog)
     assert "bytes_up=3 " in line
     assert line.endswith("end=idle_timeout")
 
@@ -134,11 +145,14 @@ def test_idle_timeout_zero_disables_it(loop: str) -> None:
     run(loop, main())
 
 
-def test_idle_timeout_resets_a_pipe_stuck_on_a_peer_that_stopped_reading(loop: str) -> None:
-    """Silence with data stuck in a buffer is a peer that stopped reading: a graceful close
-    would wait on it for ever, so the relay resets both sides."""
+@SPLICE
+def test_idle_timeout_resets_a_pipe_stuck_on_a_peer_that_stopped_reading(
+    loop: str, splice: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Silence with data stuck in a buffer (or a pipe) is a peer that stopped reading: a
+    graceful close would wait on it for ever, so the relay resets both sides."""
     idle = 0.3
-    data = payload(16 * MB)
+    data = payload(FLOOD)
 
     async def flood(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
         writer.write(data)
@@ -150,7 +164,10 @@ def test_idle_timeout_resets_a_pipe_stuck_on_a_peer_that_stopped_reading(loop: s
 
     async def main() -> None:
         loop_ = asyncio.get_running_loop()
-        async with Server(flood) as server, proxy(server.backend(), idle_timeout=idle) as px:
+        async with (
+            Server(flood) as server,
+            proxy(server.backend(), idle_timeout=idle, splice=splice) as px,
+        ):
             client = socket.socket()
             client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
             client.setblocking(False)
@@ -161,7 +178,9 @@ def test_idle_timeout_resets_a_pipe_stuck_on_a_peer_that_stopped_reading(loop: s
                 await drain(client)
             client.close()
 
+    caplog.set_level(logging.INFO, "restcp.access")
     run(loop, main())
+    assert spliced(caplog) == [splice]
 
 
 def test_half_closed_slow_reader_still_gets_everything(loop: str) -> None:

@@ -9,14 +9,18 @@ import socket
 import pytest
 
 from tests.integration.harness import (
+    SPLICE,
     WAIT,
     Server,
+    access_lines,
     payload,
     proxy,
     read_all,
     read_outcome,
     reset,
     run,
+    spliced,
+    used_pipes,
 )
 
 MB = 1 << 20
@@ -43,7 +47,7 @@ def test_client_speaks_first(loop: str, caplog: pytest.LogCaptureFixture) -> Non
 
     caplog.set_level(logging.INFO, "restcp.access")
     run(loop, main())
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "restcp.access"]
+    (line,) = access_lines(caplog)
     assert f"bytes_up={len(request)} bytes_down={len(response)}" in line
     assert line.endswith("end=closed")
 
@@ -71,7 +75,7 @@ def test_backend_speaks_first(loop: str, caplog: pytest.LogCaptureFixture) -> No
 
     caplog.set_level(logging.INFO, "restcp.access")
     run(loop, main())
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "restcp.access"]
+    (line,) = access_lines(caplog)
     assert f"bytes_up={len(answer)} bytes_down={len(banner) + 3}" in line
     assert line.endswith("end=closed")
 
@@ -120,32 +124,40 @@ def test_backend_sends_then_closes(loop: str) -> None:
     run(loop, main())
 
 
-def test_client_half_close(loop: str) -> None:
-    """Client SHUT_WR: the backend sees EOF, yet can still send, and the client gets it."""
+@SPLICE
+def test_client_half_close(loop: str, splice: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """Client SHUT_WR: the backend sees EOF, yet can still send megabytes after it, and the
+    client gets them all. (Spliced: the client's bytes and FIN come after the hand-over.)"""
+    tail = payload(4 * MB)
 
     async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
         got = await reader.read()
-        for _ in range(3):  # several writes after the EOF, not one lucky packet
-            writer.write(b"after your eof;")
+        for at in range(0, len(tail), MB):  # several writes after the EOF, not one lucky packet
+            writer.write(tail[at : at + MB])
             await writer.drain()
         return got
 
     async def main() -> None:
-        async with Server(backend) as server, proxy(server.backend()) as px:
+        async with Server(backend) as server, proxy(server.backend(), splice=splice) as px:
             reader, writer = await px.connect()
+            if splice:
+                await px.relay_spliced()
             writer.write(b"question")
             writer.write_eof()
             assert await server.result() == b"question"
-            assert await read_all(reader) == b"after your eof;" * 3
+            assert await read_all(reader) == tail
             writer.close()
 
+    caplog.set_level(logging.INFO, "restcp.access")
     run(loop, main())
+    assert spliced(caplog) == [splice]
 
 
-def test_backend_half_close(loop: str) -> None:
+@SPLICE
+def test_backend_half_close(loop: str, splice: bool, caplog: pytest.LogCaptureFixture) -> None:
     """The mirror: backend SHUT_WR first; the client sees EOF and keeps sending; the backend
     receives all of it."""
-    tail = payload(2 * MB)
+    tail = payload(4 * MB)
 
     async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
         writer.write(b"banner")
@@ -153,7 +165,7 @@ def test_backend_half_close(loop: str) -> None:
         return await reader.read()
 
     async def main() -> None:
-        async with Server(backend) as server, proxy(server.backend()) as px:
+        async with Server(backend) as server, proxy(server.backend(), splice=splice) as px:
             reader, writer = await px.connect()
             assert await read_all(reader) == b"banner"
             writer.write(tail)
@@ -162,14 +174,25 @@ def test_backend_half_close(loop: str) -> None:
             writer.write_eof()
             assert await server.result() == tail + b"end"
             writer.close()
+            await asyncio.wait_for(px.manager.relays.wait_empty(), WAIT)
+            assert used_pipes(px) is splice
 
+    caplog.set_level(logging.INFO, "restcp.access")
     run(loop, main())
+    assert spliced(caplog) == [splice]
+    (line,) = access_lines(caplog)
+    assert f"bytes_up={len(tail) + 3} bytes_down=6" in line
+    assert line.endswith("end=closed")
 
 
+@SPLICE
 @pytest.mark.parametrize("who", ["client", "backend"])
-def test_reset_propagates(loop: str, who: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_reset_propagates(
+    loop: str, who: str, splice: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     """A RST from one peer resets the other at once, rather than closing it cleanly: the peer
-    must not take a truncated stream for a complete one."""
+    must not take a truncated stream for a complete one. (Spliced: mid-transfer, with a
+    megabyte of the client's on its way.)"""
     backend_writer: asyncio.Future[asyncio.StreamWriter]
 
     async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
@@ -180,9 +203,12 @@ def test_reset_propagates(loop: str, who: str, caplog: pytest.LogCaptureFixture)
     async def main() -> None:
         nonlocal backend_writer
         backend_writer = asyncio.get_running_loop().create_future()
-        async with Server(backend) as server, proxy(server.backend()) as px:
+        async with Server(backend) as server, proxy(server.backend(), splice=splice) as px:
             reader, writer = await px.connect()
             assert await asyncio.wait_for(reader.readexactly(5), WAIT) == b"hello"
+            if splice:
+                assert px.only_relay().spliced
+                writer.write(payload(MB))
             if who == "client":
                 reset(writer)
                 assert await server.result() == "reset"
@@ -194,7 +220,8 @@ def test_reset_propagates(loop: str, who: str, caplog: pytest.LogCaptureFixture)
 
     caplog.set_level(logging.INFO, "restcp.access")
     run(loop, main())
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "restcp.access"]
+    assert spliced(caplog) == [splice]
+    (line,) = access_lines(caplog)
     assert line.endswith(f"end={who}_reset")
 
 

@@ -2,6 +2,10 @@
 connected, and every promise of the relay still holds: exact bytes, half-close both ways,
 backpressure, reset propagation, timeouts, aborts, and no fd or pipe left behind.
 
+The scenarios a spliced relay shares with the transports' one (half-close both ways, reset
+propagation, the idle timeout) run on both, parametrized over ``splice``, in test_relay.py
+and test_flow.py; this file holds what is the spliced relay's own.
+
 Each test checks that the connection really was spliced (the node's pipe pool has served a
 pipe: the transport relay never touches it), so none of them passes through the transports
 by accident.
@@ -29,41 +33,24 @@ from tests.helpers import tcp_states
 from tests.integration.harness import (
     HOST,
     WAIT,
-    Proxy,
     Server,
+    access_lines,
     drain,
     payload,
+    pipes_of,
     proxy,
     read_all,
     read_outcome,
     reset,
     run,
+    spliced,
     stalled,
     until,
+    used_pipes,
 )
 
 MB = 1 << 20
 SMALL_BUFFER = 64 * 1024
-
-
-def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "restcp.access"]
-
-
-def pipes_of(px: Proxy) -> PipePool:
-    return px.manager.relays.splicer.pipes
-
-
-def spliced(caplog: pytest.LogCaptureFixture) -> list[bool]:
-    """Whether each connection logged went to a SplicePipe (its access event says)."""
-    return [
-        getattr(r, "fields", {})["spliced"] for r in caplog.records if r.name == "restcp.access"
-    ]
-
-
-def used_pipes(px: Proxy) -> bool:
-    """A pipe was taken and given back: bytes went through the kernel, not Python."""
-    return len(pipes_of(px)) > 0
 
 
 def kernel_objects() -> int:
@@ -125,61 +112,6 @@ def test_bytes_exact_both_ways(loop: str, size: int, caplog: pytest.LogCaptureFi
     assert spliced(caplog) == [True]
     (line,) = access_lines(caplog)
     assert f"bytes_up={size} bytes_down={size}" in line
-    assert line.endswith("end=closed")
-
-
-def test_client_half_close(loop: str) -> None:
-    """Client SHUT_WR first: the backend sees EOF and still sends megabytes after it."""
-    tail = payload(4 * MB)
-
-    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-        got = await reader.read()
-        for at in range(0, len(tail), MB):  # several writes after the EOF
-            writer.write(tail[at : at + MB])
-            await writer.drain()
-        return got
-
-    async def main() -> None:
-        async with Server(backend) as server, proxy(server.backend(), splice=True) as px:
-            reader, writer = await px.connect()
-            relay = await px.relay_connected()
-            await until(lambda: relay.spliced)
-            writer.write(b"question")
-            writer.write_eof()
-            assert await server.result() == b"question"
-            assert await read_all(reader) == tail
-            writer.close()
-
-    run(loop, main())
-
-
-def test_backend_half_close(loop: str, caplog: pytest.LogCaptureFixture) -> None:
-    """Backend SHUT_WR first: the client sees EOF, keeps sending, the backend gets it all."""
-    tail = payload(4 * MB)
-
-    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-        writer.write(b"banner")
-        writer.write_eof()
-        return await reader.read()
-
-    async def main() -> None:
-        async with Server(backend) as server, proxy(server.backend(), splice=True) as px:
-            reader, writer = await px.connect()
-            assert await read_all(reader) == b"banner"
-            writer.write(tail)
-            await writer.drain()
-            writer.write(b"end")
-            writer.write_eof()
-            assert await server.result() == tail + b"end"
-            writer.close()
-            await asyncio.wait_for(px.manager.relays.wait_empty(), WAIT)
-            assert used_pipes(px)
-
-    caplog.set_level(logging.INFO, "restcp.access")
-    run(loop, main())
-    assert spliced(caplog) == [True]
-    (line,) = access_lines(caplog)
-    assert f"bytes_up={len(tail) + 3} bytes_down=6" in line
     assert line.endswith("end=closed")
 
 
@@ -262,39 +194,6 @@ def test_slow_reader_stalls_the_sender(loop: str) -> None:
     run(loop, main())
 
 
-@pytest.mark.parametrize("who", ["client", "backend"])
-def test_reset_propagates(loop: str, who: str, caplog: pytest.LogCaptureFixture) -> None:
-    """A RST from one peer mid-transfer resets the other at once."""
-    backend_writer: asyncio.Future[asyncio.StreamWriter]
-
-    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
-        writer.write(b"hello")
-        backend_writer.set_result(writer)
-        return await read_outcome(reader)
-
-    async def main() -> None:
-        nonlocal backend_writer
-        backend_writer = asyncio.get_running_loop().create_future()
-        async with Server(backend) as server, proxy(server.backend(), splice=True) as px:
-            reader, writer = await px.connect()
-            assert await asyncio.wait_for(reader.readexactly(5), WAIT) == b"hello"
-            assert px.only_relay().spliced
-            writer.write(payload(MB))
-            if who == "client":
-                reset(writer)
-                assert await server.result() == "reset"
-            else:
-                reset(await backend_writer)
-                assert await read_outcome(reader) == "reset"
-                writer.close()
-                await server.result()
-
-    caplog.set_level(logging.INFO, "restcp.access")
-    run(loop, main())
-    (line,) = access_lines(caplog)
-    assert line.endswith(f"end={who}_reset")
-
-
 def test_reset_of_a_half_closed_client_is_seen_while_nothing_flows(
     loop: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -330,73 +229,6 @@ def test_reset_of_a_half_closed_client_is_seen_while_nothing_flows(
     run(loop, main())
     (line,) = access_lines(caplog)
     assert line.endswith("end=client_reset")
-
-
-def test_idle_timeout_closes_a_silent_connection(
-    loop: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    idle = 0.3
-
-    async def backend(reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> str:
-        return await read_outcome(reader)
-
-    async def main() -> None:
-        async with (
-            Server(backend) as server,
-            proxy(server.backend(), idle_timeout=idle, splice=True) as px,
-        ):
-            reader, writer = await px.connect()
-            relay = await px.relay_connected()
-            await until(lambda: relay.spliced)
-            # Spliced traffic resets the clock too.
-            for _ in range(3):
-                await asyncio.sleep(idle * 2 / 3)
-                writer.write(b"x")
-                await writer.drain()
-            started = time.monotonic()
-            assert await read_outcome(reader, within=5) == "eof"
-            assert idle * 0.9 <= time.monotonic() - started < idle + 1.0
-            assert await server.result() == "eof"
-            writer.close()
-
-    caplog.set_level(logging.INFO, "restcp.access")
-    run(loop, main())
-    (line,) = access_lines(caplog)
-    assert "bytes_up=3 " in line
-    assert line.endswith("end=idle_timeout")
-
-
-def test_idle_timeout_resets_a_pipe_stuck_on_a_client_that_stopped_reading(loop: str) -> None:
-    """Silence with bytes stuck in a pipe: a graceful close would wait for ever, so both
-    sides are reset."""
-    idle = 0.3
-    data = payload(64 * MB)
-
-    async def flood(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
-        writer.write(data)
-        try:
-            await writer.drain()
-        except ConnectionResetError:
-            return "reset"
-        return "sent all"
-
-    async def main() -> None:
-        loop_ = asyncio.get_running_loop()
-        async with (
-            Server(flood) as server,
-            proxy(server.backend(), idle_timeout=idle, splice=True) as px,
-        ):
-            client = socket.socket()
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
-            client.setblocking(False)
-            await loop_.sock_connect(client, (HOST, px.port))
-            assert await server.result() == "reset"
-            await until(lambda: not px.manager.relays)
-            with pytest.raises(ConnectionResetError):
-                await drain(client)
-            client.close()
-
-    run(loop, main())
 
 
 def test_half_close_timeout(loop: str, caplog: pytest.LogCaptureFixture) -> None:
