@@ -18,6 +18,7 @@ from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from restcp.model import Route
+from restcp.proxy.deadlines import Deadlines
 from restcp.proxy.relay import Relay, client_protocol
 from restcp.proxy.runtime import BackendRefusal, RouteRuntime
 from restcp.proxy.splice import Splicer
@@ -78,6 +79,8 @@ class RelaySet:
         self._per_app: Counter[str] = Counter()
         # The epoll set and pipes of the relays of splice routes (proxy/splice.py).
         self.splicer = Splicer()
+        # The connect, half-close and idle deadlines of every relay, on one loop timer.
+        self.deadlines = Deadlines()
 
     def __len__(self) -> int:
         return len(self._relays)

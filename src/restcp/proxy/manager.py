@@ -150,3 +150,4 @@ class ProxyManager:
                 except TimeoutError:
                     log.error("%d connections did not end after a reset", len(self.relays))
         self.relays.splicer.close()
+        self.relays.deadlines.close()

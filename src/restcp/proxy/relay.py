@@ -22,17 +22,23 @@ held (one read, at most 256 KiB) and reading paused from there.
 Connecting costs no task: a new client is the hot path of a proxy, and a Task per client
 (plus an ``asyncio.timeout``) cost more than the rest of the set-up. The Relay steps the
 loop's ``create_connection`` coroutine itself (``_step``): it sends into it, and the future
-it yields calls ``_step`` back when done; a ``call_later`` handle is the connect timeout;
+it yields calls ``_step`` back when done; the connect deadline is one of its timeouts;
 abandoning an attempt (timeout, client gone) cancels the future it waits on, as a Task
 would, and the coroutine's own cleanup closes the half-made transport. Each pick is paired
 with exactly one of the route's ``connected``, ``connect_failed`` or ``connect_abandoned``,
 which keeps its ``connecting`` counts exact.
 
 Ending: the first reason recorded is the one logged. A graceful end closes both transports
-after their buffers flush; the idle timer keeps running until both are gone, so a peer that
+after their buffers flush; the idle deadline holds until both are gone, so a peer that
 stops reading cannot hold a closing pipe open for ever: it is reset after ``idle_timeout``
 without progress. Each relay logs one access line, once both transports are lost and no
 connect is running.
+
+Timeouts (connect, half-close, idle) are loop times on the relay, not timer handles: the
+relay is filed under the nearest in the node's proxy.deadlines.Deadlines, which calls
+``deadline_reached`` once it has passed (at most 1/64 of that timeout late), and the relay
+acts on whichever have passed and files itself again. Activity only moves
+``_last_activity``; the idle deadline is worked out from it when the relay is due.
 
 Splice routes (``route.splice``) take the same way up to the connect; then, instead of
 resuming the client, ``_hand_over`` gives both connections to a proxy.splice.SplicePipe and
@@ -48,12 +54,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import struct
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any, Protocol, cast
 
 from restcp.model import Backend, is_host_name
+from restcp.proxy.deadlines import Deadlines
 from restcp.proxy.splice import CAN_SPLICE, SplicePipe, Splicer
 
 log = logging.getLogger("restcp.proxy")
@@ -73,6 +81,7 @@ class RouteContext(Protocol):
     half_close_timeout: float
     splice: bool
     splicer: Splicer
+    deadlines: Deadlines
 
     def admit(self) -> str | None: ...
 
@@ -109,12 +118,11 @@ class Relay:
         "_backend_full",
         "_client",
         "_client_full",
-        "_connect_timer",
+        "_connect_deadline",
         "_connecting",
         "_early",
         "_early_down",
-        "_half_close_handle",
-        "_idle_handle",
+        "_half_close_deadline",
         "_last_activity",
         "_loop",
         "_reported",
@@ -130,6 +138,7 @@ class Relay:
         "bytes_up",
         "client_addr",
         "client_eof",
+        "deadline_slot",
         "end_reason",
         "refused",
         "route",
@@ -148,10 +157,13 @@ class Relay:
         # The connect in progress: the loop's coroutine, the future it waits on, its timeout.
         self._connecting: Coroutine[Any, Any, Any] | None = None
         self._waiting: asyncio.Future[Any] | None = None
-        self._connect_timer: asyncio.TimerHandle | None = None
+        # Loop times. The relay is filed in route.deadlines under the nearest of them and
+        # of its idle deadline (_refile); None: not running; inf: has fired (half-close).
+        self._connect_deadline: float | None = None
+        self._half_close_deadline: float | None = None
+        self.deadline_slot: int | None = None  # Deadlines' own
         self._abandoning: str | None = None  # why the connect is being given up
         self._tried: tuple[int, ...] = ()  # backends tried for this client, in order
-        self._idle_handle: asyncio.TimerHandle | None = None
         # Set between pause_writing and resume_writing of that side's transport.
         self._client_full = False
         self._backend_full = False
@@ -174,7 +186,6 @@ class Relay:
         self.end_reason: str | None = None
         # Why the client was closed without reaching a backend (a limit, no backend left).
         self.refused: str | None = None
-        self._half_close_handle: asyncio.TimerHandle | None = None
         # A splice route: the sockets go to a SplicePipe once the backend is connected.
         self._splicing = route.splice and CAN_SPLICE
         self._splice: SplicePipe | None = None
@@ -212,8 +223,6 @@ class Relay:
         # on the transports create_connection makes (test_nodelay_both_sides holds them to
         # it). Setting it through get_extra_info("socket") cost three syscalls per side.
         self._flow()
-        if self.route.idle_timeout > 0:
-            self._idle_handle = self._loop.call_later(self.route.idle_timeout, self._check_idle)
         self._next_backend()
 
     def _next_backend(self) -> None:
@@ -226,9 +235,8 @@ class Relay:
             return
         self._tried += (backend.id,)
         side = self._attempt = _BackendSide(self, backend)
-        self._connect_timer = self._loop.call_later(
-            self.route.connect_timeout, self._connect_timed_out
-        )
+        self._connect_deadline = self._loop.time() + self.route.connect_timeout
+        self._refile()
         if is_host_name(backend.ip):
             self._connecting = self._resolve_and_connect(side)
         else:
@@ -275,16 +283,10 @@ class Relay:
         if self._waiting is not None:
             self._waiting.cancel()
 
-    def _connect_timed_out(self) -> None:
-        self._connect_timer = None
-        self._abandon_connect("timeout")
-
     def _connect_ended(self, err: BaseException | None) -> None:
         """The connect coroutine has returned (err None) or raised."""
         self._connecting = None
-        if self._connect_timer is not None:
-            self._connect_timer.cancel()
-            self._connect_timer = None
+        self._connect_deadline = None  # its entry in the deadlines stays, and finds nothing
         side, self._attempt = self._attempt, None
         why, self._abandoning = self._abandoning, None
         if side is None:
@@ -468,11 +470,11 @@ class Relay:
             if self._splicing and self._splice is None:
                 return  # the hand-over sends what is held, then both FINs, then ends
             self._end("closed")
-        elif self._half_close_handle is None and self.route.half_close_timeout > 0:
+        elif self._half_close_deadline is None and self.route.half_close_timeout > 0:
             # A peer that never finishes its half of a half-closed pipe is closed eventually.
-            self._half_close_handle = self._loop.call_later(
-                self.route.half_close_timeout, self._end, "half_close_timeout"
-            )
+            self._half_close_deadline = self._loop.time() + self.route.half_close_timeout
+            if self.deadline_slot is None or self.deadline_slot > self._half_close_deadline * 1000:
+                self._refile()
 
     def _frontend(self) -> tuple[str, int] | None:
         sock = self._client.get_extra_info("sockname") if self._client is not None else None
@@ -526,15 +528,41 @@ class Relay:
                 self._end("backend_reset" if exc else "backend_closed", reset=exc is not None)
         self._maybe_report()
 
-    def _check_idle(self) -> None:
-        self._idle_handle = None
-        timeout = self.route.idle_timeout
-        if timeout <= 0:
-            return  # disabled by a route update since this relay started
-        remaining = timeout - (self._loop.time() - self._last_activity)
-        if remaining > 0:
-            self._idle_handle = self._loop.call_later(remaining, self._check_idle)
-            return
+    # -- timeouts ------------------------------------------------------------------------
+
+    def _refile(self) -> None:
+        """File the relay in the deadlines under the nearest of its timeouts, or under none."""
+        route = self.route
+        when, timeout = math.inf, 0.0
+        if self._connect_deadline is not None:
+            when, timeout = self._connect_deadline, route.connect_timeout
+        if self._half_close_deadline is not None and self._half_close_deadline < when:
+            when, timeout = self._half_close_deadline, route.half_close_timeout
+        idle = route.idle_timeout
+        if idle > 0 and self._last_activity + idle < when:
+            when, timeout = self._last_activity + idle, idle
+        if when == math.inf:
+            route.deadlines.drop(self)
+        else:
+            route.deadlines.file(self, when, timeout)
+
+    def deadline_reached(self) -> None:
+        """The deadlines' call: act on every timeout that has passed, then refile."""
+        now = self._loop.time()
+        if self._connect_deadline is not None and self._connect_deadline <= now:
+            self._connect_deadline = None
+            self._abandon_connect("timeout")
+        if self._half_close_deadline is not None and self._half_close_deadline <= now:
+            self._half_close_deadline = math.inf  # once only
+            self._end("half_close_timeout")
+        # Read again each time: a route update may have changed it, or turned it off (0).
+        idle = self.route.idle_timeout
+        if idle > 0 and self._last_activity + idle <= now:
+            self._idle_timed_out(now)
+        if not self._reported:
+            self._refile()
+
+    def _idle_timed_out(self, now: float) -> None:
         # Data stuck in a buffer means a peer stopped reading: a graceful close would wait on
         # it for ever, and so would a pipe that is closing already.
         stuck = (
@@ -545,9 +573,8 @@ class Relay:
             or (self._splice is not None and self._splice.holding())
         )
         self._end("idle_timeout", reset=stuck)
-        if self._client is not None or self._sides or self._spliced_open():
-            self._last_activity = self._loop.time()
-            self._idle_handle = self._loop.call_later(timeout, self._check_idle)
+        # Still open (a graceful close waits on a peer): reset after another idle timeout.
+        self._last_activity = now
 
     def abort(self, reason: str) -> None:
         """Reset both sides now (shutdown past its drain deadline), even mid-close."""
@@ -581,13 +608,8 @@ class Relay:
         ):
             return
         self._reported = True
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
-        if self._half_close_handle is not None:
-            self._half_close_handle.cancel()
-            self._half_close_handle = None
         route = self.route
+        route.deadlines.drop(self)
         backend = self.backend
         if not access_log.isEnabledFor(logging.INFO):
             route.finished(self)

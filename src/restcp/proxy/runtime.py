@@ -141,6 +141,7 @@ class RouteRuntime:
         self.relays: set[Relay] = set()
         self._all = relays
         self.splicer = relays.splicer  # for the relays of splice routes
+        self.deadlines = relays.deadlines
         self.members: dict[int, Member] = {}
         self.candidates: tuple[Member, ...] = ()
         self.refused: Counter[str] = Counter()
