@@ -30,7 +30,26 @@ ACCESS_FLUSH_BYTES = 64 * 1024
 SHARED_FLUSH_BYTES = 3 * 1024
 
 
-class JsonFormatter(logging.Formatter):
+class SecondsFormatter(logging.Formatter):
+    """A formatter that makes its time string once a second: strftime per line was a good
+    part of the cost of an access line, and a busy node writes thousands a second."""
+
+    def __init__(self, fmt: str | None = None) -> None:
+        super().__init__(fmt)
+        self._second: tuple[int, str | None] | None = None
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        key = (int(record.created), datefmt)
+        if key != self._second:
+            self._second = key
+            self._stamp = time.strftime(datefmt or self.default_time_format, self.converter(key[0]))
+        if datefmt or not self.default_msec_format:
+            return self._stamp
+        return self.default_msec_format % (self._stamp, record.msecs)
+
+
+class JsonFormatter(SecondsFormatter):
     def __init__(self, worker: int | None = None) -> None:
         super().__init__()
         # The "Z" the time carries promises UTC, wherever the formatter is built.
@@ -143,8 +162,14 @@ def configure(level: str, fmt: str, worker: int | None = None) -> None:
         formatter: logging.Formatter = JsonFormatter(worker)
     else:
         suffix = "" if worker is None else f" worker={worker}"
-        formatter = logging.Formatter(TEXT_FORMAT + suffix)
+        formatter = SecondsFormatter(TEXT_FORMAT + suffix)
     handler.setFormatter(formatter)
+    # No line of restcp shows a thread, a process or where in the source it was logged:
+    # not collecting them makes each record cheaper (the logging HOWTO's "Optimization").
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

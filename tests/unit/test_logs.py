@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from restcp import logs
 
@@ -208,3 +210,18 @@ def test_access_lines_are_written_within_the_flush_interval() -> None:
             time.sleep(0.005)
     finally:
         handler.close()
+
+
+@given(st.lists(st.floats(min_value=0, max_value=4e9, allow_nan=False), min_size=1, max_size=20))
+def test_time_made_once_a_second_is_the_time_of_each_line(times: list[float]) -> None:
+    """The cached time string of SecondsFormatter is what logging's own formatter writes,
+    for any sequence of record times, back and forth across seconds."""
+    ours = logs.SecondsFormatter(logs.TEXT_FORMAT)
+    plain = logging.Formatter(logs.TEXT_FORMAT)
+    json_formatter = logs.JsonFormatter()
+    for created in times:
+        rec = record(created=created)
+        assert ours.format(rec) == plain.format(rec)
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        expected += f".{int(rec.msecs):03d}Z"
+        assert one_object(json_formatter.format(rec))["time"] == expected
