@@ -133,6 +133,9 @@ class Listener:
         self.runtime = RouteRuntime(route, relays, refusal)
         self._sock = sock
         self._loop: asyncio.AbstractEventLoop | None = None
+        # uvloop sets TCP_NODELAY on the sockets its transports take; asyncio does not on
+        # an accepted one (its proto is 0), so there the listener sets it.
+        self._set_nodelay = True
         self._reading = False
         self._retry: asyncio.TimerHandle | None = None
         self.paused_by: str | None = None
@@ -143,6 +146,7 @@ class Listener:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._set_nodelay = not type(self._loop).__module__.startswith("uvloop")
         self._resume()
 
     def _resume(self) -> None:
@@ -182,11 +186,10 @@ class Listener:
                     "accept resumed app=%s route=%s", self.runtime.app, self.runtime.route_id
                 )
                 self.paused_by = None
-            # asyncio skips TCP_NODELAY on an accepted socket (its proto is 0); uvloop sets
-            # it again, which is one cheap syscall. No setblocking(False): both loops make
-            # the socket non-blocking themselves.
-            with contextlib.suppress(OSError):
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # No setblocking(False): both loops make the socket non-blocking themselves.
+            if self._set_nodelay:
+                with contextlib.suppress(OSError):
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # No task either (one per client was a good part of its cost): the coroutine
             # makes the transport at its first step and only waits for connection_made.
             protocol = client_protocol(self.runtime, loop, (addr[0], addr[1]))

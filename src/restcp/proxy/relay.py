@@ -219,9 +219,10 @@ class Relay:
             self.refused = refusal
             self._end(refusal, reset=True)
             return
-        # TCP_NODELAY: the listener sets it on the accepted socket, and both loops set it
-        # on the transports create_connection makes (test_nodelay_both_sides holds them to
-        # it). Setting it through get_extra_info("socket") cost three syscalls per side.
+        # TCP_NODELAY: uvloop sets it on every socket its transports take, the listener on
+        # an accepted one under asyncio, and asyncio on the transports create_connection
+        # makes (test_nodelay_both_sides holds them to it). Setting it through
+        # get_extra_info("socket") cost three syscalls per side.
         self._flow()
         self._next_backend()
 
