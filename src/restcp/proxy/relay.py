@@ -375,8 +375,8 @@ class Relay:
                 self,
                 self._loop,
                 self.route.splicer,
-                client.get_extra_info("socket").fileno(),
-                backend.get_extra_info("socket").fileno(),
+                client.get_extra_info("socket"),
+                backend.get_extra_info("socket"),
             )
         except OSError as err:  # no fd for the dups (EMFILE): the transports relay it
             log.warning(

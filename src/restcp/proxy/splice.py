@@ -193,6 +193,15 @@ class Splicer:
             self._epoll = None
 
 
+class Connected(Protocol):
+    """A connected non-blocking TCP socket, as a transport's ``get_extra_info("socket")``."""
+
+    @property
+    def family(self) -> int: ...
+
+    def fileno(self) -> int: ...
+
+
 class SpliceOwner(Protocol):
     """What a SplicePipe reports to (the Relay)."""
 
@@ -230,12 +239,12 @@ class SplicePipe:
         owner: SpliceOwner,
         loop: asyncio.AbstractEventLoop,
         splicer: Splicer,
-        client_fd: int,
-        backend_fd: int,
+        client: Connected,
+        backend: Connected,
     ) -> None:
-        """Dup both fds and register the dups (OSError, with nothing left open or
-        registered, when that fails): the caller then closes its transports, and the
-        connections stay open in these copies."""
+        """Dup the fds of both sockets and register the dups (OSError, with nothing left
+        open or registered, when that fails): the caller then closes its transports, and
+        the connections stay open in these copies."""
         self._owner = owner
         self._loop = loop
         self._splicer = splicer
@@ -243,10 +252,15 @@ class SplicePipe:
         self.closed = False
         socks: list[socket.socket] = []
         try:
-            for fd in (client_fd, backend_fd):
-                sock = socket.socket(fileno=os.dup(fd))
-                socks.append(sock)
-                sock.setblocking(False)
+            for conn in (client, backend):
+                # Family and type given, not asked of the kernel (two getsockopt each); and
+                # no setblocking: a dup shares the O_NONBLOCK its transport set.
+                fd = os.dup(conn.fileno())
+                try:
+                    socks.append(socket.socket(conn.family, socket.SOCK_STREAM, 0, fd))
+                except BaseException:
+                    os.close(fd)
+                    raise
             self._client, self._backend = socks
             splicer.register(loop, self._client.fileno(), self._on_client)
             splicer.register(loop, self._backend.fileno(), self._on_backend)
