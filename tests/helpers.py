@@ -211,8 +211,9 @@ def running_node(*args: str, **kw: Any) -> Iterator[Node]:
         node.stop()
 
 
-def tcp_states(pid: int) -> list[str]:
-    """TCP states (e.g. 'CLOSE_WAIT') of every socket the process holds."""
+def tcp_states(pid: int, port: int | None = None) -> list[str]:
+    """TCP states (e.g. 'CLOSE_WAIT') of every socket the process holds; with ``port``, of
+    those whose local port it is."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):
@@ -228,6 +229,6 @@ def tcp_states(pid: int) -> list[str]:
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for row in Path(table).read_text().splitlines()[1:]:
             cols = row.split()
-            if cols[9] in inodes:
+            if cols[9] in inodes and (port is None or int(cols[1].rsplit(":", 1)[1], 16) == port):
                 states.append(names.get(cols[3], cols[3]))
     return states

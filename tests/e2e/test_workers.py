@@ -31,7 +31,7 @@ from tests.e2e.peers import (
     log_count,
     served_by,
 )
-from tests.helpers import Node, free_port_range
+from tests.helpers import Node, free_port_range, tcp_states
 
 pytestmark = pytest.mark.slow
 
@@ -239,8 +239,8 @@ def test_sigterm_drains_every_process_and_leaves_none(
         for client in clients:
             assert client.ask("before") == "a"
         # Both processes hold open connections (the relayed client sockets).
-        assert "ESTABLISHED" in _states(node.proc.pid, port)
-        assert "ESTABLISHED" in _states(worker, port)
+        assert "ESTABLISHED" in tcp_states(node.proc.pid, port)
+        assert "ESTABLISHED" in tcp_states(worker, port)
         node.proc.send_signal(signal.SIGTERM)
         node.wait_for_line("draining")
         wait_until(lambda: port not in listening_ports(worker), "the worker stops accepting")
@@ -256,22 +256,6 @@ def test_sigterm_drains_every_process_and_leaves_none(
     assert log_count(node, "worker 1 stopped (status 0)") == 1
     assert not alive(worker)
     assert_clean_log(node)
-
-
-def _states(pid: int, port: int) -> list[str]:
-    """TCP states of ``pid``'s sockets whose local port is ``port``."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    states = []
-    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        cols = row.split()
-        if cols[9] in inodes and int(cols[1].rsplit(":", 1)[1], 16) == port:
-            states.append({"01": "ESTABLISHED", "0A": "LISTEN"}.get(cols[3], cols[3]))
-    return states
 
 
 def test_a_killed_main_process_takes_its_workers(start_node: StartNode, tmp_path: Path) -> None:

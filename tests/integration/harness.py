@@ -130,6 +130,51 @@ def payload(size: int) -> bytes:
     return os.urandom(size)
 
 
+MB = 1 << 20
+# A socket buffer far below what the kernel autotunes to: a stalled reader shows sooner.
+SMALL_BUFFER = 64 * 1024
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[Any]]
+
+
+async def _everything(reader: asyncio.StreamReader) -> bytes:
+    return await reader.read()
+
+
+def sends_then_reads(
+    down: bytes, read: Callable[[asyncio.StreamReader], Awaitable[Any]] = _everything
+) -> Handler:
+    """A backend that sends ``down`` and its FIN at once, then reads to EOF before waiting
+    for its own bytes to go: full duplex. It returns what ``read`` makes of what came (the
+    bytes themselves by default)."""
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
+        writer.write(down)
+        writer.write_eof()
+        got = await read(reader)
+        await writer.drain()
+        return got
+
+    return backend
+
+
+def flooder(data: bytes, sent: list[int]) -> Handler:
+    """A backend that writes ``data`` in 256 KiB pieces through a SMALL_BUFFER send buffer,
+    then its FIN, counting in ``sent[0]`` the bytes the kernel has taken."""
+
+    async def flood(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER
+        )
+        view = memoryview(data)
+        for at in range(0, len(data), 256 * 1024):
+            writer.write(view[at : at + 256 * 1024])
+            await writer.drain()  # returns once the kernel took the bytes (below low water)
+            sent[0] = at + len(view[at : at + 256 * 1024])
+        writer.write_eof()
+
+    return flood
+
+
 def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "restcp.access"]
 
@@ -139,9 +184,6 @@ def spliced(caplog: pytest.LogCaptureFixture) -> list[bool]:
     return [
         getattr(r, "fields", {})["spliced"] for r in caplog.records if r.name == "restcp.access"
     ]
-
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[Any]]
 
 
 @dataclass

@@ -11,11 +11,14 @@ import pytest
 
 from tests.integration.harness import (
     HOST,
+    MB,
+    SMALL_BUFFER,
     SPLICE,
     WAIT,
     Server,
     access_lines,
     drain,
+    flooder,
     payload,
     proxy,
     read_outcome,
@@ -25,7 +28,6 @@ from tests.integration.harness import (
     until,
 )
 
-MB = 1 << 20
 # The flood is far more than every socket buffer on the way can hold (the kernel autotunes
 # loopback buffers up to tcp_rmem/tcp_wmem max, several MB each), so a relay that reads the
 # backend regardless of its client would take most of it into memory.
@@ -33,7 +35,6 @@ FLOOD = 64 * MB
 # What the backend may get rid of while the client reads nothing: the kernel buffers of the
 # backend->proxy and proxy->client sockets plus the relay's own (high-water mark + one read).
 BOUND = 16 * MB
-SMALL_BUFFER = 64 * 1024
 
 
 def test_backpressure_bounds_buffering(loop: str) -> None:
@@ -42,17 +43,7 @@ def test_backpressure_bounds_buffering(loop: str) -> None:
     backend; then the client drains and gets every byte, in order."""
     data = payload(FLOOD)
     sent = [0]
-
-    async def flood(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER
-        )
-        view = memoryview(data)
-        for at in range(0, FLOOD, 256 * 1024):
-            writer.write(view[at : at + 256 * 1024])
-            await writer.drain()  # returns once the kernel took the bytes (below low water)
-            sent[0] = at + len(view[at : at + 256 * 1024])
-        writer.write_eof()
+    flood = flooder(data, sent)
 
     async def main() -> None:
         loop_ = asyncio.get_running_loop()

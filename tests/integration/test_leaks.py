@@ -8,12 +8,17 @@ import os
 import random
 
 from tests.helpers import tcp_states
+from tests.integration.endings import (
+    backend_reset,
+    client_reset,
+    echo_or_reset,
+    full_close,
+    half_close,
+)
 from tests.integration.harness import (
     WAIT,
     Server,
-    payload,
     proxy,
-    read_all,
     read_outcome,
     refusing_backend,
     reset,
@@ -37,55 +42,10 @@ def open_sockets() -> int:
     return count
 
 
-async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-    """Echo until EOF, or reset at once when asked to."""
-    total = 0
-    while data := await reader.read(65536):
-        if data.startswith(b"RESET"):
-            reset(writer)
-            return -1
-        total += len(data)
-        writer.write(data)
-        await writer.drain()
-    return total
-
-
-async def half_close(port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    data = payload(random.randrange(1, 100_000))
-    writer.write(data)
-    writer.write_eof()
-    assert await read_all(reader) == data
-    writer.close()
-
-
-async def full_close(port: int) -> None:
-    """A FIN after the reply, without a half-close first, as most clients do."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"ping")
-    assert await asyncio.wait_for(reader.readexactly(4), WAIT) == b"ping"
-    writer.close()
-    assert await read_outcome(reader) == "eof"
-
-
-async def client_reset(port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"x" * 1000)
-    await asyncio.wait_for(reader.readexactly(1000), WAIT)
-    reset(writer)
-
-
 async def reset_while_connecting(port: int) -> None:
     """Gone before the relay may even have reached the backend."""
     _reader, writer = await asyncio.open_connection("127.0.0.1", port)
     reset(writer)
-
-
-async def backend_reset(port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"RESET please")
-    assert await read_outcome(reader) == "reset"
-    writer.close()
 
 
 async def no_backend(port: int) -> None:
@@ -104,7 +64,11 @@ def test_no_leaks_after_hundreds_of_connections(loop: str) -> None:
         # Sockets, not all fds: libuv keeps a spare fd, opened with its first listener, to
         # shed connections when the process runs out of fds.
         before = open_sockets()
-        async with Server(backend) as server, proxy(server.backend()) as px, proxy(dead) as nowhere:
+        async with (
+            Server(echo_or_reset) as server,
+            proxy(server.backend()) as px,
+            proxy(dead) as nowhere,
+        ):
             baseline = open_fds()
             rng = random.Random(1)
             jobs = [

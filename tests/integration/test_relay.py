@@ -9,6 +9,7 @@ import socket
 import pytest
 
 from tests.integration.harness import (
+    MB,
     SPLICE,
     WAIT,
     Server,
@@ -19,11 +20,10 @@ from tests.integration.harness import (
     read_outcome,
     reset,
     run,
+    sends_then_reads,
     spliced,
     used_pipes,
 )
-
-MB = 1 << 20
 
 
 def test_client_speaks_first(loop: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -84,13 +84,7 @@ def test_both_ways_at_once(loop: str) -> None:
     """Full duplex: both peers write several MB before reading anything, so each direction's
     backpressure must not block the other one (a relay that pauses the wrong side deadlocks)."""
     up, down = payload(6 * MB), payload(6 * MB)
-
-    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-        writer.write(down)
-        writer.write_eof()
-        got = await reader.read()
-        await writer.drain()
-        return got
+    backend = sends_then_reads(down)
 
     async def main() -> None:
         async with Server(backend) as server, proxy(server.backend()) as px:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -22,7 +23,6 @@ import random
 import socket
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -30,12 +30,22 @@ from restcp.model import Route
 from restcp.proxy import relay as relay_module
 from restcp.proxy.splice import PipePool
 from tests.helpers import tcp_states
+from tests.integration.endings import (
+    backend_reset,
+    client_reset,
+    echo_or_reset,
+    full_close,
+    half_close,
+)
 from tests.integration.harness import (
     HOST,
+    MB,
+    SMALL_BUFFER,
     WAIT,
     Server,
     access_lines,
     drain,
+    flooder,
     payload,
     pipes_of,
     proxy,
@@ -43,14 +53,12 @@ from tests.integration.harness import (
     read_outcome,
     reset,
     run,
+    sends_then_reads,
     spliced,
     stalled,
     until,
     used_pipes,
 )
-
-MB = 1 << 20
-SMALL_BUFFER = 64 * 1024
 
 
 def kernel_objects() -> int:
@@ -87,13 +95,7 @@ def sha(data: bytes) -> str:
 def test_bytes_exact_both_ways(loop: str, size: int, caplog: pytest.LogCaptureFixture) -> None:
     """Both peers send ``size`` random bytes and a FIN at once; each gets the other's, exact."""
     up, down = payload(size), payload(size)
-
-    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
-        writer.write(down)
-        writer.write_eof()
-        got = await hash_all(reader)
-        await writer.drain()
-        return got
+    backend = sends_then_reads(down, hash_all)
 
     async def main() -> None:
         async with Server(backend) as server, proxy(server.backend(), splice=True) as px:
@@ -157,21 +159,11 @@ def test_slow_reader_stalls_the_sender(loop: str) -> None:
     flood = 64 * MB
     data = payload(flood)
     sent = [0]
-
-    async def flooder(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER
-        )
-        view = memoryview(data)
-        for at in range(0, flood, 256 * 1024):
-            writer.write(view[at : at + 256 * 1024])
-            await writer.drain()
-            sent[0] = at + len(view[at : at + 256 * 1024])
-        writer.write_eof()
+    backend = flooder(data, sent)
 
     async def main() -> None:
         loop_ = asyncio.get_running_loop()
-        async with Server(flooder) as server, proxy(server.backend(), splice=True) as px:
+        async with Server(backend) as server, proxy(server.backend(), splice=True) as px:
             client = socket.socket()
             client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
             client.setblocking(False)
@@ -332,58 +324,21 @@ def test_disabling_the_backend_resets_its_spliced_connections(loop: str) -> None
 # -- leaks ----------------------------------------------------------------------------------
 
 
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-    total = 0
-    while data := await reader.read(1 << 20):
-        if data.startswith(b"RESET"):
-            reset(writer)
-            return -1
-        total += len(data)
-        writer.write(data)
-        await writer.drain()
-    return total
-
-
-async def _half_close(port: int) -> None:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    data = payload(random.randrange(1, 2 * MB))
-    writer.write(data)
-    writer.write_eof()
-    assert await read_all(reader) == data
-    writer.close()
-
-
-async def _full_close(port: int) -> None:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    writer.write(b"ping")
-    assert await asyncio.wait_for(reader.readexactly(4), WAIT) == b"ping"
-    writer.close()
-    assert await read_outcome(reader) == "eof"
-
-
-async def _client_reset(port: int) -> None:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    writer.write(b"x" * 100_000)
-    await asyncio.wait_for(reader.readexactly(1000), WAIT)
-    reset(writer)
-
-
-async def _backend_reset(port: int) -> None:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    writer.write(b"RESET please")
-    assert await read_outcome(reader) == "reset"
-    writer.close()
-
-
 def test_no_fd_or_pipe_left_after_many_connections(loop: str) -> None:
     """Connections ending every way, many at once: afterwards the process holds the sockets
     and pipes it held before, plus the pool's empty pipes (bounded) and the splicer's epoll
     set, and nothing in CLOSE_WAIT; after the node's shutdown, not even those."""
-    scenarios = (_half_close, _full_close, _client_reset, _backend_reset)
+    # Big enough to be spliced (COPY_CHUNK), not only copied.
+    scenarios = (
+        functools.partial(half_close, most=2 * MB),
+        full_close,
+        functools.partial(client_reset, size=100_000),
+        backend_reset,
+    )
 
     async def main() -> None:
         before = kernel_objects()
-        async with Server(_echo) as server, proxy(server.backend(), splice=True) as px:
+        async with Server(echo_or_reset) as server, proxy(server.backend(), splice=True) as px:
             baseline = kernel_objects()
             rng = random.Random(5)
             jobs = [rng.choice(scenarios) for _ in range(160)]
@@ -420,13 +375,7 @@ def test_without_fds_for_the_hand_over_the_transports_relay(
 ) -> None:
     """EMFILE at the hand-over: the relay writes what it held and relays as usual."""
     up, down = payload(2 * MB), payload(2 * MB)
-
-    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-        writer.write(down)
-        writer.write_eof()
-        got = await reader.read()
-        await writer.drain()
-        return got
+    backend = sends_then_reads(down)
 
     async def main() -> None:
         async with (
@@ -452,14 +401,8 @@ def test_without_fds_for_the_hand_over_the_transports_relay(
 def test_without_pipes_a_way_copies(loop: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Out of fds for a pipe mid-connection: the bytes go through Python, exact."""
     up, down = payload(3 * MB), payload(3 * MB)
+    backend = sends_then_reads(down, hash_all)
     monkeypatch.setattr(PipePool, "take", lambda self: None)
-
-    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
-        writer.write(down)
-        writer.write_eof()
-        got = await hash_all(reader)
-        await writer.drain()
-        return got
 
     async def main() -> None:
         async with Server(backend) as server, proxy(server.backend(), splice=True) as px:
@@ -479,7 +422,7 @@ def test_a_route_change_applies_to_new_connections(loop: str) -> None:
     """Splice turned off: the open connection stays spliced, the next one is not."""
 
     async def main() -> None:
-        async with Server(_echo) as server, proxy(server.backend(), splice=True) as px:
+        async with Server(echo_or_reset) as server, proxy(server.backend(), splice=True) as px:
             first_r, first_w = await px.connect()
             first = await px.relay_connected()
             await until(lambda: first.spliced)
