@@ -119,8 +119,8 @@ def test_keys_types_and_values_are_as_documented(store: SyncStore, raw_redis: re
         store.add_backend("web", 1, Backend(0, "10.0.1.7", port, weight=3))
     # The health lists, as the node serving the route writes them; the epoch, as the
     # first node of a cluster claims it.
-    assert store.put_backend_health("web", 1, [1, 2], [3]) is True
-    assert store.claim_epoch("e1") == "e1"
+    assert store.coordination.put_backend_health("web", 1, [1, 2], [3]) is True
+    assert store.coordination.claim_epoch("e1") == "e1"
     store.delete_backend("web", 1, 2)
     store.set_port_cursor(IP, 10003)
     web_hash, billing_hash = "ab" * 32, "cd" * 32
@@ -384,12 +384,12 @@ def test_a_rediss_store_speaks_tls_and_connects_lazily(runner: asyncio.Runner) -
     async def check() -> None:
         store = open_store("rediss://h.invalid:6380/2?prefix=t:&ssl_cert_reqs=none")
         assert isinstance(store, RedisStore)
-        pool = store._client.connection_pool
+        pool = store.connection.client.connection_pool
         kwargs = pool.connection_kwargs
         assert issubclass(pool.connection_class, SSLConnection)  # one that revalidates
         assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("h.invalid", 6380, 2)
         assert kwargs["ssl_cert_reqs"] == "none"
-        assert store.keys.apps == "t:apps"
+        assert store.connection.keys.apps == "t:apps"
         await store.close()
 
     runner.run(check())
