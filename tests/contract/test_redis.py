@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import itertools
 import json
 import re
@@ -19,6 +20,7 @@ import pytest
 import redis
 from redis.asyncio import SSLConnection
 
+from restcp.cluster import Coordination, SharedStore
 from restcp.errors import Conflict, InvalidSpec, NotFound, Unavailable
 from restcp.model import Backend, Route, RouteSettings
 from restcp.store import AppInfo, Store, open_store
@@ -253,6 +255,26 @@ def test_scripts_are_loaded_again_after_the_server_forgot_them(
     raw_redis.script_flush()
     store.add_backend("a", 1, Backend(0, IP, 9000))
     assert store.get_route("a", 1).backends == (Backend(1, IP, 9000),)
+
+
+# -- the two halves ----------------------------------------------------------------------------
+
+
+def test_the_store_and_its_coordination_are_apart_and_offer_what_the_cluster_needs(
+    store: SyncStore, open_url: Callable[[str], SyncStore], tmp_path: Path
+) -> None:
+    """The cluster declares what it needs (cluster/coordination.py) and finds it in a store
+    at run time only, so nothing but this checks that the two agree."""
+    wanted = [n for n, v in vars(Coordination).items() if callable(v) and not n.startswith("_")]
+    assert "acquire_lease" in wanted
+    assert isinstance(store.aio, SharedStore)
+    offered = type(store.aio.coordination)
+    for name in wanted:
+        expected = inspect.signature(getattr(Coordination, name))
+        assert inspect.signature(getattr(offered, name)) == expected, name
+    # The Store half offers none of it, and an embedded store is no shared one.
+    assert not set(wanted) & set(dir(RedisStore))
+    assert not isinstance(open_url(f"sqlite:///{tmp_path}/x.db").aio, SharedStore)
 
 
 # -- concurrency -------------------------------------------------------------------------------
