@@ -40,7 +40,6 @@ class Cluster:
         serving: Callable[[], int],
     ) -> None:
         self._bus = bus = store.coordination
-        self._settings = settings
         self._node = node
         self.node_id = new_node_id()
         self._leases = Leases(bus, settings, self.node_id)
