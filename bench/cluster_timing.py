@@ -54,7 +54,7 @@ def until(check: Callable[[], bool], what: str, deadline: float = 30.0) -> float
 
 
 @contextmanager
-def node(redis_url: str, ip: str, ports: int, *extra: str) -> Iterator[Node]:
+def node(redis_url: str, ip: str, ports: int, *extra: str, name: str) -> Iterator[Node]:
     lo, hi = free_port_range(ports)
     # Each node its own snapshot: one in the working directory would carry another run's
     # cluster epoch into this run's fresh Redis.
@@ -63,6 +63,7 @@ def node(redis_url: str, ip: str, ports: int, *extra: str) -> Iterator[Node]:
         "--api", "127.0.0.1:0",
         "--store", redis_url,
         "--frontend-ip", ip,
+        "--node-name", name,
         "--port-range", f"{lo}-{hi}",
         "--log-level", "info",
         "--snapshot", str(Path(snapshots.name) / "snapshot.db"),
@@ -100,8 +101,8 @@ def listening(ip: str) -> set[int]:
 def change_latency(redis_url: str, changes: int) -> dict[str, object]:
     with (
         # No resync timer to speak of: every change must come by pub/sub.
-        node(redis_url, C, 20, "--resync-interval", "3600") as c,
-        node(redis_url, A, 20, "--resync-interval", "3600") as a,
+        node(redis_url, C, 20, "--resync-interval", "3600", name="c") as c,
+        node(redis_url, A, 20, "--resync-interval", "3600", name="a") as a,
         Backend(sender(b"one")) as one,
         Backend(sender(b"two")) as two,
     ):
@@ -125,7 +126,7 @@ def change_latency(redis_url: str, changes: int) -> dict[str, object]:
 
 
 def resume_time(redis_url: str, routes: int, lease_ttl: str) -> dict[str, float]:
-    with node(redis_url, C, routes + 50, "--lease-ttl", lease_ttl) as old:
+    with node(redis_url, C, routes + 50, "--lease-ttl", lease_ttl, name="c") as old:
         old.wait_ready()
         ports = set()
         for _ in range(routes):
@@ -134,18 +135,19 @@ def resume_time(redis_url: str, routes: int, lease_ttl: str) -> dict[str, float]
         assert len(ports) == routes
         assert ports <= listening(C)
         # SIGKILL: no lease released, no goodbye. The new node is started right after, as a
-        # supervisor restarting a crashed service would.
+        # supervisor restarting a crashed service would, under the same name: it takes the
+        # lease at once (docs/cluster.md, "Node names and incarnations").
         old.stop(signal.SIGKILL)
         killed = time.time()
-        with node(redis_url, C, routes + 50, "--lease-ttl", lease_ttl) as new:
+        with node(redis_url, C, routes + 50, "--lease-ttl", lease_ttl, name="c") as new:
             new.wait_ready()
             until(lambda: ports <= listening(C), f"{routes} ports listening again", 60.0)
             resumed = time.time() - killed
             started = logged_at(new, "starting restcp") - killed
-            leased = logged_at(new, "lease of frontend IP 127.0.0.3 acquired") - killed
+            leased = logged_at(new, "lease of frontend IP 127.0.0.3 taken from node") - killed
             ready = logged_at(new, " ready api=") - killed
         # A clean stop (SIGTERM) releases the lease: a successor waits for nothing.
-        with node(redis_url, C, routes + 50, "--lease-ttl", lease_ttl) as successor:
+        with node(redis_url, C, routes + 50, "--lease-ttl", lease_ttl, name="s") as successor:
             new.stop()
             stopped = time.perf_counter()
             successor.wait_ready()

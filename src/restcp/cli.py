@@ -18,10 +18,12 @@ from restcp.core.policy import parse_networks
 from restcp.errors import RestcpError
 from restcp.settings import (
     Settings,
+    default_node_name,
     parse_api_token,
     parse_host_name,
     parse_host_port,
     parse_ip,
+    parse_node_name,
     parse_port_range,
     read_token_file,
 )
@@ -281,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
         "started for the same IP takes over after it (RESTCP_LEASE_TTL; %(default)s)",
     )
     serve.add_argument(
+        "--node-name",
+        type=_arg(parse_node_name, "--node-name"),
+        default=_env("NODE_NAME", "") or None,
+        metavar="NAME",
+        help="Redis store: this node's name, the same across its restarts, so that a node "
+        "restarted after a crash takes its frontend IPs back at once; one per node on a host "
+        "(RESTCP_NODE_NAME; default the host name)",
+    )
+    serve.add_argument(
         "--snapshot",
         default=_env("SNAPSHOT", "restcp-snapshot.db"),
         metavar="PATH",
@@ -403,6 +414,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         resync_interval=args.resync_interval,
         provision_timeout=args.provision_timeout,
         lease_ttl=args.lease_ttl,
+        node_name=args.node_name or default_node_name(),
         snapshot=None if args.snapshot.strip().lower() in ("", "off", "none") else args.snapshot,
         max_connections=args.max_connections or _fd_connection_cap(),
         max_connections_per_app=args.max_connections_per_app,

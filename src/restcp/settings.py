@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass, field
 
 from restcp.model import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT
@@ -28,6 +29,10 @@ class Settings:
     # without being renewed (a dead node's IPs are taken over after this).
     provision_timeout: float = 5.0
     lease_ttl: float = 10.0
+    # Cluster (Redis store) only: what stays the same when this node is restarted, so that
+    # it may take back at once the leases its dead predecessor of that name held on this
+    # host (cluster/identity.py).
+    node_name: str = field(default_factory=lambda: default_node_name())
     # Cluster (Redis store) only: the local file of what this node serves, which it serves
     # from when it starts with Redis down, and writes back when Redis lost it; None: none.
     snapshot: str | None = "restcp-snapshot.db"
@@ -60,6 +65,21 @@ class Settings:
     def exposed_without_token(self) -> bool:
         """Whether anyone beyond this machine may reach an API that asks for no token."""
         return self.api_token is None and not is_loopback(self.api_host)
+
+
+# What a node name may hold; "@" separates it from the rest of a node id.
+_NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def parse_node_name(text: str) -> str:
+    if not _NODE_NAME.fullmatch(text):
+        raise ValueError(f"{text!r} is not a node name: use 1-64 of A-Z a-z 0-9 . _ -")
+    return text
+
+
+def default_node_name() -> str:
+    """The host name, with any character a node name may not hold replaced by ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "restcp"
 
 
 def parse_host_port(text: str) -> tuple[str, int]:

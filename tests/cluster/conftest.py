@@ -65,7 +65,9 @@ def start_node(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartNode]
     """``start_node(ip, *extra)``: a node serving ``ip`` on the test's Redis, ready; every
     node started is stopped (or reaped, if the test killed it) at teardown. Each node has
     a snapshot file of its own in the test's directory, unless ``snapshot`` names one (a
-    node restarted in a test passes the path of the one it replaces)."""
+    node restarted in a test passes the path of the one it replaces), and a node name of
+    its own (they all run on one host), unless ``name`` gives one (a node restarted as
+    itself passes the name it had)."""
     nodes = NodeStarter()
 
     def start(
@@ -74,6 +76,7 @@ def start_node(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartNode]
         ready: bool = True,
         ports: int = 20,
         snapshot: Path | None = None,
+        name: str | None = None,
         **kw: Any,
     ) -> Node:
         lo, hi = free_port_range(ports)
@@ -82,6 +85,7 @@ def start_node(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartNode]
             "--api", "127.0.0.1:0",
             "--store", redis_server.url(prefix=PREFIX),
             "--frontend-ip", ip,
+            "--node-name", name or f"node{len(nodes.started)}",
             "--port-range", f"{lo}-{hi}",
             "--snapshot", str(snapshot),
             # Long unless a test says otherwise: a change seen at once came by pub/sub.

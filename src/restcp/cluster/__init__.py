@@ -17,6 +17,7 @@ The parts, each in its module, from the top (lint-imports checks this order)::
     leases.py        which IPs the node holds; the node id a lease names
     health.py        the health writer: backends up and down, into Redis
     messages.py      what nodes say to each other: typed values, one codec each
+    identity.py      a node's name and incarnation; whether an earlier incarnation is gone
     controller.py    what the cluster needs from its node (node.py)
     coordination.py  what the cluster needs from a shared store (store/redis)
 

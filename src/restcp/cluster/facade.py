@@ -13,7 +13,8 @@ from restcp.cluster.controller import Controller
 from restcp.cluster.coordination import SharedStore, Subscription
 from restcp.cluster.epoch import Epoch
 from restcp.cluster.health import HealthWriter
-from restcp.cluster.leases import Leases, new_node_id
+from restcp.cluster.identity import NodeId
+from restcp.cluster.leases import Leases
 from restcp.cluster.provisioning import Provisioner
 from restcp.cluster.registry import Registry
 from restcp.cluster.subscriber import Subscriber
@@ -41,8 +42,9 @@ class Cluster:
     ) -> None:
         self._bus = bus = store.coordination
         self._node = node
-        self.node_id = new_node_id()
-        self._leases = Leases(bus, settings, self.node_id)
+        identity = NodeId.this_process(settings.node_name)
+        self.node_id = str(identity)
+        self._leases = Leases(bus, settings, identity)
         self.health = HealthWriter(bus, node.served, node.backend_status)
         self._epoch = Epoch(bus, node, self._leases, self.health.forget)
         self._registry = Registry(bus, settings, node, self._leases, serving)
@@ -78,6 +80,10 @@ class Cluster:
         subscription: Subscription | None = None
         problem = None
         try:
+            # Registered before anything is claimed, so that a process started with the
+            # same name at the same moment sees this one: the later of the two refuses.
+            await self._registry.put()
+            await self._registry.refuse_twin()
             await self._leases.claim()
             # The node's own first resync follows, before it reports ready.
             self._leases.followed_all()

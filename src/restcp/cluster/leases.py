@@ -11,41 +11,42 @@ An IP of this node is, at any moment, one of::
        └────── release ───────┘        provisional (Redis down at start; the snapshot is
                                        served) ──first claim──► held, or waiting
 
-Only ``Leases.claim`` moves an IP between them. The node identity a lease names is made here
-too: a restarted process is a new node, which must wait out its predecessor's lease (a
-stable name plus an incarnation, issue #17, will let it take its IPs back at once; it
-belongs here, with the rule that decides when a lease may be taken).
+Only ``Leases.claim`` moves an IP between them. A lease held by another node is waited out,
+unless its holder is an earlier incarnation of this node (its name, this host) that is
+provably gone (identity.py): its process is not running and the IP's stored ports are free
+to bind. A node restarted after a crash then serves its IPs as soon as it is up, instead of
+a --lease-ttl later.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from restcp.cluster.coordination import Coordination
+from restcp.cluster.identity import NodeId
+from restcp.proxy.listener import bind
 from restcp.settings import Settings
 
 log = logging.getLogger("restcp.cluster")
 
-
-def new_node_id() -> str:
-    """Unique per process: ``<hostname>-<pid>-<6 hex digits>``."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+# Seconds between tries to take the lease of a dead earlier incarnation whose ports are not
+# free yet (its process is gone, but a socket of it, in a worker that has not died yet, is
+# still bound).
+TAKEOVER_RETRY = 0.1
 
 
 class Leases:
     """The leases of this node's frontend IPs, and how far the node has followed them: an
     IP just taken over is not served until a full resync has bound its routes."""
 
-    def __init__(self, bus: Coordination, settings: Settings, node_id: str) -> None:
+    def __init__(self, bus: Coordination, settings: Settings, identity: NodeId) -> None:
         self._bus = bus
         self._settings = settings
-        self.node_id = node_id
+        self.identity = identity
+        self.node_id = str(identity)
         # ip -> when this node acquired its lease (Unix seconds).
         self.held: dict[str, float] = {}
         # ip -> the node holding the lease of an IP this node is configured for.
@@ -107,6 +108,19 @@ class Leases:
             state, holder, left = await self._bus.acquire_lease(
                 ip, self.node_id, self._settings.lease_ttl
             )
+            if not state and (gone := await self._gone(ip, holder)) is not None:
+                state, holder, left = await self._bus.acquire_lease(
+                    ip, self.node_id, self._settings.lease_ttl, replace=holder
+                )
+                if state:
+                    log.warning(
+                        "lease of frontend IP %s taken from node %s, an earlier incarnation "
+                        "of this node: %s",
+                        ip,
+                        gone[0],
+                        gone[1],
+                    )
+                    await self._bus.drop_node(gone[0])
             if ip in self.provisional:
                 # Redis answers at last: the lease is confirmed (acquired below), or another
                 # node holds the IP now and this one stops serving it (standby).
@@ -145,6 +159,28 @@ class Leases:
             if left > 0:  # a lease set by hand may have no expiry: then the usual period
                 self.free_in = left if self.free_in is None else min(left, self.free_in)
         return changed
+
+    async def _gone(self, ip: str, holder: str) -> tuple[str, str] | None:
+        """(holder, why it is gone) when ``holder`` is an earlier incarnation of this node
+        that is provably gone; None when it is another node, or may be alive."""
+        other = NodeId.parse(holder)
+        if other is None or not self.identity.predecessor(other) or other.alive():
+            return None
+        for port in await self._bus.stored_ports(ip):
+            try:
+                bind(ip, port).close()
+            except OSError as err:
+                log.info(
+                    "frontend IP %s: node %s (this node's earlier incarnation) is gone, but "
+                    "port %d cannot be bound yet (%s): trying again",
+                    ip,
+                    holder,
+                    port,
+                    err.strerror,
+                )
+                self.free_in = min(self.free_in, TAKEOVER_RETRY) if self.free_in else TAKEOVER_RETRY
+                return None
+        return holder, f"its process {other.pid} is not running on this host"
 
     async def release(self) -> None:
         """Give up every lease held (raises Unavailable; those left expire by themselves)."""

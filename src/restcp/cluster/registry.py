@@ -10,8 +10,9 @@ from typing import Any
 
 from restcp.cluster.controller import Controller
 from restcp.cluster.coordination import Coordination
+from restcp.cluster.identity import NodeId
 from restcp.cluster.leases import Leases
-from restcp.errors import Unavailable
+from restcp.errors import Conflict, Unavailable
 from restcp.model import format_host
 from restcp.settings import Settings
 
@@ -55,6 +56,25 @@ class Registry:
             # forgets a killed node soon.
             3 * self._settings.lease_ttl,
         )
+
+    async def refuse_twin(self) -> None:
+        """Raise Conflict if another live process on this host registered under this node's
+        name before this one did: two incarnations of one name would each take the other's
+        leases for a dead predecessor's. (Of two started at once, the later one refuses.)"""
+        me = self._leases.identity
+        for record in await self._bus.list_nodes():
+            other = NodeId.parse(str(record.get("id")))
+            if (
+                other is not None
+                and me.predecessor(other)
+                and (other.start, other.pid) < (me.start, me.pid)
+                and other.alive()
+            ):
+                raise Conflict(
+                    f"node name {me.name!r} is taken: process {other.pid} on this host runs "
+                    f"as node {other} in this cluster. Give each node on one host a name of "
+                    "its own: --node-name (RESTCP_NODE_NAME; default the host name)"
+                )
 
     async def register(self) -> None:
         """Write this node's entry again, now that its API address is known. Only a

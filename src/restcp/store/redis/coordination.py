@@ -87,11 +87,16 @@ class RedisCoordination:
 
     # -- leases and the node registry ------------------------------------------------------
 
-    async def acquire_lease(self, ip: str, holder: str, ttl: float) -> tuple[int, str, float]:
-        """Renew ``holder``'s lease of ``ip``, or take it if it is free, for ``ttl`` seconds.
-        (2 acquired, 1 renewed, 0 held by another; the holder; seconds left of another's)."""
+    async def acquire_lease(
+        self, ip: str, holder: str, ttl: float, replace: str | None = None
+    ) -> tuple[int, str, float]:
+        """Renew ``holder``'s lease of ``ip``, or take it if it is free or held by exactly
+        ``replace``, for ``ttl`` seconds. (2 acquired, 1 renewed, 0 held by another; the
+        holder; seconds left of another's)."""
         state, current, left_ms = await self._run(
-            scripts.ACQUIRE_LEASE, [self._keys.lease(ip)], [holder, max(1, round(ttl * 1000))]
+            scripts.ACQUIRE_LEASE,
+            [self._keys.lease(ip)],
+            [holder, max(1, round(ttl * 1000)), replace or ""],
         )
         return int(state), str(current), max(0, int(left_ms)) / 1000
 
@@ -113,6 +118,13 @@ class RedisCoordination:
             for ip, holder, left in zip(ips, replies[0::2], replies[1::2], strict=True)
             if holder is not None
         }
+
+    async def stored_ports(self, ip: str) -> list[int]:
+        """The ports of the routes stored for ``ip``, whatever epoch Redis holds: the ports
+        a node that served ``ip`` may have bound."""
+        with self._connection.reachable():
+            ports = await cast(Any, self._client.hkeys(self._keys.ip_ports(ip)))
+        return sorted(int(port) for port in ports)
 
     async def put_node(self, node_id: str, record: dict[str, Any], ttl: float) -> None:
         """Register (or refresh) a node for ``GET /nodes``; it vanishes ``ttl`` seconds after

@@ -283,9 +283,10 @@ return {1, ARGV[6]}
 """
 )
 
-# KEYS: lease; ARGV: holder, ttl in ms. Renews a lease this holder has, takes a free one
-# (SET NX PX), or leaves another holder's alone: {1, holder, 0} renewed, {2, holder, 0}
-# acquired, {0, other holder, its remaining ms}.
+# KEYS: lease; ARGV: holder, ttl in ms, the holder it may replace ('' for none). Renews a
+# lease this holder has, takes a free one, or one held by exactly the holder named (a dead
+# earlier incarnation of the same node: cluster/identity.py), or leaves another holder's
+# alone: {1, holder, 0} renewed, {2, holder, 0} acquired, {0, other holder, its remaining ms}.
 ACQUIRE_LEASE: Final = _unguarded(
     """
 local holder = redis.call('GET', KEYS[1])
@@ -293,8 +294,8 @@ if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1, holder, 0}
 end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+if not holder or (ARGV[3] ~= '' and holder == ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return {2, ARGV[1], 0}
 end
 return {0, holder, redis.call('PTTL', KEYS[1])}
