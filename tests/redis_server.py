@@ -34,9 +34,17 @@ class RedisServerMissing(RuntimeError):
 
 
 class RedisServer:
-    def __init__(self, directory: Path, *, sentinel_for: RedisServer | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        sentinel_for: RedisServer | None = None,
+        appendonly: bool = False,
+    ) -> None:
         self.directory = directory
         self.sentinel_for = sentinel_for
+        # AOF, fsynced at every write: a kill -9 loses nothing that was acknowledged.
+        self.appendonly = appendonly
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -91,7 +99,11 @@ class RedisServer:
             "--bind", self.host,
             "--dir", str(self.directory),
             "--save", "",
-            "--appendonly", "no",
+            *(
+                ("--appendonly", "yes", "--appendfsync", "always")
+                if self.appendonly
+                else ("--appendonly", "no")
+            ),
             "--daemonize", "no",
             "--logfile", "",
         ]  # fmt: skip
@@ -155,6 +167,31 @@ class RedisServer:
         log, self._log = self._log, None
         if log is not None:
             log.close()
+
+
+class PinnedRedisServer(RedisServer):
+    """A server that comes back on the port it had, as a restarted Redis does for the nodes
+    configured with its address; its data comes back from what it persisted (the AOF with
+    ``appendonly``, or the dump.rdb a SAVE wrote)."""
+
+    def start(self) -> None:
+        if self.port == 0:
+            super().start()
+            return
+        binary = shutil.which(BINARY)
+        assert binary is not None
+        self._spawn(binary)
+        self._wait_ready()
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to the clients, no save on the way out."""
+        assert self._proc is not None
+        self._proc.kill()
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None
 
 
 class _Exited(RuntimeError):

@@ -9,7 +9,6 @@ state: nodes are ready when they log it, and state changes are polled with a dea
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -21,30 +20,10 @@ import redis
 
 from tests.e2e.peers import Backend, sender
 from tests.helpers import Node, NodeStarter, free_port_range
-from tests.redis_server import BINARY, RedisServer
+from tests.redis_server import PinnedRedisServer, RedisServer
 
 PREFIX = "c1:"
 StartNode = Callable[..., Node]
-
-
-class PinnedRedisServer(RedisServer):
-    """A server that comes back on the port it had, as a restarted Redis does for the nodes
-    configured with its address; its data comes back from the dump.rdb a SAVE wrote."""
-
-    def start(self) -> None:
-        if self.port == 0:
-            super().start()
-            return
-        binary = shutil.which(BINARY)
-        assert binary is not None
-        self._spawn(binary)
-        self._wait_ready()
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye to the clients, no save on the way out."""
-        assert self._proc is not None
-        self._proc.kill()
-        self.stop()
 
 
 @pytest.fixture
