@@ -28,7 +28,7 @@ from restcp.proxy.runtime import RouteRuntime
 from restcp.settings import Settings
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class BackendCounts:
     """One backend's counters in one process (or summed over several)."""
 
