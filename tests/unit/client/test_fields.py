@@ -33,7 +33,7 @@ def test_keyword_arguments_are_the_body_fields(
 def test_the_client_imports_neither_the_server_nor_its_web_framework() -> None:
     code = (
         "import sys, restcp; assert 'httpx' not in sys.modules, 'restcp imports the client'; "
-        "from restcp import Client, AsyncClient; "
+        "from restcp import Client, AsyncClient; import restcp.pytest_plugin; "
         "server = [m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'uvloop', 'redis') "
         "or m in ('restcp.node', 'restcp.api.app', 'restcp.store', 'restcp.proxy')]; "
         "assert not server, server"
