@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import pytest
 
@@ -248,10 +248,9 @@ def restcp_proxy(restcp: Client) -> Callable[..., Proxy]:
     upstream, its one backend being backends[1]. Connect the code under test to its
     ``host`` and ``port``; break things with ``backends[1].disabled()`` and the like."""
 
-    def make(upstream: str, app: str = PROXY_APP, **settings: Any) -> Proxy:
+    def make(upstream: str, app: str = PROXY_APP, **settings: Unpack[RouteFields]) -> Proxy:
         host, port = _upstream(upstream)
-        fields: RouteFields = settings  # type: ignore[assignment]
-        route = restcp.routes(app).create(**fields)
+        route = restcp.routes(app).create(**settings)
         route.backends.add(host, port)
         return route.refresh()
 

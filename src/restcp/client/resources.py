@@ -163,7 +163,12 @@ class Routes(Resource[R]):
 
 
 class Route(Resource[R]):
-    """One route: a frontend address relaying to its backends."""
+    """One route: a frontend address relaying to its backends.
+
+    Toxics join it as its backends did: a ``toxics`` collection of plans (add, list,
+    update, remove), and ``toxic(type, **attributes)`` and ``down()`` as ``@contextual``
+    plans that add a toxic (or set ``enabled`` false) and return the plan that undoes it.
+    """
 
     def __init__(self, transport: R, app: str, route_id: int, info: RouteOut | None = None):
         super().__init__(transport)
