@@ -9,16 +9,16 @@ How it works (docs/cluster.md has the channels, messages and timings)::
 
 The parts, each in its module, from the top (lint-imports checks this order)::
 
-    facade.py        Cluster: what node.py asks; starts, orders and stops the rest
+    facade.py        Cluster: what the node asks (control/placement.py); starts, orders, stops
     subscriber.py    the carrier of notices: announce a change, listen, batch, dispatch
     provisioning.py  a route bound by the holder of its IP: ask, answer, store
     registry.py      each node's entry for GET /nodes
     epoch.py         which data the node follows; reseed and adopt
-    leases.py        which IPs the node holds; the node id a lease names
+    leases.py        which IPs the node holds; taking a dead predecessor's
     health.py        the health writer: backends up and down, into Redis
     messages.py      what nodes say to each other: typed values, one codec each
     identity.py      a node's name and incarnation; whether an earlier incarnation is gone
-    controller.py    what the cluster needs from its node (node.py)
+    controller.py    what the cluster needs from its node (control/routes.py)
     coordination.py  what the cluster needs from a shared store (store/redis)
 
 Only the store talks to Redis: this package uses the ``Coordination`` a shared store offers,

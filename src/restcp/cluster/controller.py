@@ -1,4 +1,4 @@
-"""What the cluster needs from its node (node.py implements it)."""
+"""What the cluster needs from its node (the route service, control/routes.py, implements it)."""
 
 from __future__ import annotations
 
