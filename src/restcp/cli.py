@@ -271,8 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_arg(_seconds, "--provision-timeout"),
         default=_env("PROVISION_TIMEOUT", "5"),
         metavar="SECONDS",
-        help="Redis store: how long a route created for another node's frontend IP waits for "
-        "that node to bind it before answering 202 (RESTCP_PROVISION_TIMEOUT; %(default)s)",
+        help="Redis store: how long a write for a route of another node's frontend IP (a "
+        "create, or any change) waits for that node to apply it before answering 202 "
+        "(RESTCP_PROVISION_TIMEOUT; %(default)s)",
     )
     serve.add_argument(
         "--lease-ttl",

@@ -39,6 +39,21 @@ class Provisioning(RestcpError):
         self.frontend_ip = frontend_ip
 
 
+class NotYetApplied(RestcpError):
+    """Not an error: a change is stored, but the node serving the route's frontend IP did not
+    acknowledge it within --provision-timeout (202). It applies it when it can (at the
+    latest at its next resync, or when it is back). ``result`` is what the write returned."""
+
+    def __init__(self, key: tuple[str, int], frontend_ip: str, result: object) -> None:
+        super().__init__(
+            f"route {key[1]} of app {key[0]!r} is changed; the node that serves "
+            f"{frontend_ip} has not applied it yet"
+        )
+        self.key = key
+        self.frontend_ip = frontend_ip
+        self.result = result
+
+
 class EpochMismatch(Unavailable):
     """Redis does not hold the cluster this node knows (503): its epoch key is missing (Redis
     came back empty) or holds another id. ``found`` is the epoch Redis has, or None."""

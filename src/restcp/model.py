@@ -106,6 +106,10 @@ class Route:
     port: int
     settings: RouteSettings = field(default_factory=RouteSettings)
     backends: tuple[Backend, ...] = ()
+    # Bumped by every stored change of the route or its backends (a shared store's; 0 in an
+    # embedded one): the node serving the route acknowledges the version it applied. Not
+    # part of what a route is: two reads of one state compare equal whatever their version.
+    version: int = field(default=0, compare=False)
 
     @property
     def key(self) -> RouteKey:

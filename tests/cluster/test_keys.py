@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from tests.cluster.conftest import PREFIX, StartNode, create, ready
+from tests.cluster.conftest import PREFIX, StartNode, attach, create, ready
 from tests.contract.test_redis import documented_keys, pattern_regex
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cluster.md"
@@ -25,7 +25,13 @@ def coordination_keys() -> dict[str, str]:
 
 
 def test_the_coordination_table_is_apart_from_the_data_model() -> None:
-    assert coordination_keys() == {"lease:<ip>": "string", "node:<node>": "string", "nodes": "set"}
+    assert coordination_keys() == {
+        "lease:<ip>": "string",
+        "node:<node>": "string",
+        "nodes": "set",
+        "changes:<ip>": "stream",
+        "applied:<ip>": "stream",
+    }
     assert not set(coordination_keys()) & set(documented_keys())
 
 
@@ -33,7 +39,9 @@ def test_a_live_cluster_writes_the_documented_keys_only(
     start_node: StartNode, raw_redis: redis.Redis
 ) -> None:
     c, a = ready(start_node("127.0.0.3", ready=False), start_node("127.0.0.2", ready=False))
-    create(a, "web", frontend_ip="127.0.0.3")
+    route = create(a, "web", frontend_ip="127.0.0.3")
+    # A change through A: announced to C on its IP's stream, acknowledged on the other.
+    attach(a, "web", route["id"], 9)
     c_id = c.call("GET", "/healthz").json()["cluster"]["node"]
     a_id = a.call("GET", "/healthz").json()["cluster"]["node"]
 
@@ -65,6 +73,13 @@ def test_a_live_cluster_writes_the_documented_keys_only(
         f"{PREFIX}provision:127.0.0.2",
         f"{PREFIX}provision:127.0.0.3",
     ]
+
+    # The change's notice, and C's acknowledgement of the version it applied (created: 1,
+    # a backend added: 2).
+    entries = [f["m"] for _, f in raw_redis.xrange(f"{PREFIX}changes:127.0.0.3")]
+    assert entries == [f"web:{route['id']}"]
+    entries = [f["m"] for _, f in raw_redis.xrange(f"{PREFIX}applied:127.0.0.3")]
+    assert entries == [f"web:{route['id']} 2"]
 
     # A clean stop takes the node's keys with it.
     assert c.stop() == 0

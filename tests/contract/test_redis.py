@@ -4,6 +4,7 @@ concurrent writers, prefixes, its URLs, and releasing its connections."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import inspect
 import itertools
@@ -143,8 +144,10 @@ def test_keys_types_and_values_are_as_documented(store: SyncStore, raw_redis: re
     assert keys[f"ip:{IP}:ports"] == ("hash", {"10000": "web:1", "10002": "billing:1"})
     assert keys["port_cursors"] == ("hash", {IP: "10003"})
     kind, route = keys["route:web:1"]
-    assert (kind, set(route)) == ("hash", {"ip", "port", "settings"})
+    assert (kind, set(route)) == ("hash", {"ip", "port", "settings", "version"})
     assert (route["ip"], route["port"]) == (IP, "10000")
+    # Created, three backends added, one deleted: five changes (health is not one).
+    assert route["version"] == "5"
     assert '"balance": "round_robin"' in route["settings"]
     assert keys["route:web:1:backend_counter"] == ("string", "3")
     assert keys["route:web:1:backends"] == ("set", {"1", "3"})
@@ -226,6 +229,32 @@ def test_a_refused_call_writes_no_key(
     assert keyspace(raw_redis) == before
 
 
+ROUND_ROBIN = RouteSettings(balance="round_robin")
+
+
+def test_every_stored_change_of_a_route_bumps_its_version(store: SyncStore) -> None:
+    """The version the node serving a route acknowledges (docs/cluster.md, "Every write
+    through any node"): each change of the route or its backends raises it by one, a read
+    returns it, and a refused write or a health write leaves it."""
+    created = store.create_route("web", IP, 10000, DEFAULT)
+    assert created.version == 1
+    assert store.get_route("web", 1).version == 1
+    assert store.update_route("web", 1, ROUND_ROBIN).version == 2
+    backend = store.add_backend("web", 1, Backend(0, "10.0.1.7", 8080))
+    assert store.get_route("web", 1).version == 3
+    store.update_backend("web", 1, backend.replace(port=8081))
+    assert store.get_route("web", 1).version == 4
+    with pytest.raises(NotFound):
+        store.update_backend("web", 1, backend.replace(id=9))
+    store.coordination.put_backend_health("web", 1, [1], [])
+    assert store.get_route("web", 1).version == 4
+    store.delete_backend("web", 1, backend.id)
+    assert [r.version for r in store.all_routes()] == [5]
+    assert [r.version for r in store.list_routes("web")] == [5]
+    # Versions are no part of what a route is: two reads of one state compare equal.
+    assert store.get_route("web", 1) == dataclasses.replace(created, settings=ROUND_ROBIN)
+
+
 def test_app_ids_with_key_separators_cannot_collide(store: SyncStore) -> None:
     # Unencoded, route 1 of "a" with its backend 3 and route 3 of "a:1:backend" would both
     # use the key route:a:1:backend:3.
@@ -255,6 +284,36 @@ def test_scripts_are_loaded_again_after_the_server_forgot_them(
     raw_redis.script_flush()
     store.add_backend("a", 1, Backend(0, IP, 9000))
     assert store.get_route("a", 1).backends == (Backend(1, IP, 9000),)
+
+
+# -- change notices and acknowledgements ------------------------------------------------------
+
+
+def test_a_notice_goes_on_its_ips_stream_and_channel_and_acks_after_it_are_read(
+    store: SyncStore, raw_redis: redis.Redis
+) -> None:
+    bus = store.coordination
+    # Acknowledged before the notice: not for the writer who announces next.
+    bus.acknowledge(IP, ["web:1 1"])
+    with raw_redis.pubsub() as listener:
+        listener.subscribe("restcp:provision:" + IP)
+        assert listener.get_message(timeout=5)["type"] == "subscribe"
+        since, receivers = bus.announce(IP, "web:1", "provision:" + IP)
+        assert receivers == 1
+        assert listener.get_message(timeout=5)["data"] == "web:1"
+    assert raw_redis.type("restcp:changes:" + IP) == "stream"
+    [(ip, entry_id, notice)] = bus.read_changes({IP: "0-0"}, 0.01)
+    assert (ip, notice) == (IP, "web:1")
+    assert bus.read_changes({IP: entry_id}, 0.01) == []
+    assert bus.read_applied(IP, since, 0.01) == []
+    bus.acknowledge(IP, ["web:1 2", "web:2 gone"])
+    assert [ack for _, ack in bus.read_applied(IP, since, 0.01)] == ["web:1 2", "web:2 gone"]
+    # Another IP's streams are apart.
+    assert bus.read_changes({IP6: "0-0"}, 0.01) == []
+    # Redis's clock: a start from a second ago reads what came since, not before.
+    start = bus.stream_start(0.0)
+    assert bus.read_changes({IP: start}, 0.01) == []
+    assert bus.read_changes({IP: bus.stream_start(60.0)}, 0.01) != []
 
 
 # -- the two halves ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -52,6 +52,7 @@ from restcp.errors import (
     Forbidden,
     InvalidSpec,
     NotFound,
+    NotYetApplied,
     Provisioning,
     RestcpError,
     Unavailable,
@@ -69,6 +70,7 @@ MAX_ID = 2**63 - 1
 MAX_BODY = 64 * 1024
 
 Body = TypeVar("Body", bound=BaseModel)
+T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -328,15 +330,15 @@ class Api:
     async def patch_route(self, request: web.Request) -> web.Response:
         app, route_id = path_app(request), path_id(request, "route", "route")
         body = await parse_body(request, RouteSettingsBody)
-        route = await self.owner.routes.update_route(
-            (app, route_id), lambda settings: _merge(settings, body)
+        route, applied = await _written(
+            self.owner.routes.update_route((app, route_id), lambda s: _merge(s, body))
         )
-        return _json(self._route_json(route))
+        return _answer(self._route_json(route), 200, applied)
 
     async def delete_route(self, request: web.Request) -> web.Response:
         app, route_id = path_app(request), path_id(request, "route", "route")
-        await self.owner.routes.delete_route((app, route_id))
-        return web.Response(status=204)
+        _, applied = await _written(self.owner.routes.delete_route((app, route_id)))
+        return _answer({"id": route_id, "app": app}, 204, applied)
 
     async def list_backends(self, request: web.Request) -> web.Response:
         route = await self._route(request)
@@ -347,11 +349,13 @@ class Api:
         route = await self._route(request)
         body = await parse_body(request, BackendBody)
         # The route service counts the backends as it adds one: no concurrent add overshoots.
-        backend = await self.owner.routes.add_backend(
-            route.key, Backend(0, **body.model_dump()), self.config.max_backends_per_route
+        backend, applied = await _written(
+            self.owner.routes.add_backend(
+                route.key, Backend(0, **body.model_dump()), self.config.max_backends_per_route
+            )
         )
         location = f"/apps/{route.app}/routes/{route.id}/backends/{backend.id}"
-        return _json({"id": backend.id}, 201, {"Location": location})
+        return _answer({"id": backend.id}, 201, applied, {"Location": location})
 
     async def get_backend(self, request: web.Request) -> web.Response:
         route = await self._route(request)
@@ -363,26 +367,32 @@ class Api:
         route = await self._route(request)
         backend_id = self._backend(route, request).id
         body = await parse_body(request, BackendBody)
-        backend = await self.owner.routes.update_backend(
-            route.key, backend_id, lambda current: Backend(current.id, **body.model_dump())
+        backend, applied = await _written(
+            self.owner.routes.update_backend(
+                route.key, backend_id, lambda current: Backend(current.id, **body.model_dump())
+            )
         )
-        return _json(backend_json(backend, self.owner.backend_status(route.key).get(backend_id)))
+        status = self.owner.backend_status(route.key).get(backend_id)
+        return _answer(backend_json(backend, status), 200, applied)
 
     async def patch_backend(self, request: web.Request) -> web.Response:
         route = await self._route(request)
         current = self._backend(route, request)
         body = await parse_body(request, BackendPatchBody)
         changes = body.given()
-        backend = await self.owner.routes.update_backend(
-            route.key, current.id, lambda stored: stored.replace(**changes)
+        backend, applied = await _written(
+            self.owner.routes.update_backend(
+                route.key, current.id, lambda stored: stored.replace(**changes)
+            )
         )
-        return _json(backend_json(backend, self.owner.backend_status(route.key).get(backend.id)))
+        status = self.owner.backend_status(route.key).get(backend.id)
+        return _answer(backend_json(backend, status), 200, applied)
 
     async def delete_backend(self, request: web.Request) -> web.Response:
         route = await self._route(request)
         backend_id = self._backend(route, request).id
-        await self.owner.routes.delete_backend(route.key, backend_id)
-        return web.Response(status=204)
+        _, applied = await _written(self.owner.routes.delete_backend(route.key, backend_id))
+        return _answer({"id": backend_id}, 204, applied)
 
     async def create_token(self, request: web.Request) -> web.Response:
         app = path_app(request)
@@ -420,6 +430,27 @@ class Api:
                 f"backend {backend_id} of route {route.id} of app {route.app!r} not found"
             )
         return backend
+
+
+async def _written(write: Awaitable[T]) -> tuple[T, bool]:
+    """What a change through the route service returned, and whether it is applied where
+    its route is served (False: stored, but the node serving it has not applied it yet)."""
+    try:
+        return await write, True
+    except NotYetApplied as pending:
+        return cast(T, pending.result), False
+
+
+def _answer(
+    body: dict[str, Any], status: int, applied: bool, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The answer to a change: ``status`` with ``body`` (none for a 204) once applied where
+    the route is served; else 202, with ``body`` and "status": "provisioning"."""
+    if not applied:
+        return _json({**body, "status": "provisioning"}, 202, headers)
+    if status == 204:
+        return web.Response(status=204, headers=headers)
+    return _json(body, status, headers)
 
 
 def _merge(settings: RouteSettings, body: RouteSettingsBody) -> RouteSettings:

@@ -124,6 +124,17 @@ _PROVISIONING = Reply(
     "at Location once bound",
     headers=_CREATED,
 )
+# Redis store only: a change of a route another node serves (docs/cluster.md, "Every write
+# through any node").
+_APPLYING = Reply(
+    202,
+    "Redis store: stored, but the node serving the route's frontend IP did not apply it "
+    "within --provision-timeout: the body a 2xx would have (for a delete, the id), with "
+    "status: provisioning; that node applies it when it can",
+)
+_CHANGE_PROBLEMS = {
+    503: "Redis store: no live node serves the route's frontend IP (nothing stored)",
+}
 _ROUTE_CREATE_PROBLEMS = {
     409: "the port is taken or cannot be bound, no port is left in the range, or the app "
     "has --max-routes-per-app routes already",
@@ -132,8 +143,12 @@ _ROUTE_CREATE_PROBLEMS = {
 _ADD_BACKEND_PROBLEMS = {
     403: "the backend's address is in a network the node's policy denies",
     409: "the route has --max-backends-per-route backends already",
+    **_CHANGE_PROBLEMS,
 }
-_SET_BACKEND_PROBLEMS = {403: "the backend's address is in a network the node's policy denies"}
+_SET_BACKEND_PROBLEMS = {
+    403: "the backend's address is in a network the node's policy denies",
+    **_CHANGE_PROBLEMS,
+}
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
@@ -200,12 +215,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "PATCH", ROUTE, "patch_route", "Change a route's settings", "app",
-        (Reply(200, "the route as changed", RouteOut),),
-        body=RouteSettingsBody,
+        (Reply(200, "the route as changed", RouteOut), _APPLYING),
+        body=RouteSettingsBody, problems=_CHANGE_PROBLEMS,
     ),
     Endpoint(
         "DELETE", ROUTE, "delete_route", "Destroy a route; its port refuses at once", "app",
-        (_NO_CONTENT,),
+        (_NO_CONTENT, _APPLYING),
+        problems=_CHANGE_PROBLEMS,
     ),
     Endpoint(
         "GET", BACKENDS, "list_backends", "List a route's backends", "app",
@@ -213,12 +229,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "PUT", BACKENDS, "add_backend", "Attach a backend", "app",
-        (Reply(201, "the new backend's id", BackendCreated, headers=_CREATED),),
+        (Reply(201, "the new backend's id", BackendCreated, headers=_CREATED), _APPLYING),
         body=BackendBody, body_required=True, problems=_ADD_BACKEND_PROBLEMS,
     ),
     Endpoint(
         "POST", BACKENDS, "add_backend", "Attach a backend (as PUT)", "app",
-        (Reply(201, "the new backend's id", BackendCreated, headers=_CREATED),),
+        (Reply(201, "the new backend's id", BackendCreated, headers=_CREATED), _APPLYING),
         body=BackendBody, body_required=True, problems=_ADD_BACKEND_PROBLEMS,
     ),
     Endpoint(
@@ -227,22 +243,23 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "POST", BACKEND, "replace_backend", "Replace a backend: address and settings", "app",
-        (Reply(200, "the backend as replaced", BackendOut),),
+        (Reply(200, "the backend as replaced", BackendOut), _APPLYING),
         body=BackendBody, body_required=True, problems=_SET_BACKEND_PROBLEMS,
     ),
     Endpoint(
         "PUT", BACKEND, "replace_backend", "Replace a backend (as POST)", "app",
-        (Reply(200, "the backend as replaced", BackendOut),),
+        (Reply(200, "the backend as replaced", BackendOut), _APPLYING),
         body=BackendBody, body_required=True, problems=_SET_BACKEND_PROBLEMS,
     ),
     Endpoint(
         "PATCH", BACKEND, "patch_backend", "Change some of a backend's fields", "app",
-        (Reply(200, "the backend as changed", BackendOut),),
+        (Reply(200, "the backend as changed", BackendOut), _APPLYING),
         body=BackendPatchBody, problems=_SET_BACKEND_PROBLEMS,
     ),
     Endpoint(
         "DELETE", BACKEND, "delete_backend", "Detach a backend", "app",
-        (_NO_CONTENT,),
+        (_NO_CONTENT, _APPLYING),
+        problems=_CHANGE_PROBLEMS,
     ),
     Endpoint(
         "POST", TOKENS, "create_token", "Create a token of an app", "admin",

@@ -16,8 +16,11 @@ from restcp.model import Backend, BackendStatus, Route, RouteKey, RouteSettings
 
 class Routes(Protocol):
     """The only writer of routes and backends (control/routes.py). Each write answers once
-    it is applied (a new route's port accepts, a deleted route's port refuses, new
-    connections use a changed backend), and changes nothing when it fails."""
+    it is applied where its route is served (a new route's port accepts, a deleted route's
+    port refuses, new connections use a changed backend), and changes nothing when it fails.
+    In a cluster, a change of a route another node serves raises NotYetApplied, carrying
+    what the write returned, when that node did not apply it in time (the API's 202), and
+    Unavailable, having stored nothing, when no live node serves it."""
 
     def route_defaults(self) -> RouteSettings: ...
 

@@ -10,7 +10,8 @@ How it works (docs/cluster.md has the channels, messages and timings)::
 The parts, each in its module, from the top (lint-imports checks this order)::
 
     facade.py        Cluster: what the node asks (control/placement.py); starts, orders, stops
-    subscriber.py    the carrier of notices: announce a change, listen, batch, dispatch
+    subscriber.py    pub/sub: the IPs' channels, provisioning requests, reconnecting
+    changes.py       change notices on a stream per IP, and the serving node's acks
     provisioning.py  a route bound by the holder of its IP: ask, answer, store
     registry.py      each node's entry for GET /nodes
     epoch.py         which data the node follows; reseed and adopt

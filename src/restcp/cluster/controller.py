@@ -23,7 +23,8 @@ class Controller(Protocol):
     async def epoch_changed(self, epoch: str) -> None:
         """The node follows ``epoch`` from now on: remember it (the snapshot)."""
 
-    async def sync(self, key: RouteKey, *, publish: bool = True) -> None: ...
+    async def sync(self, key: RouteKey) -> Route | None:
+        """Apply route ``key`` as stored now; the route as read (None: not stored)."""
 
     async def resync(self) -> None: ...
 

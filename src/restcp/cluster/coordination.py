@@ -25,8 +25,9 @@ class Subscription(Protocol):
 
 
 class Coordination(Protocol):
-    """What nodes sharing a store need to work together: pub/sub, leases, route ids reserved
-    for another node, the node registry, the epoch and backend health."""
+    """What nodes sharing a store need to work together: pub/sub, the streams of change
+    notices and acknowledgements, leases, route ids reserved for another node, the node
+    registry, the epoch and backend health."""
 
     async def publish(self, channel: str, message: str) -> int: ...
 
@@ -39,6 +40,18 @@ class Coordination(Protocol):
     async def request(
         self, channel: str, message: str, reply_channel: str, within: float
     ) -> tuple[int, str | None]: ...
+
+    async def announce(self, ip: str, notice: str, channel: str) -> tuple[str, int]: ...
+
+    async def acknowledge(self, ip: str, acks: Sequence[str]) -> None: ...
+
+    async def stream_start(self, seconds_ago: float) -> str: ...
+
+    async def read_changes(
+        self, positions: dict[str, str], within: float
+    ) -> list[tuple[str, str, str]]: ...
+
+    async def read_applied(self, ip: str, since: str, within: float) -> list[tuple[str, str]]: ...
 
     async def acquire_lease(
         self, ip: str, holder: str, ttl: float, replace: str | None = None

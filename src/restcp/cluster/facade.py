@@ -9,12 +9,13 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from restcp.cluster.changes import Changes
 from restcp.cluster.controller import Controller
 from restcp.cluster.coordination import SharedStore, Subscription
 from restcp.cluster.epoch import Epoch
 from restcp.cluster.health import HealthWriter
 from restcp.cluster.identity import NodeId
-from restcp.cluster.leases import Leases
+from restcp.cluster.leases import Leases, require_server
 from restcp.cluster.provisioning import Provisioner
 from restcp.cluster.registry import Registry
 from restcp.cluster.subscriber import Subscriber
@@ -49,6 +50,7 @@ class Cluster:
         self._epoch = Epoch(bus, node, self._leases, self.health.forget)
         self._registry = Registry(bus, settings, node, self._leases, serving)
         self._provisioner = Provisioner(bus, store, settings, node, self.node_id)
+        self._changes = Changes(bus, settings, node, self._leases)
         self._subscriber = Subscriber(
             bus, settings, node, self._leases, self._epoch, self.health, self._provisioner
         )
@@ -104,6 +106,7 @@ class Cluster:
         self._subscriber.started(subscription, problem)
         self._tasks = [
             asyncio.create_task(self._subscriber.run()),
+            asyncio.create_task(self._changes.run()),
             asyncio.create_task(self._renew_forever()),
             asyncio.create_task(self.health.run()),
         ]
@@ -196,10 +199,16 @@ class Cluster:
         """Store a route this node has bound for another node's request."""
         return await self._provisioner.store_route(app, route_id, ip, port, settings)
 
-    async def changed(self, key: RouteKey, route: Route | None) -> None:
-        """Announce a stored change to the node that serves the route (``route`` None: it
-        was deleted). Never raises."""
-        await self._subscriber.announce(key, route)
+    async def require_server(self, ip: str) -> None:
+        """Raise Unavailable ("nothing was stored") unless a live node serves ``ip``: checked
+        before a write for a route of ``ip`` is stored."""
+        await require_server(self._bus, ip)
+
+    async def changed(self, key: RouteKey, ip: str, route: Route | None) -> bool:
+        """Announce a stored change of route ``key`` of ``ip`` to the node that serves it
+        (``route``: as stored after it; None: deleted), and wait for that node to apply it;
+        whether it did within --provision-timeout. Never raises."""
+        return await self._changes.announce(key, ip, route)
 
     async def provision(
         self, app: str, ip: str, port: int | None, settings: RouteSettings

@@ -27,6 +27,8 @@ from typing import Any
 
 from restcp.cluster.coordination import Coordination
 from restcp.cluster.identity import NodeId
+from restcp.cluster.messages import provision_channel
+from restcp.errors import Unavailable
 from restcp.proxy.listener import bind
 from restcp.settings import Settings
 
@@ -36,6 +38,16 @@ log = logging.getLogger("restcp.cluster")
 # free yet (its process is gone, but a socket of it, in a worker that has not died yet, is
 # still bound).
 TAKEOVER_RETRY = 0.1
+
+
+async def require_server(bus: Coordination, ip: str) -> None:
+    """Raise Unavailable unless a live node serves ``ip``: one listens on its channel (a
+    node subscribes to the channels of the IPs it holds, and a dead node's subscription ends
+    with its connection). Checked before anything is stored for ``ip``."""
+    if await bus.subscribers(provision_channel(ip)) == 0:
+        holder = (await bus.lease_holders([ip])).get(ip)
+        why = "no node holds its lease" if holder is None else f"its node {holder[0]} is away"
+        raise Unavailable(f"no live node serves frontend_ip {ip} ({why}); nothing was stored")
 
 
 class Leases:

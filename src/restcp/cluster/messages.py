@@ -1,11 +1,14 @@
 """What nodes say to each other, as typed values with one codec each.
 
-The wire is the seed README's, unchanged (docs/cluster.md, "Channels and messages")::
+The wire is the seed README's, unchanged (docs/cluster.md, "Channels and messages"), and
+two streams beside it::
 
     provision:<ip>                   Changed           <app>:<route>           (a notice)
     provision:<ip>                   ProvisionRequest  {"app": …, "route": …}  (JSON)
     provision-success:<app>:<route>  Provisioned       <port>
                                      Refused           error <status> <detail>
+    changes:<ip>     (a stream)      Changed           <app>:<route>
+    applied:<ip>     (a stream)      Applied           <app>:<route> <version> | gone
 
 Both kinds on ``provision:<ip>`` share the channel, so anyone listening to it sees the
 ``<app>:<route>`` notices it always saw; ``decode_notice`` is the one place that tells them
@@ -110,6 +113,31 @@ class ProvisionRequest:
             )
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise Malformed(f"a malformed provisioning request ({err})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The node serving route ``key`` applied it at ``version`` (None: the route is gone,
+    deleted): every write that stored that version or an earlier one is live there."""
+
+    key: RouteKey
+    version: int | None
+
+    def encode(self) -> str:
+        return f"{_member(self.key)} {'gone' if self.version is None else self.version}"
+
+    @classmethod
+    def decode(cls, text: str) -> Applied:
+        member, _, version = text.rpartition(" ")
+        if version != "gone" and not (version.isascii() and version.isdigit()):
+            raise Malformed("not <app>:<route> <version>")
+        return cls(Changed.decode(member).key, None if version == "gone" else int(version))
+
+    def covers(self, version: int | None) -> bool:
+        """Whether a write that stored ``version`` (None: a delete) is applied by this."""
+        if self.version is None:
+            return True  # the route is gone: no write to it has anything left to apply
+        return version is not None and self.version >= version
 
 
 Notice = Changed | ProvisionRequest

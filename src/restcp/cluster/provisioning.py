@@ -15,6 +15,7 @@ import logging
 
 from restcp.cluster.controller import Controller
 from restcp.cluster.coordination import Coordination, SharedStore
+from restcp.cluster.leases import require_server
 from restcp.cluster.messages import (
     Malformed,
     Provisioned,
@@ -56,10 +57,7 @@ class Provisioner:
     ) -> Route:
         """Have the node that serves ``ip`` bind and store a new route; wait for its port."""
         channel = provision_channel(ip)
-        if await self._bus.subscribers(channel) == 0:
-            holder = (await self._bus.lease_holders([ip])).get(ip)
-            why = "no node holds its lease" if holder is None else f"its node {holder[0]} is away"
-            raise Unavailable(f"no live node serves frontend_ip {ip} ({why}); nothing was stored")
+        await require_server(self._bus, ip)
         route_id = await self._bus.reserve_route_id(app)
         request = ProvisionRequest(app, route_id, port, settings, self._node_id)
         receivers, text = await self._bus.request(

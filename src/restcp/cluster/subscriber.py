@@ -1,16 +1,13 @@
-"""The carrier of notices, both ends: a change stored through this node's API is announced on
-``provision:<ip>`` of the route's frontend IP (``announce``), and the node holding an IP
-listens there (``run``): it re-applies each changed route from the store, and serves each
-provisioning request.
+"""The pub/sub listener: the node holding an IP subscribes to ``provision:<ip>`` and serves
+each provisioning request that comes there (``run``). Its subscription is also how other
+nodes see that the IP is served (``leases.require_server``).
 
-Level-triggered, with edge-triggered hints. Pub/sub keeps nothing for a subscriber that is
-away, so a notice can be lost: a node therefore resyncs everything after every
-(re)subscription, and on its --resync-interval timer. A lost notice delays a change, it never
-loses it; applying one twice changes nothing. Redis down is not an outage: the listeners live
-in memory and keep relaying, and this module reconnects with backoff and resyncs.
-
-A lossless carrier (a Redis Stream per frontend IP, read from the last id seen; issue #17)
-replaces the inside of this module: ``announce`` and ``run`` keep their meaning.
+Change notices travel on a stream per IP (changes.py), which loses nothing; the same notice
+published on the channel is for other listeners. Pub/sub keeps nothing for a subscriber that
+is away, so a node resyncs everything after every (re)subscription, besides its
+--resync-interval timer: whatever it missed while away is applied then. Redis down is not an
+outage: the listeners live in memory and keep relaying, and this module reconnects with
+backoff and resyncs.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ from restcp.cluster.health import HealthWriter
 from restcp.cluster.leases import Leases
 from restcp.cluster.messages import (
     PROVISION,
-    Changed,
     Malformed,
     ProvisionRequest,
     decode_notice,
@@ -35,7 +31,6 @@ from restcp.cluster.messages import (
 )
 from restcp.cluster.provisioning import Provisioner
 from restcp.errors import RestcpError, Unavailable
-from restcp.model import Route, RouteKey
 from restcp.settings import Settings
 
 log = logging.getLogger("restcp.cluster")
@@ -81,30 +76,6 @@ class Subscriber:
         """What start found: its subscription, or (None) why Redis could not be reached."""
         self._first = subscription
         self.connected, self.problem = subscription is not None, problem
-
-    # -- announcing ------------------------------------------------------------------------
-
-    async def announce(self, key: RouteKey, route: Route | None) -> None:
-        """Tell the node that serves the route about a stored change (``route`` None: it
-        was deleted, and whoever served it is told). Never raises: the write is stored, and
-        the serving node's resync applies it if the notice does not get through."""
-        notice = Changed(key).encode()
-        try:
-            if route is not None:
-                if route.frontend_ip not in self._leases.held:
-                    await self._bus.publish(provision_channel(route.frontend_ip), notice)
-                return
-            # The deleted route's IP is gone from the store: every channel is told.
-            for channel in await self._bus.channels(provision_channel("*")):
-                if channel.removeprefix(PROVISION) not in self._leases.held:
-                    await self._bus.publish(channel, notice)
-        except Unavailable as err:
-            log.warning(
-                "change of route %s not announced (%s): its node applies it within "
-                "--resync-interval of Redis being back",
-                notice,
-                err,
-            )
 
     # -- listening -------------------------------------------------------------------------
 
@@ -185,9 +156,8 @@ class Subscriber:
             await self._handle(batch)
 
     async def _handle(self, batch: list[tuple[str, str]]) -> None:
-        # Requests in order; then each changed route once, read after all of its messages
-        # were published, so once is enough.
-        keys: dict[RouteKey, None] = {}
+        # Requests, in order. A change notice here is the one announced on the IP's stream
+        # too (changes.py), which is what this node applies: it is here for other listeners.
         for channel, data in batch:
             ip = channel.removeprefix(PROVISION)
             if ip not in self._leases.held:
@@ -199,10 +169,3 @@ class Subscriber:
                 continue
             if isinstance(notice, ProvisionRequest):
                 await self._provisioner.serve(ip, notice)
-            else:
-                keys[notice.key] = None
-        for key in keys:
-            try:
-                await self._node.sync(key, publish=False)
-            except Unavailable as err:
-                log.warning("cannot apply route %s now (%s): the next resync will", key, err)

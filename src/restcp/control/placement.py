@@ -47,10 +47,15 @@ class Placement(Protocol):
     ) -> Route:
         """Store a route this node has bound (``route_id``: one another node reserved)."""
 
-    async def announce(self, key: RouteKey, route: Route | None) -> None:
-        """Tell the node that serves ``key`` (if another one) that it changed; None:
-        deleted. Never raises: the change is stored, and the serving node's resync applies
-        it if the news does not get through."""
+    async def require_server(self, ip: str) -> None:
+        """Raise Unavailable ("nothing was stored") unless a live node serves ``ip``, an IP
+        this node does not serve: checked before a change of one of its routes is stored."""
+
+    async def announce(self, key: RouteKey, ip: str, route: Route | None) -> bool:
+        """Tell the node that serves ``ip``, another one, that route ``key`` changed
+        (``route``: as stored after the change; None: deleted), and wait for it to apply
+        it: whether it did within --provision-timeout. Never raises: the change is stored,
+        and that node applies it at the latest at its next resync."""
 
     def store_refused(self, err: EpochMismatch) -> None:
         """The store holds another cluster epoch than this node's, or none."""
@@ -131,8 +136,11 @@ class LocalPlacement:
     ) -> Route:
         return await self._store.create_route(app, ip, port, settings)
 
-    async def announce(self, key: RouteKey, route: Route | None) -> None:
-        pass
+    async def require_server(self, ip: str) -> None:
+        pass  # a route of an IP this node is not configured for (any more): nobody's
+
+    async def announce(self, key: RouteKey, ip: str, route: Route | None) -> bool:
+        return True  # nobody else serves anything
 
     def store_refused(self, err: EpochMismatch) -> None:
         pass  # an embedded store has no epoch
@@ -213,8 +221,11 @@ class ClusterPlacement:
             return await self._store.create_route(app, ip, port, settings)
         return await self.cluster.store_route(app, route_id, ip, port, settings)
 
-    async def announce(self, key: RouteKey, route: Route | None) -> None:
-        await self.cluster.changed(key, route)
+    async def require_server(self, ip: str) -> None:
+        await self.cluster.require_server(ip)
+
+    async def announce(self, key: RouteKey, ip: str, route: Route | None) -> bool:
+        return await self.cluster.changed(key, ip, route)
 
     def store_refused(self, err: EpochMismatch) -> None:
         self.cluster.mismatch(err)

@@ -10,7 +10,8 @@ snapshot) record it.
 How a write goes::
 
     create   bind ─► store ─► serve ─► probes, workers, known ─► answer
-    change   store ─► read back ─► apply ─► probes, workers, known ─┬─► announce ─► answer
+    change   (serving node alive?) ─► store ─► read back ─► apply ─► probes, workers, known
+                  ─► (announce, wait for the serving node's acknowledgement) ─► answer
     notice                         read ─► apply ─► ...  (from another node, or the timer)
 
 - Creates bind first: a route's answer carries a port that already accepts, and a create
@@ -26,10 +27,12 @@ How a write goes::
   bound, update a listener just stopped, or restart a route just deleted. Checks that may
   take seconds (a backend's host name resolving) and the wait for another node run outside
   it.
-- Every write answers once applied where this node can see: here, and in its workers. A
-  change to a route another node serves is announced to that node once applied here
-  (``Placement.announce``); that is the step where a write will wait for the serving node's
-  acknowledgement (docs/design.md, "The write path").
+- Every write answers once applied where the route is served: here and in this node's
+  workers, or, for a route another node serves, there. That node is found alive before
+  anything is stored (503 "nothing was stored" otherwise), and after the write the change
+  is announced to it and its acknowledgement of the version it applied waited for
+  (``Placement.announce``): without one within --provision-timeout the write answers 202,
+  stored, to be applied there (docs/cluster.md, "Every write through any node").
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from restcp.control.placement import Placement, placement_for
 from restcp.control.probes import Probes
 from restcp.core import ports
 from restcp.dataplane import DataPlane
-from restcp.errors import Conflict, EpochMismatch, NotFound, Unavailable
+from restcp.errors import Conflict, EpochMismatch, NotFound, NotYetApplied, Unavailable
 from restcp.model import Backend, BackendStatus, Route, RouteKey, RouteSettings
 from restcp.proxy.listener import is_address_taken
 from restcp.settings import Settings
@@ -204,23 +207,37 @@ class RouteService:
         await self._change(key, lambda: self.store.delete_backend(*key, backend_id))
 
     async def _change(self, key: RouteKey, write: Callable[[], Awaitable[T]]) -> T:
-        """Store-then-apply: ``write``, then the route as stored applied, under the lock;
-        then the node that serves it, if another, told."""
+        """Store-then-apply: under the lock, the node serving the route found alive if it is
+        another one (Unavailable otherwise, before anything is stored), ``write``, then the
+        route as stored applied here; then, outside the lock, that node told, and its
+        acknowledgement waited for (NotYetApplied, carrying what ``write`` returned, if it
+        did not come within --provision-timeout)."""
         async with self._lock:
+            elsewhere = await self._served_elsewhere(key)
             result = await write()
             route = await self._apply(key)
-        await self.placement.announce(key, route)
+        if elsewhere is not None and not await self.placement.announce(key, elsewhere, route):
+            raise NotYetApplied(key, elsewhere, result)
         return result
+
+    async def _served_elsewhere(self, key: RouteKey) -> str | None:
+        """The frontend IP of route ``key`` if another node serves it, once that node is
+        known to be alive; None if this one does. NotFound for a route not stored."""
+        if key in self.plane.running():
+            return None
+        ip = (await self.store.get_route(*key)).frontend_ip
+        if self.placement.serves(ip):
+            return None  # this node's, just not bound (its port is taken)
+        await self.placement.require_server(ip)
+        return ip
 
     # -- following the store -------------------------------------------------------------
 
-    async def sync(self, key: RouteKey, *, publish: bool = True) -> None:
-        """Apply one stored route now; ``publish``: and tell the node that serves it, if
-        that is another one (not when told by another node)."""
+    async def sync(self, key: RouteKey) -> Route | None:
+        """Apply one stored route now (another node changed it); the route as stored, None
+        if it is not."""
         async with self._lock:
-            route = await self._apply(key)
-        if publish:
-            await self.placement.announce(key, route)
+            return await self._apply(key)
 
     async def resync(self) -> None:
         """Make every listener match the store."""

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from restcp.cluster.messages import (
+    Applied,
     Changed,
     Malformed,
     Provisioned,
@@ -176,8 +177,31 @@ near_requests = st.dictionaries(
 ).map(json.dumps)
 
 
+@given(st.text(), st.integers(min_value=1), st.none() | st.integers(min_value=0))
+def test_an_acknowledgement_round_trips(app: str, route_id: int, version: int | None) -> None:
+    applied = Applied((app, route_id), version)
+    assert Applied.decode(applied.encode()) == applied
+
+
+def test_acknowledgements_on_the_wire_and_what_they_cover() -> None:
+    assert Applied(("web", 7), 12).encode() == "web:7 12"
+    assert Applied(("web", 7), None).encode() == "web:7 gone"
+    assert Applied.decode("a%3Ab:7 3") == Applied(("a:b", 7), 3)
+    applied = Applied(("web", 7), 12)
+    assert applied.covers(11)
+    assert applied.covers(12)
+    assert not applied.covers(13)
+    assert not applied.covers(None), "a delete is applied once the route is gone"
+    gone = Applied(("web", 7), None)
+    assert gone.covers(None)
+    assert gone.covers(99), "a write to a route deleted since has nothing left to apply"
+    for text in ("web:7", "web:7 x", "web 3", "web:x 3", "web:7 -1", ""):
+        with pytest.raises(Malformed):
+            Applied.decode(text)
+
+
 @given(st.text() | st.text().map(lambda t: "{" + t) | near_requests)
 def test_any_text_decodes_or_is_malformed(text: str) -> None:
-    for decode in (decode_notice, decode_reply):
+    for decode in (decode_notice, decode_reply, Applied.decode):
         with contextlib.suppress(Malformed):
             decode(text)

@@ -17,12 +17,13 @@ import pytest
 
 from restcp.control.known import KnownRoutes
 from restcp.control.routes import RouteService
-from restcp.errors import Conflict, Forbidden, NotFound, Unavailable
+from restcp.errors import Conflict, Forbidden, NotFound, NotYetApplied, Unavailable
 from restcp.model import Backend, BackendStatus, Route, RouteKey, RouteSettings
 from restcp.settings import Settings
 from restcp.store import Store, open_store
 
 IP = "127.0.0.1"
+OTHER = "127.0.0.9"
 DENIED = "169.254.169.254"
 Journal = list[tuple[str, Any]]
 
@@ -132,15 +133,25 @@ class FakeProbes:
         pass
 
 
-class Announcements:
-    """Stands in for the placement's announce: a change told to the serving node."""
+class Elsewhere:
+    """Stands in for the placement's cluster half, for routes of an IP another node serves
+    (``OTHER``): that node found alive (or ``away``), told of a change, and acknowledging
+    it (or not: ``acked``)."""
 
     def __init__(self, journal: Journal, service: RouteService) -> None:
         self._journal = journal
         self._locked = service._lock.locked
+        self.away = False
+        self.acked = True
 
-    async def __call__(self, key: RouteKey, route: Route | None) -> None:
+    async def require_server(self, ip: str) -> None:
+        self._journal.append(("require", (ip, self._locked())))
+        if self.away:
+            raise Unavailable(f"no live node serves frontend_ip {ip}; nothing was stored")
+
+    async def announce(self, key: RouteKey, ip: str, route: Route | None) -> bool:
         self._journal.append(("announce", (route, self._locked())))
+        return self.acked
 
 
 class Harness:
@@ -158,13 +169,20 @@ class Harness:
             FakeProbes(),  # type: ignore[arg-type]
             KnownRoutes(None, settings.frontend_ips),
         )
-        self.routes.placement.announce = Announcements(self.journal, self.routes)  # type: ignore[method-assign]
+        self.elsewhere = Elsewhere(self.journal, self.routes)
+        placement: Any = self.routes.placement
+        placement.require_server = self.elsewhere.require_server
+        placement.announce = self.elsewhere.announce
 
     def events(self, *prefixes: str) -> list[str]:
         return [name for name, _ in self.journal if name.startswith(prefixes)]
 
     async def route(self, port: int | None = None) -> Route:
         return await self.routes.create_route("a", None, port, RouteSettings())
+
+    async def remote_route(self) -> Route:
+        """A route of an IP another node serves, stored as that node would."""
+        return await self.real_store.create_route("a", OTHER, 30000, RouteSettings())
 
     def reset(self) -> None:
         self.journal.clear()
@@ -233,28 +251,79 @@ def test_a_create_the_store_refuses_closes_its_socket_and_serves_nothing() -> No
     run(scenario)
 
 
-# -- changes: store, then apply, then announce -----------------------------------------
+# -- changes: store, then apply, then (served elsewhere) announce and wait ---------------
 
 
-def test_a_change_is_stored_then_applied_then_announced_outside_the_lock() -> None:
+def test_a_change_of_a_route_served_here_is_stored_then_applied_and_told_to_nobody() -> None:
     async def scenario(h: Harness) -> None:
         route = await h.route()
         h.reset()
         changed = await h.routes.update_route(route.key, lambda s: s.replace(connect_timeout=1.5))
         assert changed.settings.connect_timeout == 1.5
-        assert h.events("store.update_route", "store.get_route", "plane.", "workers.", "ann") == [
+        assert h.events("store.", "plane.", "workers.", "require", "announce") == [
             "store.get_route",  # read to edit
             "store.update_route",
             "store.get_route",  # read back: what is applied is what is stored
             "plane.apply",
             "workers.route",
             "workers.settle",
-            "announce",
         ]
         applied = next(arg for name, arg in h.journal if name == "plane.apply")
         assert applied == (changed,)
-        # Announced with the route as stored, once the lock is free again.
+
+    run(scenario)
+
+
+def test_a_change_of_a_route_another_node_serves_waits_for_it_outside_the_lock() -> None:
+    async def scenario(h: Harness) -> None:
+        route = await h.remote_route()
+        h.reset()
+        changed = await h.routes.update_route(route.key, lambda s: s.replace(connect_timeout=1.5))
+        assert h.events("store.", "plane.", "workers.", "require", "announce") == [
+            "store.get_route",  # its frontend IP
+            "require",  # that IP's node is alive, before anything is stored
+            "store.get_route",
+            "store.update_route",
+            "store.get_route",
+            "plane.apply",  # serves nothing of it here
+            "workers.route",
+            "workers.settle",
+            "announce",
+        ]
+        assert ("require", (OTHER, True)) in h.journal
+        # Announced with the route as stored, once the lock is free again; the serving
+        # node acknowledged it, so the write answers.
         assert h.journal[-1] == ("announce", (changed, False))
+        assert h.plane.running() == {}
+
+    run(scenario)
+
+
+def test_a_change_the_serving_node_does_not_acknowledge_in_time_is_stored_and_202() -> None:
+    async def scenario(h: Harness) -> None:
+        route = await h.remote_route()
+        h.elsewhere.acked = False
+        with pytest.raises(NotYetApplied) as pending:
+            await h.routes.add_backend(route.key, Backend(0, IP, 9000))
+        assert pending.value.result == Backend(1, IP, 9000)
+        assert pending.value.frontend_ip == OTHER
+        assert (await h.real_store.get_route(*route.key)).backends == (Backend(1, IP, 9000),)
+
+    run(scenario)
+
+
+def test_a_change_of_a_route_no_live_node_serves_stores_nothing() -> None:
+    async def scenario(h: Harness) -> None:
+        route = await h.remote_route()
+        h.elsewhere.away = True
+        h.reset()
+        with pytest.raises(Unavailable, match="nothing was stored"):
+            await h.routes.add_backend(route.key, Backend(0, IP, 9000))
+        with pytest.raises(Unavailable, match="nothing was stored"):
+            await h.routes.delete_route(route.key)
+        assert [n for n in h.events("store.") if n.removeprefix("store.") in h.store.WRITES] == []
+        assert h.events("plane.", "workers.", "announce") == []
+        assert await h.real_store.get_route(*route.key) == route
 
     run(scenario)
 
@@ -262,11 +331,14 @@ def test_a_change_is_stored_then_applied_then_announced_outside_the_lock() -> No
 def test_a_failed_change_applies_and_announces_nothing() -> None:
     async def scenario(h: Harness) -> None:
         route = await h.route()
+        remote = await h.remote_route()
         h.reset()
         with pytest.raises(NotFound, match="backend 7 of route 1"):
             await h.routes.update_backend(route.key, 7, lambda b: b.replace(weight=2))
         with pytest.raises(NotFound):
             await h.routes.delete_route(("a", 9))
+        with pytest.raises(NotFound, match="backend 7 of route 2"):
+            await h.routes.update_backend(remote.key, 7, lambda b: b.replace(weight=2))
         h.store.fail["delete_backend"] = Unavailable("the store is away")
         with pytest.raises(Unavailable):
             await h.routes.delete_backend(route.key, 1)
@@ -278,12 +350,15 @@ def test_a_failed_change_applies_and_announces_nothing() -> None:
 def test_a_delete_stops_serving_before_it_answers() -> None:
     async def scenario(h: Harness) -> None:
         route = await h.route()
+        remote = await h.remote_route()
         h.reset()
         await h.routes.delete_route(route.key)
         assert h.events("store.delete", "plane.", "workers.route", "announce") == [
-            "store.delete_route", "plane.apply", "workers.route", "announce"
+            "store.delete_route", "plane.apply", "workers.route"
         ]  # fmt: skip
         assert h.plane.running() == {}
+        # Another node's route: once that node has stopped it (None: deleted).
+        await h.routes.delete_route(remote.key)
         assert h.journal[-1] == ("announce", (None, False))
 
     run(scenario)

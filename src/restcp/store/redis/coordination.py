@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from restcp.errors import Conflict, EpochMismatch, Unavailable
@@ -22,6 +22,9 @@ from restcp.store.redis.keys import address_taken, app_segment, describe_member
 from restcp.store.redis.pubsub import Subscription
 
 _ADDRESS_USED = "its address is used by route "
+# About how many entries each changes and applied stream keeps (XADD MAXLEN ~): far more
+# than a node falls behind by while it lives; one away longer resyncs anyway.
+STREAM_LENGTH = 10_000
 
 
 class RedisCoordination:
@@ -84,6 +87,65 @@ class RedisCoordination:
             return receivers, None
         finally:
             await subscription.close()
+
+    # -- streams: change notices and their acknowledgements ---------------------------------
+
+    async def announce(self, ip: str, notice: str, channel: str) -> tuple[str, int]:
+        """Add ``notice`` to the changes stream of ``ip`` and publish it on ``channel``, at
+        once; (the id after which to read ``ip``'s acknowledgements, channel subscribers)."""
+        k = self._keys
+        since, receivers = await self._run(
+            scripts.ANNOUNCE,
+            [k.changes(ip), k.applied(ip), k.channel(channel)],
+            [notice, STREAM_LENGTH],
+        )
+        return str(since), int(receivers)
+
+    async def acknowledge(self, ip: str, acks: Sequence[str]) -> None:
+        """Add acknowledgements to the applied stream of ``ip``, in order."""
+        if not acks:
+            return
+        with self._connection.reachable():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for ack in acks:
+                    pipe.xadd(self._keys.applied(ip), {"m": ack}, maxlen=STREAM_LENGTH)
+                await pipe.execute()
+
+    async def stream_start(self, seconds_ago: float) -> str:
+        """The stream id of Redis's clock ``seconds_ago`` seconds ago: reading from it
+        returns what was added since then."""
+        with self._connection.reachable():
+            seconds, micros = await cast(Any, self._client.time())
+        return f"{max(0, int(seconds) * 1000 + int(micros) // 1000 - round(seconds_ago * 1000))}-0"
+
+    async def read_changes(
+        self, positions: dict[str, str], within: float
+    ) -> list[tuple[str, str, str]]:
+        """The notices after ``positions`` (ip -> stream id) as (ip, id, notice), waiting up
+        to ``within`` seconds for the first."""
+        return await self._read(self._keys.changes, positions, within)
+
+    async def read_applied(self, ip: str, since: str, within: float) -> list[tuple[str, str]]:
+        """The acknowledgements of ``ip`` after ``since`` as (id, ack), waiting up to
+        ``within`` seconds for the first."""
+        found = await self._read(self._keys.applied, {ip: since}, within)
+        return [(entry_id, text) for _, entry_id, text in found]
+
+    async def _read(
+        self, name: Callable[[str], str], positions: dict[str, str], within: float
+    ) -> list[tuple[str, str, str]]:
+        streams = {name(ip): ip for ip in positions}
+        block = max(1, round(within * 1000))
+        with self._connection.reachable():
+            replies = await cast(
+                Any,
+                self._client.xread({name(ip): at for ip, at in positions.items()}, block=block),
+            )
+        return [
+            (streams[stream], entry_id, fields.get("m", ""))
+            for stream, entries in replies or []
+            for entry_id, fields in entries
+        ]
 
     # -- leases and the node registry ------------------------------------------------------
 
@@ -196,7 +258,7 @@ class RedisCoordination:
             )
         if status == -2:
             raise Conflict(f"route {route_id} of app {app!r} was not reserved or exists already")
-        return Route(app, route_id, frontend_ip, port, settings)
+        return Route(app, route_id, frontend_ip, port, settings, version=1)
 
     # -- the epoch, reseed and health (docs/cluster.md) ---------------------------------------
 

@@ -94,6 +94,14 @@ class Keys:
     def node(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}"
 
+    def changes(self, ip: str) -> str:
+        """The stream of change notices for the node serving ``ip``."""
+        return f"{self.prefix}changes:{ip}"
+
+    def applied(self, ip: str) -> str:
+        """The stream of that node's acknowledgements of the versions it applied."""
+        return f"{self.prefix}applied:{ip}"
+
     def channel(self, name: str) -> str:
         """A pub/sub channel: pub/sub ignores database numbers, so the prefix is what keeps
         two clusters on one Redis apart."""

@@ -60,17 +60,18 @@ def _unguarded(source: str) -> Script:
 # -- the desired state: routes, backends, port cursors, tokens ---------------------------
 
 _READ_ROUTE = """
--- {app, id, ip, port, settings, {{backend id, ip, port, settings}, ...}}, or false.
+-- {app, id, ip, port, settings, {{backend id, ip, port, settings}, ...}, version}, or
+-- false.
 local function read_route(prefix, app, id)
   local key = prefix .. 'route:' .. app .. ':' .. id
-  local r = redis.call('HMGET', key, 'ip', 'port', 'settings')
+  local r = redis.call('HMGET', key, 'ip', 'port', 'settings', 'version')
   if not r[1] then return false end
   local backends = {}
   for _, bid in ipairs(redis.call('SMEMBERS', key .. ':backends')) do
     local b = redis.call('HMGET', key .. ':backend:' .. bid, 'ip', 'port', 'settings')
     if b[1] then backends[#backends + 1] = {bid, b[1], b[2], b[3]} end
   end
-  return {app, id, r[1], r[2], r[3], backends}
+  return {app, id, r[1], r[2], r[3], backends, tonumber(r[4] or '0')}
 end
 
 local function read_app(prefix, app, out)
@@ -131,7 +132,7 @@ if owner then return {0, owner} end
 local id = redis.call('INCR', KEYS[2])
 local member = ARGV[2] .. ':' .. id
 redis.call('HSET', ARGV[1] .. 'route:' .. member, 'ip', ARGV[3], 'port', ARGV[4],
-           'settings', ARGV[5])
+           'settings', ARGV[5], 'version', 1)
 redis.call('SADD', KEYS[3], id)
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[3])
@@ -147,6 +148,7 @@ UPDATE_ROUTE: Final = _guarded(
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'settings', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
 return read_route(ARGV[1], ARGV[2], ARGV[3])
 """
 )
@@ -179,6 +181,7 @@ local id = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1] .. ':backend:' .. id, 'ip', ARGV[1], 'port', ARGV[2],
            'settings', ARGV[3])
 redis.call('SADD', KEYS[3], id)
+redis.call('HINCRBY', KEYS[1], 'version', 1)
 return id
 """
 )
@@ -190,6 +193,7 @@ UPDATE_BACKEND: Final = _guarded(
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[3], 'ip', ARGV[2], 'port', ARGV[3], 'settings', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
 return 1
 """
 )
@@ -202,6 +206,7 @@ if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[3])
 redis.call('LREM', KEYS[4], 0, ARGV[1])
 redis.call('LREM', KEYS[5], 0, ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
 return 1
 """
 )
@@ -273,7 +278,8 @@ if tonumber(ARGV[6]) > last or redis.call('EXISTS', KEYS[7]) == 1 then return {-
 local owner = redis.call('HGET', KEYS[6], ARGV[4])
 if owner then return {0, owner} end
 local member = ARGV[2] .. ':' .. ARGV[6]
-redis.call('HSET', KEYS[7], 'ip', ARGV[3], 'port', ARGV[4], 'settings', ARGV[5])
+redis.call('HSET', KEYS[7], 'ip', ARGV[3], 'port', ARGV[4], 'settings', ARGV[5],
+           'version', 1)
 redis.call('SADD', KEYS[3], ARGV[6])
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[3])
@@ -299,6 +305,21 @@ if not holder or (ARGV[3] ~= '' and holder == ARGV[3]) then
   return {2, ARGV[1], 0}
 end
 return {0, holder, redis.call('PTTL', KEYS[1])}
+"""
+)
+
+# KEYS: changes stream, applied stream, channel; ARGV: notice, entries kept (about).
+# A change notice for the node serving an IP: the applied stream's last id (where the
+# writer starts reading acknowledgements, so that none can come before it looks), then the
+# notice added to the changes stream and published on the IP's channel, for whoever else
+# listens there. {last applied id, subscribers of the channel}.
+ANNOUNCE: Final = _unguarded(
+    """
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local since = '0-0'
+if last[1] then since = last[1][1] end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'm', ARGV[1])
+return {since, redis.call('PUBLISH', KEYS[3], ARGV[1])}
 """
 )
 
@@ -378,7 +399,8 @@ if r[1] then
 end
 local owner = redis.call('HGET', KEYS[6], ARGV[5])
 if owner then return {0, 'its address is used by route ' .. owner} end
-redis.call('HSET', KEYS[7], 'ip', ARGV[4], 'port', ARGV[5], 'settings', ARGV[6])
+redis.call('HSET', KEYS[7], 'ip', ARGV[4], 'port', ARGV[5], 'settings', ARGV[6],
+           'version', 1)
 for i = 10, #ARGV, 4 do
   redis.call('HSET', KEYS[7] .. ':backend:' .. ARGV[i], 'ip', ARGV[i + 1], 'port', ARGV[i + 2],
              'settings', ARGV[i + 3])

@@ -92,7 +92,7 @@ class RedisStore:
         )
         if not created:
             raise address_taken(frontend_ip, port, str(value))
-        return Route(app, int(value), frontend_ip, port, settings)
+        return Route(app, int(value), frontend_ip, port, settings, version=1)
 
     async def update_route(self, app: str, route_id: int, settings: RouteSettings) -> Route:
         k = self._keys
@@ -207,7 +207,7 @@ def _routes(records: list[Any]) -> list[Route]:
 
 
 def _route(record: list[Any]) -> Route:
-    app, route_id, ip, port, settings, backends = record
+    app, route_id, ip, port, settings, backends, version = record
     return Route(
         app=unquote(app),
         id=int(route_id),
@@ -223,6 +223,7 @@ def _route(record: list[Any]) -> Route:
                 key=lambda b: b.id,
             )
         ),
+        version=int(version),
     )
 
 
