@@ -59,8 +59,9 @@ class Registry:
 
     async def refuse_twin(self) -> None:
         """Raise Conflict if another live process on this host registered under this node's
-        name before this one did: two incarnations of one name would each take the other's
-        leases for a dead predecessor's. (Of two started at once, the later one refuses.)"""
+        name before this one did. A name stands for one node: a node may take the leases of
+        an earlier incarnation of its name at once (leases.py) because a name has one live
+        process on a host at a time. (Of two started at once, the later one refuses.)"""
         me = self._leases.identity
         for record in await self._bus.list_nodes():
             other = NodeId.parse(str(record.get("id")))
