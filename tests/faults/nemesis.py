@@ -1,5 +1,5 @@
 """The faults of a run, chosen by the seed: every few tenths of a second to a few seconds,
-one of
+one of these, in rounds of ten (each kind as often as its weight, in a shuffled order)::
 
     kill_node     kill -9 a node, start it again (under its name) after a random delay
     pause_node    SIGSTOP a node for up to 3 s (past --provision-timeout: writes get 202)
@@ -45,9 +45,15 @@ class Nemesis:
             raise self._error
 
     def _run(self) -> None:
+        plan: list[str] = []
         try:
             while not self._stop.wait(self.rng.uniform(0.3, 3.0)):
-                fault = self.rng.choices(list(FAULTS), weights=list(FAULTS.values()))[0]
+                if not plan:
+                    # Every kind of fault in each round, as often as its weight, in a new
+                    # order: a short run meets them all.
+                    plan = [f for f, weight in FAULTS.items() for _ in range(weight)]
+                    self.rng.shuffle(plan)
+                fault = plan.pop()
                 self.counts[fault] += 1
                 getattr(self, fault)()
         except BaseException as err:  # reported by stop(), in the test's thread

@@ -23,7 +23,7 @@ from typing import Any
 from tests.e2e.peers import Backend, sender
 from tests.faults.cluster import IPS, FaultCluster, NodeSlot
 from tests.faults.history import Event, History
-from tests.faults.model import Model, RouteKey, outcome
+from tests.faults.model import Model, Route, RouteKey, outcome
 
 APPS = ("web", "db")
 BACKENDS = ("b0", "b1", "b2", "b3", "b4")
@@ -284,14 +284,24 @@ class Workload:
                 outcome=result,
             )
             self.model.apply(event)
-            if op["op"] == "create":
-                created = isinstance(answer, dict) and "id" in answer
-                route_id = answer["id"] if created else None
-            else:
-                route_id = op["route"]
+            route_id = op.get("route")
+            if op["op"] == "create" and isinstance(answer, dict) and "id" in answer:
+                # A new route: no other writer may touch it before its check is done.
+                route_id = answer["id"]
+                self._busy.add((op["app"], route_id))
             route = None if route_id is None else self.model.routes.get((op["app"], route_id))
-        if result != "ok" or route is None or route.port is None:
-            return result
+        try:
+            if result == "ok" and route is not None and route.port is not None:
+                self._check(op, route)
+        finally:
+            if op["op"] == "create" and route is not None:
+                with self._lock:
+                    self._busy.discard(route.key)
+        return result
+
+    def _check(self, op: Event, route: Route) -> None:
+        """Read-your-writes: a client connects to the route right after the answer."""
+        assert route.port is not None
         started = self.history.now()
         got = probe(route.ip, route.port)
         self.history.add(
@@ -305,7 +315,6 @@ class Workload:
             end=self.history.now(),
             got=got,
         )
-        return result
 
     def _find_port(self, slot: NodeSlot, key: RouteKey) -> None:
         """A route created with a 202 has no port known yet: ask for it."""
