@@ -18,10 +18,11 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tests.e2e.peers import Backend, sender
-from tests.faults.cluster import IPS, FaultCluster, NodeSlot
+from tests.faults.cluster import IPS, FaultCluster
 from tests.faults.history import Event, History
 from tests.faults.model import Model, Route, RouteKey, outcome
 
@@ -46,6 +47,14 @@ WEIGHTS = {
     "patch_backend": 16,
     "delete_backend": 10,
 }
+
+
+@dataclass(frozen=True)
+class Target:
+    """A node a write is sent to: its index, and its API as it was when chosen."""
+
+    index: int
+    api: str
 
 
 def probe(ip: str, port: int, timeout: float = 3.0) -> str:
@@ -207,12 +216,12 @@ class Workload:
                 with self._lock:
                     self._busy.discard(route.key)
 
-    def _node(self, rng: random.Random) -> NodeSlot | None:
+    def _node(self, rng: random.Random) -> Target | None:
+        """A live node, as it is now: the nemesis may kill it while a write is on its way,
+        which then meets a refused or cut connection, as a client would."""
         with self.cluster.lock:
-            alive = [s for s in self.cluster.slots if s.alive]
-            if not alive:
-                return None
-            return rng.choice(alive)
+            alive = [Target(s.index, s.api) for s in self.cluster.slots if s.alive]
+        return rng.choice(alive) if alive else None
 
     def _op(self, rng: random.Random, kind: str, key: RouteKey | None, number: int) -> Event:
         tag = float(1000 + number)  # unique per write
@@ -266,7 +275,7 @@ class Workload:
             return "PATCH", path, {"state": op["state"]}
         return "DELETE", path, None
 
-    def _send(self, slot: NodeSlot, op: Event) -> str:
+    def _send(self, slot: Target, op: Event) -> str:
         method, path, body = self._request(op)
         start = self.history.now()
         status, answer, error = call(slot.api, method, path, body)
@@ -316,7 +325,7 @@ class Workload:
             got=got,
         )
 
-    def _find_port(self, slot: NodeSlot, key: RouteKey) -> None:
+    def _find_port(self, slot: Target, key: RouteKey) -> None:
         """A route created with a 202 has no port known yet: ask for it."""
         status, answer, _ = call(slot.api, "GET", f"/apps/{key[0]}/routes/{key[1]}")
         if status == 200 and isinstance(answer, dict):
