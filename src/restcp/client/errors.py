@@ -90,7 +90,15 @@ class Provisioning(ApiError):
         self.frontend_ip = frontend_ip
 
 
+class NotYetApplied(ApiError):
+    """202 to a change (of a route's settings, a backend, a delete): in a cluster, the change
+    is stored, but the node serving the route's frontend IP had not applied it when the API
+    answered; it applies it without anyone asking. ``body`` is what a 2xx would have said,
+    with ``"status": "provisioning"``."""
+
+
 _BY_STATUS: dict[int, type[ApiError]] = {
+    202: NotYetApplied,
     400: Invalid,
     401: Unauthorized,
     403: Forbidden,
@@ -113,6 +121,10 @@ def error_for(response: httpx.Response, detail: str | None = None) -> ApiError:
     except ValueError:
         body = response.text
     problem = body if isinstance(body, dict) else {}
+    if response.status_code == 202:
+        problem = {
+            "detail": "stored; the node serving the route's frontend IP has not applied it yet"
+        }
     return _BY_STATUS.get(response.status_code, ApiError)(
         str(problem.get("detail") or problem.get("title") or body or response.reason_phrase),
         status=response.status_code,

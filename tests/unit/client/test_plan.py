@@ -14,6 +14,7 @@ from restcp.client import (
     Invalid,
     Metrics,
     NotFound,
+    NotYetApplied,
     Unauthorized,
     Unavailable,
 )
@@ -53,6 +54,18 @@ def test_invalid_carries_the_field_errors_and_the_body_its_extra_members() -> No
     assert [(e.field, e.message) for e in err.errors] == [("balance", "bad"), ("port", "worse")]
     report = error_for(problem(409, "conflicts", written=[], conflicts=[{"route": 1}]))
     assert report.body["conflicts"] == [{"route": 1}]
+
+
+def test_a_change_the_serving_node_has_not_applied_yet_is_not_yet_applied() -> None:
+    # A 202 to a change is no problem document: the body a 2xx would have had.
+    err = error_for(response(202, {"id": 3, "status": "provisioning"}))
+    assert type(err) is NotYetApplied
+    assert err.status == 202
+    assert err.body == {"id": 3, "status": "provisioning"}
+    assert str(err) == (
+        "PATCH /apps/web/routes/1: 202 stored; the node serving the route's frontend IP has "
+        "not applied it yet"
+    )
 
 
 def test_a_refusal_that_is_not_a_problem_document_still_says_what_came() -> None:
