@@ -14,6 +14,9 @@ How an answer counts (``outcome``)::
     maybe    202 to a create: handed to the serving node, which may store it or not
     unknown  no answer (reset, timeout), or a 5xx that does not say nothing was stored
     none     4xx, a 503 "nothing was stored", or a connection refused: nothing happened
+
+A 404 for a route that surely existed proves it deleted: route ids are never given out
+again, so a delete of unknown outcome is then known to have happened.
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ def outcome(op: str, status: int | None, body: Any, error: str | None) -> str:
         return "none"
     detail = body.get("detail", "") if isinstance(body, dict) else ""
     return "none" if status == 503 and "nothing was stored" in detail else "unknown"
+
+
+def route_not_found(op: Event) -> bool:
+    """Whether a write to a route was answered 404 for the route itself (not a backend)."""
+    detail = _object(op.get("body")).get("detail", "")
+    return op["status"] == 404 and detail.startswith(f"route {op.get('route')} of app ")
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -82,6 +91,8 @@ class Route:
     # Names of backends added with an unknown outcome: no id is known for them, so they may
     # be there (once each) or not, and no later write touches them.
     wildcards: list[str] = field(default_factory=list)
+    # Whether it was surely stored at some point (a 201, or a change answered 2xx or 202).
+    existed: bool = False
 
     @property
     def key(self) -> RouteKey:
@@ -133,6 +144,7 @@ class Model:
         """Move the model by one recorded write (an ``op`` event with its ``outcome``)."""
         kind, result = op["op"], op["outcome"]
         if result == "none":
+            self._not_found(op)
             return
         if kind == "create":
             body = _object(op.get("body"))
@@ -142,14 +154,25 @@ class Model:
             created = State(True, op["tag"])
             states = {created} if result in CERTAIN else {created, GONE}
             route = Route(op["app"], body["id"], op["ip"], body.get("port"), states)
+            route.existed = result in CERTAIN
             self.routes[route.key] = route
             return
         route = self.routes[(op["app"], op["route"])]
+        # An answered change proves the route was stored then.
+        route.existed = route.existed or result in CERTAIN
         if kind == "add_backend" and "id" not in _object(op.get("body")):
             route.wildcards.append(op["name"])  # no id known: it may be there or not
             return
         moved = {self._move(s, op) for s in route.states}
         route.states = moved if result in CERTAIN else route.states | moved
+
+    def _not_found(self, op: Event) -> None:
+        """A 404 for a route that surely existed once: it is deleted for good (ids are never
+        given out again), whatever write of unknown outcome deleted it. (One whose create
+        is still unknown may yet be stored: a 404 proves nothing of it.)"""
+        route = self.routes.get((op["app"], op.get("route") or 0))
+        if route is not None and route.existed and route_not_found(op):
+            route.states = {GONE}
 
     @staticmethod
     def _move(s: State, op: Event) -> State:

@@ -24,7 +24,7 @@ from typing import Any
 from tests.e2e.peers import Backend, sender
 from tests.faults.cluster import IPS, FaultCluster
 from tests.faults.history import Event, History
-from tests.faults.model import Model, Route, RouteKey, outcome
+from tests.faults.model import Model, Route, RouteKey, outcome, route_not_found
 
 APPS = ("web", "db")
 BACKENDS = ("b0", "b1", "b2", "b3", "b4")
@@ -112,6 +112,9 @@ class Workload:
         self.steady: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._busy: set[RouteKey] = set()
+        # Routes whose create is of unknown outcome and which a write found missing: they
+        # may appear yet (the checker allows it), but writing to them is no use.
+        self._retired: set[RouteKey] = set()
         self._ops = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -191,9 +194,13 @@ class Workload:
         """One write and its check; its outcome (None: no node was up to take it)."""
         kind = rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
         with self._lock:
-            live = [r for r in self.model.routes.values() if r.may_exist()]
-            # A route many unknown outcomes made too uncertain to judge is left alone.
-            free = [r for r in live if r.key not in self._busy and len(r.states) <= MAX_STATES]
+            # A route many unknown outcomes made too uncertain to follow is left alone.
+            live = [
+                r
+                for r in self.model.routes.values()
+                if r.may_exist() and r.key not in self._retired and len(r.states) <= MAX_STATES
+            ]
+            free = [r for r in live if r.key not in self._busy]
             if kind == "create" and len(live) + len(self.model.maybe_creates) >= MAX_ROUTES:
                 kind = "delete_route"
             route = rng.choice(free) if free and kind != "create" else None
@@ -293,6 +300,10 @@ class Workload:
                 outcome=result,
             )
             self.model.apply(event)
+            if op["op"] != "create" and route_not_found(event):
+                key = (op["app"], op["route"])
+                if self.model.routes[key].may_exist():
+                    self._retired.add(key)
             route_id = op.get("route")
             if op["op"] == "create" and isinstance(answer, dict) and "id" in answer:
                 # A new route: no other writer may touch it before its check is done.

@@ -153,6 +153,27 @@ def test_a_write_of_unknown_outcome_may_have_happened_or_not(tag: float) -> None
     assert anomalies(story.end([stored(tag=tag)], {1: ["", ""]})) == []
 
 
+def test_a_404_proves_a_delete_of_unknown_outcome_happened() -> None:
+    story = Story()
+    story.create()
+    story.op("delete_route", None, None, app="web", route=1)  # no answer: maybe deleted
+    assert anomalies(story.end([stored()], {1: ["", ""]})) == []
+    story = Story()
+    story.create()
+    story.op("delete_route", None, None, app="web", route=1)
+    missing = {"detail": "route 1 of app 'web' not found"}
+    story.op("patch_route", 404, missing, app="web", route=1, tag=2.0)
+    [found] = anomalies(story.end([stored()], {1: ["", ""]}))
+    assert "the writes answered allow only deleted" in found
+    # A backend's 404 says nothing of its route.
+    story = Story()
+    story.create()
+    story.op("delete_route", None, None, app="web", route=1)
+    gone = {"detail": "backend 7 of route 1 of app 'web' not found"}
+    story.op("delete_backend", 404, gone, app="web", route=1, backend=7)
+    assert anomalies(story.end([stored()], {1: ["", ""]})) == []
+
+
 def test_a_503_that_said_nothing_was_stored_and_stored_a_route_is_an_anomaly() -> None:
     story = Story()
     refused = {"detail": "no live node serves frontend_ip 127.0.0.2; nothing was stored"}
