@@ -20,6 +20,9 @@ ProxyProtocol = Literal["v1", "v2"]
 # A backend's own PROXY protocol setting: None follows the route, "none" turns it off.
 BackendProxyProtocol = Literal["v1", "v2", "none"]
 Health = Literal["unknown", "up", "down"]
+# A route's splice setting: False never, True for every connection from its connect,
+# "auto" once a connection moves bulk (proxy/connection.py).
+SpliceMode = bool | Literal["auto"]
 
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_IDLE_TIMEOUT: Final = 3600.0
@@ -87,10 +90,10 @@ class RouteSettings:
     passive_fall: int = 3
     # Without active checks, seconds until a passively downed backend is tried again.
     passive_cooldown: float = 10.0
-    # Once the backend is connected, relay with os.splice through pipes (proxy/splice.py):
-    # bulk bytes stay in the kernel, for less CPU per byte; each direction that is moving
-    # bulk holds a pipe.
-    splice: bool = False
+    # Relay with os.splice through kernel pipes (proxy/splice.py): bulk bytes stay in the
+    # kernel, for less CPU per byte; each direction that is moving bulk holds a pipe. True:
+    # every connection, from its connect; "auto": a connection once a read of it is bulk.
+    splice: SpliceMode = False
 
     def replace(self, **changes: object) -> RouteSettings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -163,6 +166,16 @@ def format_host(ip: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplacedAddress:
+    """An address a backend had before it was replaced, with the connections to it that
+    are still open (they end there: a connection stays with the address it reached)."""
+
+    ip: str
+    port: int
+    active_connections: int
+
+
+@dataclass(frozen=True, slots=True)
 class BackendStatus:
     """What the node serving a route observes of one backend (read-only in the API)."""
 
@@ -170,4 +183,7 @@ class BackendStatus:
     # Wall-clock time (Unix seconds) and cause of the last health change.
     health_changed_at: float | None = None
     health_reason: str = ""
+    # Open connections to its current address.
     active_connections: int = 0
+    # Earlier addresses of it that still have open connections, until their last ends.
+    replaced: tuple[ReplacedAddress, ...] = ()

@@ -289,10 +289,10 @@ class Node:
                         backend=m.id,
                         connections_total=m.connections + counted.get(m.id, _NONE)[0],
                         connections_active=m.active + counted.get(m.id, _NONE)[1],
-                        bytes_in=m.bytes_in
+                        bytes_in=m.bytes_up
                         + live.get(m.id, (0, 0))[0]
                         + counted.get(m.id, _NONE)[2],
-                        bytes_out=m.bytes_out
+                        bytes_out=m.bytes_down
                         + live.get(m.id, (0, 0))[1]
                         + counted.get(m.id, _NONE)[3],
                         connect_failures=m.connect_failures + counted.get(m.id, _NONE)[4],

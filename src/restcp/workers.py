@@ -499,8 +499,8 @@ def _route_counts(runtime: RouteRuntime) -> RouteCounts:
         backends[m.id] = (
             m.connections,
             m.active,
-            m.bytes_in + up,
-            m.bytes_out + down,
+            m.bytes_up + up,
+            m.bytes_down + down,
             m.connect_failures,
         )
     return dict(runtime.refused), backends

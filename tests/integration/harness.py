@@ -22,10 +22,10 @@ import pytest
 import uvloop
 
 from restcp.model import Backend, Route, RouteSettings
+from restcp.proxy.connection import Connection
 from restcp.proxy.listener import bind
 from restcp.proxy.manager import ProxyManager
-from restcp.proxy.relay import Relay
-from restcp.proxy.splice import PipePool
+from restcp.proxy.splicer import PipePool
 
 T = TypeVar("T")
 
@@ -302,19 +302,19 @@ class Proxy:
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.wait_for(asyncio.open_connection(HOST, self.port), WAIT)
 
-    def only_relay(self) -> Relay:
-        relays = list(self.manager.relays)
+    def only_relay(self) -> Connection:
+        relays = list(self.manager.dataplane)
         assert len(relays) == 1, relays
         return relays[0]
 
-    async def relay_connected(self) -> Relay:
+    async def relay_connected(self) -> Connection:
         """The one live relay, once its backend connection is up."""
-        await until(lambda: len(self.manager.relays) == 1)
+        await until(lambda: len(self.manager.dataplane) == 1)
         relay = self.only_relay()
         await until(lambda: relay.backend is not None)
         return relay
 
-    async def relay_spliced(self) -> Relay:
+    async def relay_spliced(self) -> Connection:
         """The one live relay, once it handed its connections to a SplicePipe."""
         relay = await self.relay_connected()
         await until(lambda: relay.spliced)
@@ -322,7 +322,7 @@ class Proxy:
 
 
 def pipes_of(px: Proxy) -> PipePool:
-    return px.manager.relays.splicer.pipes
+    return px.manager.dataplane.splicer.pipes
 
 
 def used_pipes(px: Proxy) -> bool:
@@ -344,6 +344,6 @@ async def proxy(*backends: Backend, **settings: Any) -> AsyncIterator[Proxy]:
     await manager.serve(route, sock)
     try:
         yield Proxy(manager, route)
-        await asyncio.wait_for(manager.relays.wait_empty(), WAIT)
+        await asyncio.wait_for(manager.dataplane.wait_empty(), WAIT)
     finally:
         await asyncio.wait_for(manager.shutdown(drain_timeout=0), WAIT)

@@ -164,7 +164,7 @@ def test_idle_timeout_resets_a_pipe_stuck_on_a_peer_that_stopped_reading(
             client.setblocking(False)
             await loop_.sock_connect(client, (HOST, px.port))
             assert await server.result() == "reset"
-            await until(lambda: not px.manager.relays)
+            await until(lambda: not px.manager.dataplane)
             with pytest.raises(ConnectionResetError):
                 await drain(client)
             client.close()

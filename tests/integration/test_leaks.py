@@ -81,7 +81,7 @@ def test_no_leaks_after_hundreds_of_connections(loop: str) -> None:
 
             # Every relay reported, every backend connection was closed by the proxy...
             for manager in (px.manager, nowhere.manager):
-                await asyncio.wait_for(manager.relays.wait_empty(), WAIT)
+                await asyncio.wait_for(manager.dataplane.wait_empty(), WAIT)
             await until(lambda: server.active == 0)
             # ...and every socket is gone: a relay that forgot a transport keeps its fd, and
             # a peer's FIN it never answered shows as CLOSE_WAIT.

@@ -129,6 +129,10 @@ def backend_json(backend: Backend, status: BackendStatus | None = None) -> dict[
         "health_changed_at": status.health_changed_at,
         "health_reason": status.health_reason,
         "active_connections": status.active_connections,
+        "replaced": [
+            {"ip": r.ip, "port": r.port, "active_connections": r.active_connections}
+            for r in status.replaced
+        ],
     }
 
 

@@ -14,7 +14,15 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictStr,
+    WithJsonSchema,
+    field_validator,
+)
 
 from restcp.model import (
     AdminState,
@@ -22,6 +30,7 @@ from restcp.model import (
     Balance,
     Health,
     ProxyProtocol,
+    SpliceMode,
     WhenAllDown,
     canonical_host,
 )
@@ -48,6 +57,22 @@ Weight = Annotated[int, Field(strict=True, ge=0, le=256)]
 Limit = Annotated[int, Field(strict=True, ge=1, le=10_000_000)]
 Count = Annotated[int, Field(strict=True, ge=1, le=100)]
 ProbeText = Annotated[str, Field(strict=True, max_length=1024)]
+
+
+def _splice_mode(value: object) -> SpliceMode:
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return "auto"
+    raise ValueError('must be true, false or "auto"')
+
+
+# One check and one error for the three values (a union would report one per member).
+Splice = Annotated[
+    SpliceMode,
+    PlainValidator(_splice_mode),
+    WithJsonSchema({"anyOf": [{"type": "boolean"}, {"type": "string", "enum": ["auto"]}]}),
+]
 
 
 def canonical_ip(value: str) -> str:
@@ -142,7 +167,7 @@ class RouteSettingsBody(_Body):
     proxy_protocol: ProxyProtocol | None = None
     passive_fall: Annotated[int, Field(strict=True, ge=0, le=100)] = 3
     passive_cooldown: PositiveSeconds = 10.0
-    splice: StrictBool = False
+    splice: Splice = False
 
 
 class RouteBody(RouteSettingsBody):
@@ -175,6 +200,14 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ReplacedOut(_Out):
+    """An address the backend had before it was replaced, still holding open connections."""
+
+    ip: str
+    port: int
+    active_connections: int
+
+
 class BackendOut(_Out):
     """A backend: the seed's ``ip``, ``port`` and ``id`` first, then its settings, then what
     the node serving its route observes of it (read-only)."""
@@ -192,7 +225,11 @@ class BackendOut(_Out):
         description="Unix seconds of the last health change"
     )
     health_reason: str = _read_only()
-    active_connections: int = _read_only()
+    active_connections: int = _read_only(description="open connections to its address")
+    replaced: list[ReplacedOut] = _read_only(
+        description="addresses it had before a replace that still have open connections "
+        "(they stay there until they end); empty most of the time"
+    )
 
 
 class HealthCheckOut(_Out):
@@ -225,7 +262,7 @@ class RouteOut(_Out):
     proxy_protocol: ProxyProtocol | None
     passive_fall: int
     passive_cooldown: float
-    splice: bool
+    splice: Splice
 
 
 class BackendCreated(_Out):

@@ -171,5 +171,5 @@ def test_request_bodies_are_the_models_that_validate_them() -> None:
     # Read-only fields are marked so in responses.
     backend = SPEC["components"]["schemas"]["BackendOut"]["properties"]
     assert {n for n, p in backend.items() if p.get("readOnly")} == {
-        "id", "health", "health_changed_at", "health_reason", "active_connections"
+        "id", "health", "health_changed_at", "health_reason", "active_connections", "replaced"
     }  # fmt: skip
