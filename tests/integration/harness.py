@@ -25,6 +25,7 @@ from restcp.model import Backend, Route, RouteSettings
 from restcp.proxy.connection import Connection
 from restcp.proxy.listener import bind
 from restcp.proxy.manager import ProxyManager
+from restcp.proxy.splice import SplicePipe
 from restcp.proxy.splicer import PipePool
 
 T = TypeVar("T")
@@ -38,8 +39,13 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 _abandoned: list[asyncio.AbstractEventLoop] = []
 # Long enough for a loaded 2-core CI box, short enough that a hang fails fast.
 WAIT = 10.0
-# For a scenario both relays must pass alike: the transports' one and the spliced one.
+# For a scenario both pipes must pass alike: the transports' one and the splice one.
 SPLICE = pytest.mark.parametrize("splice", [False, True], ids=["transports", "splice"])
+# ... and on a splice pipe that took over from the transport pipe mid-connection ("auto"
+# routes; Proxy.relay_spliced moves the connection).
+PIPES = pytest.mark.parametrize(
+    "splice", [False, True, "auto"], ids=["transports", "splice", "switched"]
+)
 
 
 def run(loop_name: str, main: Coroutine[Any, Any, T]) -> T:
@@ -315,10 +321,24 @@ class Proxy:
         return relay
 
     async def relay_spliced(self) -> Connection:
-        """The one live relay, once it handed its connections to a SplicePipe."""
+        """The one live relay, on a SplicePipe: at once on a ``"splice": true`` route. On an
+        ``"auto"`` one the test moves it there, back to the transports and there again (so
+        the scenario runs on a splice pipe that took over twice), rather than hoping for a
+        read of the right size."""
         relay = await self.relay_connected()
-        await until(lambda: relay.spliced)
+        if self.route.settings.splice == "auto":
+            for pipe in ("splice", "transports", "splice"):
+                await until(lambda pipe=pipe: switch(relay, pipe))  # type: ignore[misc]
+        await until(lambda: isinstance(relay.pipe, SplicePipe))
         return relay
+
+
+def switch(connection: Connection, to: str) -> bool:
+    """Move ``connection`` to its splice pipe or its transports now, as a bulk read or a
+    chatty splice pipe would: False if it could not be done now (see Connection.switch)."""
+    if to == "splice":
+        return connection.switch(connection.splice_pipe, raw=True)
+    return connection.switch(lambda: connection.transports, raw=False)
 
 
 def pipes_of(px: Proxy) -> PipePool:

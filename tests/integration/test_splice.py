@@ -1,6 +1,7 @@
-"""Routes with ``splice``: the relay hands both sockets to a SplicePipe once the backend is
-connected, and every promise of the relay still holds: exact bytes, half-close both ways,
-backpressure, reset propagation, timeouts, aborts, and no fd or pipe left behind.
+"""Routes with ``splice``: a connection's bytes move through a SplicePipe (from the connect
+on a ``"splice": true`` route; once moved there on an ``"auto"`` one), and every promise of
+the relay still holds: exact bytes, half-close both ways, backpressure, reset propagation,
+timeouts, aborts, and no fd or pipe left behind.
 
 The scenarios a spliced relay shares with the transports' one (half-close both ways, reset
 propagation, the idle timeout) run on both, parametrized over ``splice``, in test_relay.py
@@ -8,7 +9,8 @@ and test_flow.py; this file holds what is the spliced relay's own.
 
 Each test checks that the connection really was spliced (the node's pipe pool has served a
 pipe: the transport relay never touches it), so none of them passes through the transports
-by accident.
+by accident. Those marked ``SPLICED`` also run on an ``"auto"`` route whose connection the
+test moved to the splice pipe (and back, and there again: Proxy.relay_spliced).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ from tests.integration.harness import (
     until,
     used_pipes,
 )
+
+SPLICED = pytest.mark.parametrize("splice", [True, "auto"], ids=["splice", "switched"])
 
 
 def kernel_objects() -> int:
@@ -168,8 +172,7 @@ def test_slow_reader_stalls_the_sender(loop: str) -> None:
             client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
             client.setblocking(False)
             await loop_.sock_connect(client, (HOST, px.port))
-            relay = await px.relay_connected()
-            await until(lambda: relay.spliced)
+            await px.relay_spliced()
             before = rss()
             await until(lambda: sent[0] > 0)
             await stalled(sent)
@@ -186,8 +189,9 @@ def test_slow_reader_stalls_the_sender(loop: str) -> None:
     run(loop, main())
 
 
+@SPLICED
 def test_reset_of_a_half_closed_client_is_seen_while_nothing_flows(
-    loop: str, caplog: pytest.LogCaptureFixture
+    loop: str, splice: bool | str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The client sends its FIN, then a RST, while the backend sends nothing: no splice runs
     into the error, yet epoll reports it, and the backend is reset at once (the transport
@@ -205,10 +209,9 @@ def test_reset_of_a_half_closed_client_is_seen_while_nothing_flows(
         return "still open"
 
     async def main() -> None:
-        async with Server(backend) as server, proxy(server.backend(), splice=True) as px:
+        async with Server(backend) as server, proxy(server.backend(), splice=splice) as px:
             _reader, writer = await px.connect()
-            relay = await px.relay_connected()
-            await until(lambda: relay.spliced)
+            relay = await px.relay_spliced()
             writer.write(b"last words")
             writer.write_eof()
             await until(lambda: relay.client_eof)
@@ -223,7 +226,10 @@ def test_reset_of_a_half_closed_client_is_seen_while_nothing_flows(
     assert line.endswith("end=client_reset")
 
 
-def test_half_close_timeout(loop: str, caplog: pytest.LogCaptureFixture) -> None:
+@SPLICED
+def test_half_close_timeout(
+    loop: str, splice: bool | str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The client half-closes and the backend never finishes: closed after the timeout."""
     done = asyncio.Event()
 
@@ -235,11 +241,10 @@ def test_half_close_timeout(loop: str, caplog: pytest.LogCaptureFixture) -> None
     async def main() -> None:
         async with (
             Server(backend) as server,
-            proxy(server.backend(), half_close_timeout=0.3, splice=True) as px,
+            proxy(server.backend(), half_close_timeout=0.3, splice=splice) as px,
         ):
             reader, writer = await px.connect()
-            relay = await px.relay_connected()
-            await until(lambda: relay.spliced)
+            await px.relay_spliced()
             writer.write_eof()
             started = time.monotonic()
             assert await read_outcome(reader) == "eof"
@@ -298,16 +303,19 @@ def test_abort_mid_transfer(loop: str, how: str, caplog: pytest.LogCaptureFixtur
     assert line.endswith("end=drain_timeout" if how == "relay" else "end=shutdown")
 
 
-def test_disabling_the_backend_resets_its_spliced_connections(loop: str) -> None:
+@SPLICED
+def test_disabling_the_backend_resets_its_spliced_connections(
+    loop: str, splice: bool | str
+) -> None:
     async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
         writer.write(b"hi")
         return await read_outcome(reader)
 
     async def main() -> None:
-        async with Server(backend) as server, proxy(server.backend(), splice=True) as px:
+        async with Server(backend) as server, proxy(server.backend(), splice=splice) as px:
             reader, writer = await px.connect()
             assert await asyncio.wait_for(reader.readexactly(2), WAIT) == b"hi"
-            assert px.only_relay().spliced
+            await px.relay_spliced()
             runtime = px.manager.runtime(px.route.key)
             assert runtime is not None
             route = px.route

@@ -224,7 +224,7 @@ class Connection:
             for transport in (self.client_transport, self.backend_transport):
                 if transport is not None:
                     transport.pause_reading()
-            self._switch_to(lambda: self._splice_pipe(None), early)
+            self._switch_to(lambda: self.splice_pipe(None), early)
             return
         self.pipe = transports
         transports.start(held)
@@ -272,7 +272,7 @@ class Connection:
 
     def bulk(self, up: bool) -> None:
         if self.pipe is self.transports:
-            self.switch(lambda: self._splice_pipe(up), raw=True)
+            self.switch(lambda: self.splice_pipe(up), raw=True)
 
     def chatty(self) -> None:
         if self._splice == "auto" and self.pipe is not self.transports:
@@ -328,7 +328,9 @@ class Connection:
         pipe.start(held)
         return True
 
-    def _splice_pipe(self, bulk_up: bool | None) -> SplicePipe:
+    def splice_pipe(self, bulk_up: bool | None = None) -> SplicePipe:
+        """A SplicePipe on this connection's sockets (``switch`` makes one with it);
+        ``bulk_up``: which way brought it (SplicePipe). OSError when it cannot be had."""
         client, backend = self.client_transport, self.backend_transport
         if client is None or backend is None:
             raise OSError("a transport is gone")
