@@ -24,6 +24,8 @@ PROXY_TITLES = {
     "nginx": "nginx stream",
     "restcp": "restcp",
     "restcp-splice": "restcp + splice",
+    "restcp-auto": "restcp, splice auto",
+    "restcp-copy": "restcp, splice off",
 }
 BACKEND_TITLES = {
     "iperf3": "`iperf3 -s`",
@@ -329,6 +331,8 @@ def charts(report: Report, directory: Path) -> list[tuple[str, str]]:
         "nginx": "#2ca02c",
         "restcp": "#d62728",
         "restcp-splice": "#ff9896",
+        "restcp-auto": "#9467bd",
+        "restcp-copy": "#8c564b",
     }
     workloads = [w for w in WORKLOADS if any(r.workload == w for r in report.rows)]
 
