@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import socket
 import struct
@@ -134,6 +135,20 @@ async def drain(sock: socket.socket) -> bytes:
 
 def payload(size: int) -> bytes:
     return os.urandom(size)
+
+
+async def digest_all(reader: asyncio.StreamReader) -> tuple[int, str]:
+    """(size, sha256) of everything up to EOF, without keeping it."""
+    digest, size = hashlib.sha256(), 0
+    async with asyncio.timeout(WAIT * 3):
+        while chunk := await reader.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 MB = 1 << 20

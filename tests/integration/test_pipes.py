@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import logging
 import os
 import socket
@@ -30,6 +29,7 @@ from tests.integration.harness import (
     WAIT,
     Server,
     access_lines,
+    digest_all,
     drain,
     payload,
     pipes_of,
@@ -37,6 +37,7 @@ from tests.integration.harness import (
     read_all,
     run,
     sends_then_reads,
+    sha,
     spliced,
     stalled,
     switch,
@@ -261,16 +262,3 @@ def test_without_fds_for_a_splice_pipe_the_transports_carry_on(
     assert spliced(caplog) == [False]
     warnings = [r for r in caplog.records if r.getMessage().startswith("pipe switch failed")]
     assert len(warnings) == 1
-
-
-async def digest_all(reader: asyncio.StreamReader) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    async with asyncio.timeout(WAIT * 3):
-        while chunk := await reader.read(1 * MB):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 import os
 import random
@@ -46,6 +45,7 @@ from tests.integration.harness import (
     WAIT,
     Server,
     access_lines,
+    digest_all,
     drain,
     flooder,
     payload,
@@ -56,6 +56,7 @@ from tests.integration.harness import (
     reset,
     run,
     sends_then_reads,
+    sha,
     spliced,
     stalled,
     until,
@@ -81,32 +82,18 @@ def rss() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-async def hash_all(reader: asyncio.StreamReader) -> tuple[int, str]:
-    """(size, sha256) of everything up to EOF, without keeping it."""
-    digest, size = hashlib.sha256(), 0
-    async with asyncio.timeout(WAIT * 3):
-        while chunk := await reader.read(1 * MB):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 @pytest.mark.parametrize("size", [1, 65537, 3 * MB + 5, 50 * MB])
 def test_bytes_exact_both_ways(loop: str, size: int, caplog: pytest.LogCaptureFixture) -> None:
     """Both peers send ``size`` random bytes and a FIN at once; each gets the other's, exact."""
     up, down = payload(size), payload(size)
-    backend = sends_then_reads(down, hash_all)
+    backend = sends_then_reads(down, digest_all)
 
     async def main() -> None:
         async with Server(backend) as server, proxy(server.backend(), splice=True) as px:
             reader, writer = await px.connect()
             writer.write(up)
             writer.write_eof()
-            assert await hash_all(reader) == (size, sha(down))
+            assert await digest_all(reader) == (size, sha(down))
             assert await server.result() == (size, sha(up))
             writer.close()
             await asyncio.wait_for(px.manager.dataplane.wait_empty(), WAIT)
@@ -409,7 +396,7 @@ def test_without_fds_for_the_hand_over_the_transports_relay(
 def test_without_pipes_a_way_copies(loop: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Out of fds for a pipe mid-connection: the bytes go through Python, exact."""
     up, down = payload(3 * MB), payload(3 * MB)
-    backend = sends_then_reads(down, hash_all)
+    backend = sends_then_reads(down, digest_all)
     monkeypatch.setattr(PipePool, "take", lambda self: None)
 
     async def main() -> None:
@@ -418,7 +405,7 @@ def test_without_pipes_a_way_copies(loop: str, monkeypatch: pytest.MonkeyPatch) 
             relay = await px.relay_connected()
             writer.write(up)
             writer.write_eof()
-            assert await hash_all(reader) == (len(down), sha(down))
+            assert await digest_all(reader) == (len(down), sha(down))
             assert await server.result() == (len(up), sha(up))
             assert relay.spliced
             writer.close()

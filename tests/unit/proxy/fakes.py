@@ -156,6 +156,23 @@ def route_of(n_backends: int, **settings: Any) -> RouteRuntime:
     return RouteRuntime(route, DataPlane())
 
 
+@dataclass
+class Scene:
+    """A route, its loop stand-in, and one client accepted on it."""
+
+    runtime: RouteRuntime
+    dialer: Dialer
+    conn: Connection
+    client: FakeTransport
+
+
+def scene(n_backends: int, **settings: Any) -> Scene:
+    """A route of ``n_backends`` and one client accepted on it (connecting already)."""
+    runtime, dialer = route_of(n_backends, **settings), Dialer()
+    conn, client = accept(runtime, dialer)
+    return Scene(runtime, dialer, conn, client)
+
+
 def accept(runtime: RouteRuntime, dialer: Dialer) -> tuple[Connection, FakeTransport]:
     """A client accepted on the route: its connection, and its transport once made."""
     connection = Connection(runtime, dialer, ("10.1.1.1", 40000))  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ import pytest
 
 from restcp.proxy.connection import State
 from restcp.proxy.pipes import Held
-from tests.unit.proxy.fakes import Dialer, FakeTransport, accept, route_of, turns
+from tests.unit.proxy.fakes import Dialer, FakeTransport, accept, route_of, scene, turns
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
@@ -26,9 +26,8 @@ def test_failover_then_relay_then_close() -> None:
     counts a connect failure on the first and the connection on the second."""
 
     async def main() -> None:
-        runtime = route_of(2, proxy_protocol="v1")
-        dialer = Dialer()
-        conn, client = accept(runtime, dialer)
+        s = scene(2, proxy_protocol="v1")
+        runtime, dialer, conn, client = s.runtime, s.dialer, s.conn, s.client
         assert conn.state is State.CONNECTING
         assert not client.reading, "not read until a backend is there"
         conn.client_end.data_received(b"early")
@@ -74,9 +73,8 @@ def test_failover_then_relay_then_close() -> None:
 
 def test_connect_timeout_fails_over_and_marks_a_failure() -> None:
     async def main() -> None:
-        runtime = route_of(2, connect_timeout=2.0)
-        dialer = Dialer()
-        conn, _client = accept(runtime, dialer)
+        s = scene(2, connect_timeout=2.0)
+        runtime, dialer, conn, _client = s.runtime, s.dialer, s.conn, s.client
         dialer.now += 2.0
         conn.deadline_reached()
         await turns()
@@ -95,9 +93,8 @@ def test_connect_timeout_fails_over_and_marks_a_failure() -> None:
 
 def test_no_backend_left_lets_the_client_go() -> None:
     async def main() -> None:
-        runtime = route_of(2, max_connect_attempts=2)
-        dialer = Dialer()
-        conn, client = accept(runtime, dialer)
+        s = scene(2, max_connect_attempts=2)
+        runtime, dialer, conn, client = s.runtime, s.dialer, s.conn, s.client
         for dial in list(dialer.dials):
             dial.fail(ConnectionRefusedError(111, "Connection refused"))
             await turns()
@@ -120,9 +117,8 @@ def test_a_client_that_leaves_mid_connect_abandons_it() -> None:
     reports only once the connect has ended."""
 
     async def main() -> None:
-        runtime = route_of(1)
-        dialer = Dialer()
-        conn, _client = accept(runtime, dialer)
+        s = scene(1)
+        runtime, dialer, conn, _client = s.runtime, s.dialer, s.conn, s.client
         conn.client_end.connection_lost(ConnectionResetError())
         assert conn.state is State.CLOSING, "the connect still runs"
         await turns()
@@ -142,9 +138,8 @@ def test_a_connect_that_comes_up_as_it_is_given_up_is_reset_with_the_client() ->
     abandoned, not failed."""
 
     async def main() -> None:
-        runtime = route_of(2, connect_timeout=1.0)
-        dialer = Dialer()
-        conn, client = accept(runtime, dialer)
+        s = scene(2, connect_timeout=1.0)
+        runtime, dialer, conn, client = s.runtime, s.dialer, s.conn, s.client
         first = dialer.dials[0]
         dialer.now += 1.0
         conn.deadline_reached()
@@ -169,9 +164,8 @@ def test_a_transport_made_as_the_client_left_is_reset() -> None:
     reports once the connect has ended."""
 
     async def main() -> None:
-        runtime = route_of(1)
-        dialer = Dialer()
-        conn, _client = accept(runtime, dialer)
+        s = scene(1)
+        runtime, dialer, conn, _client = s.runtime, s.dialer, s.conn, s.client
         conn.client_end.connection_lost(None)
         came_up = FakeTransport(("10.0.0.1", 7001))
         dialer.dials[0].protocol.connection_made(came_up)
@@ -186,9 +180,8 @@ def test_a_transport_made_as_the_client_left_is_reset() -> None:
 
 def test_both_fins_before_the_connect_returns_end_it_after_passing_them_on() -> None:
     async def main() -> None:
-        runtime = route_of(1)
-        dialer = Dialer()
-        conn, client = accept(runtime, dialer)
+        s = scene(1)
+        dialer, conn, client = s.dialer, s.conn, s.client
         conn.client_end.data_received(b"request")
         conn.client_end.eof_received()
         backend = dialer.dials[0].succeed()
@@ -208,9 +201,8 @@ def test_both_fins_before_the_connect_returns_end_it_after_passing_them_on() -> 
 @pytest.mark.parametrize("who", ["client", "backend"])
 def test_a_reset_resets_the_other_peer(who: str) -> None:
     async def main() -> None:
-        runtime = route_of(1)
-        dialer = Dialer()
-        conn, client = accept(runtime, dialer)
+        s = scene(1)
+        dialer, conn, client = s.dialer, s.conn, s.client
         backend = dialer.dials[0].succeed()
         await turns()
         lost, other = (client, backend) if who == "client" else (backend, client)
@@ -272,9 +264,8 @@ def test_a_switch_hands_over_and_back(caplog: pytest.LogCaptureFixture) -> None:
     resumes where no FIN came."""
 
     async def main() -> None:
-        runtime = route_of(1)
-        dialer = Dialer()
-        conn, client = accept(runtime, dialer)
+        s = scene(1)
+        dialer, conn, client = s.dialer, s.conn, s.client
         backend = dialer.dials[0].succeed()
         await turns()
         handed = Held(up=b"to the backend", down=b"to the client", down_eof=True)
