@@ -33,17 +33,22 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import ClassVar, Protocol, cast
 
 from restcp.proxy.pipes import Held, PipeOwner
-
-if TYPE_CHECKING:
-    from restcp.proxy.connector import Connector
 
 # A read this big is bulk: uvloop reads at most 256 KiB at a time, asyncio too; a whole
 # 64 KiB means the peer sends faster than we read, and a splice pays for itself.
 BULK = 64 * 1024
 NEVER = sys.maxsize  # the bulk threshold of a connection that never splices
+
+
+class Attempts(Protocol):
+    """Who a BackendEnd reports to until it is handed over (proxy.connector.Connector)."""
+
+    def made(self, end: BackendEnd) -> None: ...
+
+    def lost(self, end: BackendEnd, exc: Exception | None) -> None: ...
 
 
 class _End(asyncio.Protocol):
@@ -94,6 +99,9 @@ class ClientEnd(_End):
     __slots__ = ()
     UP = True
 
+    # data_received is written out in each end, one per counter: the hot path of the relay
+    # takes no branch on the direction and makes no call but the write.
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.owner.client_made(self.transport)
@@ -121,9 +129,9 @@ class BackendEnd(_End):
     __slots__ = ("connector", "error", "gone")
     UP = False
 
-    def __init__(self, pipe: TransportPipe, owner: PipeOwner, connector: Connector) -> None:
+    def __init__(self, pipe: TransportPipe, owner: PipeOwner, connector: Attempts) -> None:
         super().__init__(pipe, owner, pipe.time)
-        self.connector: Connector | None = connector
+        self.connector: Attempts | None = connector
         self.gone = False  # its connection_lost came (or was counted: Connector drops it)
         self.error: Exception | None = None  # what it was lost with
 
@@ -177,7 +185,7 @@ class TransportPipe:
         self.backend: BackendEnd | None = None
         self.running = False
 
-    def attempt(self, connector: Connector) -> BackendEnd:
+    def attempt(self, connector: Attempts) -> BackendEnd:
         """The protocol of a new connect attempt."""
         return BackendEnd(self, self.owner, connector)
 
