@@ -51,6 +51,7 @@ tries again (pipes.py says why nothing is paused to make them empty).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import math
@@ -64,7 +65,7 @@ from restcp.proxy.pipes import Held, Pipe
 from restcp.proxy.runtime import RouteRuntime
 from restcp.proxy.splice import SplicePipe
 from restcp.proxy.splicer import CAN_SPLICE
-from restcp.proxy.transport_pipe import BackendEnd, ClientEnd, TransportPipe
+from restcp.proxy.transport_pipe import BackendEnd, TransportPipe
 from restcp.sockets import reset_transport
 
 log = logging.getLogger("restcp.proxy")
@@ -72,20 +73,28 @@ access_log = logging.getLogger("restcp.access")
 
 
 class State(enum.Enum):
+    """Where a connection is (the table at the head of the module)."""
+
     ACCEPTED = "accepted"
     CONNECTING = "connecting"
     RELAYING = "relaying"
     CLOSING = "closing"
     DONE = "done"
 
+    leads_to: tuple[State, ...]  # the states it may go to next
 
-_NEXT: dict[State, frozenset[State]] = {
-    State.ACCEPTED: frozenset((State.CONNECTING, State.CLOSING)),
-    State.CONNECTING: frozenset((State.RELAYING, State.CLOSING)),
-    State.RELAYING: frozenset((State.CLOSING,)),
-    State.CLOSING: frozenset((State.DONE,)),
-    State.DONE: frozenset(),
+
+_NEXT: dict[State, tuple[State, ...]] = {
+    State.ACCEPTED: (State.CONNECTING, State.CLOSING),
+    State.CONNECTING: (State.RELAYING, State.CLOSING),
+    State.RELAYING: (State.CLOSING,),
+    State.CLOSING: (State.DONE,),
+    State.DONE: (),
 }
+for _state, _targets in _NEXT.items():
+    # On the members themselves: a check is then a look through a tuple, by identity; an
+    # Enum's __hash__ is Python code, and the table was looked up four times per client.
+    _state.leads_to = _targets
 
 _NOTHING = Held()
 
@@ -161,16 +170,12 @@ class Connection:
         self.spliced = False  # it went to a SplicePipe at some point
 
     @property
-    def app(self) -> str:
-        return self.route.app
-
-    @property
-    def client_end(self) -> ClientEnd:
+    def client_end(self) -> TransportPipe:
         """The client transport's protocol (what the listener gives its accept)."""
-        return self.transports.client
+        return self.transports
 
     def _enter(self, state: State) -> None:
-        if state not in _NEXT[self.state]:
+        if state not in self.state.leads_to:
             raise RuntimeError(f"connection cannot go from {self.state.name} to {state.name}")
         self.state = state
 
@@ -220,7 +225,7 @@ class Connection:
             # Spliced from the start: the transport pipe never starts, what its ends hold
             # goes to the splice pipe, and the transports fall quiet under it.
             early = transports.stop(keep=True)
-            early.up = held.up + early.up
+            early = dataclasses.replace(early, up=held.up + early.up)
             for transport in (self.client_transport, self.backend_transport):
                 if transport is not None:
                     transport.pause_reading()
@@ -477,6 +482,6 @@ class Connection:
 
 def client_protocol(
     route: RouteRuntime, loop: asyncio.AbstractEventLoop, client_addr: tuple[str, int] | None
-) -> ClientEnd:
+) -> TransportPipe:
     """The protocol of one accepted client, whose address accept() gave already."""
-    return Connection(route, loop, client_addr).client_end
+    return Connection(route, loop, client_addr).transports

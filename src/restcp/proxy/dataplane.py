@@ -20,9 +20,6 @@ from restcp.proxy.splicer import Splicer
 class Tracked(Protocol):
     """A live connection as the data plane keeps track of it (proxy.connection.Connection)."""
 
-    @property
-    def app(self) -> str: ...
-
     def abort(self, reason: str) -> None:
         """Reset both peers now (a drain deadline, a disabled backend, the shutdown)."""
 
@@ -31,7 +28,7 @@ class DataPlane:
     """Every live connection of the node, its caps, and the machinery they share."""
 
     def __init__(self, limit: int | None = None, app_limit: int | None = None) -> None:
-        self._connections: set[Tracked] = set()
+        self._connections: dict[Tracked, str] = {}  # -> its app
         self._empty: asyncio.Event | None = None
         # The node-wide connection cap, and the cap of each app; None is no cap.
         self.limit = limit
@@ -54,15 +51,14 @@ class DataPlane:
     def app_full(self, app: str) -> bool:
         return self.app_limit is not None and self._per_app[app] >= self.app_limit
 
-    def add(self, connection: Tracked) -> None:
-        self._connections.add(connection)
-        self._per_app[connection.app] += 1
+    def add(self, connection: Tracked, app: str) -> None:
+        self._connections[connection] = app
+        self._per_app[app] += 1
 
     def discard(self, connection: Tracked) -> None:
-        if connection not in self._connections:
+        app = self._connections.pop(connection, None)
+        if app is None:
             return
-        self._connections.discard(connection)
-        app = connection.app
         self._per_app[app] -= 1
         if not self._per_app[app]:
             del self._per_app[app]

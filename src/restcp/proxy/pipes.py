@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Held:
     """What a pipe hands the next one: the bytes it has read and not yet delivered, in
     order, each way, and how far each peer's FIN has got (read; forwarded)."""
@@ -49,6 +49,20 @@ class Held:
     down_eof: bool = False
     up_shut: bool = False  # ... and passed on to the backend (shutdown(SHUT_WR) done)
     down_shut: bool = False
+
+
+# Every Held without bytes, made once: a transport pipe stops with one at every ending.
+_SETTLED = {
+    (up, down, on): Held(b"", b"", up, down, up and on, down and on)
+    for up in (False, True)
+    for down in (False, True)
+    for on in (False, True)
+}
+
+
+def settled(up_eof: bool, down_eof: bool, passed_on: bool) -> Held:
+    """A Held with no bytes: the FINs read, each passed on too if ``passed_on``."""
+    return _SETTLED[(up_eof, down_eof, passed_on)]
 
 
 class Pipe(Protocol):

@@ -267,7 +267,7 @@ class RouteRuntime:
             refusal = "app_limit"
         if refusal is None and connection is not None:
             self.connections.add(connection)
-            self.dataplane.add(connection)
+            self.dataplane.add(connection, self.app)
         return refusal
 
     def pick(self, tried: Collection[int], key: bytes) -> Member | None:
@@ -325,7 +325,7 @@ class RouteRuntime:
 
     def started(self, connection: Counted) -> None:
         self.connections.add(connection)
-        self.dataplane.add(connection)
+        self.dataplane.add(connection, self.app)
         self._admitting = connection
 
     def connected(self, connection: Counted) -> None:
@@ -336,7 +336,7 @@ class RouteRuntime:
             return
         member.connecting = max(0, member.connecting - 1)
         member.active += 1
-        current = self.members.get(member.id)
+        current = self.members.get(member.backend.id)
         if current is not None:
             current.connections += 1
         if current is member:
@@ -347,7 +347,7 @@ class RouteRuntime:
         self._forget_if_done(member)
         # A failure of an address the backend no longer has says nothing of it; a change of
         # weight or state while the connect ran does not make it any less a failure.
-        if self.members.get(member.id) is not member:
+        if self.members.get(member.backend.id) is not member:
             return
         member.connect_failures += 1
         if out_of_resources(err):
@@ -416,8 +416,9 @@ class RouteRuntime:
         if member is None:
             return
         member.active = max(0, member.active - 1)
-        self._forget_if_done(member)
-        current = self.members.get(member.id)
+        if member.retired:
+            self._forget_if_done(member)
+        current = self.members.get(member.backend.id)
         if current is not None:
             current.bytes_up += connection.bytes_up
             current.bytes_down += connection.bytes_down

@@ -1,14 +1,16 @@
 """The default pipe: a connection relayed through its two asyncio transports.
 
-    client ──► ClientEnd.data_received ──► backend transport.write ──► backend
+    client ──► TransportPipe.data_received ──► backend transport.write ──► backend
     client ◄── client transport.write ◄── BackendEnd.data_received ◄── backend
 
 Each transport's protocol is one *end* of the pipe, and an end writes what it reads
 straight into the other transport: the hot path is one Python call per chunk, with the
 counters and the activity time updated on the owner (proxy.connection.Connection) in
-place. The ends are made before the pipe starts (the client's at accept, the backend's per
-connect attempt) and, until it starts, *hold* what their peer sends (at most one read: they
-pause their transport after it), so nothing is buffered for a backend that may never come.
+place. The client's end is the TransportPipe itself (one object less per connection, a
+tenth of what an idle one holds besides its transports); the backend's is a BackendEnd,
+one per connect attempt. The ends are made before the pipe starts (at accept, at each
+attempt) and, until it starts, *hold* what their peer sends (at most one read: they pause
+their transport after it), so nothing is buffered for a backend that may never come.
 
 Flow control: when a transport's write buffer passes its high-water mark, asyncio calls
 ``pause_writing`` on that transport's end, and the pipe stops reading the *other* peer
@@ -32,10 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
 from typing import ClassVar, Protocol, cast
 
-from restcp.proxy.pipes import Held, PipeOwner
+from restcp.proxy.pipes import Held, PipeOwner, settled
 
 # A read this big is bulk: uvloop reads at most 256 KiB at a time, asyncio too; a whole
 # 64 KiB means the peer sends faster than we read, and a splice pays for itself.
@@ -53,19 +54,22 @@ class Attempts(Protocol):
 
 class _End(asyncio.Protocol):
     """One transport of the pipe, as its protocol. ``peer`` is the other transport while
-    the pipe runs (None: hold what comes)."""
+    the pipe runs (None: hold what comes).
 
-    __slots__ = ("bulk_at", "eof", "full", "held", "owner", "peer", "pipe", "time", "transport")
+    ``data_received`` is written out in each end, one per counter: the hot path of the
+    relay takes no branch on the direction and makes no call but the write."""
+
+    __slots__ = ("bulk_at", "eof", "full", "held", "loop", "owner", "peer", "transport")
 
     UP: ClassVar[bool]  # whether this end reads the client (its bytes go up)
 
-    def __init__(self, pipe: TransportPipe, owner: PipeOwner, time: Callable[[], float]) -> None:
-        self.pipe = pipe
+    def __init__(self, owner: PipeOwner, loop: asyncio.AbstractEventLoop, bulk_at: int) -> None:
         self.owner = owner
-        self.time = time  # the loop's clock: cached per iteration under uvloop, no syscall
+        # For its clock: cached per iteration under uvloop, no syscall.
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.peer: asyncio.Transport | None = None
-        self.bulk_at = pipe.bulk_at
+        self.bulk_at = bulk_at
         self.held = b""  # read before the pipe started
         self.eof = False  # this end's peer sent its FIN
         self.full = False  # this end's transport is above its high-water mark
@@ -85,55 +89,33 @@ class _End(asyncio.Protocol):
     # This end's write buffer is full: stop reading the other peer until it drains.
     def pause_writing(self) -> None:
         self.full = True
-        self.pipe.flow()
+        self.pipe().flow()
 
     def resume_writing(self) -> None:
         self.full = False
-        self.owner.last_activity = self.time()  # the peer is reading: progress
-        self.pipe.flow()
+        self.owner.last_activity = self.loop.time()  # the peer is reading: progress
+        self.pipe().flow()
 
-
-class ClientEnd(_End):
-    """The client transport's protocol, from accept to the end of the connection."""
-
-    __slots__ = ()
-    UP = True
-
-    # data_received is written out in each end, one per counter: the hot path of the relay
-    # takes no branch on the direction and makes no call but the write.
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.owner.client_made(self.transport)
-
-    def data_received(self, data: bytes) -> None:
-        owner = self.owner
-        owner.bytes_up += len(data)
-        owner.last_activity = self.time()
-        peer = self.peer
-        if peer is not None:
-            peer.write(data)
-            if len(data) >= self.bulk_at:
-                owner.bulk(True)
-        else:
-            self.hold(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.owner.client_lost(exc)
+    def pipe(self) -> TransportPipe:
+        raise NotImplementedError
 
 
 class BackendEnd(_End):
     """The protocol of one connect attempt's transport. Until its connector hands it over
     (``connector`` None from then on) the attempt is the connector's, and so is its loss."""
 
-    __slots__ = ("connector", "error", "gone")
+    __slots__ = ("_pipe", "connector", "error", "gone")
     UP = False
 
-    def __init__(self, pipe: TransportPipe, owner: PipeOwner, connector: Attempts) -> None:
-        super().__init__(pipe, owner, pipe.time)
+    def __init__(self, pipe: TransportPipe, connector: Attempts) -> None:
+        super().__init__(pipe.owner, pipe.loop, pipe.bulk_at)
+        self._pipe = pipe
         self.connector: Attempts | None = connector
         self.gone = False  # its connection_lost came (or was counted: Connector drops it)
         self.error: Exception | None = None  # what it was lost with
+
+    def pipe(self) -> TransportPipe:
+        return self._pipe
 
     def itself(self) -> BackendEnd:
         """The protocol factory of this attempt: the connector must know which is which."""
@@ -147,7 +129,7 @@ class BackendEnd(_End):
     def data_received(self, data: bytes) -> None:
         owner = self.owner
         owner.bytes_down += len(data)
-        owner.last_activity = self.time()
+        owner.last_activity = self.loop.time()
         peer = self.peer
         if peer is not None:
             peer.write(data)
@@ -167,27 +149,54 @@ class BackendEnd(_End):
             self.owner.backend_lost(exc)
 
 
-class TransportPipe:
-    """Relays through the two transports (see the module's docstring). Made with the
-    connection, its client end first; ``attach`` gives it the backend end that connected."""
+class TransportPipe(_End):
+    """Relays through the two transports (see the module's docstring). It is the client
+    transport's protocol, from accept to the end of the connection; ``attach`` gives it
+    the backend end that connected. It runs while its ends have their peers."""
 
-    __slots__ = ("backend", "bulk_at", "client", "owner", "running", "time")
-
+    __slots__ = ("backend",)
+    UP = True
     raw: ClassVar[bool] = False
 
     def __init__(
         self, owner: PipeOwner, loop: asyncio.AbstractEventLoop, *, bulk: bool = False
     ) -> None:
-        self.owner = owner
-        self.time = loop.time
-        self.bulk_at = BULK if bulk else NEVER
-        self.client = ClientEnd(self, owner, self.time)
+        super().__init__(owner, loop, BULK if bulk else NEVER)
         self.backend: BackendEnd | None = None
-        self.running = False
+
+    def pipe(self) -> TransportPipe:
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.peer is not None
+
+    # -- the client transport's protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.owner.client_made(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        owner = self.owner
+        owner.bytes_up += len(data)
+        owner.last_activity = self.loop.time()
+        peer = self.peer
+        if peer is not None:
+            peer.write(data)
+            if len(data) >= self.bulk_at:
+                owner.bulk(True)
+        else:
+            self.hold(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.client_lost(exc)
+
+    # -- its backend end -----------------------------------------------------------------
 
     def attempt(self, connector: Attempts) -> BackendEnd:
         """The protocol of a new connect attempt."""
-        return BackendEnd(self, self.owner, connector)
+        return BackendEnd(self, connector)
 
     def attach(self, end: BackendEnd) -> None:
         """The backend connected through ``end``: the pipe's from now on."""
@@ -196,34 +205,33 @@ class TransportPipe:
     def watch_bulk(self, on: bool) -> None:
         """Report bulk reads (``owner.bulk``) or not: off once splicing proved impossible."""
         self.bulk_at = BULK if on else NEVER
-        self.client.bulk_at = self.bulk_at
         if self.backend is not None:
             self.backend.bulk_at = self.bulk_at
 
     # -- the Pipe interface --------------------------------------------------------------
 
     def start(self, held: Held) -> None:
-        client, backend = self.client, self.backend
+        backend = self.backend
+        c = self.transport
         assert backend is not None
-        assert client.transport is not None
-        c, b = client.transport, backend.transport
+        assert c is not None
+        b = backend.transport
         assert b is not None
         # Back from another transport pipe: take the protocols back (a restart of each
         # transport's reading, so never on the first start: the ends are its protocols).
-        if c.get_protocol() is not client:
-            c.set_protocol(client)
+        if c.get_protocol() is not self:
+            c.set_protocol(self)
         if b.get_protocol() is not backend:
             b.set_protocol(backend)
-        up, down = held.up + client.held, held.down + backend.held
-        client.held = backend.held = b""
+        up, down = held.up + self.held, held.down + backend.held
+        self.held = backend.held = b""
         # FINs read now (by this pipe's ends before it started, or by the last pipe) and not
         # passed on yet go after the bytes before them.
-        up_fin = (client.eof or held.up_eof) and not held.up_shut
+        up_fin = (self.eof or held.up_eof) and not held.up_shut
         down_fin = (backend.eof or held.down_eof) and not held.down_shut
-        client.eof = client.eof or held.up_eof
+        self.eof = self.eof or held.up_eof
         backend.eof = backend.eof or held.down_eof
-        client.peer, backend.peer = b, c
-        self.running = True
+        self.peer, backend.peer = b, c
         if up:
             b.write(up)
         if up_fin:
@@ -240,53 +248,47 @@ class TransportPipe:
             self.owner.eof(False)
 
     def stop(self, keep: bool) -> Held:
-        client, backend = self.client, self.backend
-        held = Held(
-            up=client.held if keep else b"",
-            down=backend.held if keep and backend is not None else b"",
-            up_eof=client.eof,
-            down_eof=backend is not None and backend.eof,
-            # A FIN read while running was passed on at once (write_eof).
-            up_shut=client.eof and self.running,
-            down_shut=backend is not None and backend.eof and self.running,
-        )
-        for end in (client, backend):
+        backend = self.backend
+        running = self.running
+        up_eof = self.eof
+        down_eof = backend is not None and backend.eof
+        up = self.held if keep else b""
+        down = backend.held if keep and backend is not None else b""
+        # A FIN read while running was passed on at once (write_eof).
+        held = settled(up_eof, down_eof, running) if not (up or down) else None
+        if held is None:
+            held = Held(up, down, up_eof, down_eof, up_eof and running, down_eof and running)
+        for end in (self, backend):
             if end is None:
                 continue
             end.held = b""
             end.peer = None
             # Quiet under the next pipe (or while closing): a raw one reads the sockets.
             transport = end.transport
-            if (
-                self.running
-                and transport is not None
-                and not end.eof
-                and not transport.is_closing()
-            ):
+            if running and transport is not None and not end.eof and not transport.is_closing():
                 transport.pause_reading()
-        self.running = False
         return held
 
     def holding(self) -> bool:
-        return bool(self.client.held or (self.backend is not None and self.backend.held))
+        return bool(self.held or (self.backend is not None and self.backend.held))
 
     # -- flow control --------------------------------------------------------------------
 
     def flow(self) -> None:
         """Read each peer exactly when what it sends has somewhere to go."""
-        client, backend = self.client, self.backend
-        if not self.running or backend is None:
+        backend = self.backend
+        if self.peer is None or backend is None:
             return
-        c, b = client.transport, backend.transport
+        c, b = self.transport, backend.transport
         assert c is not None
         assert b is not None
-        if not client.eof and not c.is_closing():
+        if not self.eof and not c.is_closing():
             if backend.full:
                 c.pause_reading()
             else:
                 c.resume_reading()
         if not backend.eof and not b.is_closing():
-            if client.full:
+            if self.full:
                 b.pause_reading()
             else:
                 b.resume_reading()
