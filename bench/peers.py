@@ -7,8 +7,9 @@ Proxies (on the proxy core, started fresh for every measurement so none inherits
 workload's memory or warm-up): none (the client talks to the backend directly: the limit),
 HAProxy ``mode tcp`` with ``nbthread 1``, the same with splice, nginx ``stream`` with one
 worker, and restcp as a user runs it (``uv run restcp serve`` with a ``memory://`` store, a
-route created and a backend attached through its API), also with the route's ``splice`` set
-to true, "auto" and false (``restcp`` has the route's default).
+route created and a backend attached through its API): with the route's default
+(``"splice": "auto"``), with ``splice`` true (every connection spliced) and false (the
+event loop's transports only).
 
 Every config is rendered here and kept on the result so the report can print it verbatim.
 """
@@ -308,7 +309,6 @@ PROXIES: dict[str, Callable[[Backend, Path, Path], RunningProxy]] = {
     "nginx": _nginx,
     "restcp": _restcp("restcp"),
     "restcp-splice": _restcp("restcp-splice", splice=True),
-    "restcp-auto": _restcp("restcp-auto", splice="auto"),
     "restcp-copy": _restcp("restcp-copy", splice=False),
 }
 

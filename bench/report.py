@@ -24,7 +24,6 @@ PROXY_TITLES = {
     "nginx": "nginx stream",
     "restcp": "restcp",
     "restcp-splice": "restcp + splice",
-    "restcp-auto": "restcp, splice auto",
     "restcp-copy": "restcp, splice off",
 }
 BACKEND_TITLES = {
@@ -331,7 +330,6 @@ def charts(report: Report, directory: Path) -> list[tuple[str, str]]:
         "nginx": "#2ca02c",
         "restcp": "#d62728",
         "restcp-splice": "#ff9896",
-        "restcp-auto": "#9467bd",
         "restcp-copy": "#8c564b",
     }
     workloads = [w for w in WORKLOADS if any(r.workload == w for r in report.rows)]
@@ -493,9 +491,11 @@ def markdown(report: Report, chart_dir_name: str, written: Sequence[tuple[str, s
         "",
         "### restcp / HAProxy",
         "",
-        "HAProxy here is the plain `mode tcp`, `nbthread 1` one (no splice); the rows marked "
-        "*+ splice* compare restcp with the route's `splice` on against HAProxy with "
-        "`option splice-request` and `splice-response`. For rates a "
+        "HAProxy here is the plain `mode tcp`, `nbthread 1` one (no splice), and restcp has "
+        'the route\'s default (`"splice": "auto"`: a connection is spliced once it moves '
+        "bulk, so its bulk row splices and HAProxy's does not); the rows marked *+ splice* "
+        'compare restcp with `"splice": true` (every connection spliced) against HAProxy '
+        "with `option splice-request` and `splice-response`. For rates a "
         "ratio below 1 means restcp is slower; for CPU per operation, latency and memory a "
         "ratio above 1 means restcp costs more.",
         "",

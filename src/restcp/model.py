@@ -92,8 +92,9 @@ class RouteSettings:
     passive_cooldown: float = 10.0
     # Relay with os.splice through kernel pipes (proxy/splice.py): bulk bytes stay in the
     # kernel, for less CPU per byte; each direction that is moving bulk holds a pipe. True:
-    # every connection, from its connect; "auto": a connection once a read of it is bulk.
-    splice: SpliceMode = False
+    # every connection, from its connect; "auto": a connection once a read of it is bulk
+    # (chatty and idle ones cost what they cost without splice: the default).
+    splice: SpliceMode = "auto"
 
     def replace(self, **changes: object) -> RouteSettings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

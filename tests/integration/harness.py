@@ -371,10 +371,14 @@ def make_route(port: int, backends: tuple[Backend, ...], **settings: Any) -> Rou
 
 @asynccontextmanager
 async def proxy(*backends: Backend, **settings: Any) -> AsyncIterator[Proxy]:
-    """A ProxyManager serving one route on 127.0.0.1:0. On exit every relay must have ended
+    """A ProxyManager serving one route on 127.0.0.1:0 (``splice`` false unless given). On
+    exit every relay must have ended
     on its own (a relay that never reports is a leak), then the manager is shut down."""
     manager = ProxyManager()
     sock = bind(HOST, 0)
+    # The transport pipe alone unless the test asks for splicing (the route's default,
+    # "auto", may move a bulk transfer to the splice pipe).
+    settings.setdefault("splice", False)
     route = make_route(sock.getsockname()[1], backends, **settings)
     await manager.serve(route, sock)
     try:

@@ -344,7 +344,9 @@ def test_no_fd_or_pipe_left_after_many_connections(loop: str) -> None:
             await until(lambda: server.active == 0)
             pool = pipes_of(px)
             assert 0 < len(pool) <= 16
-            await until(lambda: kernel_objects() == baseline + 2 * len(pool) + 1)
+            splicer = px.manager.dataplane.splicer
+            assert splicer.descriptors() == 2 * len(pool) + 1
+            await until(lambda: kernel_objects() == baseline + splicer.descriptors())
             states = tcp_states(os.getpid())
             assert "CLOSE_WAIT" not in states
             assert set(states) <= {"LISTEN", "CLOSE"}, states

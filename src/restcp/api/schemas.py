@@ -167,7 +167,7 @@ class RouteSettingsBody(_Body):
     proxy_protocol: ProxyProtocol | None = None
     passive_fall: Annotated[int, Field(strict=True, ge=0, le=100)] = 3
     passive_cooldown: PositiveSeconds = 10.0
-    splice: Splice = False
+    splice: Splice = "auto"
 
 
 class RouteBody(RouteSettingsBody):

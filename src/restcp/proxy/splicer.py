@@ -96,6 +96,10 @@ class Splicer:
         """Sockets registered."""
         return len(self._handlers)
 
+    def descriptors(self) -> int:
+        """The descriptors it holds itself: its epoll set, and the pooled pipes' two ends."""
+        return (self._epoll is not None) + 2 * len(self.pipes)
+
     def register(
         self, loop: asyncio.AbstractEventLoop, fd: int, handler: Callable[[int], None]
     ) -> None:
