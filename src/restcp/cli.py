@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from restcp import __version__, client, logs
+from restcp import __version__, cluster_commands, logs
 from restcp.core.policy import parse_networks
 from restcp.errors import RestcpError
 from restcp.settings import (
@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("channel", type=int)
     worker.add_argument("parent", type=int)
     worker.add_argument("loop", choices=("auto", *LOOPS))
-    client.add_commands(commands)
+    cluster_commands.add_commands(commands)
     return parser
 
 
@@ -485,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     if args.command == "cluster":
-        return client.run(args)
+        return cluster_commands.run(args)
     if args.command == "_worker":
         from restcp import workers
 

@@ -324,13 +324,13 @@ class Proxy:
         return await asyncio.wait_for(asyncio.open_connection(HOST, self.port), WAIT)
 
     def only_relay(self) -> Connection:
-        relays = list(self.manager.dataplane)
+        relays = list(self.manager.traffic)
         assert len(relays) == 1, relays
         return relays[0]
 
     async def relay_connected(self) -> Connection:
         """The one live relay, once its backend connection is up."""
-        await until(lambda: len(self.manager.dataplane) == 1)
+        await until(lambda: len(self.manager.traffic) == 1)
         relay = self.only_relay()
         await until(lambda: relay.backend is not None)
         return relay
@@ -357,7 +357,7 @@ def switch(connection: Connection, to: str) -> bool:
 
 
 def pipes_of(px: Proxy) -> PipePool:
-    return px.manager.dataplane.splicer.pipes
+    return px.manager.traffic.splicer.pipes
 
 
 def used_pipes(px: Proxy) -> bool:
@@ -383,6 +383,6 @@ async def proxy(*backends: Backend, **settings: Any) -> AsyncIterator[Proxy]:
     await manager.serve(route, sock)
     try:
         yield Proxy(manager, route)
-        await asyncio.wait_for(manager.dataplane.wait_empty(), WAIT)
+        await asyncio.wait_for(manager.traffic.wait_empty(), WAIT)
     finally:
         await asyncio.wait_for(manager.shutdown(drain_timeout=0), WAIT)

@@ -165,7 +165,7 @@ def test_idle_timeout_resets_a_pipe_stuck_on_a_peer_that_stopped_reading(
             client.setblocking(False)
             await loop_.sock_connect(client, (HOST, px.port))
             assert await server.result() == "reset"
-            await until(lambda: not px.manager.dataplane)
+            await until(lambda: not px.manager.traffic)
             with pytest.raises(ConnectionResetError):
                 await drain(client)
             client.close()

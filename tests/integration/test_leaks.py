@@ -85,12 +85,12 @@ def test_no_leaks_after_hundreds_of_connections(loop: str, splice: bool | str) -
 
             # Every relay reported, every backend connection was closed by the proxy...
             for manager in (px.manager, nowhere.manager):
-                await asyncio.wait_for(manager.dataplane.wait_empty(), WAIT)
+                await asyncio.wait_for(manager.traffic.wait_empty(), WAIT)
             await until(lambda: server.active == 0)
             # ...and every socket is gone: a relay that forgot a transport keeps its fd, and
             # a peer's FIN it never answered shows as CLOSE_WAIT.
             # (Plus what the splicer keeps: its epoll set and pooled pipes, on "auto".)
-            splicer = px.manager.dataplane.splicer
+            splicer = px.manager.traffic.splicer
             await until(lambda: open_fds() == baseline + splicer.descriptors())
             states = tcp_states(os.getpid())
             assert "CLOSE_WAIT" not in states

@@ -65,7 +65,7 @@ def test_auto_splices_bulk_and_hands_chatty_back(
         ):
             reader, writer = await px.connect()
             relay = await px.relay_connected()
-            splicer = px.manager.dataplane.splicer
+            splicer = px.manager.traffic.splicer
             for _ in range(20):
                 await exchange(reader, writer, small)
             assert relay.pipe is relay.transports
@@ -110,9 +110,9 @@ def test_a_chatty_connection_on_an_auto_route_never_splices(loop: str) -> None:
                     for _ in range(10):
                         await exchange(reader, writer, b"x" * 1000)
                 counts[mode] = len(os.listdir("/proc/self/fd")) - before
-                relays = list(px.manager.dataplane)
+                relays = list(px.manager.traffic)
                 assert not any(r.spliced for r in relays)
-                assert len(px.manager.dataplane.splicer) == 0
+                assert len(px.manager.traffic.splicer) == 0
                 assert len(pipes_of(px)) == 0
                 for _reader, writer in clients:
                     writer.close()

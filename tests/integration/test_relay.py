@@ -169,7 +169,7 @@ def test_backend_half_close(loop: str, splice: bool, caplog: pytest.LogCaptureFi
             writer.write_eof()
             assert await server.result() == tail + b"end"
             writer.close()
-            await asyncio.wait_for(px.manager.dataplane.wait_empty(), WAIT)
+            await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
             assert used_pipes(px) is splice
 
     caplog.set_level(logging.INFO, "restcp.access")

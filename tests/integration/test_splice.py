@@ -96,7 +96,7 @@ def test_bytes_exact_both_ways(loop: str, size: int, caplog: pytest.LogCaptureFi
             assert await digest_all(reader) == (size, sha(down))
             assert await server.result() == (size, sha(up))
             writer.close()
-            await asyncio.wait_for(px.manager.dataplane.wait_empty(), WAIT)
+            await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
             # Small messages are copied, bulk goes through pipes.
             assert used_pipes(px) or size < 1 * MB
 
@@ -136,7 +136,7 @@ def test_proxy_header_and_early_bytes_of_both_sides_go_first(
             assert got.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ")
             assert got.split(b"\r\n", 1)[1] == request
             writer.close()
-            await asyncio.wait_for(px.manager.dataplane.wait_empty(), WAIT)
+            await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
 
     caplog.set_level(logging.INFO, "restcp.access")
     run(loop, main())
@@ -203,7 +203,7 @@ def test_reset_of_a_half_closed_client_is_seen_while_nothing_flows(
             writer.write_eof()
             await until(lambda: relay.client_eof)
             reset(writer)
-            await until(lambda: not px.manager.dataplane)
+            await until(lambda: not px.manager.traffic)
             relay_gone.set()
             assert await server.result() == "reset"
 
@@ -281,7 +281,7 @@ def test_abort_mid_transfer(loop: str, how: str, caplog: pytest.LogCaptureFixtur
             assert await read_outcome(reader) == "reset"
             assert await server.result() == "reset"
             writer.close()
-            await asyncio.wait_for(px.manager.dataplane.wait_empty(), WAIT)
+            await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
         await until(lambda: kernel_objects() == before)
 
     caplog.set_level(logging.INFO, "restcp.access")
@@ -340,11 +340,11 @@ def test_no_fd_or_pipe_left_after_many_connections(loop: str) -> None:
             for at in range(0, len(jobs), 40):
                 batch = jobs[at : at + 40]
                 await asyncio.wait_for(asyncio.gather(*(job(px.port) for job in batch)), WAIT)
-            await asyncio.wait_for(px.manager.dataplane.wait_empty(), WAIT)
+            await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
             await until(lambda: server.active == 0)
             pool = pipes_of(px)
             assert 0 < len(pool) <= 16
-            splicer = px.manager.dataplane.splicer
+            splicer = px.manager.traffic.splicer
             assert splicer.descriptors() == 2 * len(pool) + 1
             await until(lambda: kernel_objects() == baseline + splicer.descriptors())
             states = tcp_states(os.getpid())
@@ -386,7 +386,7 @@ def test_without_fds_for_the_hand_over_the_transports_relay(
             got = await server.result()
             assert got.split(b"\r\n", 1)[1] == up
             writer.close()
-            await asyncio.wait_for(px.manager.dataplane.wait_empty(), WAIT)
+            await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
             assert not used_pipes(px)
 
     caplog.set_level(logging.INFO, "restcp.access")
@@ -429,8 +429,8 @@ def test_a_route_change_applies_to_new_connections(loop: str) -> None:
             runtime.update(Route(route.app, route.id, route.frontend_ip, route.port,
                                  route.settings.replace(splice=False), route.backends))  # fmt: skip
             second_r, second_w = await px.connect()
-            await until(lambda: len(px.manager.dataplane) == 2)
-            (second,) = [r for r in px.manager.dataplane if r is not first]
+            await until(lambda: len(px.manager.traffic) == 2)
+            (second,) = [r for r in px.manager.traffic if r is not first]
             await until(lambda: second.backend is not None)
             for reader, writer in ((first_r, first_w), (second_r, second_w)):
                 writer.write(b"still here")

@@ -342,7 +342,7 @@ class Connection:
         pipe = SplicePipe(
             self,
             self._loop,
-            self.route.dataplane.splicer,
+            self.route.traffic.splicer,
             client.get_extra_info("socket"),
             backend.get_extra_info("socket"),
             bulk_up=bulk_up,
@@ -364,9 +364,9 @@ class Connection:
         if idle > 0 and self.last_activity + idle < when:
             when, timeout = self.last_activity + idle, idle
         if when == math.inf:
-            route.dataplane.deadlines.drop(self)
+            route.traffic.deadlines.drop(self)
         else:
-            route.dataplane.deadlines.file(self, when, timeout)
+            route.traffic.deadlines.file(self, when, timeout)
 
     def deadline_reached(self) -> None:
         """The deadlines' call: act on every timeout that has passed, then refile."""
@@ -442,7 +442,7 @@ class Connection:
         self._enter(State.DONE)
         self.connector = None
         route = self.route
-        route.dataplane.deadlines.drop(self)
+        route.traffic.deadlines.drop(self)
         if access_log.isEnabledFor(logging.INFO):
             self._log_access()
         route.finished(self)

@@ -17,9 +17,9 @@ import socket
 
 from restcp.model import Route
 from restcp.proxy.connection import client_protocol
-from restcp.proxy.dataplane import DataPlane
 from restcp.proxy.runtime import BackendRefusal, RouteRuntime
 from restcp.proxy.stepping import drive
+from restcp.proxy.traffic import Traffic
 from restcp.sockets import OUT_OF_RESOURCES
 
 log = logging.getLogger("restcp.proxy")
@@ -74,9 +74,9 @@ class Listener:
     """
 
     def __init__(
-        self, route: Route, sock: socket.socket, dataplane: DataPlane, refusal: BackendRefusal
+        self, route: Route, sock: socket.socket, traffic: Traffic, refusal: BackendRefusal
     ) -> None:
-        self.runtime = RouteRuntime(route, dataplane, refusal)
+        self.runtime = RouteRuntime(route, traffic, refusal)
         self._sock = sock
         self._loop: asyncio.AbstractEventLoop | None = None
         # uvloop sets TCP_NODELAY on the sockets its transports take; asyncio does not on

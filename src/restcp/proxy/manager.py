@@ -10,9 +10,9 @@ from types import MappingProxyType
 
 from restcp.core.reconcile import Action, Start, Stop, Update
 from restcp.model import BackendStatus, Route, RouteKey
-from restcp.proxy.dataplane import DataPlane
 from restcp.proxy.listener import Listener, bind
 from restcp.proxy.runtime import BackendRefusal, RouteRuntime
+from restcp.proxy.traffic import Traffic
 
 log = logging.getLogger("restcp.proxy")
 
@@ -39,7 +39,7 @@ class ProxyManager:
         # port -> frontend IPs listening on it: the node's own addresses, by port.
         self._frontends: dict[int, set[str]] = {}
         self._refusal = backend_refusal
-        self.dataplane = DataPlane(max_connections, max_connections_per_app)
+        self.traffic = Traffic(max_connections, max_connections_per_app)
         # Routes whose stored port could not be bound (another process holds it), by key.
         self.unbound: dict[RouteKey, str] = {}
 
@@ -78,7 +78,7 @@ class ProxyManager:
 
     async def serve(self, route: Route, sock: socket.socket) -> None:
         """Serve ``route`` on a socket bound for it already."""
-        listener = Listener(route, sock, self.dataplane, self._refusal)
+        listener = Listener(route, sock, self.traffic, self._refusal)
         await listener.start()
         self._listeners[route.key] = listener
         self._index(route, None)
@@ -138,7 +138,7 @@ class ProxyManager:
         them."""
         for key in list(self._listeners):
             self.stop(key)
-        connections = self.dataplane
+        connections = self.traffic
         if connections:
             log.info("draining %d connections for up to %gs", len(connections), drain_timeout)
             try:

@@ -29,8 +29,8 @@ from restcp.core import health as hm
 from restcp.core import proxy_protocol
 from restcp.core.balancer import Picker, make_picker
 from restcp.model import Backend, BackendStatus, ReplacedAddress, Route
-from restcp.proxy.dataplane import DataPlane, Tracked
 from restcp.proxy.members import Member
+from restcp.proxy.traffic import Tracked, Traffic
 from restcp.sockets import out_of_resources
 
 log = logging.getLogger("restcp.health")
@@ -75,14 +75,14 @@ class RouteRuntime:
     serving the route: the decisions are all here, none in the sockets."""
 
     def __init__(
-        self, route: Route, dataplane: DataPlane, refusal: BackendRefusal = lambda ip, port: None
+        self, route: Route, traffic: Traffic, refusal: BackendRefusal = lambda ip, port: None
     ) -> None:
         self._refusal = refusal
         self.app = route.app
         self.route_id = route.id
         self.route = route
         self.connections: set[Counted] = set()
-        self.dataplane = dataplane
+        self.traffic = traffic
         self.members: dict[int, Member] = {}
         # Members replaced while connections to them were open or on their way, by (id,
         # address), until the last has ended (proxy/members.py).
@@ -256,18 +256,18 @@ class RouteRuntime:
         connection, self._admitting = self._admitting, None
         if connection is not None:
             self.connections.discard(connection)
-            self.dataplane.discard(connection)
+            self.traffic.discard(connection)
         limit = self.route.settings.max_connections
         refusal: str | None = None
         if limit is not None and len(self.connections) >= limit:
             refusal = "route_limit"
-        elif self.dataplane.full():
+        elif self.traffic.full():
             refusal = "node_limit"
-        elif self.dataplane.app_full(self.app):
+        elif self.traffic.app_full(self.app):
             refusal = "app_limit"
         if refusal is None and connection is not None:
             self.connections.add(connection)
-            self.dataplane.add(connection, self.app)
+            self.traffic.add(connection, self.app)
         return refusal
 
     def pick(self, tried: Collection[int], key: bytes) -> Member | None:
@@ -325,7 +325,7 @@ class RouteRuntime:
 
     def started(self, connection: Counted) -> None:
         self.connections.add(connection)
-        self.dataplane.add(connection, self.app)
+        self.traffic.add(connection, self.app)
         self._admitting = connection
 
     def connected(self, connection: Counted) -> None:
@@ -409,7 +409,7 @@ class RouteRuntime:
 
     def finished(self, connection: Counted) -> None:
         self.connections.discard(connection)
-        self.dataplane.discard(connection)
+        self.traffic.discard(connection)
         if connection.refused is not None:
             self.refused[connection.refused] += 1
         member = connection.member

@@ -83,7 +83,7 @@ class PipePool:
 
 class Splicer:
     """The epoll set of the node's spliced sockets, watched by the loop as one reader, and
-    the pipe pool. Owned by the node's proxy.dataplane.DataPlane; closed at shutdown."""
+    the pipe pool. Owned by the node's proxy.traffic.Traffic; closed at shutdown."""
 
     def __init__(self, pipe_size: int = PIPE_SIZE, keep: int = POOL_MAX) -> None:
         self.pipes = PipePool(pipe_size, keep)

@@ -18,8 +18,8 @@ from typing import Any
 
 from restcp.model import Backend, Route, RouteSettings
 from restcp.proxy.connection import Connection
-from restcp.proxy.dataplane import DataPlane
 from restcp.proxy.runtime import RouteRuntime
+from restcp.proxy.traffic import Traffic
 
 
 class FakeSocket:
@@ -153,7 +153,7 @@ def backends(n: int) -> tuple[Backend, ...]:
 def route_of(n_backends: int, **settings: Any) -> RouteRuntime:
     settings.setdefault("balance", "round_robin")
     route = Route("app", 1, "10.9.9.9", 8000, RouteSettings(**settings), backends(n_backends))
-    return RouteRuntime(route, DataPlane())
+    return RouteRuntime(route, Traffic())
 
 
 @dataclass

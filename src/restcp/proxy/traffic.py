@@ -1,6 +1,6 @@
 """The node's data-plane context: every live connection, and what they all share.
 
-One DataPlane per ProxyManager (so per node, or per worker process). Its connections are
+One Traffic per ProxyManager (so per node, or per worker process). Its connections are
 every route's, routes stopped since included, which is what a draining shutdown waits for;
 it holds the node-wide and per-app connection caps, the splicer (epoll set and kernel pipes
 of the splice pipes) and the deadlines (every connection's timeouts on one loop timer).
@@ -24,7 +24,7 @@ class Tracked(Protocol):
         """Reset both peers now (a drain deadline, a disabled backend, the shutdown)."""
 
 
-class DataPlane:
+class Traffic:
     """Every live connection of the node, its caps, and the machinery they share."""
 
     def __init__(self, limit: int | None = None, app_limit: int | None = None) -> None:
