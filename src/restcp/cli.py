@@ -115,6 +115,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise ValueError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
 def _lease_ttl(text: str) -> float:
     # Renewed at a third of it: below 0.1 s the renewals alone would keep Redis busy.
     value = _seconds(text)
@@ -196,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a host name clients use for the API (behind a proxy or in DNS); requests from "
         "browsers for other names are refused. The API's address, localhost and the name in "
         "--api are always allowed; repeatable (RESTCP_API_ALLOWED_HOST, comma-separated)",
+    )
+    serve.add_argument(
+        "--api-request-timeout",
+        type=_arg(_positive_seconds, "--api-request-timeout"),
+        default=_env("API_REQUEST_TIMEOUT", "30"),
+        metavar="SECONDS",
+        help="how long an API client may take to send a request's head (from connecting, or "
+        "from the previous answer), and as long again for its body; an idle kept-alive "
+        "connection is closed after it (RESTCP_API_REQUEST_TIMEOUT; %(default)s)",
     )
     serve.add_argument(
         "--max-routes-per-app",
@@ -389,6 +405,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         metrics_token_file=_token_file(args, "metrics"),
         insecure=insecure,
         api_allowed_hosts=tuple(dict.fromkeys([*filter(None, [api_name]), *allowed_hosts])),
+        api_request_timeout=args.api_request_timeout,
         max_routes_per_app=args.max_routes_per_app,
         max_backends_per_route=args.max_backends_per_route,
         workers=args.workers,

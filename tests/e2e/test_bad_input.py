@@ -82,6 +82,8 @@ CASES: list[tuple[str, str, str, Any, tuple[int, ...] | int, dict[str, str] | No
      {"Content-Type": "application/x-www-form-urlencoded"}),
     ("array", "PUT", BACKENDS, "[]", 400, None),
     ("null", "PUT", NEW_APP, "null", 400, None),
+    ("whitespace", "PUT", NEW_APP, " \t\r\n", 400, None),  # no body is {}; this is no JSON
+    ("whitespace-token", "POST", "/apps/a/tokens", "\t", 400, None),
     ("string", "POST", BACKEND, '"127.0.0.1"', 400, None),
     ("nan", "PUT", BACKENDS, '{"ip": "127.0.0.1", "port": NaN}', 400, None),
     ("infinity", "PUT", NEW_APP, '{"port": Infinity}', 400, None),

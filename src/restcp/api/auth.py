@@ -67,6 +67,8 @@ class ApiConfig:
     allowed_hosts: frozenset[str] = field(default_factory=frozenset)
     max_routes_per_app: int = 1000
     max_backends_per_route: int = 100
+    # Seconds a client has to send a request's head, and as long again for its body.
+    request_timeout: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiConfig:
@@ -78,6 +80,7 @@ class ApiConfig:
             allowed_hosts=frozenset(settings.api_allowed_hosts),
             max_routes_per_app=settings.max_routes_per_app,
             max_backends_per_route=settings.max_backends_per_route,
+            request_timeout=settings.api_request_timeout,
         )
 
     def rotate_admin_token(self, token: str) -> None:
