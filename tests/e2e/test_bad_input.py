@@ -142,13 +142,20 @@ CASES: list[tuple[str, str, str, Any, tuple[int, ...] | int, dict[str, str] | No
     ("unknown-backend-delete", "DELETE", "/apps/a/routes/1/backends/2", None, 404, None),
     ("backend-id-superscript", "DELETE", "/apps/a/routes/1/backends/%C2%B9", None, 404, None),
     ("unknown-path", "GET", "/nowhere", None, 404, None),
-    ("dot-dot", "GET", "/apps/../routes", None, 404, None),
+    ("dot-dot", "GET", "/apps/../routes", None, 400, None),  # sent as is: app ".."
     # -- bad app ids -------------------------------------------------------------------
     ("app-id-65-chars", "PUT", "/apps/" + "x" * 65 + "/routes", None, BAD, None),
     ("app-id-space", "PUT", "/apps/a%20b/routes", None, BAD, None),
     ("app-id-non-ascii", "PUT", "/apps/%C3%A9t%C3%A9/routes", None, BAD, None),
     ("app-id-slash", "GET", "/apps/a%2Fb/routes", None, (*BAD, 404), None),
     ("app-id-dollar", "PUT", "/apps/a$b/routes", None, BAD, None),
+    # "." and ".." are dot segments: a URL's path resolution removes them (curl does).
+    ("app-id-dot", "PUT", "/apps/%2E/routes", None, 400, None),
+    ("app-id-dot-dot", "PUT", "/apps/%2E%2E/routes", None, 400, None),
+    ("app-id-dot-dot-lower", "POST", "/apps/%2e%2e/routes", None, 400, None),
+    ("app-id-dot-dot-list", "GET", "/apps/%2E%2E/routes", None, 400, None),
+    ("app-id-dot-dot-token", "POST", "/apps/%2E%2E/tokens", None, 400, None),
+    ("app-id-dot-tokens", "GET", "/apps/%2E/tokens", None, 400, None),
     # -- methods -------------------------------------------------------------------------
     ("delete-collection", "DELETE", ROUTES, None, 405, None),
     ("patch-apps", "PATCH", "/apps", {}, 405, None),

@@ -23,9 +23,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from restcp.api.app import APP_ID as APP
 from restcp.api.endpoints import ENDPOINTS, METHODS
 from restcp.api.openapi import build_spec
+from restcp.api.schemas import APP_ID as APP
 from tests.e2e.conftest import assert_clean_log, serve_args
 from tests.e2e.test_auth import ADMIN, bearer, path_of
 from tests.helpers import Node, free_port_range, http

@@ -41,11 +41,13 @@ from restcp.api.endpoints import ENDPOINTS as TABLE
 from restcp.api.endpoints import Endpoint
 from restcp.api.openapi import build_spec
 from restcp.api.schemas import (
+    APP_ID_RULE,
     BackendBody,
     BackendPatchBody,
     RouteBody,
     RouteSettingsBody,
     TokenBody,
+    is_app_id,
 )
 from restcp.errors import (
     Conflict,
@@ -62,7 +64,6 @@ from restcp.store import Store
 
 log = logging.getLogger("restcp.api")
 
-APP_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # ASCII digits only, and few enough that int() never meets Python's digit limit: str.isdigit()
 # accepts "²", which int() refuses.
 ID = re.compile(r"[0-9]{1,19}")
@@ -290,8 +291,8 @@ def _reject_constant(name: str) -> Any:
 
 def path_app(request: web.Request) -> str:
     app = request.match_info["app"]
-    if not APP_ID.fullmatch(app):
-        raise BadRequest(problem(400, f"invalid app id {app!r}: use 1-64 of A-Z a-z 0-9 . _ -"))
+    if not is_app_id(app):
+        raise BadRequest(problem(400, f"invalid app id {app!r}: use {APP_ID_RULE}"))
     return app
 
 

@@ -12,12 +12,16 @@ from pydantic.json_schema import models_json_schema
 
 from restcp import __version__
 from restcp.api.endpoints import ENDPOINTS, Endpoint, Reply, problems_of
-from restcp.api.schemas import Problem
+from restcp.api.schemas import APP_ID, DOT_SEGMENTS, Problem
 
 _REF = "#/components/schemas/{model}"
 # JSON Schema of each path parameter, as api/app.py checks it.
 _PARAMETERS: dict[str, dict[str, Any]] = {
-    "app": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+    "app": {
+        "type": "string",
+        "pattern": f"^{APP_ID.pattern}$",
+        "not": {"enum": list(DOT_SEGMENTS)},
+    },
     "route": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
     "backend": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
     "token": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
