@@ -200,7 +200,7 @@ def test_an_app_token_has_its_own_app_and_nothing_else(
         ("GET", "/apps/a/routes/2", None, 200),
         ("PATCH", "/apps/a/routes/2", {"idle_timeout": 5}, 200),
         ("PUT", "/apps/a/routes/2/backends", {"ip": "127.0.0.1", "port": 9}, 201),
-        ("POST", "/apps/a/routes/2/backends", {"ip": "127.0.0.1", "port": 9}, 201),
+        ("POST", "/apps/a/routes/2/backends", {"ip": "127.0.0.1", "port": 10}, 201),
         ("GET", "/apps/a/routes/2/backends", None, 200),
         ("GET", "/apps/a/routes/2/backends/1", None, 200),
         ("POST", "/apps/a/routes/2/backends/1", {"ip": "::1", "port": 9}, 200),

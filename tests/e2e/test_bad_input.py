@@ -196,6 +196,31 @@ def assert_problem(response: Response, expected: tuple[int, ...] | int) -> None:
     assert "Traceback" not in problem["detail"]
 
 
+def test_one_address_is_one_backend_on_every_write(world: World) -> None:
+    """Attaching (PUT, POST), replacing (POST, PUT) or changing (PATCH) a backend to an
+    address another backend of the route has is a 409 that changes nothing."""
+    node = world.node
+    backends = "/apps/b/routes/1/backends"
+    for port in (7, 8):
+        assert node.call("PUT", backends, {"ip": "127.0.0.1", "port": port}).status == 201
+    before = snapshot(node)
+    taken = {"ip": "127.0.0.1", "port": 7}
+    for method, path, body in [
+        ("PUT", backends, taken),
+        ("POST", backends, {**taken, "weight": 2}),
+        ("POST", f"{backends}/2", taken),
+        ("PUT", f"{backends}/2", taken),
+        ("PATCH", f"{backends}/2", {"port": 7}),
+        ("PATCH", f"{backends}/1", {"port": 8}),
+    ]:
+        response = node.call(method, path, body)
+        assert_problem(response, 409)
+        assert "already" in response.json()["detail"], response
+        assert snapshot(node) == before, (method, path, body)
+    # Its own address is no other backend's.
+    assert node.call("POST", f"{backends}/1", {**taken, "weight": 3}).status == 200
+
+
 def test_failures_consumed_no_id_and_no_port(world: World) -> None:
     """A refused create takes no route id and no port; the node logged no bug."""
     node = world.node

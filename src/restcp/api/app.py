@@ -218,7 +218,9 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         response.headers.update(err.headers)
         return response
     except RestcpError as err:
-        return problem(_STATUS.get(type(err), 500), str(err))
+        # The status of the nearest class listed: DuplicateBackend is a Conflict.
+        status = next((_STATUS[t] for t in type(err).__mro__ if t in _STATUS), 500)
+        return problem(status, str(err))
     except web.HTTPException as err:
         if err.status < 400:
             raise

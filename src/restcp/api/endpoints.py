@@ -129,11 +129,15 @@ _ROUTE_CREATE_PROBLEMS = {
     "has --max-routes-per-app routes already",
     503: "Redis store: no live node serves the frontend IP",
 }
+_DUPLICATE = "another backend of the route has this ip and port"
 _ADD_BACKEND_PROBLEMS = {
     403: "the backend's address is in a network the node's policy denies",
-    409: "the route has --max-backends-per-route backends already",
+    409: f"the route has --max-backends-per-route backends already, or {_DUPLICATE}",
 }
-_SET_BACKEND_PROBLEMS = {403: "the backend's address is in a network the node's policy denies"}
+_SET_BACKEND_PROBLEMS = {
+    403: "the backend's address is in a network the node's policy denies",
+    409: _DUPLICATE,
+}
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(

@@ -32,7 +32,14 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import NoBackoff
 
-from restcp.errors import Conflict, EpochMismatch, InvalidSpec, NotFound, Unavailable
+from restcp.errors import (
+    Conflict,
+    DuplicateBackend,
+    EpochMismatch,
+    InvalidSpec,
+    NotFound,
+    Unavailable,
+)
 from restcp.model import Backend, Route, RouteSettings
 from restcp.store.base import AppInfo, TokenInfo
 from restcp.store.codec import (
@@ -455,24 +462,53 @@ if redis.call('SCARD', ip_key .. ':routes') == 0 then redis.call('SREM', KEYS[3]
 return 1
 """
 
-# KEYS: route, backend_counter, backends; ARGV: ip, port, settings. The new id, or 0.
-_ADD_BACKEND = """
+# The id of a backend of the route other than ``except`` at ip:port, or nil: one address is
+# one backend (the caller answers {'duplicate', id}). A backend that keeps its address is not
+# checked, so that a pair stored before this rule can still be changed.
+_SAME_ADDRESS = """
+local function same_address(route, ip, port, except)
+  for _, bid in ipairs(redis.call('SMEMBERS', route .. ':backends')) do
+    if bid ~= except then
+      local a = redis.call('HMGET', route .. ':backend:' .. bid, 'ip', 'port')
+      if a[1] == ip and a[2] == port then return bid end
+    end
+  end
+  return nil
+end
+"""
+
+# KEYS: route, backend_counter, backends; ARGV: ip, port, settings. The new id, 0 without
+# the route, or {'duplicate', id}.
+_ADD_BACKEND = (
+    _SAME_ADDRESS
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local other = same_address(KEYS[1], ARGV[1], ARGV[2], '')
+if other then return {'duplicate', other} end
 local id = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1] .. ':backend:' .. id, 'ip', ARGV[1], 'port', ARGV[2],
            'settings', ARGV[3])
 redis.call('SADD', KEYS[3], id)
 return id
 """
+)
 
 # KEYS: route, backends, backend; ARGV: id, ip, port, settings.
-# 1, 0 without the backend, -1 without the route.
-_UPDATE_BACKEND = """
+# 1, 0 without the backend, -1 without the route, or {'duplicate', id}.
+_UPDATE_BACKEND = (
+    _SAME_ADDRESS
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return 0 end
+local was = redis.call('HMGET', KEYS[3], 'ip', 'port')
+if was[1] ~= ARGV[2] or was[2] ~= ARGV[3] then
+  local other = same_address(KEYS[1], ARGV[2], ARGV[3], ARGV[1])
+  if other then return {'duplicate', other} end
+end
 redis.call('HSET', KEYS[3], 'ip', ARGV[2], 'port', ARGV[3], 'settings', ARGV[4])
 return 1
 """
+)
 
 # KEYS: route, backends, backend, backends_live, backends_dead; ARGV: id. As above.
 _DELETE_BACKEND = """
@@ -950,6 +986,7 @@ class RedisStore:
                 ],
                 [backend.ip, backend.port, dump_backend_settings(backend)],
             )
+        _unique(backend_id, app, route_id, backend)
         if not backend_id:
             raise NotFound(f"route {route_id} of app {app!r} not found")
         return backend.replace(id=int(backend_id))
@@ -965,6 +1002,7 @@ class RedisStore:
                 ],
                 [backend.id, backend.ip, backend.port, dump_backend_settings(backend)],
             )
+        _unique(status, app, route_id, backend)
         self._found(status, app, route_id, backend.id)
         return backend
 
@@ -1295,6 +1333,12 @@ class RedisStore:
             raise NotFound(f"route {route_id} of app {app!r} not found")
         if status == 0:
             raise NotFound(f"backend {backend_id} of route {route_id} of app {app!r} not found")
+
+
+def _unique(result: Any, app: str, route_id: int, backend: Backend) -> None:
+    """Raise DuplicateBackend if a backend script answered {'duplicate', id}."""
+    if isinstance(result, list):
+        raise DuplicateBackend(app, route_id, int(result[1]), backend.ip, backend.port)
 
 
 def _routes(records: list[Any]) -> list[Route]:
