@@ -10,6 +10,7 @@ import os
 import resource
 import signal
 import socket
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -233,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--store",
         default=_env("STORE", "sqlite:///restcp.db"),
         metavar="URL",
-        help="sqlite:///PATH (relative), sqlite:////PATH (absolute) or memory:// "
-        "(RESTCP_STORE; %(default)s)",
+        help="sqlite:///PATH (relative), sqlite:////PATH (absolute), memory://, or "
+        "redis://HOST:PORT/DB for a cluster of nodes (also rediss://, redis+sentinel://; "
+        "docs/cluster.md) (RESTCP_STORE; %(default)s)",
     )
     serve.add_argument(
         "--frontend-ip",
@@ -365,15 +367,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("LOOP", "auto").lower(),
         help="event loop: uvloop where installed (RESTCP_LOOP; %(default)s)",
     )
-    # Internal: a worker process of `restcp serve --workers N`, started by the main process
-    # (no help: not listed).
-    worker = commands.add_parser("_worker")
+    client.add_commands(commands)
+    return parser
+
+
+# Internal: a worker process of `restcp serve --workers N`, started by the main process. Not
+# a command of the parser above, so that no usage message or error lists it.
+WORKER = "_worker"
+
+
+def _worker_parser() -> argparse.ArgumentParser:
+    worker = argparse.ArgumentParser(prog=f"restcp {WORKER}")
     worker.add_argument("index", type=int)
     worker.add_argument("channel", type=int)
     worker.add_argument("parent", type=int)
     worker.add_argument("loop", choices=("auto", *LOOPS))
-    client.add_commands(commands)
-    return parser
+    return worker
 
 
 def _check_choices(args: argparse.Namespace) -> None:
@@ -493,6 +502,12 @@ def _runner(name: str) -> Callable[[Coroutine[Any, Any, None]], None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [WORKER]:
+        from restcp import workers
+
+        args = _worker_parser().parse_args(argv[1:])
+        return workers.main(args.index, args.channel, args.parent, _runner(args.loop))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -503,10 +518,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
     if args.command == "cluster":
         return client.run(args)
-    if args.command == "_worker":
-        from restcp import workers
-
-        return workers.main(args.index, args.channel, args.parent, _runner(args.loop))
     # With workers, every process's lines carry its index (this one is 0).
     logs.configure(settings.log_level, settings.log_format, 0 if settings.workers > 1 else None)
     log = logging.getLogger("restcp")
