@@ -112,6 +112,12 @@ def test_without_a_token_every_protected_endpoint_is_401(
     # The public ones need none.
     assert node.call("GET", "/healthz").status == 200
     assert node.call("GET", "/openapi.json").status == 200
+    # Nor does learning that a public path has no other method: the document says so.
+    for path in ("/healthz", "/openapi.json"):
+        for method in ("DELETE", "TRACE"):
+            response = node.call(method, path)
+            assert response.status == 405, (method, path, response)
+            assert response.headers["Allow"] == "GET,HEAD"
 
 
 WRONG_CREDENTIALS: list[tuple[str, dict[str, str], str]] = [

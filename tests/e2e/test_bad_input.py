@@ -68,7 +68,8 @@ BACKENDS = "/apps/a/routes/1/backends"
 BACKEND = "/apps/a/routes/1/backends/1"
 
 # Wrong values for each field of a backend body: types, ranges, and non-literals.
-BAD_PORTS: list[Any] = ["80", 80.5, 80.0, True, None, 0, -1, 65536, 2**64, [80], {"p": 80}]
+# 80.0 is a port (JSON Schema calls it an integer); 65536.0 is no more one than 65536.
+BAD_PORTS: list[Any] = ["80", 80.5, 65536.0, True, None, 0, -1, 65536, 2**64, [80], {"p": 80}]
 BAD_IPS: list[Any] = [
     "-localhost", "example.123", "1.2.3", "256.1.1.1", "127.0.0.1 ", " 127.0.0.1",
     "127.0.0.1:80", "0127.0.0.1", "::g", "", None, 2130706433, True, ["127.0.0.1"],
@@ -211,7 +212,7 @@ def test_one_address_is_one_backend_on_every_write(world: World) -> None:
         ("POST", f"{backends}/2", taken),
         ("PUT", f"{backends}/2", taken),
         ("PATCH", f"{backends}/2", {"port": 7}),
-        ("PATCH", f"{backends}/1", {"port": 8}),
+        ("PATCH", f"{backends}/1", {"port": 8.0}),
     ]:
         response = node.call(method, path, body)
         assert_problem(response, 409)

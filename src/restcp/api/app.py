@@ -323,7 +323,7 @@ class Api:
         # Held from counting to creating, so that concurrent requests cannot all pass a quota
         # check before any of them creates. Creates are serialised by the node anyway.
         self._quota = asyncio.Lock()
-        self._spec = dumps(build_spec())
+        self._spec = dumps(build_spec(config.auth_on, config.frontend_ips))
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=self._spec, content_type="application/json")

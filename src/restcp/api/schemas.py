@@ -1,5 +1,6 @@
-"""Request bodies, validated strictly: a port is a JSON integer, not "80", 80.0 or true;
-and the shapes of responses, for the OpenAPI document (api/openapi.py) only.
+"""Request bodies, validated strictly: a port is a JSON number without a fraction (``80``, or
+``80.0``, which JSON Schema calls an integer too), never ``"80"``, ``80.5`` or ``true``; the
+app ids of paths; and the shapes of responses, for the OpenAPI document (api/openapi.py) only.
 
 Unknown fields are refused rather than ignored, so a typo is an error, not a silent default.
 Which fields a request *gave* matters (``model_fields_set``): an omitted field keeps its
@@ -14,7 +15,15 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    field_validator,
+)
 
 from restcp.model import (
     AdminState,
@@ -38,7 +47,18 @@ def is_app_id(text: str) -> bool:
     return APP_ID.fullmatch(text) is not None and text not in DOT_SEGMENTS
 
 
-Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
+def _integral(value: Any) -> Any:
+    """A JSON number without a fraction as an int: JSON Schema counts ``78.0`` as an integer,
+    so a client that writes integers as floats is right. Anything else goes on to the strict
+    int check (and is refused there: ``78.5``, ``"78"``, ``true``)."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+# After the Field, so that it runs first and the bounds still show in the JSON Schema.
+Integral = BeforeValidator(_integral)
+Port = Annotated[int, Field(strict=True, ge=1, le=65535), Integral]
 # Checked by canonical_ip; the formats tell an OpenAPI client what "an IP literal" means.
 IpText = Annotated[
     StrictStr, Field(json_schema_extra={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
@@ -56,10 +76,14 @@ HostText = Annotated[
 ]
 Seconds = Annotated[float, Field(strict=True, ge=0, le=86400 * 365, allow_inf_nan=False)]
 PositiveSeconds = Annotated[float, Field(strict=True, gt=0, le=3600, allow_inf_nan=False)]
-Weight = Annotated[int, Field(strict=True, ge=0, le=256)]
-Limit = Annotated[int, Field(strict=True, ge=1, le=10_000_000)]
-Count = Annotated[int, Field(strict=True, ge=1, le=100)]
-ProbeText = Annotated[str, Field(strict=True, max_length=1024)]
+Weight = Annotated[int, Field(strict=True, ge=0, le=256), Integral]
+Limit = Annotated[int, Field(strict=True, ge=1, le=10_000_000), Integral]
+Count = Annotated[int, Field(strict=True, ge=1, le=100), Integral]
+FallCount = Annotated[int, Field(strict=True, ge=0, le=100), Integral]
+# Probes are bytes on the wire: each character stands for one byte (checked by _latin1).
+ProbeText = Annotated[
+    str, Field(strict=True, max_length=1024, json_schema_extra={"pattern": "^[\\u0000-\\u00ff]*$"})
+]
 
 
 def canonical_ip(value: str) -> str:
@@ -152,7 +176,7 @@ class RouteSettingsBody(_Body):
     half_close_timeout: Seconds = 60.0
     max_connect_attempts: Count = 3
     proxy_protocol: ProxyProtocol | None = None
-    passive_fall: Annotated[int, Field(strict=True, ge=0, le=100)] = 3
+    passive_fall: FallCount = 3
     passive_cooldown: PositiveSeconds = 10.0
     splice: StrictBool = False
 
