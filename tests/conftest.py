@@ -7,6 +7,9 @@ import pytest
 
 from tests.helpers import Node, free_port_range
 
+# pytest's own fixture for running pytest on test files: the plugin's tests use it.
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:

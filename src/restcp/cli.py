@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from restcp import __version__, client, logs
+from restcp import __version__, cluster_commands, logs
 from restcp.core.policy import parse_networks
 from restcp.errors import RestcpError
 from restcp.settings import (
@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("LOOP", "auto").lower(),
         help="event loop: uvloop where installed (RESTCP_LOOP; %(default)s)",
     )
-    client.add_commands(commands)
+    cluster_commands.add_commands(commands)
     return parser
 
 
@@ -517,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     if args.command == "cluster":
-        return client.run(args)
+        return cluster_commands.run(args)
     # With workers, every process's lines carry its index (this one is 0).
     logs.configure(settings.log_level, settings.log_format, 0 if settings.workers > 1 else None)
     log = logging.getLogger("restcp")

@@ -1,9 +1,10 @@
 """Prometheus metrics, rendered at scrape time from the data plane's own counters.
 
 The relay hot path touches no metrics library: routes keep plain integer counters per
-backend (``proxy.stats``), and this collector reads them when ``/metrics`` is scraped, so an
-open connection's bytes are counted as they flow, not only when it ends. Each node has its
-own registry (no module-level state), which also gives every test a fresh one.
+backend, and this collector reads them when ``/metrics`` is scraped (``StatsSource``: the
+node's ``control/stats.py``, which adds its workers' counters to its own), so an open
+connection's bytes are counted as they flow, not only when it ends. Each node has its own
+registry (no module-level state), which also gives every test a fresh one.
 
 Labels are app, route and backend ids, never client addresses: their number is bounded by
 the configuration, not by the traffic.

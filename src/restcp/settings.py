@@ -57,7 +57,7 @@ class Settings:
     max_routes_per_app: int = 1000
     max_backends_per_route: int = 100
     # Data-plane processes: 1 is this process alone; N > 1 adds N-1 workers that serve the
-    # same routes on SO_REUSEPORT sockets (restcp/workers.py).
+    # same routes on SO_REUSEPORT sockets (restcp/workers/).
     workers: int = 1
 
     def exposed_without_token(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -29,24 +29,18 @@ STORE_URLS: dict[str, StoreUrl] = {
 DURABLE = ["sqlite", "redis"]
 
 
-class SyncStore:
-    """A Store whose methods run to completion when called, so tests read top to bottom.
+class Synced:
+    """An object whose coroutine methods run to completion when called, so tests read top
+    to bottom; ``aio`` is the object itself.
 
     Everything runs on the one loop of the test: a client bound to the loop it was created
     on (redis.asyncio's is) must be opened, used and closed there, which ``asyncio.run``
     per call would break.
     """
 
-    def __init__(self, url: str, runner: asyncio.Runner) -> None:
-        self.url = url
+    def __init__(self, aio: Any, runner: asyncio.Runner) -> None:
+        self.aio = aio
         self.runner = runner
-        self.aio: Store = self.run(_open(url))
-        self.closed = False
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.run(self.aio.close())
 
     def run(self, awaitable: Awaitable[Any]) -> Any:
         return self.runner.run(_awaited(awaitable))
@@ -57,6 +51,26 @@ class SyncStore:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.aio, name)
         return lambda *args, **kwargs: self.run(method(*args, **kwargs))
+
+
+class SyncStore(Synced):
+    """A Store opened from its URL, run as Synced does."""
+
+    def __init__(self, url: str, runner: asyncio.Runner) -> None:
+        super().__init__(None, runner)
+        self.url = url
+        self.aio: Store = self.run(_open(url))
+        self.closed = False
+
+    @property
+    def coordination(self) -> Synced:
+        """A shared store's other half (store/redis), on the same loop."""
+        return Synced(cast(Any, self.aio).coordination, self.runner)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.run(self.aio.close())
 
 
 async def _open(url: str) -> Store:

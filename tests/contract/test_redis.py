@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import itertools
 import json
 import re
@@ -19,6 +20,7 @@ import pytest
 import redis
 from redis.asyncio import SSLConnection
 
+from restcp.cluster import Coordination, SharedStore
 from restcp.errors import Conflict, DuplicateBackend, InvalidSpec, NotFound, Unavailable
 from restcp.model import Backend, Route, RouteSettings
 from restcp.store import AppInfo, Store, open_store
@@ -119,8 +121,8 @@ def test_keys_types_and_values_are_as_documented(store: SyncStore, raw_redis: re
         store.add_backend("web", 1, Backend(0, "10.0.1.7", port, weight=3))
     # The health lists, as the node serving the route writes them; the epoch, as the
     # first node of a cluster claims it.
-    assert store.put_backend_health("web", 1, [1, 2], [3]) is True
-    assert store.claim_epoch("e1") == "e1"
+    assert store.coordination.put_backend_health("web", 1, [1, 2], [3]) is True
+    assert store.coordination.claim_epoch("e1") == "e1"
     store.delete_backend("web", 1, 2)
     store.set_port_cursor(IP, 10003)
     web_hash, billing_hash = "ab" * 32, "cd" * 32
@@ -276,6 +278,26 @@ def test_scripts_are_loaded_again_after_the_server_forgot_them(
     assert store.get_route("a", 1).backends == (Backend(1, IP, 9000),)
 
 
+# -- the two halves ----------------------------------------------------------------------------
+
+
+def test_the_store_and_its_coordination_are_apart_and_offer_what_the_cluster_needs(
+    store: SyncStore, open_url: Callable[[str], SyncStore], tmp_path: Path
+) -> None:
+    """The cluster declares what it needs (cluster/coordination.py) and finds it in a store
+    at run time only, so nothing but this checks that the two agree."""
+    wanted = [n for n, v in vars(Coordination).items() if callable(v) and not n.startswith("_")]
+    assert "acquire_lease" in wanted
+    assert isinstance(store.aio, SharedStore)
+    offered = type(store.aio.coordination)
+    for name in wanted:
+        expected = inspect.signature(getattr(Coordination, name))
+        assert inspect.signature(getattr(offered, name)) == expected, name
+    # The Store half offers none of it, and an embedded store is no shared one.
+    assert not set(wanted) & set(dir(RedisStore))
+    assert not isinstance(open_url(f"sqlite:///{tmp_path}/x.db").aio, SharedStore)
+
+
 # -- concurrency -------------------------------------------------------------------------------
 
 
@@ -405,12 +427,12 @@ def test_a_rediss_store_speaks_tls_and_connects_lazily(runner: asyncio.Runner) -
     async def check() -> None:
         store = open_store("rediss://h.invalid:6380/2?prefix=t:&ssl_cert_reqs=none")
         assert isinstance(store, RedisStore)
-        pool = store._client.connection_pool
+        pool = store.connection.client.connection_pool
         kwargs = pool.connection_kwargs
         assert issubclass(pool.connection_class, SSLConnection)  # one that revalidates
         assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("h.invalid", 6380, 2)
         assert kwargs["ssl_cert_reqs"] == "none"
-        assert store.keys.apps == "t:apps"
+        assert store.connection.keys.apps == "t:apps"
         await store.close()
 
     runner.run(check())

@@ -1,19 +1,22 @@
 """``restcp serve --workers 2``: two processes serve every route on one port (SO_REUSEPORT).
 
-Each test runs a real node with one worker beside the main process. The processes are told
-apart by the ``worker=N`` their log lines end with, and by the listening sockets each one
-holds (read from /proc).
+Each test runs a real node with one worker beside the main process, logging JSON. The
+processes are told apart by the ``worker`` field of their connection events, by the
+listening sockets each one holds (read from /proc), and by what /healthz says of the
+worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,9 +31,9 @@ from tests.e2e.peers import (
     echo,
     health_is,
     held_port,
-    log_count,
     served_by,
 )
+from tests.e2e.test_ops_metrics import start_json_node
 from tests.helpers import Node, free_port_range, tcp_states
 
 pytestmark = pytest.mark.slow
@@ -40,10 +43,14 @@ pytestmark = pytest.mark.slow
 CLIENTS = 40
 
 
+def start_workers_node(start_node: StartNode, tmp_path: Path) -> Node:
+    lo, hi = free_port_range(20)
+    return start_json_node(start_node, *serve_args(tmp_path / "w.db", lo, hi, "--workers", "2"))
+
+
 @pytest.fixture
 def node(start_node: StartNode, tmp_path: Path) -> Node:
-    lo, hi = free_port_range(20)
-    return start_node(*serve_args(tmp_path / "w.db", lo, hi, "--workers", "2"))
+    return start_workers_node(start_node, tmp_path)
 
 
 @pytest.fixture
@@ -52,13 +59,19 @@ def tagged() -> Iterator[tuple[Backend, Backend]]:
         yield a, b
 
 
-def worker_pid(node: Node) -> int:
+def worker_status(node: Node) -> dict[str, Any]:
     health = node.call("GET", "/healthz")
     assert health.status == 200, health
     workers = health.json()["workers"]
     assert len(workers) == 1, workers
-    assert workers[0]["serving"], workers
-    pid: int = workers[0]["pid"]
+    status: dict[str, Any] = workers[0]
+    return status
+
+
+def worker_pid(node: Node) -> int:
+    status = worker_status(node)
+    assert status["serving"], status
+    pid: int = status["pid"]
     return pid
 
 
@@ -95,9 +108,15 @@ def create_route(node: Node, app: str = "w", **body: object) -> dict[str, object
     return route
 
 
-def access_lines(node: Node, worker: int) -> int:
+def records(node: Node) -> list[dict[str, Any]]:
+    """Every log record so far (the node logs JSON: one object a line)."""
+    return [json.loads(line) for line in list(node.lines)]
+
+
+def served(node: Node, worker: int) -> int:
+    """Connections process ``worker`` relayed, by its connection events."""
     return sum(
-        1 for line in node.lines if " restcp.access " in line and line.endswith(f" worker={worker}")
+        1 for r in records(node) if r.get("event") == "connection" and r.get("worker") == worker
     )
 
 
@@ -111,10 +130,10 @@ def test_every_process_listens_and_serves(node: Node, tagged: tuple[Backend, Bac
     assert port in listening_ports(worker)
     for _ in range(CLIENTS):
         assert served_by(port) == "a"
-    # Access lines are written in batches, at most 50 ms late.
-    wait_until(lambda: access_lines(node, 0) + access_lines(node, 1) == CLIENTS, "access lines")
-    assert access_lines(node, 0) > 0, "the main process served nobody"
-    assert access_lines(node, 1) > 0, "the worker served nobody"
+    # Connection events are written in batches, at most 50 ms late.
+    wait_until(lambda: served(node, 0) + served(node, 1) == CLIENTS, "connection events")
+    assert served(node, 0) > 0, "the main process served nobody"
+    assert served(node, 1) > 0, "the worker served nobody"
     # /metrics sums both processes once the worker's counters arrived (every second).
     wait_until(
         lambda: (
@@ -213,23 +232,26 @@ def test_a_killed_worker_is_restarted(node: Node, tagged: tuple[Backend, Backend
     old = worker_pid(node)
     os.kill(old, signal.SIGKILL)
     node.wait_for_line("worker 1 exited (signal SIGKILL): starting it again")
-    wait_until(lambda: log_count(node, "worker 1 serving pid=") == 2, "the worker restarted")
+    wait_until(
+        lambda: worker_status(node)["pid"] not in (old, None) and worker_status(node)["serving"],
+        "the worker restarted",
+    )
     new = worker_pid(node)
-    assert new != old
     assert not alive(old)
     assert port in listening_ports(new)
-    before = access_lines(node, 1)
+    before = served(node, 0) + served(node, 1), served(node, 1)
     for _ in range(CLIENTS):
         assert served_by(port) == "a"
-    wait_until(lambda: access_lines(node, 0) + access_lines(node, 1) >= CLIENTS, "access lines")
-    assert access_lines(node, 1) > before, "the restarted worker served nobody"
+    wait_until(
+        lambda: served(node, 0) + served(node, 1) == before[0] + CLIENTS, "connection events"
+    )
+    assert served(node, 1) > before[1], "the restarted worker served nobody"
 
 
 def test_sigterm_drains_every_process_and_leaves_none(
     start_node: StartNode, tmp_path: Path, tagged: tuple[Backend, Backend]
 ) -> None:
-    lo, hi = free_port_range(20)
-    node = start_node(*serve_args(tmp_path / "w.db", lo, hi, "--workers", "2"))
+    node = start_workers_node(start_node, tmp_path)
     route = create_route(node)
     port, route_id = int(str(route["port"])), int(str(route["id"]))
     attach(node, "w", route_id, tagged[0].port)
@@ -252,15 +274,15 @@ def test_sigterm_drains_every_process_and_leaves_none(
         for client in clients:
             client.close()
     assert node.proc.wait(timeout=30) == 0
-    node.wait_for_line("restcp.node stopped")
-    assert log_count(node, "worker 1 stopped (status 0)") == 1
+    node.wait_for_line('"logger": "restcp.node", "message": "stopped"')
+    stops = [r for r in records(node) if r["message"].startswith("worker 1 stopped")]
+    assert [r["message"] for r in stops] == ["worker 1 stopped (status 0)"]
     assert not alive(worker)
     assert_clean_log(node)
 
 
 def test_a_killed_main_process_takes_its_workers(start_node: StartNode, tmp_path: Path) -> None:
-    lo, hi = free_port_range(20)
-    node = start_node(*serve_args(tmp_path / "w.db", lo, hi, "--workers", "2"))
+    node = start_workers_node(start_node, tmp_path)
     worker = worker_pid(node)
     node.kill()
     wait_until(lambda: not alive(worker), "the worker dies with the main process")
@@ -317,4 +339,6 @@ def test_probe_results_reach_every_process(node: Node, tagged: tuple[Backend, Ba
         for _ in range(CLIENTS):
             assert served_by(port) == "a"
         # Transitions are logged by the main process only.
-        assert not any(" restcp.health " in line and "worker=1" in line for line in node.lines)
+        transitions = [r for r in records(node) if r.get("event") == "health"]
+        assert transitions
+        assert {r["worker"] for r in transitions} == {0}

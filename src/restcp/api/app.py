@@ -1,8 +1,9 @@
 """The HTTP API on aiohttp: the seed's endpoints, byte for byte, and a few more.
 
-Handlers validate, write to the store, then ask the owning node to apply the stored state
-(``Owner.sync``) before answering, so a response means the change is live: a new route's port
-is accepting, a deleted route's port refuses. Every error is an RFC 9457 problem document.
+Handlers validate, read the store, and write routes and backends through the node's route
+service (``Owner.routes``), which answers once the change is applied, so a response means
+the change is live: a new route's port is accepting, a deleted route's port refuses. Tokens
+are written to the store directly. Every error is an RFC 9457 problem document.
 
 Which endpoints exist, and who may call each, is the table of api/endpoints.py; tokens and the
 browser checks run as middleware before a handler (api/auth.py). What aiohttp answers before
@@ -21,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import HttpVersion11, web
 from aiohttp.web import RequestPayloadError
@@ -40,6 +41,7 @@ from restcp.api.auth import (
 from restcp.api.endpoints import ENDPOINTS as TABLE
 from restcp.api.endpoints import Endpoint
 from restcp.api.openapi import build_spec
+from restcp.api.owner import Owner
 from restcp.api.schemas import (
     APP_ID_RULE,
     BackendBody,
@@ -59,7 +61,7 @@ from restcp.errors import (
     RestcpError,
     Unavailable,
 )
-from restcp.model import Backend, BackendStatus, HealthCheck, Route, RouteKey, RouteSettings
+from restcp.model import Backend, BackendStatus, HealthCheck, Route, RouteSettings
 from restcp.store import Store
 
 log = logging.getLogger("restcp.api")
@@ -77,46 +79,6 @@ REQUEST_TIMEOUT = web.AppKey("request_timeout", float)
 
 Body = TypeVar("Body", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Owner(Protocol):
-    """The node that serves routes: binds new ones and applies stored changes."""
-
-    def route_defaults(self) -> RouteSettings: ...
-
-    async def create_route(
-        self, app: str, frontend_ip: str | None, port: int | None, settings: RouteSettings
-    ) -> Route:
-        """Bind a port (the one asked for, or the next free one), then store the route."""
-
-    async def sync(self, key: RouteKey) -> None:
-        """Make the listener of ``key`` match the store now."""
-
-    def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]:
-        """Health and load of a route's backends, by id (empty if nobody observes them)."""
-
-    async def check_backend(self, host: str, port: int) -> None:
-        """Raise Forbidden if the backend address policy does not allow ``host:port`` (a
-        host name: any address it resolves to); InvalidSpec if the name does not exist."""
-
-    def metrics_text(self) -> tuple[bytes, str]:
-        """The node's metrics in the Prometheus text format, and its content type."""
-
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """(ready, details) for /healthz."""
-
-    async def nodes(self) -> list[dict[str, Any]]:
-        """The live nodes sharing the store (this one alone with an embedded store)."""
-
-    async def backend_statuses(self, route: Route) -> Mapping[int, BackendStatus]:
-        """As backend_status, and for a route another node serves, the health that node
-        wrote to the shared store."""
-
-    async def reseed(self) -> tuple[bool, dict[str, Any]]:
-        """Write this node's snapshot back into the shared store: (done, report)."""
-
-    async def adopt(self) -> dict[str, Any]:
-        """Follow the shared store's state as it is."""
 
 
 # -- JSON shapes -------------------------------------------------------------------------
@@ -320,8 +282,10 @@ class Api:
         self.owner = owner
         self.config = config
         self.clock = clock
-        # Held from counting to creating, so that concurrent requests cannot all pass a quota
-        # check before any of them creates. Creates are serialised by the node anyway.
+        # Held from counting an app's routes to creating one, so that concurrent requests
+        # cannot all pass the quota check before any of them creates (a create handed to
+        # another node is not under the route service's lock). Backends are counted by the
+        # route service, under its lock.
         self._quota = asyncio.Lock()
         self._spec = dumps(build_spec(config.auth_on, config.frontend_ips))
 
@@ -348,7 +312,7 @@ class Api:
         return _json(await self.owner.nodes())
 
     async def reseed(self, request: web.Request) -> web.Response:
-        done, report = await self.owner.reseed()
+        done, report = await self.owner.routes.reseed()
         if not done:
             detail = (
                 f"{len(report['conflicts'])} routes conflict with what Redis holds: not "
@@ -359,7 +323,7 @@ class Api:
         return _json(report)
 
     async def adopt(self, request: web.Request) -> web.Response:
-        return _json(await self.owner.adopt())
+        return _json(await self.owner.routes.adopt())
 
     async def list_apps(self, request: web.Request) -> web.Response:
         apps = await self.store.list_apps()
@@ -372,7 +336,7 @@ class Api:
     async def create_route(self, request: web.Request) -> web.Response:
         app = path_app(request)
         body = await parse_body(request, RouteBody)
-        settings = _merge(self.owner.route_defaults(), body)
+        settings = _merge(self.owner.routes.route_defaults(), body)
         async with self._quota:
             limit = self.config.max_routes_per_app
             count = next((a.routes for a in await self.store.list_apps() if a.app == app), 0)
@@ -382,7 +346,9 @@ class Api:
                     f"({limit}) allows: delete one first"
                 )
             try:
-                route = await self.owner.create_route(app, body.frontend_ip, body.port, settings)
+                route = await self.owner.routes.create_route(
+                    app, body.frontend_ip, body.port, settings
+                )
             except Provisioning as pending:
                 # Handed to another node that has not answered yet: the route appears here.
                 body_202 = {
@@ -404,15 +370,14 @@ class Api:
     async def patch_route(self, request: web.Request) -> web.Response:
         app, route_id = path_app(request), path_id(request, "route", "route")
         body = await parse_body(request, RouteSettingsBody)
-        route = await self.store.get_route(app, route_id)
-        route = await self.store.update_route(app, route_id, _merge(route.settings, body))
-        await self.owner.sync(route.key)
+        route = await self.owner.routes.update_route(
+            (app, route_id), lambda settings: _merge(settings, body)
+        )
         return _json(self._route_json(route))
 
     async def delete_route(self, request: web.Request) -> web.Response:
         app, route_id = path_app(request), path_id(request, "route", "route")
-        await self.store.delete_route(app, route_id)
-        await self.owner.sync((app, route_id))
+        await self.owner.routes.delete_route((app, route_id))
         return web.Response(status=204)
 
     async def list_backends(self, request: web.Request) -> web.Response:
@@ -423,20 +388,10 @@ class Api:
     async def add_backend(self, request: web.Request) -> web.Response:
         route = await self._route(request)
         body = await parse_body(request, BackendBody)
-        await self.owner.check_backend(body.ip, body.port)
-        async with self._quota:
-            # Read again under the lock: a concurrent request may have added one meanwhile.
-            route = await self._route(request)
-            limit = self.config.max_backends_per_route
-            if len(route.backends) >= limit:
-                raise Conflict(
-                    f"route {route.id} of app {route.app!r} has {len(route.backends)} backends, "
-                    f"the most --max-backends-per-route ({limit}) allows: delete one first"
-                )
-            backend = await self.store.add_backend(
-                route.app, route.id, Backend(0, **body.model_dump())
-            )
-        await self.owner.sync(route.key)
+        # The route service counts the backends as it adds one: no concurrent add overshoots.
+        backend = await self.owner.routes.add_backend(
+            route.key, Backend(0, **body.model_dump()), self.config.max_backends_per_route
+        )
         location = f"/apps/{route.app}/routes/{route.id}/backends/{backend.id}"
         return _json({"id": backend.id}, 201, {"Location": location})
 
@@ -450,28 +405,25 @@ class Api:
         route = await self._route(request)
         backend_id = self._backend(route, request).id
         body = await parse_body(request, BackendBody)
-        await self.owner.check_backend(body.ip, body.port)
-        backend = await self.store.update_backend(
-            route.app, route.id, Backend(backend_id, **body.model_dump())
+        backend = await self.owner.routes.update_backend(
+            route.key, backend_id, lambda current: Backend(current.id, **body.model_dump())
         )
-        await self.owner.sync(route.key)
         return _json(backend_json(backend, self.owner.backend_status(route.key).get(backend_id)))
 
     async def patch_backend(self, request: web.Request) -> web.Response:
         route = await self._route(request)
         current = self._backend(route, request)
         body = await parse_body(request, BackendPatchBody)
-        changed = current.replace(**body.given())
-        await self.owner.check_backend(changed.ip, changed.port)
-        backend = await self.store.update_backend(route.app, route.id, changed)
-        await self.owner.sync(route.key)
+        changes = body.given()
+        backend = await self.owner.routes.update_backend(
+            route.key, current.id, lambda stored: stored.replace(**changes)
+        )
         return _json(backend_json(backend, self.owner.backend_status(route.key).get(backend.id)))
 
     async def delete_backend(self, request: web.Request) -> web.Response:
         route = await self._route(request)
         backend_id = self._backend(route, request).id
-        await self.store.delete_backend(route.app, route.id, backend_id)
-        await self.owner.sync(route.key)
+        await self.owner.routes.delete_backend(route.key, backend_id)
         return web.Response(status=204)
 
     async def create_token(self, request: web.Request) -> web.Response:

@@ -1,6 +1,8 @@
 """Request bodies, validated strictly: a port is a JSON number without a fraction (``80``, or
 ``80.0``, which JSON Schema calls an integer too), never ``"80"``, ``80.5`` or ``true``; the
-app ids of paths; and the shapes of responses, for the OpenAPI document (api/openapi.py) only.
+app ids of paths; and the shapes of responses, for the OpenAPI document (api/openapi.py) and
+as the return types of the Python client (restcp.client), which imports this module
+(pydantic and restcp.model only: never aiohttp, which lint-imports checks).
 
 Unknown fields are refused rather than ignored, so a typo is an error, not a silent default.
 Which fields a request *gave* matters (``model_fields_set``): an omitted field keeps its
@@ -198,9 +200,11 @@ class TokenBody(_Body):
 
 
 # -- responses ------------------------------------------------------------------------------
-# Never used to build a response (app.py writes the JSON); they describe it for OpenAPI, and
-# tests check each against what the handlers send. Unknown fields are refused, so a field a
-# handler adds without adding it here fails those tests rather than going undocumented.
+# Never used to build a response (app.py writes the JSON); they describe it for OpenAPI and
+# are what the client returns, and tests check each against what the handlers send (the
+# client's tests read every answer with unknown fields forbidden). Unknown fields are
+# refused, so a field a handler adds without adding it here fails those tests rather than
+# going undocumented.
 
 
 def _read_only(**kwargs: Any) -> Any:
@@ -281,6 +285,12 @@ class UnboundRoute(_Out):
     error: str
 
 
+class WorkerOut(_Out):
+    worker: int = Field(description="its index (the main process is 0)")
+    pid: int | None = Field(description="its process id; null while it is being restarted")
+    serving: bool = Field(description="it has applied its snapshot of the routes")
+
+
 class HealthOut(_Out):
     status: Literal["ok", "starting", "degraded", "standby", "empty", "foreign"] = Field(
         description="Redis store only: degraded (200) while Redis is unreachable, the routes "
@@ -298,6 +308,11 @@ class HealthOut(_Out):
     )
     cluster: dict[str, Any] | None = Field(
         None, description="Redis store only: node id, Redis state, each frontend IP's lease"
+    )
+    workers: list[WorkerOut] | None = Field(
+        None,
+        description="--workers N only: each worker process; shown only when authentication "
+        "is off or to the admin token",
     )
 
 

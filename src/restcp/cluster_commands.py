@@ -4,7 +4,8 @@ They find the node as ``restcp serve`` is told where to listen: ``--api`` or ``R
 (``127.0.0.1:8001`` by default, or a full ``http://`` URL), and send the admin token read
 from ``--api-token-file``, ``RESTCP_API_TOKEN`` or ``RESTCP_API_TOKEN_FILE`` (none: no
 token). The answer is printed as JSON on stdout; the exit status is 0 when every node asked
-answered 2xx, 1 otherwise (the problem's detail goes to stderr).
+answered 2xx, 1 otherwise (the problem's detail goes to stderr). They speak to the API
+through restcp.client, as any program would.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
+from restcp.client import ApiError, Client, Unreachable
 from restcp.settings import parse_api_token, read_token_file
 
 ACTIONS = {
@@ -65,12 +65,6 @@ def add_commands(commands: Any) -> None:
         )
 
 
-def _base(api: str) -> str:
-    if api.startswith(("http://", "https://")):
-        return api.rstrip("/")
-    return "http://" + api
-
-
 def _token(args: argparse.Namespace) -> str | None:
     path = args.api_token_file or os.environ.get("RESTCP_API_TOKEN_FILE") or None
     if path is not None:
@@ -79,56 +73,41 @@ def _token(args: argparse.Namespace) -> str | None:
     return None if token is None else parse_api_token(token)
 
 
-def _call(method: str, url: str, token: str | None, timeout: float) -> tuple[int, Any]:
-    headers = {"Accept": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(
-        url, method=method, headers=headers, data=b"" if method == "POST" else None
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as err:
-        with err:
-            body = err.read()
+def _ask(target: str, token: str | None, args: argparse.Namespace) -> tuple[bool, Any]:
+    """(done, the report or the problem document) of one node; Unreachable raises."""
+    with Client(target, token, timeout=args.timeout) as node:
         try:
-            return err.code, json.loads(body)
-        except ValueError:
-            return err.code, {"detail": body.decode(errors="replace")}
+            report = node.reseed() if args.action == "reseed" else node.adopt()
+        except Unreachable:
+            raise  # the command's answer, not this node's
+        except ApiError as err:
+            print(f"{target}: {err.status} {err.detail}", file=sys.stderr)
+            return False, err.body
+    return True, report.model_dump(mode="json", exclude_unset=True)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         token = _token(args)
+        client = Client(args.api, token, timeout=args.timeout)
     except ValueError as err:
         print(f"restcp cluster {args.action}: {err}", file=sys.stderr)
         return 2
-    base = _base(args.api)
-    try:
-        targets = [base]
-        if args.all:
-            status, nodes = _call("GET", base + "/nodes", token, args.timeout)
-            if status != 200:
-                print(f"GET {base}/nodes: {status} {_detail(nodes)}", file=sys.stderr)
-                return 1
-            targets = [str(n["api"]).rstrip("/") for n in nodes if n.get("api")]
-        results: dict[str, Any] = {}
-        failed = False
-        for target in targets:
-            status, body = _call("POST", f"{target}/cluster/{args.action}", token, args.timeout)
-            results[target] = body
-            if not 200 <= status < 300:
-                failed = True
-                print(f"{target}: {status} {_detail(body)}", file=sys.stderr)
-    except (OSError, ValueError) as err:
-        print(f"restcp cluster {args.action}: cannot reach {base}: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(results if args.all else results[base], indent=2))
+    results: dict[str, Any] = {}
+    failed = False
+    with client:
+        try:
+            targets = [client.url]
+            if args.all:
+                targets = [node.api.rstrip("/") for node in client.nodes() if node.api]
+            for target in targets:
+                done, results[target] = _ask(target, token, args)
+                failed = failed or not done
+        except Unreachable as err:
+            print(f"restcp cluster {args.action}: {err.detail}", file=sys.stderr)
+            return 1
+        except ApiError as err:  # from GET /nodes
+            print(f"GET {client.url}/nodes: {err.status} {err.detail}", file=sys.stderr)
+            return 1
+    print(json.dumps(results if args.all else results[client.url], indent=2))
     return 1 if failed else 0
-
-
-def _detail(body: Any) -> str:
-    if isinstance(body, dict):
-        return str(body.get("detail") or body.get("title") or body)
-    return str(body)

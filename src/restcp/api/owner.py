@@ -1,0 +1,80 @@
+"""What the API asks of the node it runs in (node.py implements ``Owner``).
+
+Reads of routes, backends and tokens go to the store directly, and so do token writes;
+routes and backends are written only through the node's route service (``Routes``), which
+answers once a change is applied. The rest is what the node observes: health and load of
+backends, metrics, readiness, the cluster's nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from restcp.model import Backend, BackendStatus, Route, RouteKey, RouteSettings
+
+
+class Routes(Protocol):
+    """The only writer of routes and backends (control/routes.py). Each write answers once
+    it is applied (a new route's port accepts, a deleted route's port refuses, new
+    connections use a changed backend), and changes nothing when it fails."""
+
+    def route_defaults(self) -> RouteSettings: ...
+
+    async def create_route(
+        self, app: str, frontend_ip: str | None, port: int | None, settings: RouteSettings
+    ) -> Route:
+        """Bind a port (the one asked for, or the next free one), then store the route;
+        Provisioning if another node binds it and has not answered yet."""
+
+    async def update_route(
+        self, key: RouteKey, edit: Callable[[RouteSettings], RouteSettings]
+    ) -> Route:
+        """Store ``edit`` of the route's settings as stored now."""
+
+    async def delete_route(self, key: RouteKey) -> None: ...
+
+    async def add_backend(
+        self, key: RouteKey, backend: Backend, limit: int | None = None
+    ) -> Backend:
+        """Attach ``backend`` under the route's next id, unless the address policy refuses
+        it (Forbidden; InvalidSpec for a name that does not resolve), the route has
+        ``limit`` backends already (Conflict) or another backend with its address
+        (DuplicateBackend, a Conflict)."""
+
+    async def update_backend(
+        self, key: RouteKey, backend_id: int, edit: Callable[[Backend], Backend]
+    ) -> Backend:
+        """Store ``edit`` of the backend as stored now, unless the policy refuses it or
+        another backend of the route has the address it ends up with (DuplicateBackend)."""
+
+    async def delete_backend(self, key: RouteKey, backend_id: int) -> None: ...
+
+    async def reseed(self) -> tuple[bool, dict[str, Any]]:
+        """Write this node's snapshot back into the shared store: (done, report)."""
+
+    async def adopt(self) -> dict[str, Any]:
+        """Follow the shared store's state as it is."""
+
+
+class Owner(Protocol):
+    """The node the API runs in: its route service, and what it observes."""
+
+    @property
+    def routes(self) -> Routes: ...
+
+    def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]:
+        """Health and load of a route's backends, by id (empty if nobody observes them)."""
+
+    async def backend_statuses(self, route: Route) -> Mapping[int, BackendStatus]:
+        """As backend_status, and for a route another node serves, the health that node
+        wrote to the shared store."""
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        """The node's metrics in the Prometheus text format, and its content type."""
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, details) for /healthz."""
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """The live nodes sharing the store (this one alone with an embedded store)."""

@@ -1,0 +1,64 @@
+"""The keyword arguments the client's methods take, typed for editors and type checkers.
+
+They name the fields of the API's request bodies (api/schemas.py), which validate them on
+the server; tests/unit/client/test_fields.py keeps each in step with its body model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+from restcp.model import (
+    AdminState,
+    BackendProxyProtocol,
+    Balance,
+    Health,
+    ProxyProtocol,
+    WhenAllDown,
+)
+
+
+class HealthCheckFields(TypedDict, total=False):
+    """An active check (HealthCheckBody); ``{}`` is a TCP connect check."""
+
+    interval: float
+    timeout: float
+    rise: int
+    fall: int
+    send: str | None
+    expect: str | None
+    initial: Health
+
+
+class RouteFields(TypedDict, total=False):
+    """A route's settings (RouteSettingsBody): those given change, the others keep theirs."""
+
+    balance: Balance
+    connect_timeout: float
+    idle_timeout: float
+    health_check: HealthCheckFields | dict[str, Any] | None
+    when_all_down: WhenAllDown
+    max_connections: int | None
+    half_close_timeout: float
+    max_connect_attempts: int
+    proxy_protocol: ProxyProtocol | None
+    passive_fall: int
+    passive_cooldown: float
+    splice: bool
+
+
+class BackendFields(TypedDict, total=False):
+    """A backend's settings besides its address (BackendBody)."""
+
+    weight: int
+    state: AdminState
+    drain_timeout: float | None
+    max_connections: int | None
+    proxy_protocol: BackendProxyProtocol | None
+
+
+class BackendChanges(BackendFields, total=False):
+    """A PATCH of a backend (BackendPatchBody): its address may change too."""
+
+    ip: str
+    port: int

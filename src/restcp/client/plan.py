@@ -1,0 +1,107 @@
+"""Calls to the API written once, for both clients: each is a *plan*, a generator that
+yields what it needs done and is sent back the outcome, without doing any I/O itself.
+
+    def get(self) -> Plan[RouteOut]:
+        reply = yield from request("GET", "/apps/web/routes/1")
+        return reply.model(RouteOut)
+
+A plan yields a ``Request`` (and is sent the ``Reply``) or a ``Pause`` (and is sent None);
+what it returns is the call's result. ``Client`` runs plans with httpx's blocking client and
+``AsyncClient`` with its asyncio one (transport.py), so both speak to every endpoint through
+the same code: paths, bodies, parsing and errors live here and in resources.py only.
+
+A failed request is raised *inside* the plan (by ``request``, or thrown in by the transport
+when the API cannot be reached), so a plan may catch what it expects: an undo that finds
+the thing gone already, a poll that meets 404 until a route is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Generator
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from restcp.client.errors import error_for
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+# What a client does with fields of an answer its models do not know: "ignore" (a newer
+# server may add fields), or "forbid" (restcp's own tests: no field goes unmodelled).
+UnknownFields = Literal["ignore", "forbid"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str
+    # The JSON body; None sends none.
+    json: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer, and how to read it into the API's models."""
+
+    response: httpx.Response
+    unknown_fields: UnknownFields = "ignore"
+
+    @property
+    def status(self) -> int:
+        return self.response.status_code
+
+    def model(self, model: type[M]) -> M:
+        return self._validate(model, self.json())
+
+    def models(self, model: type[M]) -> list[M]:
+        data = self.json()
+        if not isinstance(data, list):
+            raise error_for(self.response, f"expected a JSON array, got {type(data).__name__}")
+        return [self._validate(model, item) for item in data]
+
+    def _validate(self, model: type[M], data: Any) -> M:
+        try:
+            return model.model_validate(data, extra=self.unknown_fields)
+        except ValidationError as err:
+            raise error_for(
+                self.response, f"the answer does not match {model.__name__}: {err}"
+            ) from None
+
+    def json(self) -> Any:
+        try:
+            return self.response.json()
+        except ValueError as err:
+            raise error_for(self.response, f"the answer is not JSON: {err}") from None
+
+
+Step = Request | Pause
+Plan = Generator[Step, Any, T]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied(Generic[T]):
+    """What a change made for the length of a ``with`` block returns: the value the block
+    gets, and the plan that undoes the change when the block ends."""
+
+    value: T
+    undo: Plan[None]
+
+
+def request(method: str, path: str, json: Any = None, ok: Collection[int] = (200,)) -> Plan[Reply]:
+    """Send one request; any status not in ``ok`` is raised as its ApiError."""
+    reply: Reply = yield Request(method, path, json)
+    if reply.status not in ok:
+        raise error_for(reply.response)
+    return reply
+
+
+def pause(seconds: float) -> Plan[None]:
+    yield Pause(seconds)

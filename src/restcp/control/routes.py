@@ -1,0 +1,347 @@
+"""The route service: the one writer of routes and backends, and the one that applies them.
+
+Whoever changes a route goes through here: the API (creates, changes, deletes of routes and
+backends), the cluster (another node's provisioning request, a change notice, a resync once
+a lease or Redis comes back; it drives this service as its ``Controller``), and the node
+(its start, the resync timer, SIGHUP). Applying a route means: the data plane serves it as
+stored, its probes follow, the workers are told (and acknowledge), the known routes (the
+snapshot) record it.
+
+How a write goes::
+
+    create   bind ─► store ─► serve ─► probes, workers, known ─► answer
+    change   store ─► read back ─► apply ─► probes, workers, known ─┬─► announce ─► answer
+    notice                         read ─► apply ─► ...  (from another node, or the timer)
+
+- Creates bind first: a route's answer carries a port that already accepts, and a create
+  that fails on the socket (port taken, no port left) stores nothing, id counters included
+  (docs/design.md, "Why a route is bound before it is stored"). A store write that fails
+  after the bind closes the socket.
+- Changes and deletes store first and then apply what the store holds: they cannot fail
+  on the socket side, and a failed write (NotFound, Conflict, the store away) applies
+  nothing. Reading back rather than applying the value written makes a write, a change
+  notice and a resync the same step.
+- One lock, held from the store's read or write to the last step of applying it: every
+  step awaits, and another writer acting on what it read before would bind a port being
+  bound, update a listener just stopped, or restart a route just deleted. Checks that may
+  take seconds (a backend's host name resolving) and the wait for another node run outside
+  it.
+- Every write answers once applied where this node can see: here, and in its workers. A
+  change to a route another node serves is announced to that node once applied here
+  (``Placement.announce``); that is the step where a write will wait for the serving node's
+  acknowledgement (docs/design.md, "The write path").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any, TypeVar
+
+from restcp.control.backends import check_backend
+from restcp.control.known import KnownRoutes
+from restcp.control.placement import Placement, placement_for
+from restcp.control.probes import Probes
+from restcp.core import ports
+from restcp.dataplane import DataPlane
+from restcp.errors import Conflict, EpochMismatch, NotFound, Unavailable
+from restcp.model import Backend, BackendStatus, Route, RouteKey, RouteSettings
+from restcp.proxy.listener import is_address_taken
+from restcp.settings import Settings
+from restcp.store import Store
+from restcp.workers import Workers
+
+T = TypeVar("T")
+
+
+class RouteService:
+    """The only writer of routes and backends (see the module's docstring for its rules).
+
+    It builds its ``placement`` itself, since the cluster a shared store brings drives this
+    service back (it is the cluster's ``Controller``)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        plane: DataPlane,
+        workers: Workers,
+        probes: Probes,
+        known: KnownRoutes,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.plane = plane
+        self.workers = workers
+        self.probes = probes
+        self.known = known
+        self._lock = asyncio.Lock()
+        # The node's API, once it listens (the cluster lists it in GET /nodes).
+        self.api_address: tuple[str, int] | None = None
+        self.placement: Placement = placement_for(
+            store, settings, self, lambda: len(plane.running())
+        )
+
+    def route_defaults(self) -> RouteSettings:
+        return RouteSettings(
+            connect_timeout=self.settings.connect_timeout,
+            idle_timeout=self.settings.idle_timeout,
+        )
+
+    # -- creates: bind, then store -------------------------------------------------------
+
+    async def create_route(
+        self,
+        app: str,
+        frontend_ip: str | None,
+        port: int | None,
+        settings: RouteSettings,
+        route_id: int | None = None,
+    ) -> Route:
+        """Bind ``port`` (None: the next free one) of ``frontend_ip`` (None: this node's
+        first), store the route, serve it. ``route_id``: store it under an id another node
+        reserved (cluster provisioning). A route for an IP this node does not serve is the
+        placement's: another node binds it."""
+        ip = frontend_ip or self.placement.default_ip()
+        if not self.placement.serves(ip):
+            return await self.placement.create_elsewhere(
+                app, ip, port, settings, reserved=route_id is not None
+            )
+        async with self._lock:
+            port, sock = await self._bind(ip, port)
+            try:
+                route = await self.placement.store_created(app, route_id, ip, port, settings)
+            except BaseException:
+                sock.close()  # the store refused (a conflict, unreachable): nothing is left
+                raise
+            await self.plane.serve(route, sock)
+            # Backends of other routes pointing at the new address are refused now: their
+            # probes stop too.
+            await self._applied(route.key, route, {route.key, *self.plane.backends_on(port)})
+        return route
+
+    async def _bind(self, ip: str, port: int | None) -> tuple[int, socket.socket]:
+        used = await self.store.ports_in_use(ip)
+        if port is not None:
+            if port in used:
+                raise Conflict(f"port {port} of {ip} is already used by another route")
+            try:
+                return port, self.plane.bind(ip, port)
+            except OSError as err:
+                raise Conflict(f"port {port} of {ip} cannot be bound: {err.strerror}") from None
+        lo, hi = self.settings.port_range
+        cursor = await self.store.get_port_cursor(ip)
+        for candidate in ports.candidates(lo, hi, lo if cursor is None else cursor, used):
+            try:
+                sock = self.plane.bind(ip, candidate)
+            except OSError as err:
+                if is_address_taken(err):
+                    continue
+                raise
+            try:
+                await self.store.set_port_cursor(ip, ports.next_cursor(lo, hi, candidate))
+            except BaseException:
+                sock.close()  # the store refused (unreachable, another epoch): no leak
+                raise
+            return candidate, sock
+        raise Conflict(f"no free port left in {lo}-{hi} on {ip}")
+
+    # -- changes: store, then apply --------------------------------------------------------
+
+    async def update_route(
+        self, key: RouteKey, edit: Callable[[RouteSettings], RouteSettings]
+    ) -> Route:
+        """Store ``edit`` of the route's settings (read and written under the lock)."""
+
+        async def write() -> Route:
+            route = await self.store.get_route(*key)
+            return await self.store.update_route(*key, edit(route.settings))
+
+        return await self._change(key, write)
+
+    async def delete_route(self, key: RouteKey) -> None:
+        await self._change(key, lambda: self.store.delete_route(*key))
+
+    async def add_backend(
+        self, key: RouteKey, backend: Backend, limit: int | None = None
+    ) -> Backend:
+        """Attach ``backend`` (its id is ignored) if the policy allows its address, and the
+        route has fewer than ``limit`` backends (counted under the lock). The store refuses
+        an address another backend of the route has (DuplicateBackend), in the same write."""
+        await check_backend(self.plane.refusal, backend.ip, backend.port)
+
+        async def write() -> Backend:
+            if limit is not None:
+                route = await self.store.get_route(*key)
+                if len(route.backends) >= limit:
+                    raise Conflict(
+                        f"route {route.id} of app {route.app!r} has {len(route.backends)} "
+                        f"backends, the most --max-backends-per-route ({limit}) allows: "
+                        "delete one first"
+                    )
+            return await self.store.add_backend(*key, backend)
+
+        return await self._change(key, write)
+
+    async def update_backend(
+        self, key: RouteKey, backend_id: int, edit: Callable[[Backend], Backend]
+    ) -> Backend:
+        """Store ``edit`` of the backend (read and written under the lock), if the policy
+        allows its address and no other backend of the route has it (DuplicateBackend,
+        from the store)."""
+        wanted = edit(_backend(await self.store.get_route(*key), backend_id))
+        await check_backend(self.plane.refusal, wanted.ip, wanted.port)
+
+        async def write() -> Backend:
+            changed = edit(_backend(await self.store.get_route(*key), backend_id))
+            if (changed.ip, changed.port) != (wanted.ip, wanted.port):
+                # Another write moved it meanwhile: judged again (rare: under the lock).
+                await check_backend(self.plane.refusal, changed.ip, changed.port)
+            return await self.store.update_backend(*key, changed)
+
+        return await self._change(key, write)
+
+    async def delete_backend(self, key: RouteKey, backend_id: int) -> None:
+        await self._change(key, lambda: self.store.delete_backend(*key, backend_id))
+
+    async def _change(self, key: RouteKey, write: Callable[[], Awaitable[T]]) -> T:
+        """Store-then-apply: ``write``, then the route as stored applied, under the lock;
+        then the node that serves it, if another, told."""
+        async with self._lock:
+            result = await write()
+            route = await self._apply(key)
+        await self.placement.announce(key, route)
+        return result
+
+    # -- following the store -------------------------------------------------------------
+
+    async def sync(self, key: RouteKey, *, publish: bool = True) -> None:
+        """Apply one stored route now; ``publish``: and tell the node that serves it, if
+        that is another one (not when told by another node)."""
+        async with self._lock:
+            route = await self._apply(key)
+        if publish:
+            await self.placement.announce(key, route)
+
+    async def resync(self) -> None:
+        """Make every listener match the store."""
+        async with self._lock:
+            try:
+                routes = await self.store.all_routes()
+            except Unavailable as err:
+                # The store cannot say (unreachable, or a Redis without this node's epoch):
+                # serve on what is known, minus the frontend IPs no longer held. An epoch
+                # mismatch is the cluster's to report (/healthz), not a failure.
+                await self._serve_known()
+                if isinstance(err, EpochMismatch):
+                    self.placement.store_refused(err)
+                    return
+                raise
+            desired = {r.key: r for r in routes if self.placement.serves(r.frontend_ip)}
+            await self._serve_all(desired)
+            await self.known.remember(desired, [k for k in self.known.routes if k not in desired])
+        self.placement.resynced(list(self.plane.running()))
+
+    async def serve_known(self) -> None:
+        """Serve the routes known (the snapshot's, at a start without Redis) of the IPs this
+        node serves."""
+        async with self._lock:
+            await self._serve_known()
+
+    async def api_listening(self, address: tuple[str, int]) -> None:
+        """The node's API listens on ``address``: one of the node's own addresses from now
+        on, so stored backends pointing at it (checked before it existed) are refused, in
+        the relays and in the probes, here and in the workers."""
+        self.api_address = address
+        async with self._lock:
+            self.plane.api_listening(address)
+            self.workers.api_listening(address)
+            await self.probes.sync(self.plane.backends_on(address[1]))
+
+    async def _apply(self, key: RouteKey) -> Route | None:
+        """Serve ``key`` as stored now (under the lock); the route, None if not stored."""
+        try:
+            route: Route | None = await self.store.get_route(*key)
+        except NotFound:
+            route = None
+        except EpochMismatch as err:
+            self.placement.store_refused(err)
+            raise
+        wanted = route if route is not None and self.placement.serves(route.frontend_ip) else None
+        current = self.plane.running().get(key)
+        await self.plane.apply({} if wanted is None else {key: wanted}, (key,))
+        # A route stopped or moved frees its address: backends pointing at it may be probed
+        # again.
+        freed = self.plane.backends_on(current.port) if current is not None else set()
+        await self._applied(key, wanted, {key, *freed})
+        return route
+
+    async def _applied(
+        self, key: RouteKey, wanted: Route | None, probed: Collection[RouteKey]
+    ) -> None:
+        """After ``key`` changed in the data plane (``wanted``: what this node should serve
+        of it): its probes (and those of ``probed``), the workers (answering once they
+        applied it too) and the known routes follow."""
+        await self.probes.sync(probed)
+        # Under the lock, so the workers see changes in this process's order; what this
+        # process serves (a port it could not bind is not the workers' either).
+        self.workers.route(key, self.plane.running().get(key))
+        await self.workers.settle()
+        if wanted is None:
+            await self.known.remember({}, [key])
+        else:
+            await self.known.remember({key: wanted}, [])
+
+    async def _serve_known(self) -> None:
+        await self._serve_all(
+            {k: r for k, r in self.known.routes.items() if self.placement.serves(r.frontend_ip)}
+        )
+
+    async def _serve_all(self, desired: Mapping[RouteKey, Route]) -> None:
+        await self.plane.apply(desired)
+        await self.probes.sync()
+        self.workers.routes(self.plane.running())
+        await self.workers.settle()
+
+    # -- the cluster's operator writes ---------------------------------------------------
+
+    async def reseed(self) -> tuple[bool, dict[str, Any]]:
+        """Write the routes this node knows (its snapshot) back into a Redis that lost them
+        or holds another epoch; (whether the node follows Redis again, the report)."""
+        async with self._lock:
+            report = await self.placement.reseed(self.known)
+        done = not report["conflicts"]
+        if done:
+            await self.resync()
+        return done, report
+
+    async def adopt(self) -> dict[str, Any]:
+        """Follow Redis's state as it is, giving up the routes it does not have."""
+        async with self._lock:
+            report = await self.placement.adopt()
+        await self.resync()
+        report["routes"] = len(self.plane.running())
+        return report
+
+    # -- what the cluster asks besides (cluster.Controller) --------------------------------
+
+    def protects(self) -> bool:
+        return bool(self.known.routes) or bool(self.plane.running())
+
+    def served(self) -> Collection[RouteKey]:
+        return list(self.plane.running())
+
+    def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]:
+        # Health as this process probes it, which the cluster writes for other nodes.
+        return self.plane.backend_status(key)
+
+    async def epoch_changed(self, epoch: str) -> None:
+        await self.known.epoch_changed(epoch)
+
+
+def _backend(route: Route, backend_id: int) -> Backend:
+    backend = route.backend(backend_id)
+    if backend is None:
+        raise NotFound(f"backend {backend_id} of route {route.id} of app {route.app!r} not found")
+    return backend

@@ -1,0 +1,162 @@
+"""One process's data plane, built the same way in the node's process and in each worker.
+
+A ``DataPlane`` is the listeners of the routes a process serves (``proxy.ProxyManager``)
+under the backend address policy. The policy needs the process's own addresses (its
+listeners and the node's API: a route must never relay into restcp itself), so the plane
+keeps the API's address once it is known. The node's process and a worker differ only in
+how a port is bound: the node's binds it first, exclusively, and lets workers join it with
+SO_REUSEPORT (``share``); a worker joins (``join``).
+
+It is also where a process's counters are read (``counts``): the node adds its workers'
+counts to its own, and a worker sends its own to the node, as the same ``RouteCounts``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import socket
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from restcp.core.policy import DEFAULT_DENY, AddressPolicy, parse_networks
+from restcp.core.reconcile import diff
+from restcp.model import BackendStatus, Route, RouteKey, is_host_name
+from restcp.proxy.listener import bind
+from restcp.proxy.manager import ProxyManager
+from restcp.proxy.runtime import RouteRuntime
+from restcp.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class BackendCounts:
+    """One backend's counters in one process (or summed over several)."""
+
+    connections: int = 0
+    active: int = 0
+    bytes_in: int = 0  # client -> backend
+    bytes_out: int = 0  # backend -> client
+    connect_failures: int = 0
+
+    def __add__(self, other: BackendCounts) -> BackendCounts:
+        return BackendCounts(
+            self.connections + other.connections,
+            self.active + other.active,
+            self.bytes_in + other.bytes_in,
+            self.bytes_out + other.bytes_out,
+            self.connect_failures + other.connect_failures,
+        )
+
+    def ended(self) -> BackendCounts:
+        """As counted once its process is gone: totals kept, no connection open."""
+        return dataclasses.replace(self, active=0)
+
+
+@dataclass(slots=True)
+class RouteCounts:
+    """One route's counters: clients refused, by reason, and its backends', by id."""
+
+    refused: dict[str, int] = field(default_factory=dict)
+    backends: dict[int, BackendCounts] = field(default_factory=dict)
+
+    def __add__(self, other: RouteCounts) -> RouteCounts:
+        refused = dict(self.refused)
+        for reason, n in other.refused.items():
+            refused[reason] = refused.get(reason, 0) + n
+        backends = dict(self.backends)
+        for backend_id, counts in other.backends.items():
+            had = backends.get(backend_id)
+            backends[backend_id] = counts if had is None else had + counts
+        return RouteCounts(refused, backends)
+
+    def backend(self, backend_id: int) -> BackendCounts:
+        return self.backends.get(backend_id) or BackendCounts()
+
+    def ended(self) -> RouteCounts:
+        return RouteCounts(dict(self.refused), {b: c.ended() for b, c in self.backends.items()})
+
+
+class DataPlane:
+    """A process's listeners under the backend address policy; see the module's docstring."""
+
+    def __init__(self, settings: Settings, *, share: bool = False, join: bool = False) -> None:
+        self.policy = AddressPolicy(
+            allow=parse_networks(settings.backend_allow),
+            deny=parse_networks((*DEFAULT_DENY, *settings.backend_deny)),
+        )
+        self._bind = functools.partial(bind, share=share, join=join)
+        self.proxy = ProxyManager(
+            max_connections=settings.max_connections,
+            max_connections_per_app=settings.max_connections_per_app,
+            backend_refusal=self.refusal,
+            binder=self._bind,
+        )
+        self.api_address: tuple[str, int] | None = None
+
+    def bind(self, ip: str, port: int) -> socket.socket:
+        """A listening socket for a new route, bound as this process binds them."""
+        return self._bind(ip, port)
+
+    def refusal(self, ip: str, port: int) -> str | None:
+        """Why the policy refuses ``ip:port`` as a backend, or None. The process's own
+        addresses change as routes come and go, so this is asked at every connect and
+        probe, not once."""
+        if is_host_name(ip):
+            return None  # judged address by address at every connect and probe
+        own = [(ip, port) for ip in self.proxy.frontends_on(port)]
+        if self.api_address is not None:
+            own.append(self.api_address)
+        return self.policy.refusal(ip, port, own)
+
+    def api_listening(self, address: tuple[str, int]) -> None:
+        """The node's API listens on ``address`` from now on: backends pointing at it,
+        stored before it existed, are refused from now on."""
+        self.api_address = address
+        self.proxy.recheck_backends(address[1])
+
+    def running(self) -> Mapping[RouteKey, Route]:
+        return self.proxy.running()
+
+    def runtime(self, key: RouteKey) -> RouteRuntime | None:
+        return self.proxy.runtime(key)
+
+    def backends_on(self, port: int) -> set[RouteKey]:
+        """The served routes with a backend on ``port``: the policy may judge them anew."""
+        return self.proxy.backends_on(port)
+
+    def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]:
+        return self.proxy.backend_status(key)
+
+    async def serve(self, route: Route, sock: socket.socket) -> None:
+        await self.proxy.serve(route, sock)
+
+    async def apply(
+        self, desired: Mapping[RouteKey, Route], only: Collection[RouteKey] | None = None
+    ) -> None:
+        """Serve exactly ``desired``: of every route, or (``only``) of those routes alone."""
+        running: Mapping[RouteKey, Route] = self.proxy.running()
+        if only is not None:
+            running = {key: running[key] for key in only if key in running}
+            desired = {key: desired[key] for key in only if key in desired}
+        await self.proxy.apply(diff(desired, running))
+
+    def counts(self, key: RouteKey) -> RouteCounts | None:
+        """The counters of a route served here, open connections' bytes included."""
+        runtime = self.proxy.runtime(key)
+        if runtime is None:
+            return None
+        live: dict[int, tuple[int, int]] = {}
+        for backend_id, up, down in runtime.live_bytes():
+            had_up, had_down = live.get(backend_id, (0, 0))
+            live[backend_id] = (had_up + up, had_down + down)
+        backends = {}
+        for m in runtime.members.values():
+            up, down = live.get(m.id, (0, 0))
+            backends[m.id] = BackendCounts(
+                m.connections, m.active, m.bytes_in + up, m.bytes_out + down, m.connect_failures
+            )
+        return RouteCounts(dict(runtime.refused), backends)
+
+    async def shutdown(self, drain_timeout: float) -> None:
+        """Stop accepting, let connections finish up to ``drain_timeout``, then reset them."""
+        await self.proxy.shutdown(drain_timeout)

@@ -1,0 +1,275 @@
+"""What the nodes sharing a Redis store need to work together: the Coordination protocol
+that restcp.cluster declares (cluster/coordination.py) — pub/sub, leases, route ids
+reserved for another node, the node registry, the epoch, the reseed and backend health.
+
+None of it is the desired state except what ``restore_route`` and ``create_reserved_route``
+write, which the same scripts' checks keep as consistent as the Store's writes. Channel names
+are given and returned without the prefix, which they carry in Redis like every key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any, cast
+
+from restcp.errors import Conflict, EpochMismatch, Unavailable
+from restcp.model import Route, RouteSettings
+from restcp.store.codec import dump_backend_settings, dump_route_settings
+from restcp.store.redis import scripts
+from restcp.store.redis.connection import RedisConnection
+from restcp.store.redis.keys import address_taken, app_segment, describe_member
+from restcp.store.redis.pubsub import Subscription
+
+_ADDRESS_USED = "its address is used by route "
+
+
+class RedisCoordination:
+    """The coordination half of the Redis store, on the store's connection."""
+
+    def __init__(self, connection: RedisConnection) -> None:
+        self._connection = connection
+        self._keys = connection.keys
+        self._run = connection.run
+        self._client = connection.client
+
+    # -- pub/sub ---------------------------------------------------------------------------
+
+    async def publish(self, channel: str, message: str) -> int:
+        """Send ``message``; the number of subscriptions that received it (0: nobody
+        listens, and the message is gone)."""
+        with self._connection.reachable():
+            receivers = await cast(Any, self._client.publish(self._keys.channel(channel), message))
+        return int(receivers)
+
+    async def subscribers(self, channel: str) -> int:
+        with self._connection.reachable():
+            counts = await cast(Any, self._client.pubsub_numsub(self._keys.channel(channel)))
+        return sum(int(n) for _, n in counts)
+
+    async def channels(self, pattern: str) -> list[str]:
+        """The channels matching the glob ``pattern`` that someone is subscribed to."""
+        prefix = self._keys.prefix
+        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+        with self._connection.reachable():
+            names = await cast(Any, self._client.pubsub_channels(escaped + pattern))
+        return sorted(str(name).removeprefix(prefix) for name in names)
+
+    def subscription(self) -> Subscription:
+        """A new pub/sub connection, subscribed to nothing yet."""
+        return Subscription(self._connection)
+
+    async def request(
+        self, channel: str, message: str, reply_channel: str, within: float
+    ) -> tuple[int, str | None]:
+        """Publish ``message`` and wait up to ``within`` seconds for one message on
+        ``reply_channel``, subscribed before publishing so that no reply can come too early.
+        (receivers, reply or None); after a delivered request a lost connection is a
+        missing reply, not an error: the request may be acted on all the same."""
+        subscription = self.subscription()
+        try:
+            await subscription.subscribe([reply_channel])
+            receivers = await self.publish(channel, message)
+            if receivers == 0:
+                return 0, None
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + within
+            try:
+                while (left := deadline - loop.time()) > 0:
+                    got = await subscription.get(left)
+                    if got is not None and got[0] == reply_channel:
+                        return receivers, got[1]
+            except Unavailable:
+                pass
+            return receivers, None
+        finally:
+            await subscription.close()
+
+    # -- leases and the node registry ------------------------------------------------------
+
+    async def acquire_lease(self, ip: str, holder: str, ttl: float) -> tuple[int, str, float]:
+        """Renew ``holder``'s lease of ``ip``, or take it if it is free, for ``ttl`` seconds.
+        (2 acquired, 1 renewed, 0 held by another; the holder; seconds left of another's)."""
+        state, current, left_ms = await self._run(
+            scripts.ACQUIRE_LEASE, [self._keys.lease(ip)], [holder, max(1, round(ttl * 1000))]
+        )
+        return int(state), str(current), max(0, int(left_ms)) / 1000
+
+    async def release_lease(self, ip: str, holder: str) -> bool:
+        return bool(await self._run(scripts.RELEASE_LEASE, [self._keys.lease(ip)], [holder]))
+
+    async def lease_holders(self, ips: Sequence[str]) -> dict[str, tuple[str, float]]:
+        """ip -> (holder, seconds left) of the leases that exist."""
+        if not ips:
+            return {}
+        with self._connection.reachable():
+            async with self._client.pipeline(transaction=True) as pipe:
+                for ip in ips:
+                    pipe.get(self._keys.lease(ip))
+                    pipe.pttl(self._keys.lease(ip))
+                replies = await pipe.execute()
+        return {
+            ip: (str(holder), max(0, int(left)) / 1000)
+            for ip, holder, left in zip(ips, replies[0::2], replies[1::2], strict=True)
+            if holder is not None
+        }
+
+    async def put_node(self, node_id: str, record: dict[str, Any], ttl: float) -> None:
+        """Register (or refresh) a node for ``GET /nodes``; it vanishes ``ttl`` seconds after
+        its last refresh."""
+        await self._run(
+            scripts.PUT_NODE,
+            [self._keys.nodes, self._keys.node(node_id)],
+            [node_id, json.dumps(record), max(1, round(ttl * 1000))],
+        )
+
+    async def drop_node(self, node_id: str) -> None:
+        with self._connection.reachable():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(self._keys.node(node_id))
+                pipe.srem(self._keys.nodes, node_id)
+                await pipe.execute()
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        records = await self._run(scripts.LIST_NODES, [self._keys.nodes], [self._keys.prefix])
+        return [json.loads(record) for record in records]
+
+    async def routes_per_ip(self, ips: Sequence[str]) -> dict[str, int]:
+        if not ips:
+            return {}
+        with self._connection.reachable():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for ip in ips:
+                    pipe.scard(self._keys.ip_routes(ip))
+                counts = await pipe.execute()
+        return {ip: int(n) for ip, n in zip(ips, counts, strict=True)}
+
+    # -- routes provisioned for another node -------------------------------------------------
+
+    async def reserve_route_id(self, app: str) -> int:
+        """Give out the app's next route id for a route another node will store
+        (``create_reserved_route``); an id whose route is never stored stays unused."""
+        return int(await self._run(scripts.RESERVE_ROUTE_ID, [self._keys.route_counter(app)], []))
+
+    async def create_reserved_route(
+        self,
+        app: str,
+        route_id: int,
+        frontend_ip: str,
+        port: int,
+        settings: RouteSettings,
+        holder: str,
+    ) -> Route:
+        """``create_route`` under a reserved id, if ``holder`` holds the lease of the IP."""
+        k = self._keys
+        status, value = await self._run(
+            scripts.CREATE_RESERVED_ROUTE,
+            [*k.route_indexes(app, frontend_ip), k.route(app, route_id), k.lease(frontend_ip)],
+            [
+                k.prefix,
+                app_segment(app),
+                frontend_ip,
+                port,
+                dump_route_settings(settings),
+                route_id,
+                holder,
+            ],
+        )
+        if status == 0:
+            raise address_taken(frontend_ip, port, str(value))
+        if status == -1:
+            raise Unavailable(
+                f"this node no longer holds the lease of {frontend_ip} "
+                f"(held by {value or 'nobody'})"
+            )
+        if status == -2:
+            raise Conflict(f"route {route_id} of app {app!r} was not reserved or exists already")
+        return Route(app, route_id, frontend_ip, port, settings)
+
+    # -- the epoch, reseed and health (docs/cluster.md) ---------------------------------------
+
+    def expect_epoch(self, epoch: str | None) -> None:
+        """From now on every read and write of the desired state runs only while Redis holds
+        ``epoch``, and raises EpochMismatch otherwise (None: no check)."""
+        self._connection.epoch = epoch
+
+    async def get_epoch(self) -> str | None:
+        with self._connection.reachable():
+            epoch = await cast(Any, self._client.get(self._keys.epoch))
+        return None if epoch is None else str(epoch)
+
+    async def claim_epoch(self, candidate: str) -> str:
+        """Store ``candidate`` as the epoch if Redis has none (SETNX); the epoch stored."""
+        return str(await self._run(scripts.CLAIM_EPOCH, [self._keys.epoch], [candidate]))
+
+    async def restore_route(
+        self, route: Route, epoch: str, route_counter: int = 0, backend_counter: int = 0
+    ) -> tuple[str, str]:
+        """Write ``route`` with its ids, port and backends if Redis holds ``epoch`` and no
+        other content under its id or address; raise the counters to at least the ids (and
+        the given counters). ("written" | "unchanged" | "conflict", why)."""
+        k = self._keys
+        app, route_id = route.app, route.id
+        args: list[str | int] = [
+            k.prefix,
+            app_segment(app),
+            route_id,
+            route.frontend_ip,
+            route.port,
+            dump_route_settings(route.settings),
+            max(route_counter, route_id),
+            max([backend_counter, *(b.id for b in route.backends)]),
+            epoch,
+        ]
+        for backend in route.backends:
+            args += [backend.id, backend.ip, backend.port, dump_backend_settings(backend)]
+        status, detail = await self._run(
+            scripts.RESTORE_ROUTE,
+            [
+                *k.route_indexes(app, route.frontend_ip),
+                k.route(app, route_id),
+                k.backend_counter(app, route_id),
+                k.backends(app, route_id),
+                k.epoch,
+            ],
+            args,
+        )
+        status = int(status)
+        if status == -1:
+            raise EpochMismatch(epoch, str(detail) or None)
+        if status == 0:
+            why = str(detail)
+            if why.startswith(_ADDRESS_USED):
+                why = "its address is used by " + describe_member(why.removeprefix(_ADDRESS_USED))
+            return "conflict", why
+        return ("written" if status == 1 else "unchanged"), ""
+
+    async def put_backend_health(
+        self, app: str, route_id: int, live: Sequence[int], dead: Sequence[int]
+    ) -> bool:
+        """Replace the route's ``backends_live`` and ``backends_dead`` lists; False if the
+        route is not stored (nothing written)."""
+        k = self._keys
+        written = await self._run(
+            scripts.PUT_HEALTH,
+            [
+                k.route(app, route_id),
+                k.backends(app, route_id),
+                k.backends_live(app, route_id),
+                k.backends_dead(app, route_id),
+            ],
+            [len(live), len(dead), *live, *dead],
+        )
+        return bool(written)
+
+    async def backend_health(self, app: str, route_id: int) -> dict[int, str]:
+        """backend id -> "up" or "down", as the route's serving node last wrote them."""
+        k = self._keys
+        with self._connection.reachable():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.lrange(k.backends_live(app, route_id), 0, -1)
+                pipe.lrange(k.backends_dead(app, route_id), 0, -1)
+                live, dead = await pipe.execute()
+        health = {int(b): "down" for b in dead}
+        health.update({int(b): "up" for b in live})
+        return health
