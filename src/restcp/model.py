@@ -23,6 +23,19 @@ Health = Literal["unknown", "up", "down"]
 # A route's splice setting: False never, True for every connection from its connect,
 # "auto" once a connection moves bulk (proxy/connection.py).
 SpliceMode = bool | Literal["auto"]
+# Faults on demand (core/toxics.py has each type's attributes, units and defaults).
+ToxicType = Literal[
+    "latency",
+    "bandwidth",
+    "slow_close",
+    "timeout",
+    "reset_peer",
+    "slicer",
+    "limit_data",
+    "limit_time",
+]
+# upstream: client -> backend; downstream: backend -> client (toxiproxy's words).
+Stream = Literal["upstream", "downstream"]
 
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_IDLE_TIMEOUT: Final = 3600.0
@@ -95,8 +108,40 @@ class RouteSettings:
     # every connection, from its connect; "auto": a connection once a read of it is bulk
     # (chatty and idle ones cost what they cost without splice: the default).
     splice: SpliceMode = "auto"
+    # False: the port refuses new clients and open connections are closed (toxiproxy's
+    # "down"); True again serves on the same port.
+    enabled: bool = True
+    # The seed of the route's random draws (toxicity, jitter, slicer sizes); None: the
+    # node's --seed, or a random one when that is not set either.
+    seed: int | None = None
 
     def replace(self, **changes: object) -> RouteSettings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Toxic:
+    """A fault applied to a route's connections, in one direction (``stream``).
+
+    ``attributes`` holds every attribute of the type (core.toxics.SPECS), defaults filled
+    in, as sorted (name, value) pairs, so that equal toxics compare equal. ``toxicity`` is
+    the chance that a connection meets it, drawn once per connection; ``clients`` (CIDR
+    networks, canonical) limits it to connections from those addresses (empty: all)."""
+
+    name: str
+    type: ToxicType
+    stream: Stream = "downstream"
+    toxicity: float = 1.0
+    attributes: tuple[tuple[str, int], ...] = ()
+    clients: tuple[str, ...] = ()
+
+    def attribute(self, name: str) -> int:
+        for key, value in self.attributes:
+            if key == name:
+                return value
+        raise KeyError(name)
+
+    def replace(self, **changes: object) -> Toxic:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
@@ -110,6 +155,8 @@ class Route:
     port: int
     settings: RouteSettings = field(default_factory=RouteSettings)
     backends: tuple[Backend, ...] = ()
+    # In the order they were added: a connection's bytes pass them in that order.
+    toxics: tuple[Toxic, ...] = ()
 
     @property
     def key(self) -> RouteKey:
@@ -123,6 +170,12 @@ class Route:
         for backend in self.backends:
             if backend.id == backend_id:
                 return backend
+        return None
+
+    def toxic(self, name: str) -> Toxic | None:
+        for toxic in self.toxics:
+            if toxic.name == name:
+                return toxic
         return None
 
 
