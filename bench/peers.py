@@ -7,7 +7,9 @@ Proxies (on the proxy core, started fresh for every measurement so none inherits
 workload's memory or warm-up): none (the client talks to the backend directly: the limit),
 HAProxy ``mode tcp`` with ``nbthread 1``, the same with splice, nginx ``stream`` with one
 worker, and restcp as a user runs it (``uv run restcp serve`` with a ``memory://`` store, a
-route created and a backend attached through its API), also with the route's ``splice`` on.
+route created and a backend attached through its API): with the route's default
+(``"splice": "auto"``), with ``splice`` true (every connection spliced) and false (the
+event loop's transports only).
 
 Every config is rendered here and kept on the result so the report can print it verbatim.
 """
@@ -267,18 +269,22 @@ def api(method: str, url: str, body: dict[str, object] | None = None) -> dict[st
         return answer
 
 
-def _restcp(splice: bool) -> Callable[[Backend, Path, Path], RunningProxy]:
-    """restcp with one route; ``splice``: the route relays with os.splice (``"splice": true``),
-    as HAProxy's splice options do."""
-    name = "restcp-splice" if splice else "restcp"
+def _restcp(
+    name: str, splice: bool | str | None = None
+) -> Callable[[Backend, Path, Path], RunningProxy]:
+    """restcp with one route; ``splice`` is the route's setting (None: its default): true
+    relays every connection with os.splice, as HAProxy's splice options do; "auto" a
+    connection once it moves bulk."""
 
     def start_it(backend: Backend, work: Path, log_dir: Path) -> RunningProxy:
         proc = start_restcp(name, "memory://", log_dir)
         base = api_base(proc.wait_line(30))
         listen = free_port()
-        body: dict[str, object] = {"port": listen, **({"splice": True} if splice else {})}
+        body: dict[str, object] = {"port": listen}
+        if splice is not None:
+            body["splice"] = splice
         route = api("PUT", f"{base}apps/bench/routes", body)
-        if route.get("port") != listen or route.get("splice", False) != splice:
+        if route.get("port") != listen or (splice is not None and route.get("splice") != splice):
             raise BenchError(f"restcp created {route} instead of a route like {body}")
         api(
             "PUT",
@@ -301,8 +307,9 @@ PROXIES: dict[str, Callable[[Backend, Path, Path], RunningProxy]] = {
     "haproxy": _haproxy(splice=False),
     "haproxy-splice": _haproxy(splice=True),
     "nginx": _nginx,
-    "restcp": _restcp(splice=False),
-    "restcp-splice": _restcp(splice=True),
+    "restcp": _restcp("restcp"),
+    "restcp-splice": _restcp("restcp-splice", splice=True),
+    "restcp-copy": _restcp("restcp-copy", splice=False),
 }
 
 

@@ -10,6 +10,7 @@ import os
 import resource
 import signal
 import socket
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -117,6 +118,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise ValueError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
 def _lease_ttl(text: str) -> float:
     # Renewed at a third of it: below 0.1 s the renewals alone would keep Redis busy.
     value = _seconds(text)
@@ -200,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--api are always allowed; repeatable (RESTCP_API_ALLOWED_HOST, comma-separated)",
     )
     serve.add_argument(
+        "--api-request-timeout",
+        type=_arg(_positive_seconds, "--api-request-timeout"),
+        default=_env("API_REQUEST_TIMEOUT", "30"),
+        metavar="SECONDS",
+        help="how long an API client may take to send a request's head (from connecting, or "
+        "from the previous answer), and as long again for its body; an idle kept-alive "
+        "connection is closed after it (RESTCP_API_REQUEST_TIMEOUT; %(default)s)",
+    )
+    serve.add_argument(
         "--max-routes-per-app",
         type=_arg(_positive, "--max-routes-per-app"),
         default=_env("MAX_ROUTES_PER_APP", "1000"),
@@ -219,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--store",
         default=_env("STORE", "sqlite:///restcp.db"),
         metavar="URL",
-        help="sqlite:///PATH (relative), sqlite:////PATH (absolute) or memory:// "
-        "(RESTCP_STORE; %(default)s)",
+        help="sqlite:///PATH (relative), sqlite:////PATH (absolute), memory://, or "
+        "redis://HOST:PORT/DB for a cluster of nodes (also rediss://, redis+sentinel://; "
+        "docs/cluster.md) (RESTCP_STORE; %(default)s)",
     )
     serve.add_argument(
         "--frontend-ip",
@@ -361,15 +379,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("LOOP", "auto").lower(),
         help="event loop: uvloop where installed (RESTCP_LOOP; %(default)s)",
     )
-    # Internal: a worker process of `restcp serve --workers N`, started by the main process
-    # (no help: not listed).
-    worker = commands.add_parser("_worker")
+    cluster_commands.add_commands(commands)
+    return parser
+
+
+# Internal: a worker process of `restcp serve --workers N`, started by the main process. Not
+# a command of the parser above, so that no usage message or error lists it.
+WORKER = "_worker"
+
+
+def _worker_parser() -> argparse.ArgumentParser:
+    worker = argparse.ArgumentParser(prog=f"restcp {WORKER}")
     worker.add_argument("index", type=int)
     worker.add_argument("channel", type=int)
     worker.add_argument("parent", type=int)
     worker.add_argument("loop", choices=("auto", *LOOPS))
-    cluster_commands.add_commands(commands)
-    return parser
+    return worker
 
 
 def _check_choices(args: argparse.Namespace) -> None:
@@ -401,6 +426,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         metrics_token_file=_token_file(args, "metrics"),
         insecure=insecure,
         api_allowed_hosts=tuple(dict.fromkeys([*filter(None, [api_name]), *allowed_hosts])),
+        api_request_timeout=args.api_request_timeout,
         max_routes_per_app=args.max_routes_per_app,
         max_backends_per_route=args.max_backends_per_route,
         workers=args.workers,
@@ -489,6 +515,12 @@ def _runner(name: str) -> Callable[[Coroutine[Any, Any, None]], None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [WORKER]:
+        from restcp import workers
+
+        args = _worker_parser().parse_args(argv[1:])
+        return workers.main(args.index, args.channel, args.parent, _runner(args.loop))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -499,10 +531,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
     if args.command == "cluster":
         return cluster_commands.run(args)
-    if args.command == "_worker":
-        from restcp import workers
-
-        return workers.main(args.index, args.channel, args.parent, _runner(args.loop))
     # With workers, every process's lines carry its index (this one is 0).
     logs.configure(settings.log_level, settings.log_format, 0 if settings.workers > 1 else None)
     log = logging.getLogger("restcp")

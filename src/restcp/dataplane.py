@@ -153,7 +153,7 @@ class DataPlane:
         for m in runtime.members.values():
             up, down = live.get(m.id, (0, 0))
             backends[m.id] = BackendCounts(
-                m.connections, m.active, m.bytes_in + up, m.bytes_out + down, m.connect_failures
+                m.connections, m.active, m.bytes_up + up, m.bytes_down + down, m.connect_failures
             )
         return RouteCounts(dict(runtime.refused), backends)
 

@@ -17,6 +17,19 @@ class Conflict(RestcpError):
     """The request clashes with the current state, e.g. a port already taken (409)."""
 
 
+class DuplicateBackend(Conflict):
+    """Another backend of the route has this address already (409): one address is one
+    backend, whose share of the clients is its ``weight``."""
+
+    def __init__(self, app: str, route_id: int, other_id: int, host: str, port: int) -> None:
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(
+            f"backend {other_id} of route {route_id} of app {app!r} is {address} already: "
+            f"change its weight to give it more clients"
+        )
+        self.other_id = other_id
+
+
 class InvalidSpec(RestcpError):
     """The request is well-formed JSON but asks for something impossible (422)."""
 

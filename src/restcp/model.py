@@ -20,6 +20,22 @@ ProxyProtocol = Literal["v1", "v2"]
 # A backend's own PROXY protocol setting: None follows the route, "none" turns it off.
 BackendProxyProtocol = Literal["v1", "v2", "none"]
 Health = Literal["unknown", "up", "down"]
+# A route's splice setting: False never, True for every connection from its connect,
+# "auto" once a connection moves bulk (proxy/connection.py).
+SpliceMode = bool | Literal["auto"]
+# Faults on demand (core/toxics.py has each type's attributes, units and defaults).
+ToxicType = Literal[
+    "latency",
+    "bandwidth",
+    "slow_close",
+    "timeout",
+    "reset_peer",
+    "slicer",
+    "limit_data",
+    "limit_time",
+]
+# upstream: client -> backend; downstream: backend -> client (toxiproxy's words).
+Stream = Literal["upstream", "downstream"]
 
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_IDLE_TIMEOUT: Final = 3600.0
@@ -87,12 +103,45 @@ class RouteSettings:
     passive_fall: int = 3
     # Without active checks, seconds until a passively downed backend is tried again.
     passive_cooldown: float = 10.0
-    # Once the backend is connected, relay with os.splice through pipes (proxy/splice.py):
-    # bulk bytes stay in the kernel, for less CPU per byte; each direction that is moving
-    # bulk holds a pipe.
-    splice: bool = False
+    # Relay with os.splice through kernel pipes (proxy/splice.py): bulk bytes stay in the
+    # kernel, for less CPU per byte; each direction that is moving bulk holds a pipe. True:
+    # every connection, from its connect; "auto": a connection once a read of it is bulk
+    # (chatty and idle ones cost what they cost without splice: the default).
+    splice: SpliceMode = "auto"
+    # False: the port refuses new clients and open connections are closed (toxiproxy's
+    # "down"); True again serves on the same port.
+    enabled: bool = True
+    # The seed of the route's random draws (toxicity, jitter, slicer sizes); None: the
+    # node's --seed, or a random one when that is not set either.
+    seed: int | None = None
 
     def replace(self, **changes: object) -> RouteSettings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Toxic:
+    """A fault applied to a route's connections, in one direction (``stream``).
+
+    ``attributes`` holds every attribute of the type (core.toxics.SPECS), defaults filled
+    in, as sorted (name, value) pairs, so that equal toxics compare equal. ``toxicity`` is
+    the chance that a connection meets it, drawn once per connection; ``clients`` (CIDR
+    networks, canonical) limits it to connections from those addresses (empty: all)."""
+
+    name: str
+    type: ToxicType
+    stream: Stream = "downstream"
+    toxicity: float = 1.0
+    attributes: tuple[tuple[str, int], ...] = ()
+    clients: tuple[str, ...] = ()
+
+    def attribute(self, name: str) -> int:
+        for key, value in self.attributes:
+            if key == name:
+                return value
+        raise KeyError(name)
+
+    def replace(self, **changes: object) -> Toxic:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
@@ -106,6 +155,8 @@ class Route:
     port: int
     settings: RouteSettings = field(default_factory=RouteSettings)
     backends: tuple[Backend, ...] = ()
+    # In the order they were added: a connection's bytes pass them in that order.
+    toxics: tuple[Toxic, ...] = ()
     # Bumped by every stored change of the route or its backends (a shared store's; 0 in an
     # embedded one): the node serving the route acknowledges the version it applied. Not
     # part of what a route is: two reads of one state compare equal whatever their version.
@@ -123,6 +174,12 @@ class Route:
         for backend in self.backends:
             if backend.id == backend_id:
                 return backend
+        return None
+
+    def toxic(self, name: str) -> Toxic | None:
+        for toxic in self.toxics:
+            if toxic.name == name:
+                return toxic
         return None
 
 
@@ -167,6 +224,16 @@ def format_host(ip: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplacedAddress:
+    """An address a backend had before it was replaced, with the connections to it that
+    are still open (they end there: a connection stays with the address it reached)."""
+
+    ip: str
+    port: int
+    active_connections: int
+
+
+@dataclass(frozen=True, slots=True)
 class BackendStatus:
     """What the node serving a route observes of one backend (read-only in the API)."""
 
@@ -174,4 +241,7 @@ class BackendStatus:
     # Wall-clock time (Unix seconds) and cause of the last health change.
     health_changed_at: float | None = None
     health_reason: str = ""
+    # Open connections to its current address.
     active_connections: int = 0
+    # Earlier addresses of it that still have open connections, until their last ends.
+    replaced: tuple[ReplacedAddress, ...] = ()

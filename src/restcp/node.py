@@ -28,6 +28,7 @@ from aiohttp import web
 
 from restcp.api.app import build_app
 from restcp.api.auth import ApiConfig
+from restcp.api.server import ApiRunner
 from restcp.control.known import KnownRoutes
 from restcp.control.placement import is_shared
 from restcp.control.probes import Probes
@@ -117,7 +118,7 @@ class Node:
         self._resync_task = asyncio.create_task(self._resync_forever())
         self.api_config = ApiConfig.from_settings(self.settings)
         api = build_app(self.store, self, self.api_config)
-        self._runner = web.AppRunner(api, access_log=None)
+        self._runner = ApiRunner(api, self.settings.api_request_timeout)
         await self._runner.setup()
         sock = bind(self.settings.api_host, self.settings.api_port)
         host, port = sock.getsockname()[:2]

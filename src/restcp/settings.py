@@ -56,6 +56,9 @@ class Settings:
     # Host names the API answers to besides its address and loopback names (the name given
     # in --api, --api-allowed-host); a browser's request for any other name is refused.
     api_allowed_hosts: tuple[str, ...] = ()
+    # Seconds an API client has to send a request's head (from connecting, or from the
+    # previous answer), and as long again for its body; an idle kept-alive connection closes.
+    api_request_timeout: float = 30.0
     max_routes_per_app: int = 1000
     max_backends_per_route: int = 100
     # Data-plane processes: 1 is this process alone; N > 1 adds N-1 workers that serve the

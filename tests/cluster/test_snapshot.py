@@ -152,11 +152,13 @@ def test_redis_restarted_empty_keeps_routes_serving_until_reseed_writes_them_bac
         start_node(A, "--lease-ttl", "1", "--resync-interval", "0.5", ready=False),
     )
     one, two = banner(b"one"), banner(b"two")
+    # A second address that answers "one": a route has one backend per address.
+    one_too = banner(b"one")
     first = create(a, "web", frontend_ip=C)
     second = create(c, "web", port=first["port"] + 1)
     for route in (first, second):
         attach(a, "web", route["id"], one.port)
-        attach(a, "web", route["id"], one.port)
+        attach(a, "web", route["id"], one_too.port)
     assert a.call("DELETE", f"/apps/web/routes/{first['id']}/backends/1").status == 204
     poll(lambda: fetch(C, first["port"]) == b"one", "C relays")
     epoch = raw_redis.get(f"{PREFIX}epoch")
@@ -224,10 +226,11 @@ def test_redis_restarted_empty_keeps_routes_serving_until_reseed_writes_them_bac
     # (A refused attempt may have reserved an id: ids of a cluster may have gaps.)
     assert made.status == 201, made
     assert made.json()["id"] >= 3, made
-    # And a later change through the other node applies on C.
+    # And a later change through the other node applies on C (backend 3 goes first: one
+    # address is one backend of a route).
+    assert settled(a, "DELETE", f"{backends}/3").status == 204
     body = {"ip": "127.0.0.1", "port": two.port}
     assert settled(a, "PUT", f"{backends}/2", body).status == 200
-    assert settled(a, "DELETE", f"{backends}/3").status == 204
     poll(lambda: fetch(C, first["port"]) == b"two", "C applies a change made through A")
 
     # Reseeding a node that follows Redis writes nothing: deleted routes stay deleted.

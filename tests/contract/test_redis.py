@@ -22,10 +22,10 @@ import redis
 from redis.asyncio import SSLConnection
 
 from restcp.cluster import Coordination, SharedStore
-from restcp.errors import Conflict, InvalidSpec, NotFound, Unavailable
+from restcp.errors import Conflict, DuplicateBackend, InvalidSpec, NotFound, Unavailable
 from restcp.model import Backend, Route, RouteSettings
 from restcp.store import AppInfo, Store, open_store
-from restcp.store.redis import RedisStore, RedisTarget, parse_url
+from restcp.store.redis import Keys, RedisStore, RedisTarget, parse_url
 from tests.contract.conftest import SyncStore
 from tests.redis_server import RedisServer, RedisServerMissing
 
@@ -170,8 +170,8 @@ def test_keys_types_and_values_are_as_documented(store: SyncStore, raw_redis: re
 def test_deletes_leave_only_what_outlives_routes(store: SyncStore, raw_redis: redis.Redis) -> None:
     store.create_route("web", IP, 10000, DEFAULT)
     store.create_route("web", IP6, 10001, DEFAULT)
-    for route_id in (1, 1, 2):
-        store.add_backend("web", route_id, Backend(0, IP, 9000))
+    for route_id, port in ((1, 9000), (1, 9001), (2, 9000)):
+        store.add_backend("web", route_id, Backend(0, IP, port))
     raw_redis.rpush("restcp:route:web:1:backends_live", 1, 2)
     raw_redis.rpush("restcp:route:web:1:backends_dead", 2)
     store.set_port_cursor(IP, 10001)
@@ -204,6 +204,11 @@ FAILING: list[tuple[str, Callable[[SyncStore], Any], type[Exception]]] = [
     ("token hash taken", lambda s: s.create_token("new", "ab" * 32, 1.0), Conflict),
     ("delete unknown token", lambda s: s.delete_token("web", 9), NotFound),
     ("delete revoked token", lambda s: s.delete_token("web", 1), NotFound),
+    (
+        "same address twice",
+        lambda s: s.add_backend("web", 1, Backend(0, IP, 9000)),
+        DuplicateBackend,
+    ),
 ]
 
 
@@ -253,6 +258,22 @@ def test_every_stored_change_of_a_route_bumps_its_version(store: SyncStore) -> N
     assert [r.version for r in store.list_routes("web")] == [5]
     # Versions are no part of what a route is: two reads of one state compare equal.
     assert store.get_route("web", 1) == dataclasses.replace(created, settings=ROUND_ROBIN)
+
+
+def test_a_pair_stored_before_the_one_address_rule_may_still_change(
+    store: SyncStore, raw_redis: redis.Redis
+) -> None:
+    store.create_route("web", IP, 10000, DEFAULT)
+    store.add_backend("web", 1, Backend(0, IP, 9000))
+    store.add_backend("web", 1, Backend(0, IP, 9001))
+    raw_redis.hset(Keys("restcp:").backend("web", 1, 2), "port", "9000")
+    assert store.update_backend("web", 1, Backend(2, IP, 9000, weight=5)).weight == 5
+    assert store.update_backend("web", 1, Backend(1, IP, 9000, state="drain")).state == "drain"
+    # Once one has moved, the rule holds for it.
+    store.update_backend("web", 1, Backend(1, IP, 9002))
+    with pytest.raises(DuplicateBackend):
+        store.update_backend("web", 1, Backend(1, IP, 9000))
+    assert [b.port for b in store.get_route("web", 1).backends] == [9002, 9000]
 
 
 def test_app_ids_with_key_separators_cannot_collide(store: SyncStore) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from restcp.errors import InvalidSpec
+from restcp.errors import DuplicateBackend, InvalidSpec
 from restcp.model import Backend, Route, RouteSettings
 from restcp.store import Store, open_store
 from tests.contract.conftest import SyncStore
@@ -48,8 +48,8 @@ def test_delete_route_leaves_no_backend_rows(
     store = open_url(f"sqlite:///{tmp_path}/x.db")
     store.create_route("a", IP, 10000, RouteSettings())
     store.create_route("a", IP, 10001, RouteSettings())
-    for route_id in (1, 1, 2):
-        store.add_backend("a", route_id, Backend(0, IP, 9000))
+    for route_id, port in ((1, 9000), (1, 9001), (2, 9000)):
+        store.add_backend("a", route_id, Backend(0, IP, port))
     store.delete_route("a", 1)
     assert raw(tmp_path / "x.db", "SELECT app, route_id, id FROM backends") == [("a", 2, 1)]
 
@@ -73,7 +73,7 @@ def test_two_stores_on_one_file_from_threads_never_report_locked(tmp_path: Path)
         ids = []
         for i in range(rounds):
             route = await store.create_route("shared", IP, 10000 + 2 * i + n, RouteSettings())
-            backend = await store.add_backend("shared", 1, Backend(0, IP, 9000 + n))
+            backend = await store.add_backend("shared", 1, Backend(0, IP, 9000 + 2 * i + n))
             await store.set_port_cursor(IP, i)
             assert (await store.get_route("shared", route.id)).port == route.port
             ids.append((route.id, backend.id))
@@ -134,3 +134,20 @@ def test_a_read_is_one_snapshot(tmp_path: Path, open_url: Callable[[str], SyncSt
     db.set_trace_callback(between)
     assert store.get_route("a", 1) == old
     assert store.get_route("a", 1) == new
+
+
+def test_a_pair_stored_before_the_one_address_rule_may_still_change(
+    tmp_path: Path, open_url: Callable[[str], SyncStore]
+) -> None:
+    store = open_url(f"sqlite:///{tmp_path}/x.db")
+    store.create_route("a", IP, 10000, RouteSettings())
+    store.add_backend("a", 1, Backend(0, IP, 9000))
+    store.add_backend("a", 1, Backend(0, IP, 9001))
+    raw(tmp_path / "x.db", "UPDATE backends SET port = 9000 WHERE id = 2")
+    assert store.update_backend("a", 1, Backend(2, IP, 9000, weight=5)).weight == 5
+    assert store.update_backend("a", 1, Backend(1, IP, 9000, state="drain")).state == "drain"
+    # Once one has moved, the rule holds for it.
+    store.update_backend("a", 1, Backend(1, IP, 9002))
+    with pytest.raises(DuplicateBackend):
+        store.update_backend("a", 1, Backend(1, IP, 9000))
+    assert [b.port for b in store.get_route("a", 1).backends] == [9002, 9000]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from restcp.errors import Conflict, NotFound
+from restcp.errors import Conflict, DuplicateBackend, NotFound
 from restcp.model import Backend, HealthCheck, Route, RouteSettings
 from restcp.store import AppInfo
 from tests.contract.conftest import SyncStore
@@ -189,6 +189,32 @@ def test_replace_backend_keeps_its_id_and_place(store: SyncStore) -> None:
     )
     # Not a delete and re-add: the counter did not move.
     assert store.add_backend("a", 1, Backend(0, IP, 9003)).id == 4
+
+
+def test_one_address_is_one_backend_of_a_route(store: SyncStore) -> None:
+    """Attaching, or replacing another backend with, an address the route has already is a
+    Conflict that changes nothing (the backend counter included); the same address on
+    another route, or a backend replaced by its own address, is fine."""
+    create(store, "a", 10000)
+    create(store, "a", 10001)
+    store.add_backend("a", 1, Backend(0, IP, 9000))
+    store.add_backend("a", 1, Backend(0, IP6, 9000, weight=2))
+    before = snapshot(store)
+    for attempt in (
+        lambda: store.add_backend("a", 1, Backend(0, IP, 9000, weight=3)),
+        lambda: store.add_backend("a", 1, Backend(0, IP6, 9000)),
+        lambda: store.update_backend("a", 1, Backend(2, IP, 9000)),
+        lambda: store.update_backend("a", 1, Backend(1, IP6, 9000, state="drain")),
+    ):
+        with pytest.raises(DuplicateBackend) as err:
+            attempt()
+        assert isinstance(err.value, Conflict)
+        assert snapshot(store) == before
+    assert store.update_backend("a", 1, Backend(1, IP, 9000, weight=5)).weight == 5
+    assert store.add_backend("a", 2, Backend(0, IP, 9000)).id == 1
+    assert store.add_backend("a", 1, Backend(0, IP, 9001)).id == 3
+    store.delete_backend("a", 1, 1)
+    assert store.update_backend("a", 1, Backend(3, IP, 9000)) == Backend(3, IP, 9000)
 
 
 def test_delete_route_cascades_to_its_backends_only(store: SyncStore) -> None:

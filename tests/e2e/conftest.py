@@ -32,7 +32,13 @@ def start_node() -> Iterator[StartNode]:
 
 
 # What a node observes of a backend rather than what is stored: it starts afresh on restart.
-STATUS_FIELDS = ("health", "health_changed_at", "health_reason", "active_connections")
+STATUS_FIELDS = (
+    "health",
+    "health_changed_at",
+    "health_reason",
+    "active_connections",
+    "replaced",
+)
 
 
 def snapshot(node: Node) -> dict[str, Any]:

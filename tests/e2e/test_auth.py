@@ -112,6 +112,12 @@ def test_without_a_token_every_protected_endpoint_is_401(
     # The public ones need none.
     assert node.call("GET", "/healthz").status == 200
     assert node.call("GET", "/openapi.json").status == 200
+    # Nor does learning that a public path has no other method: the document says so.
+    for path in ("/healthz", "/openapi.json"):
+        for method in ("DELETE", "TRACE"):
+            response = node.call(method, path)
+            assert response.status == 405, (method, path, response)
+            assert response.headers["Allow"] == "GET,HEAD"
 
 
 WRONG_CREDENTIALS: list[tuple[str, dict[str, str], str]] = [
@@ -200,7 +206,7 @@ def test_an_app_token_has_its_own_app_and_nothing_else(
         ("GET", "/apps/a/routes/2", None, 200),
         ("PATCH", "/apps/a/routes/2", {"idle_timeout": 5}, 200),
         ("PUT", "/apps/a/routes/2/backends", {"ip": "127.0.0.1", "port": 9}, 201),
-        ("POST", "/apps/a/routes/2/backends", {"ip": "127.0.0.1", "port": 9}, 201),
+        ("POST", "/apps/a/routes/2/backends", {"ip": "127.0.0.1", "port": 10}, 201),
         ("GET", "/apps/a/routes/2/backends", None, 200),
         ("GET", "/apps/a/routes/2/backends/1", None, 200),
         ("POST", "/apps/a/routes/2/backends/1", {"ip": "::1", "port": 9}, 200),

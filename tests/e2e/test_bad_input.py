@@ -68,7 +68,8 @@ BACKENDS = "/apps/a/routes/1/backends"
 BACKEND = "/apps/a/routes/1/backends/1"
 
 # Wrong values for each field of a backend body: types, ranges, and non-literals.
-BAD_PORTS: list[Any] = ["80", 80.5, 80.0, True, None, 0, -1, 65536, 2**64, [80], {"p": 80}]
+# 80.0 is a port (JSON Schema calls it an integer); 65536.0 is no more one than 65536.
+BAD_PORTS: list[Any] = ["80", 80.5, 65536.0, True, None, 0, -1, 65536, 2**64, [80], {"p": 80}]
 BAD_IPS: list[Any] = [
     "-localhost", "example.123", "1.2.3", "256.1.1.1", "127.0.0.1 ", " 127.0.0.1",
     "127.0.0.1:80", "0127.0.0.1", "::g", "", None, 2130706433, True, ["127.0.0.1"],
@@ -82,6 +83,8 @@ CASES: list[tuple[str, str, str, Any, tuple[int, ...] | int, dict[str, str] | No
      {"Content-Type": "application/x-www-form-urlencoded"}),
     ("array", "PUT", BACKENDS, "[]", 400, None),
     ("null", "PUT", NEW_APP, "null", 400, None),
+    ("whitespace", "PUT", NEW_APP, " \t\r\n", 400, None),  # no body is {}; this is no JSON
+    ("whitespace-token", "POST", "/apps/a/tokens", "\t", 400, None),
     ("string", "POST", BACKEND, '"127.0.0.1"', 400, None),
     ("nan", "PUT", BACKENDS, '{"ip": "127.0.0.1", "port": NaN}', 400, None),
     ("infinity", "PUT", NEW_APP, '{"port": Infinity}', 400, None),
@@ -140,13 +143,20 @@ CASES: list[tuple[str, str, str, Any, tuple[int, ...] | int, dict[str, str] | No
     ("unknown-backend-delete", "DELETE", "/apps/a/routes/1/backends/2", None, 404, None),
     ("backend-id-superscript", "DELETE", "/apps/a/routes/1/backends/%C2%B9", None, 404, None),
     ("unknown-path", "GET", "/nowhere", None, 404, None),
-    ("dot-dot", "GET", "/apps/../routes", None, 404, None),
+    ("dot-dot", "GET", "/apps/../routes", None, 400, None),  # sent as is: app ".."
     # -- bad app ids -------------------------------------------------------------------
     ("app-id-65-chars", "PUT", "/apps/" + "x" * 65 + "/routes", None, BAD, None),
     ("app-id-space", "PUT", "/apps/a%20b/routes", None, BAD, None),
     ("app-id-non-ascii", "PUT", "/apps/%C3%A9t%C3%A9/routes", None, BAD, None),
     ("app-id-slash", "GET", "/apps/a%2Fb/routes", None, (*BAD, 404), None),
     ("app-id-dollar", "PUT", "/apps/a$b/routes", None, BAD, None),
+    # "." and ".." are dot segments: a URL's path resolution removes them (curl does).
+    ("app-id-dot", "PUT", "/apps/%2E/routes", None, 400, None),
+    ("app-id-dot-dot", "PUT", "/apps/%2E%2E/routes", None, 400, None),
+    ("app-id-dot-dot-lower", "POST", "/apps/%2e%2e/routes", None, 400, None),
+    ("app-id-dot-dot-list", "GET", "/apps/%2E%2E/routes", None, 400, None),
+    ("app-id-dot-dot-token", "POST", "/apps/%2E%2E/tokens", None, 400, None),
+    ("app-id-dot-tokens", "GET", "/apps/%2E/tokens", None, 400, None),
     # -- methods -------------------------------------------------------------------------
     ("delete-collection", "DELETE", ROUTES, None, 405, None),
     ("patch-apps", "PATCH", "/apps", {}, 405, None),
@@ -185,6 +195,31 @@ def assert_problem(response: Response, expected: tuple[int, ...] | int) -> None:
     assert isinstance(problem["detail"], str)
     assert problem["detail"]
     assert "Traceback" not in problem["detail"]
+
+
+def test_one_address_is_one_backend_on_every_write(world: World) -> None:
+    """Attaching (PUT, POST), replacing (POST, PUT) or changing (PATCH) a backend to an
+    address another backend of the route has is a 409 that changes nothing."""
+    node = world.node
+    backends = "/apps/b/routes/1/backends"
+    for port in (7, 8):
+        assert node.call("PUT", backends, {"ip": "127.0.0.1", "port": port}).status == 201
+    before = snapshot(node)
+    taken = {"ip": "127.0.0.1", "port": 7}
+    for method, path, body in [
+        ("PUT", backends, taken),
+        ("POST", backends, {**taken, "weight": 2}),
+        ("POST", f"{backends}/2", taken),
+        ("PUT", f"{backends}/2", taken),
+        ("PATCH", f"{backends}/2", {"port": 7}),
+        ("PATCH", f"{backends}/1", {"port": 8.0}),
+    ]:
+        response = node.call(method, path, body)
+        assert_problem(response, 409)
+        assert "already" in response.json()["detail"], response
+        assert snapshot(node) == before, (method, path, body)
+    # Its own address is no other backend's.
+    assert node.call("POST", f"{backends}/1", {**taken, "weight": 3}).status == 200
 
 
 def test_failures_consumed_no_id_and_no_port(world: World) -> None:

@@ -51,6 +51,21 @@ def test_help_explains_every_flag_and_its_variable(tmp_path: Path) -> None:
     assert (version.returncode, version.stdout.startswith("restcp ")) == (0, True)
 
 
+def test_help_and_usage_name_what_a_user_may_type(tmp_path: Path) -> None:
+    """The store's help names every kind of URL; no usage message names the internal
+    command a worker process is started with (which still parses: test_workers.py)."""
+    serve = run(["serve", "--help"], tmp_path)
+    text = " ".join(serve.stdout.split())
+    for scheme in ("sqlite:///", "memory://", "redis://"):
+        assert scheme in text, scheme
+    for argv in (["bogus"], [], ["--help"], ["serve", "--bogus"], ["cluster"]):
+        done = run(argv, tmp_path)
+        out = done.stdout + done.stderr
+        assert "usage: restcp" in out, (argv, out)
+        assert "_worker" not in out, (argv, out)
+    assert "choose from 'serve', 'cluster'" in run(["bogus"], tmp_path).stderr
+
+
 BAD_SETTINGS = [
     ("port-range-reversed", ["--port-range", "5-1"], {}, "--port-range"),
     ("port-range-zero", ["--port-range", "0-10"], {}, "--port-range"),

@@ -50,9 +50,15 @@ def echo_backend() -> Iterator[Backend]:
         yield backend
 
 
+@pytest.fixture
+def other_backend() -> Iterator[Backend]:
+    with Backend(echo) as backend:
+        yield backend
+
+
 @FLAVOURS
 def test_routes_and_backends_through_every_endpoint(
-    flavour: Flavour, node: Node, echo_backend: Backend
+    flavour: Flavour, node: Node, echo_backend: Backend, other_backend: Backend
 ) -> None:
     c = flavour
 
@@ -83,9 +89,10 @@ def test_routes_and_backends_through_every_endpoint(
             got = await c(route.backends.get(2))
             assert got.info == listed[1].info
 
-            replaced = await c(route.backends[2].replace("127.0.0.1", echo_backend.port))
+            # By another address than backend 1's: one address is one backend of a route.
+            replaced = await c(route.backends[2].replace("127.0.0.1", other_backend.port))
             # Replaced whole: the fields not given are back to their defaults.
-            assert (replaced.info.port, replaced.info.state) == (echo_backend.port, "enabled")
+            assert (replaced.info.port, replaced.info.state) == (other_backend.port, "enabled")
             changed = await c(route.backends[1].update(weight=5, max_connections=10))
             assert (changed.info.weight, changed.info.max_connections, changed.info.port) == (
                 5,
@@ -229,6 +236,29 @@ def test_every_problem_is_its_exception_and_changes_nothing(flavour: Flavour, no
             with held_port() as taken, pytest.raises(Conflict) as conflict:
                 await c(routes.create(port=taken))
             assert "in use" in conflict.value.detail or "cannot be bound" in conflict.value.detail
+
+            with Backend(echo) as up:
+                first = await c(route.backends.add("127.0.0.1", up.port))
+                with pytest.raises(Conflict) as duplicate:
+                    await c(route.backends.add("127.0.0.1", up.port, weight=3))
+                assert duplicate.value.status == 409
+                assert duplicate.value.detail == (
+                    f"backend 1 of route 1 of app 'web' is 127.0.0.1:{up.port} already: "
+                    "change its weight to give it more clients"
+                )
+                with refusing_port() as dead:
+                    second = await c(route.backends.add("127.0.0.1", dead))
+                    with pytest.raises(Conflict):
+                        await c(second.replace("127.0.0.1", up.port))
+                    with pytest.raises(Conflict):
+                        await c(second.update(port=up.port))
+                    listed = await c(route.backends.list())
+                    assert [(b.id, b.info.port, b.info.weight) for b in listed] == [
+                        (1, up.port, 1),
+                        (2, dead, 1),
+                    ]
+                await c(second.delete())
+                await c(first.delete())
 
             with pytest.raises(Conflict) as embedded:
                 await c(client.reseed())

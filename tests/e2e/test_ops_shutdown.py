@@ -35,10 +35,10 @@ def test_sigterm_drains_open_connections_and_keeps_the_state(
     node = start_node(*args)
     ports = [create_route(node, "sd")["port"] for _ in range(2)]
     clients: list[tuple[socket.socket, bytes]] = []
-    with Backend(echo) as backend:
+    with Backend(echo) as backend, Backend(echo) as heavier:
         for route in (1, 2):
             attach(node, "sd", route, backend.port)
-        attach(node, "sd", 2, backend.port, weight=3)
+        attach(node, "sd", 2, heavier.port, weight=3)
         before = snapshot(node)
         try:
             for i in range(CLIENTS):

@@ -130,8 +130,9 @@ def test_concurrent_backend_adds_cannot_overshoot(
 ) -> None:
     node = start(start_node, tmp_path, routes=10, backends=5, store=store_url)
     node.call("PUT", "/apps/a/routes")
-    body = {"ip": "127.0.0.1", "port": 9}
-    responses = at_once([(node, "PUT", "/apps/a/routes/1/backends", body) for _ in range(15)])
+    # Fifteen addresses: one address is one backend, and the quota is what this is about.
+    bodies = [{"ip": "127.0.0.1", "port": 9 + i} for i in range(15)]
+    responses = at_once([(node, "PUT", "/apps/a/routes/1/backends", b) for b in bodies])
     assert sorted(r.status for r in responses) == [201] * 5 + [409] * 10
     assert len(node.call("GET", "/apps/a/routes/1/backends").json()) == 5
 

@@ -37,7 +37,8 @@ def test_readme_commands(node: Node) -> None:
             f"""curl -XPUT -d '{{"ip": "127.0.0.1", "port": {first.port}}}' """
             f"{api}/apps/123/routes/1/backends"
         )
-        assert out == b'{"id": 1}'
+        # The seed's answer, and a newline so that the shell's prompt starts a line.
+        assert out == b'{"id": 1}\n'
 
         assert type_line(lo, b"hello through restcp\r\n") == b"hello through restcp\r\n"
         assert (first.accepted, second.accepted) == (1, 0)

@@ -125,6 +125,11 @@ def test_patches_under_traffic(node: Node) -> None:
         assert not loop.failures, loop.failures
         assert held.ask("at the end") == mine
         # The moves took effect: new clients reach c, and the held backend's own server
-        # kept exactly its one connection open throughout.
+        # kept exactly its one connection open throughout. It counts against the address
+        # it is connected to, which its backend had before it moved (issue #18).
         assert loop.served["c"] > 0
-        assert backend_of(node, "live", 1, own)["active_connections"] == 1
+        moved = backend_of(node, "live", 1, own)
+        assert moved["active_connections"] == 0
+        assert moved["replaced"] == [
+            {"ip": "127.0.0.1", "port": ports[mine], "active_connections": 1}
+        ]

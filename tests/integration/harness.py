@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import socket
 import struct
@@ -22,10 +23,11 @@ import pytest
 import uvloop
 
 from restcp.model import Backend, Route, RouteSettings
+from restcp.proxy.connection import Connection
 from restcp.proxy.listener import bind
 from restcp.proxy.manager import ProxyManager
-from restcp.proxy.relay import Relay
-from restcp.proxy.splice import PipePool
+from restcp.proxy.splice import SplicePipe
+from restcp.proxy.splicer import PipePool
 
 T = TypeVar("T")
 
@@ -38,8 +40,13 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 _abandoned: list[asyncio.AbstractEventLoop] = []
 # Long enough for a loaded 2-core CI box, short enough that a hang fails fast.
 WAIT = 10.0
-# For a scenario both relays must pass alike: the transports' one and the spliced one.
+# For a scenario both pipes must pass alike: the transports' one and the splice one.
 SPLICE = pytest.mark.parametrize("splice", [False, True], ids=["transports", "splice"])
+# ... and on a splice pipe that took over from the transport pipe mid-connection ("auto"
+# routes; Proxy.relay_spliced moves the connection).
+PIPES = pytest.mark.parametrize(
+    "splice", [False, True, "auto"], ids=["transports", "splice", "switched"]
+)
 
 
 def run(loop_name: str, main: Coroutine[Any, Any, T]) -> T:
@@ -128,6 +135,20 @@ async def drain(sock: socket.socket) -> bytes:
 
 def payload(size: int) -> bytes:
     return os.urandom(size)
+
+
+async def digest_all(reader: asyncio.StreamReader) -> tuple[int, str]:
+    """(size, sha256) of everything up to EOF, without keeping it."""
+    digest, size = hashlib.sha256(), 0
+    async with asyncio.timeout(WAIT * 3):
+        while chunk := await reader.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 MB = 1 << 20
@@ -302,27 +323,41 @@ class Proxy:
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.wait_for(asyncio.open_connection(HOST, self.port), WAIT)
 
-    def only_relay(self) -> Relay:
-        relays = list(self.manager.relays)
+    def only_relay(self) -> Connection:
+        relays = list(self.manager.traffic)
         assert len(relays) == 1, relays
         return relays[0]
 
-    async def relay_connected(self) -> Relay:
+    async def relay_connected(self) -> Connection:
         """The one live relay, once its backend connection is up."""
-        await until(lambda: len(self.manager.relays) == 1)
+        await until(lambda: len(self.manager.traffic) == 1)
         relay = self.only_relay()
         await until(lambda: relay.backend is not None)
         return relay
 
-    async def relay_spliced(self) -> Relay:
-        """The one live relay, once it handed its connections to a SplicePipe."""
+    async def relay_spliced(self) -> Connection:
+        """The one live relay, on a SplicePipe: at once on a ``"splice": true`` route. On an
+        ``"auto"`` one the test moves it there, back to the transports and there again (so
+        the scenario runs on a splice pipe that took over twice), rather than hoping for a
+        read of the right size."""
         relay = await self.relay_connected()
-        await until(lambda: relay.spliced)
+        if self.route.settings.splice == "auto":
+            for pipe in ("splice", "transports", "splice"):
+                await until(lambda pipe=pipe: switch(relay, pipe))  # type: ignore[misc]
+        await until(lambda: isinstance(relay.pipe, SplicePipe))
         return relay
 
 
+def switch(connection: Connection, to: str) -> bool:
+    """Move ``connection`` to its splice pipe or its transports now, as a bulk read or a
+    chatty splice pipe would: False if it could not be done now (see Connection.switch)."""
+    if to == "splice":
+        return connection.switch(connection.splice_pipe, raw=True)
+    return connection.switch(lambda: connection.transports, raw=False)
+
+
 def pipes_of(px: Proxy) -> PipePool:
-    return px.manager.relays.splicer.pipes
+    return px.manager.traffic.splicer.pipes
 
 
 def used_pipes(px: Proxy) -> bool:
@@ -336,14 +371,18 @@ def make_route(port: int, backends: tuple[Backend, ...], **settings: Any) -> Rou
 
 @asynccontextmanager
 async def proxy(*backends: Backend, **settings: Any) -> AsyncIterator[Proxy]:
-    """A ProxyManager serving one route on 127.0.0.1:0. On exit every relay must have ended
+    """A ProxyManager serving one route on 127.0.0.1:0 (``splice`` false unless given). On
+    exit every relay must have ended
     on its own (a relay that never reports is a leak), then the manager is shut down."""
     manager = ProxyManager()
     sock = bind(HOST, 0)
+    # The transport pipe alone unless the test asks for splicing (the route's default,
+    # "auto", may move a bulk transfer to the splice pipe).
+    settings.setdefault("splice", False)
     route = make_route(sock.getsockname()[1], backends, **settings)
     await manager.serve(route, sock)
     try:
         yield Proxy(manager, route)
-        await asyncio.wait_for(manager.relays.wait_empty(), WAIT)
+        await asyncio.wait_for(manager.traffic.wait_empty(), WAIT)
     finally:
         await asyncio.wait_for(manager.shutdown(drain_timeout=0), WAIT)

@@ -137,7 +137,7 @@ def test_connects_in_flight_are_counted_out(loop: str) -> None:
                 px.only_relay().abort("drain_timeout")
                 assert await read_outcome(reader) == "reset"
                 writer.close()
-                await asyncio.wait_for(px.manager.relays.wait_empty(), WAIT)
+                await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
                 assert runtime.members[1].connecting == 0
             async with (
                 Server(echo_all) as server,
@@ -152,7 +152,7 @@ def test_connects_in_flight_are_counted_out(loop: str) -> None:
                     assert await read_all(reader) == b"ping"
                     writer.close()
                     await server.result()
-                await asyncio.wait_for(px.manager.relays.wait_empty(), WAIT)
+                await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
                 assert [m.connecting for m in runtime.members.values()] == [0, 0]
                 assert [m.active for m in runtime.members.values()] == [0, 0]
 

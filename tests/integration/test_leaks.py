@@ -7,6 +7,8 @@ import contextlib
 import os
 import random
 
+import pytest
+
 from tests.helpers import tcp_states
 from tests.integration.endings import (
     backend_reset,
@@ -57,7 +59,9 @@ async def no_backend(port: int) -> None:
 SCENARIOS = (half_close, full_close, client_reset, reset_while_connecting, backend_reset)
 
 
-def test_no_leaks_after_hundreds_of_connections(loop: str) -> None:
+@pytest.mark.parametrize("splice", [False, "auto"], ids=["transports", "auto"])
+def test_no_leaks_after_hundreds_of_connections(loop: str, splice: bool | str) -> None:
+    """On an "auto" route the bulk ones among them move to the splice pipe, and back."""
     dead, holder = refusing_backend()
 
     async def main() -> None:
@@ -66,8 +70,8 @@ def test_no_leaks_after_hundreds_of_connections(loop: str) -> None:
         before = open_sockets()
         async with (
             Server(echo_or_reset) as server,
-            proxy(server.backend()) as px,
-            proxy(dead) as nowhere,
+            proxy(server.backend(), splice=splice) as px,
+            proxy(dead, splice=splice) as nowhere,
         ):
             baseline = open_fds()
             rng = random.Random(1)
@@ -81,11 +85,13 @@ def test_no_leaks_after_hundreds_of_connections(loop: str) -> None:
 
             # Every relay reported, every backend connection was closed by the proxy...
             for manager in (px.manager, nowhere.manager):
-                await asyncio.wait_for(manager.relays.wait_empty(), WAIT)
+                await asyncio.wait_for(manager.traffic.wait_empty(), WAIT)
             await until(lambda: server.active == 0)
             # ...and every socket is gone: a relay that forgot a transport keeps its fd, and
             # a peer's FIN it never answered shows as CLOSE_WAIT.
-            await until(lambda: open_fds() == baseline)
+            # (Plus what the splicer keeps: its epoll set and pooled pipes, on "auto".)
+            splicer = px.manager.traffic.splicer
+            await until(lambda: open_fds() == baseline + splicer.descriptors())
             states = tcp_states(os.getpid())
             assert "CLOSE_WAIT" not in states
             assert set(states) <= {"LISTEN", "CLOSE"}, states

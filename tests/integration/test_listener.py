@@ -124,7 +124,7 @@ def test_shutdown_lets_connections_finish_before_the_deadline(
             assert await finisher == b"last words"
             assert elapsed < 2, elapsed
             assert connect_now(route.port) == errno.ECONNREFUSED
-            assert not manager.relays
+            assert not manager.traffic
             writer.close()
             await server.result()
 
@@ -150,7 +150,7 @@ def test_shutdown_resets_connections_past_the_deadline(loop: str) -> None:
             await manager.shutdown(drain_timeout=deadline)
             elapsed = time.monotonic() - started
             assert deadline * 0.9 <= elapsed < deadline + 1, elapsed
-            assert not manager.relays
+            assert not manager.traffic
             for reader, writer in clients:
                 assert await read_outcome(reader) == "reset"
                 writer.close()
@@ -184,7 +184,7 @@ def test_shutdown_resets_a_relay_still_connecting(loop: str) -> None:
             route = make_route(sock.getsockname()[1], (silent,), connect_timeout=30)
             await manager.serve(route, sock)
             reader, writer = await asyncio.open_connection(HOST, route.port)
-            await until(lambda: len(manager.relays) == 1)
+            await until(lambda: len(manager.traffic) == 1)
             started = time.monotonic()
             await manager.shutdown(drain_timeout=0.2)
             assert time.monotonic() - started < 1.5

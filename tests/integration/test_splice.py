@@ -1,6 +1,7 @@
-"""Routes with ``splice``: the relay hands both sockets to a SplicePipe once the backend is
-connected, and every promise of the relay still holds: exact bytes, half-close both ways,
-backpressure, reset propagation, timeouts, aborts, and no fd or pipe left behind.
+"""Routes with ``splice``: a connection's bytes move through a SplicePipe (from the connect
+on a ``"splice": true`` route; once moved there on an ``"auto"`` one), and every promise of
+the relay still holds: exact bytes, half-close both ways, backpressure, reset propagation,
+timeouts, aborts, and no fd or pipe left behind.
 
 The scenarios a spliced relay shares with the transports' one (half-close both ways, reset
 propagation, the idle timeout) run on both, parametrized over ``splice``, in test_relay.py
@@ -8,7 +9,8 @@ and test_flow.py; this file holds what is the spliced relay's own.
 
 Each test checks that the connection really was spliced (the node's pipe pool has served a
 pipe: the transport relay never touches it), so none of them passes through the transports
-by accident.
+by accident. Those marked ``SPLICED`` also run on an ``"auto"`` route whose connection the
+test moved to the splice pipe (and back, and there again: Proxy.relay_spliced).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 import os
 import random
@@ -27,8 +28,8 @@ from collections.abc import Iterator
 import pytest
 
 from restcp.model import Route
-from restcp.proxy import relay as relay_module
-from restcp.proxy.splice import PipePool
+from restcp.proxy import connection as connection_module
+from restcp.proxy.splicer import PipePool
 from tests.helpers import tcp_states
 from tests.integration.endings import (
     backend_reset,
@@ -44,6 +45,7 @@ from tests.integration.harness import (
     WAIT,
     Server,
     access_lines,
+    digest_all,
     drain,
     flooder,
     payload,
@@ -54,11 +56,14 @@ from tests.integration.harness import (
     reset,
     run,
     sends_then_reads,
+    sha,
     spliced,
     stalled,
     until,
     used_pipes,
 )
+
+SPLICED = pytest.mark.parametrize("splice", [True, "auto"], ids=["splice", "switched"])
 
 
 def kernel_objects() -> int:
@@ -77,35 +82,21 @@ def rss() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-async def hash_all(reader: asyncio.StreamReader) -> tuple[int, str]:
-    """(size, sha256) of everything up to EOF, without keeping it."""
-    digest, size = hashlib.sha256(), 0
-    async with asyncio.timeout(WAIT * 3):
-        while chunk := await reader.read(1 * MB):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 @pytest.mark.parametrize("size", [1, 65537, 3 * MB + 5, 50 * MB])
 def test_bytes_exact_both_ways(loop: str, size: int, caplog: pytest.LogCaptureFixture) -> None:
     """Both peers send ``size`` random bytes and a FIN at once; each gets the other's, exact."""
     up, down = payload(size), payload(size)
-    backend = sends_then_reads(down, hash_all)
+    backend = sends_then_reads(down, digest_all)
 
     async def main() -> None:
         async with Server(backend) as server, proxy(server.backend(), splice=True) as px:
             reader, writer = await px.connect()
             writer.write(up)
             writer.write_eof()
-            assert await hash_all(reader) == (size, sha(down))
+            assert await digest_all(reader) == (size, sha(down))
             assert await server.result() == (size, sha(up))
             writer.close()
-            await asyncio.wait_for(px.manager.relays.wait_empty(), WAIT)
+            await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
             # Small messages are copied, bulk goes through pipes.
             assert used_pipes(px) or size < 1 * MB
 
@@ -145,7 +136,7 @@ def test_proxy_header_and_early_bytes_of_both_sides_go_first(
             assert got.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ")
             assert got.split(b"\r\n", 1)[1] == request
             writer.close()
-            await asyncio.wait_for(px.manager.relays.wait_empty(), WAIT)
+            await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
 
     caplog.set_level(logging.INFO, "restcp.access")
     run(loop, main())
@@ -168,8 +159,7 @@ def test_slow_reader_stalls_the_sender(loop: str) -> None:
             client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
             client.setblocking(False)
             await loop_.sock_connect(client, (HOST, px.port))
-            relay = await px.relay_connected()
-            await until(lambda: relay.spliced)
+            await px.relay_spliced()
             before = rss()
             await until(lambda: sent[0] > 0)
             await stalled(sent)
@@ -186,8 +176,9 @@ def test_slow_reader_stalls_the_sender(loop: str) -> None:
     run(loop, main())
 
 
+@SPLICED
 def test_reset_of_a_half_closed_client_is_seen_while_nothing_flows(
-    loop: str, caplog: pytest.LogCaptureFixture
+    loop: str, splice: bool | str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The client sends its FIN, then a RST, while the backend sends nothing: no splice runs
     into the error, yet epoll reports it, and the backend is reset at once (the transport
@@ -205,15 +196,14 @@ def test_reset_of_a_half_closed_client_is_seen_while_nothing_flows(
         return "still open"
 
     async def main() -> None:
-        async with Server(backend) as server, proxy(server.backend(), splice=True) as px:
+        async with Server(backend) as server, proxy(server.backend(), splice=splice) as px:
             _reader, writer = await px.connect()
-            relay = await px.relay_connected()
-            await until(lambda: relay.spliced)
+            relay = await px.relay_spliced()
             writer.write(b"last words")
             writer.write_eof()
             await until(lambda: relay.client_eof)
             reset(writer)
-            await until(lambda: not px.manager.relays)
+            await until(lambda: not px.manager.traffic)
             relay_gone.set()
             assert await server.result() == "reset"
 
@@ -223,7 +213,10 @@ def test_reset_of_a_half_closed_client_is_seen_while_nothing_flows(
     assert line.endswith("end=client_reset")
 
 
-def test_half_close_timeout(loop: str, caplog: pytest.LogCaptureFixture) -> None:
+@SPLICED
+def test_half_close_timeout(
+    loop: str, splice: bool | str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The client half-closes and the backend never finishes: closed after the timeout."""
     done = asyncio.Event()
 
@@ -235,11 +228,10 @@ def test_half_close_timeout(loop: str, caplog: pytest.LogCaptureFixture) -> None
     async def main() -> None:
         async with (
             Server(backend) as server,
-            proxy(server.backend(), half_close_timeout=0.3, splice=True) as px,
+            proxy(server.backend(), half_close_timeout=0.3, splice=splice) as px,
         ):
             reader, writer = await px.connect()
-            relay = await px.relay_connected()
-            await until(lambda: relay.spliced)
+            await px.relay_spliced()
             writer.write_eof()
             started = time.monotonic()
             assert await read_outcome(reader) == "eof"
@@ -289,7 +281,7 @@ def test_abort_mid_transfer(loop: str, how: str, caplog: pytest.LogCaptureFixtur
             assert await read_outcome(reader) == "reset"
             assert await server.result() == "reset"
             writer.close()
-            await asyncio.wait_for(px.manager.relays.wait_empty(), WAIT)
+            await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
         await until(lambda: kernel_objects() == before)
 
     caplog.set_level(logging.INFO, "restcp.access")
@@ -298,16 +290,19 @@ def test_abort_mid_transfer(loop: str, how: str, caplog: pytest.LogCaptureFixtur
     assert line.endswith("end=drain_timeout" if how == "relay" else "end=shutdown")
 
 
-def test_disabling_the_backend_resets_its_spliced_connections(loop: str) -> None:
+@SPLICED
+def test_disabling_the_backend_resets_its_spliced_connections(
+    loop: str, splice: bool | str
+) -> None:
     async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
         writer.write(b"hi")
         return await read_outcome(reader)
 
     async def main() -> None:
-        async with Server(backend) as server, proxy(server.backend(), splice=True) as px:
+        async with Server(backend) as server, proxy(server.backend(), splice=splice) as px:
             reader, writer = await px.connect()
             assert await asyncio.wait_for(reader.readexactly(2), WAIT) == b"hi"
-            assert px.only_relay().spliced
+            await px.relay_spliced()
             runtime = px.manager.runtime(px.route.key)
             assert runtime is not None
             route = px.route
@@ -345,11 +340,13 @@ def test_no_fd_or_pipe_left_after_many_connections(loop: str) -> None:
             for at in range(0, len(jobs), 40):
                 batch = jobs[at : at + 40]
                 await asyncio.wait_for(asyncio.gather(*(job(px.port) for job in batch)), WAIT)
-            await asyncio.wait_for(px.manager.relays.wait_empty(), WAIT)
+            await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
             await until(lambda: server.active == 0)
             pool = pipes_of(px)
             assert 0 < len(pool) <= 16
-            await until(lambda: kernel_objects() == baseline + 2 * len(pool) + 1)
+            splicer = px.manager.traffic.splicer
+            assert splicer.descriptors() == 2 * len(pool) + 1
+            await until(lambda: kernel_objects() == baseline + splicer.descriptors())
             states = tcp_states(os.getpid())
             assert "CLOSE_WAIT" not in states
             assert set(states) <= {"LISTEN", "CLOSE"}, states
@@ -363,10 +360,10 @@ def test_no_fd_or_pipe_left_after_many_connections(loop: str) -> None:
 
 @contextlib.contextmanager
 def no_fds_for_dups(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    def refuse(*_args: object) -> None:
+    def refuse(*_args: object, **_kwargs: object) -> None:
         raise OSError(24, "Too many open files")
 
-    monkeypatch.setattr(relay_module, "SplicePipe", refuse)
+    monkeypatch.setattr(connection_module, "SplicePipe", refuse)
     yield
 
 
@@ -389,7 +386,7 @@ def test_without_fds_for_the_hand_over_the_transports_relay(
             got = await server.result()
             assert got.split(b"\r\n", 1)[1] == up
             writer.close()
-            await asyncio.wait_for(px.manager.relays.wait_empty(), WAIT)
+            await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
             assert not used_pipes(px)
 
     caplog.set_level(logging.INFO, "restcp.access")
@@ -401,7 +398,7 @@ def test_without_fds_for_the_hand_over_the_transports_relay(
 def test_without_pipes_a_way_copies(loop: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Out of fds for a pipe mid-connection: the bytes go through Python, exact."""
     up, down = payload(3 * MB), payload(3 * MB)
-    backend = sends_then_reads(down, hash_all)
+    backend = sends_then_reads(down, digest_all)
     monkeypatch.setattr(PipePool, "take", lambda self: None)
 
     async def main() -> None:
@@ -410,7 +407,7 @@ def test_without_pipes_a_way_copies(loop: str, monkeypatch: pytest.MonkeyPatch) 
             relay = await px.relay_connected()
             writer.write(up)
             writer.write_eof()
-            assert await hash_all(reader) == (len(down), sha(down))
+            assert await digest_all(reader) == (len(down), sha(down))
             assert await server.result() == (len(up), sha(up))
             assert relay.spliced
             writer.close()
@@ -432,8 +429,8 @@ def test_a_route_change_applies_to_new_connections(loop: str) -> None:
             runtime.update(Route(route.app, route.id, route.frontend_ip, route.port,
                                  route.settings.replace(splice=False), route.backends))  # fmt: skip
             second_r, second_w = await px.connect()
-            await until(lambda: len(px.manager.relays) == 2)
-            (second,) = [r for r in px.manager.relays if r is not first]
+            await until(lambda: len(px.manager.traffic) == 2)
+            (second,) = [r for r in px.manager.traffic if r is not first]
             await until(lambda: second.backend is not None)
             for reader, writer in ((first_r, first_w), (second_r, second_w)):
                 writer.write(b"still here")

@@ -6,7 +6,8 @@ the change is live: a new route's port is accepting, a deleted route's port refu
 are written to the store directly. Every error is an RFC 9457 problem document.
 
 Which endpoints exist, and who may call each, is the table of api/endpoints.py; tokens and the
-browser checks run as middleware before a handler (api/auth.py).
+browser checks run as middleware before a handler (api/auth.py). What aiohttp answers before
+any middleware (requests it cannot parse) is answered in api/server.py.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any, TypeVar, cast
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.web import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
 from restcp.api.auth import (
@@ -40,11 +43,13 @@ from restcp.api.endpoints import Endpoint
 from restcp.api.openapi import build_spec
 from restcp.api.owner import Owner
 from restcp.api.schemas import (
+    APP_ID_RULE,
     BackendBody,
     BackendPatchBody,
     RouteBody,
     RouteSettingsBody,
     TokenBody,
+    is_app_id,
 )
 from restcp.errors import (
     Conflict,
@@ -62,12 +67,16 @@ from restcp.store import Store
 
 log = logging.getLogger("restcp.api")
 
-APP_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # ASCII digits only, and few enough that int() never meets Python's digit limit: str.isdigit()
 # accepts "²", which int() refuses.
 ID = re.compile(r"[0-9]{1,19}")
 MAX_ID = 2**63 - 1
 MAX_BODY = 64 * 1024
+
+# The Server header of every answer: not aiohttp's, which names its version and Python's.
+SERVER = "restcp"
+# How long a client may take to send a request's body (and its head: api/server.py).
+REQUEST_TIMEOUT = web.AppKey("request_timeout", float)
 
 Body = TypeVar("Body", bound=BaseModel)
 T = TypeVar("T")
@@ -93,6 +102,10 @@ def backend_json(backend: Backend, status: BackendStatus | None = None) -> dict[
         "health_changed_at": status.health_changed_at,
         "health_reason": status.health_reason,
         "active_connections": status.active_connections,
+        "replaced": [
+            {"ip": r.ip, "port": r.port, "active_connections": r.active_connections}
+            for r in status.replaced
+        ],
     }
 
 
@@ -110,9 +123,14 @@ def route_json(route: Route, statuses: Mapping[int, BackendStatus]) -> dict[str,
     }
 
 
+def dumps(data: Any) -> str:
+    """A JSON answer's body; the newline puts a terminal's prompt back on a line of its own."""
+    return json.dumps(data) + "\n"
+
+
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        text=json.dumps(data), status=status, content_type="application/json", headers=headers
+        text=dumps(data), status=status, content_type="application/json", headers=headers
     )
 
 
@@ -124,6 +142,7 @@ _TITLES = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     409: "Conflict",
     413: "Content Too Large",
     422: "Unprocessable Content",
@@ -141,12 +160,11 @@ _STATUS: dict[type[RestcpError], int] = {
 
 
 def problem(status: int, detail: str, **extra: Any) -> web.Response:
-    body = {"type": "about:blank", "title": _TITLES.get(status, "Error"), "status": status}
+    title = _TITLES.get(status) or HTTPStatus(status).phrase
+    body = {"type": "about:blank", "title": title, "status": status}
     body["detail"] = detail
     body.update(extra)
-    return web.Response(
-        text=json.dumps(body), status=status, content_type="application/problem+json"
-    )
+    return web.Response(text=dumps(body), status=status, content_type="application/problem+json")
 
 
 class BadRequest(Exception):
@@ -168,7 +186,9 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         response.headers.update(err.headers)
         return response
     except RestcpError as err:
-        return problem(_STATUS.get(type(err), 500), str(err))
+        # The status of the nearest class listed: DuplicateBackend is a Conflict.
+        status = next((_STATUS[t] for t in type(err).__mro__ if t in _STATUS), 500)
+        return problem(status, str(err))
     except web.HTTPException as err:
         if err.status < 400:
             raise
@@ -186,9 +206,10 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
 
 async def parse_body(request: web.Request, model: type[Body]) -> Body:
     """The body as ``model``, whatever the Content-Type says (``curl -d`` sends a form type)."""
-    raw = await request.read()
+    raw = await read_body(request)
     data: Any = {}
-    if raw.strip():
+    # No body is {} (the seed's `curl -XPUT`); whitespace alone is no JSON text.
+    if raw:
         try:
             data = json.loads(raw, parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as err:
@@ -209,14 +230,39 @@ async def parse_body(request: web.Request, model: type[Body]) -> Body:
         raise BadRequest(problem(422, f"invalid request body: {detail}", errors=errors)) from None
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, within the request timeout. A client that breaks off its body, or sends
+    a body that does not parse, made a mistake: it gets a 4xx (if it is still there), and the
+    log a line without a traceback, not a report of a bug."""
+    try:
+        async with asyncio.timeout(request.app[REQUEST_TIMEOUT]):
+            return await request.read()
+    except TimeoutError:
+        log.info("refused a request from %s: its body was not sent in time", request.remote)
+        response = problem(408, "the request body did not arrive within --api-request-timeout")
+        response.force_close()
+        raise BadRequest(response) from None
+    except RequestPayloadError:
+        log.info("refused a request from %s: its body does not parse", request.remote)
+        raise BadRequest(
+            problem(400, "the body does not match its Content-Length or Transfer-Encoding")
+        ) from None
+    except ConnectionResetError:
+        # Nobody is left to answer: the response is only there to end the handler.
+        log.debug("%s closed its connection before its request body was complete", request.remote)
+        raise BadRequest(
+            problem(400, "the connection closed before the body was complete")
+        ) from None
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
 def path_app(request: web.Request) -> str:
     app = request.match_info["app"]
-    if not APP_ID.fullmatch(app):
-        raise BadRequest(problem(400, f"invalid app id {app!r}: use 1-64 of A-Z a-z 0-9 . _ -"))
+    if not is_app_id(app):
+        raise BadRequest(problem(400, f"invalid app id {app!r}: use {APP_ID_RULE}"))
     return app
 
 
@@ -247,7 +293,7 @@ class Api:
         # another node is not under the route service's lock). Backends are counted by the
         # route service, under its lock.
         self._quota = asyncio.Lock()
-        self._spec = json.dumps(build_spec())
+        self._spec = dumps(build_spec(config.auth_on, config.frontend_ips))
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=self._spec, content_type="application/json")
@@ -467,6 +513,21 @@ def _timestamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER
+
+
+async def _expect(request: web.Request) -> None:
+    """``Expect: 100-continue`` is met as aiohttp meets it; any other expectation is ignored,
+    as RFC 9110 allows, rather than refused by aiohttp with a 417 that quotes it back (and
+    that no endpoint documents)."""
+    expect = request.headers.get("Expect", "")
+    if request.version == HttpVersion11 and expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # What was written so far is no part of the answer.
+        request.writer.output_size = 0
+
+
 def build_app(
     store: Store,
     owner: Owner,
@@ -480,6 +541,8 @@ def build_app(
         middlewares=[problems, guard(config), authenticator(config, store)],
         client_max_size=MAX_BODY,
     )
+    app[REQUEST_TIMEOUT] = config.request_timeout
+    app.on_response_prepare.append(_server_header)
     registered: dict[web.AbstractRoute, Endpoint] = {}
     resources: dict[str, web.Resource] = {}
     for endpoint in TABLE:
@@ -487,8 +550,9 @@ def build_app(
         if resource is None:
             resource = resources[endpoint.path] = app.router.add_resource(endpoint.path)
         handler: Handler = getattr(api, endpoint.handler)
-        registered[resource.add_route(endpoint.method, handler)] = endpoint
+        route = resource.add_route(endpoint.method, handler, expect_handler=_expect)
+        registered[route] = endpoint
         if endpoint.method == "GET":
-            registered[resource.add_route("HEAD", handler)] = endpoint
+            registered[resource.add_route("HEAD", handler, expect_handler=_expect)] = endpoint
     app[ENDPOINTS] = registered
     return app

@@ -32,10 +32,11 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from restcp.api.endpoints import ENDPOINTS as TABLE
 from restcp.api.endpoints import Endpoint
 from restcp.errors import NotFound
 from restcp.settings import Settings
-from restcp.store import Store
+from restcp.store import Store, is_embedded
 
 log = logging.getLogger("restcp.api.auth")
 
@@ -45,6 +46,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # RFC 6750's b64token; anything else in the header is not a token we could have issued.
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{1,512}=*")
 _REALM = 'Bearer realm="restcp"'
+_PUBLIC_PATHS = frozenset(e.path for e in TABLE if e.access == "public")
 
 
 def hash_token(token: str) -> str:
@@ -67,6 +69,11 @@ class ApiConfig:
     allowed_hosts: frozenset[str] = field(default_factory=frozenset)
     max_routes_per_app: int = 1000
     max_backends_per_route: int = 100
+    # Seconds a client has to send a request's head, and as long again for its body.
+    request_timeout: float = 30.0
+    # The frontend IPs a new route may ask for, as the OpenAPI document lists them; empty
+    # with a shared store, where other nodes' IPs are asked for too (docs/cluster.md).
+    frontend_ips: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiConfig:
@@ -78,6 +85,8 @@ class ApiConfig:
             allowed_hosts=frozenset(settings.api_allowed_hosts),
             max_routes_per_app=settings.max_routes_per_app,
             max_backends_per_route=settings.max_backends_per_route,
+            request_timeout=settings.api_request_timeout,
+            frontend_ips=settings.frontend_ips if is_embedded(settings.store) else (),
         )
 
     def rotate_admin_token(self, token: str) -> None:
@@ -273,6 +282,10 @@ def authenticator(config: ApiConfig, store: Store) -> Middleware:
             return await handler(request)
         endpoint = endpoint_of(request)
         access = "app" if endpoint is None else endpoint.access
+        if endpoint is None and request.path in _PUBLIC_PATHS:
+            # A method a public path does not have: its 405 tells nothing the public
+            # document does not (it lists every path and method).
+            access = "public"
         principal = await identify(request)
         request[PRINCIPAL] = principal
         if access == "public":

@@ -74,26 +74,28 @@ class Endpoint:
         return self.handler if twins[0] is self else f"{self.handler}_{self.method.lower()}"
 
 
-def problems_of(endpoint: Endpoint) -> dict[int, str]:
-    """Every problem status ``endpoint`` can answer, with its causes."""
+def problems_of(endpoint: Endpoint, auth: bool = True) -> dict[int, str]:
+    """Every problem status ``endpoint`` can answer, with its causes; ``auth`` False: on a
+    node that asks for no token (no 401, and no refusal of a kind of token)."""
     causes: dict[int, list[str]] = {}
 
     def add(status: int, cause: str) -> None:
         causes.setdefault(status, []).append(cause)
 
     if endpoint.access != "public":
-        add(401, "no valid token, when the API asks for tokens")
+        if auth:
+            add(401, "no valid token")
         add(403, "a request from a browser for another site or host name")
-        if endpoint.access == "admin":
+        if auth and endpoint.access == "admin":
             add(403, "an app token on an endpoint for the admin token only")
-        if endpoint.access == "metrics":
+        if auth and endpoint.access == "metrics":
             add(403, "an app token: this endpoint needs the admin or the metrics token")
-        if endpoint.access != "metrics":
+        if auth and endpoint.access != "metrics":
             add(403, "the metrics token, which reaches GET /metrics only")
         add(503, "the store is unavailable")
     if "{app}" in endpoint.path:
         add(400, "an invalid app id")
-        if endpoint.access == "app":
+        if auth and endpoint.access == "app":
             add(404, "another app than the app token's")
     for name in ("route", "backend", "token"):
         if f"{{{name}}}" in endpoint.path:
@@ -140,13 +142,15 @@ _ROUTE_CREATE_PROBLEMS = {
     "has --max-routes-per-app routes already",
     503: "Redis store: no live node serves the frontend IP",
 }
+_DUPLICATE = "another backend of the route has this ip and port"
 _ADD_BACKEND_PROBLEMS = {
     403: "the backend's address is in a network the node's policy denies",
-    409: "the route has --max-backends-per-route backends already",
+    409: f"the route has --max-backends-per-route backends already, or {_DUPLICATE}",
     **_CHANGE_PROBLEMS,
 }
 _SET_BACKEND_PROBLEMS = {
     403: "the backend's address is in a network the node's policy denies",
+    409: _DUPLICATE,
     **_CHANGE_PROBLEMS,
 }
 

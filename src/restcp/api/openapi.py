@@ -1,10 +1,17 @@
 """The OpenAPI 3.1 document, generated from the route table (endpoints.py) and the pydantic
 models of schemas.py: request bodies from the models that validate them, responses from the
 models that describe them. Nothing here is written by hand per endpoint, so the document
-changes when the table or a model does."""
+changes when the table or a model does.
+
+A node serves the document of its configuration: with tokens (``--api-token``) every
+endpoint but the public ones needs the bearer scheme and may answer 401; without, none does.
+Each 201 links to the operations on what it created (OpenAPI links), so that clients and
+stateful testers know where a new route's or backend's id goes."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -12,12 +19,16 @@ from pydantic.json_schema import models_json_schema
 
 from restcp import __version__
 from restcp.api.endpoints import ENDPOINTS, Endpoint, Reply, problems_of
-from restcp.api.schemas import Problem
+from restcp.api.schemas import APP_ID, DOT_SEGMENTS, Problem
 
 _REF = "#/components/schemas/{model}"
 # JSON Schema of each path parameter, as api/app.py checks it.
 _PARAMETERS: dict[str, dict[str, Any]] = {
-    "app": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+    "app": {
+        "type": "string",
+        "pattern": f"^{APP_ID.pattern}$",
+        "not": {"enum": list(DOT_SEGMENTS)},
+    },
     "route": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
     "backend": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
     "token": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
@@ -39,9 +50,14 @@ A REST-driven TCP proxy and layer-4 load balancer: create a route and restcp ope
 for it; every client that connects is relayed to one of the route's backends.
 
 Request bodies are JSON whatever the Content-Type says. Errors are RFC 9457 problem documents.
-With an admin token configured (`--api-token`), every endpoint but `/healthz` and this
-document needs `Authorization: Bearer TOKEN`: the admin token, or a token of the app in the
-path (`POST /apps/{app}/tokens`)."""
+"""
+_AUTH_ON = """\
+This node asks for tokens (`--api-token`): every endpoint but `/healthz` and this document
+needs `Authorization: Bearer TOKEN`, the admin token or a token of the app in the path
+(`POST /apps/{app}/tokens`)."""
+_AUTH_OFF = """\
+This node asks for no token (it was started without `--api-token`): every caller may do
+everything. A node started with one serves a document that says so."""
 
 
 def _models() -> list[type[BaseModel]]:
@@ -66,7 +82,30 @@ def _content(reply: Reply) -> dict[str, Any]:
     return {reply.media_type: {"schema": schema}}
 
 
-def _operation(endpoint: Endpoint) -> dict[str, Any]:
+def _parameters(path: str) -> list[str]:
+    return re.findall(r"\{(\w+)\}", path)
+
+
+def _links(endpoint: Endpoint) -> dict[str, Any]:
+    """From a creation (201 with an ``id``) to every operation on what it created: the path
+    of those is the creation's path and one parameter more, which the new id fills."""
+    links: dict[str, Any] = {}
+    for target in ENDPOINTS:
+        added = _parameters(target.path[len(endpoint.path) :])
+        if not target.path.startswith(endpoint.path + "/{") or len(added) != 1:
+            continue
+        new = added[0]
+        parameters = {name: f"$request.path.{name}" for name in _parameters(endpoint.path)}
+        parameters[new] = "$response.body#/id"
+        links[target.operation_id] = {
+            "operationId": target.operation_id,
+            "parameters": parameters,
+            "description": f"{target.summary}, with the id just created",
+        }
+    return links
+
+
+def _operation(endpoint: Endpoint, auth: bool) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for reply in endpoint.replies:
         response: dict[str, Any] = {"description": reply.description}
@@ -74,9 +113,13 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
             response["content"] = _content(reply)
         if reply.headers:
             response["headers"] = {h: _HEADERS[h] for h in reply.headers}
+        if reply.status == 201 and reply.model is not None and "id" in reply.model.model_fields:
+            links = _links(endpoint)
+            if links:
+                response["links"] = links
         responses[str(reply.status)] = response
     problem = {"application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}}
-    for status, causes in problems_of(endpoint).items():
+    for status, causes in problems_of(endpoint, auth).items():
         response = {"description": causes, "content": problem}
         if status == 401:
             response["headers"] = {"WWW-Authenticate": _HEADERS["WWW-Authenticate"]}
@@ -86,7 +129,7 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         "summary": endpoint.summary,
         "responses": responses,
     }
-    names = [n for n in _PARAMETERS if f"{{{n}}}" in endpoint.path]
+    names = _parameters(endpoint.path)
     if names:
         operation["parameters"] = [
             {"name": n, "in": "path", "required": True, "schema": _PARAMETERS[n]} for n in names
@@ -98,6 +141,8 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
                 "application/json": {"schema": {"$ref": _REF.format(model=endpoint.body.__name__)}}
             },
         }
+    if not auth:
+        return operation
     if endpoint.access == "public":
         # No token needed; /healthz shows more to the admin token, so one may be sent.
         operation["security"] = [{}, {"bearer": []}] if endpoint.path == "/healthz" else []
@@ -110,26 +155,39 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     return operation
 
 
-def build_spec() -> dict[str, Any]:
+def build_spec(auth: bool = True, frontend_ips: Sequence[str] = ()) -> dict[str, Any]:
+    """The document of a node that asks for tokens (``auth``) or of one that does not, and
+    whose new routes may ask for ``frontend_ips`` (empty: any IP, as with a shared store)."""
     _, schemas = models_json_schema(
         [(model, "validation") for model in _models()], ref_template=_REF
     )
+    if frontend_ips:
+        # Any other IP is refused (422); the document of this node says which it serves.
+        schemas["$defs"]["RouteBody"]["properties"]["frontend_ip"] = {
+            "anyOf": [{"type": "string", "enum": list(frontend_ips)}, {"type": "null"}],
+            "default": None,
+            "description": "one of this node's --frontend-ip; default the first",
+        }
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in ENDPOINTS:
-        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint)
-    return {
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint, auth)
+    spec: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": "restcp", "version": __version__, "description": _DESCRIPTION},
-        "paths": paths,
-        "components": {
-            "schemas": schemas.get("$defs", {}),
-            "securitySchemes": {
-                "bearer": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "the admin token (--api-token) or a token of one app",
-                }
-            },
+        "info": {
+            "title": "restcp",
+            "version": __version__,
+            "description": _DESCRIPTION + (_AUTH_ON if auth else _AUTH_OFF),
         },
-        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {"schemas": schemas.get("$defs", {})},
     }
+    if auth:
+        spec["components"]["securitySchemes"] = {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "the admin token (--api-token) or a token of one app",
+            }
+        }
+        spec["security"] = [{"bearer": []}]
+    return spec

@@ -41,13 +41,15 @@ class Routes(Protocol):
         self, key: RouteKey, backend: Backend, limit: int | None = None
     ) -> Backend:
         """Attach ``backend`` under the route's next id, unless the address policy refuses
-        it (Forbidden; InvalidSpec for a name that does not resolve) or the route has
-        ``limit`` backends already (Conflict)."""
+        it (Forbidden; InvalidSpec for a name that does not resolve), the route has
+        ``limit`` backends already (Conflict) or another backend with its address
+        (DuplicateBackend, a Conflict)."""
 
     async def update_backend(
         self, key: RouteKey, backend_id: int, edit: Callable[[Backend], Backend]
     ) -> Backend:
-        """Store ``edit`` of the backend as stored now, unless the policy refuses it."""
+        """Store ``edit`` of the backend as stored now, unless the policy refuses it or
+        another backend of the route has the address it ends up with (DuplicateBackend)."""
 
     async def delete_backend(self, key: RouteKey, backend_id: int) -> None: ...
 

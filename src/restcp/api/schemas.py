@@ -1,7 +1,8 @@
-"""Request bodies, validated strictly: a port is a JSON integer, not "80", 80.0 or true;
-and the shapes of responses, for the OpenAPI document (api/openapi.py) and as the return
-types of the Python client (restcp.client), which imports this module (pydantic and
-restcp.model only: never aiohttp, which lint-imports checks).
+"""Request bodies, validated strictly: a port is a JSON number without a fraction (``80``, or
+``80.0``, which JSON Schema calls an integer too), never ``"80"``, ``80.5`` or ``true``; the
+app ids of paths; and the shapes of responses, for the OpenAPI document (api/openapi.py) and
+as the return types of the Python client (restcp.client), which imports this module
+(pydantic and restcp.model only: never aiohttp, which lint-imports checks).
 
 Unknown fields are refused rather than ignored, so a typo is an error, not a silent default.
 Which fields a request *gave* matters (``model_fields_set``): an omitted field keeps its
@@ -16,7 +17,16 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictStr,
+    WithJsonSchema,
+    field_validator,
+)
 
 from restcp.model import (
     AdminState,
@@ -24,11 +34,35 @@ from restcp.model import (
     Balance,
     Health,
     ProxyProtocol,
+    SpliceMode,
     WhenAllDown,
     canonical_host,
 )
 
-Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
+# An app id in a path: 1-64 of A-Z a-z 0-9 . _ -, but not "." or "..": URL path resolution
+# removes those segments (RFC 3986 5.2.4), so curl, browsers and proxies would send another
+# path, and a Location naming them would point elsewhere.
+APP_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+DOT_SEGMENTS = (".", "..")
+APP_ID_RULE = "1-64 of A-Z a-z 0-9 . _ -, not . or .."
+
+
+def is_app_id(text: str) -> bool:
+    return APP_ID.fullmatch(text) is not None and text not in DOT_SEGMENTS
+
+
+def _integral(value: Any) -> Any:
+    """A JSON number without a fraction as an int: JSON Schema counts ``78.0`` as an integer,
+    so a client that writes integers as floats is right. Anything else goes on to the strict
+    int check (and is refused there: ``78.5``, ``"78"``, ``true``)."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+# After the Field, so that it runs first and the bounds still show in the JSON Schema.
+Integral = BeforeValidator(_integral)
+Port = Annotated[int, Field(strict=True, ge=1, le=65535), Integral]
 # Checked by canonical_ip; the formats tell an OpenAPI client what "an IP literal" means.
 IpText = Annotated[
     StrictStr, Field(json_schema_extra={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
@@ -46,10 +80,30 @@ HostText = Annotated[
 ]
 Seconds = Annotated[float, Field(strict=True, ge=0, le=86400 * 365, allow_inf_nan=False)]
 PositiveSeconds = Annotated[float, Field(strict=True, gt=0, le=3600, allow_inf_nan=False)]
-Weight = Annotated[int, Field(strict=True, ge=0, le=256)]
-Limit = Annotated[int, Field(strict=True, ge=1, le=10_000_000)]
-Count = Annotated[int, Field(strict=True, ge=1, le=100)]
-ProbeText = Annotated[str, Field(strict=True, max_length=1024)]
+Weight = Annotated[int, Field(strict=True, ge=0, le=256), Integral]
+Limit = Annotated[int, Field(strict=True, ge=1, le=10_000_000), Integral]
+Count = Annotated[int, Field(strict=True, ge=1, le=100), Integral]
+FallCount = Annotated[int, Field(strict=True, ge=0, le=100), Integral]
+# Probes are bytes on the wire: each character stands for one byte (checked by _latin1).
+ProbeText = Annotated[
+    str, Field(strict=True, max_length=1024, json_schema_extra={"pattern": "^[\\u0000-\\u00ff]*$"})
+]
+
+
+def _splice_mode(value: object) -> SpliceMode:
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return "auto"
+    raise ValueError('must be true, false or "auto"')
+
+
+# One check and one error for the three values (a union would report one per member).
+Splice = Annotated[
+    SpliceMode,
+    PlainValidator(_splice_mode),
+    WithJsonSchema({"anyOf": [{"type": "boolean"}, {"type": "string", "enum": ["auto"]}]}),
+]
 
 
 def canonical_ip(value: str) -> str:
@@ -142,9 +196,9 @@ class RouteSettingsBody(_Body):
     half_close_timeout: Seconds = 60.0
     max_connect_attempts: Count = 3
     proxy_protocol: ProxyProtocol | None = None
-    passive_fall: Annotated[int, Field(strict=True, ge=0, le=100)] = 3
+    passive_fall: FallCount = 3
     passive_cooldown: PositiveSeconds = 10.0
-    splice: StrictBool = False
+    splice: Splice = "auto"
 
 
 class RouteBody(RouteSettingsBody):
@@ -179,6 +233,14 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ReplacedOut(_Out):
+    """An address the backend had before it was replaced, still holding open connections."""
+
+    ip: str
+    port: int
+    active_connections: int
+
+
 class BackendOut(_Out):
     """A backend: the seed's ``ip``, ``port`` and ``id`` first, then its settings, then what
     the node serving its route observes of it (read-only)."""
@@ -196,7 +258,11 @@ class BackendOut(_Out):
         description="Unix seconds of the last health change"
     )
     health_reason: str = _read_only()
-    active_connections: int = _read_only()
+    active_connections: int = _read_only(description="open connections to its address")
+    replaced: list[ReplacedOut] = _read_only(
+        description="addresses it had before a replace that still have open connections "
+        "(they stay there until they end); empty most of the time"
+    )
 
 
 class HealthCheckOut(_Out):
@@ -229,7 +295,7 @@ class RouteOut(_Out):
     proxy_protocol: ProxyProtocol | None
     passive_fall: int
     passive_cooldown: float
-    splice: bool
+    splice: Splice
 
 
 class BackendCreated(_Out):

@@ -66,7 +66,8 @@ class NotFound(ApiError, errors.NotFound):
 
 
 class Conflict(ApiError, errors.Conflict):
-    """409: the request clashes with the current state (a port taken, a quota reached)."""
+    """409: the request clashes with the current state (a port taken, a quota reached, an
+    address another backend of the route has)."""
 
 
 class Unavailable(ApiError, errors.Unavailable):

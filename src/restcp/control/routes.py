@@ -170,7 +170,8 @@ class RouteService:
         self, key: RouteKey, backend: Backend, limit: int | None = None
     ) -> Backend:
         """Attach ``backend`` (its id is ignored) if the policy allows its address, and the
-        route has fewer than ``limit`` backends (counted under the lock)."""
+        route has fewer than ``limit`` backends (counted under the lock). The store refuses
+        an address another backend of the route has (DuplicateBackend), in the same write."""
         await check_backend(self.plane.refusal, backend.ip, backend.port)
 
         async def write() -> Backend:
@@ -190,7 +191,8 @@ class RouteService:
         self, key: RouteKey, backend_id: int, edit: Callable[[Backend], Backend]
     ) -> Backend:
         """Store ``edit`` of the backend (read and written under the lock), if the policy
-        allows its address."""
+        allows its address and no other backend of the route has it (DuplicateBackend,
+        from the store)."""
         wanted = edit(_backend(await self.store.get_route(*key), backend_id))
         await check_backend(self.plane.refusal, wanted.ip, wanted.port)
 

@@ -13,17 +13,16 @@ HTTP status line).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import re
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from restcp.model import Backend, HealthCheck, is_host_name
+from restcp.sockets import out_of_resources, reset_transport
 
 # (host name, port) -> the address allowed now (proxy.runtime.resolve_allowed); OSError if
 # none. Probes obey the address policy as relays do, at every probe.
@@ -35,8 +34,6 @@ async def _no_names(host: str, port: int) -> str:
 
 
 MAX_REPLY = 4096
-# Errors of this node, not of the backend: out of descriptors, buffers or memory.
-LOCAL_SHORTAGES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
 class HealthSink(Protocol):
@@ -52,8 +49,9 @@ def reply_matches(expect: str, reply: bytes) -> bool:
 
 
 async def probe(ip: str, port: int, check: HealthCheck, resolve: Resolve = _no_names) -> str | None:
-    """None if the backend passes, else why it failed. An OSError of LOCAL_SHORTAGES is
-    raised instead: the probe could not be made, which says nothing of the backend. A host
+    """None if the backend passes, else why it failed. An OSError that says this node is
+    out of resources (restcp.sockets) is raised instead: the probe could not be made, which
+    says nothing of the backend. A host
     name is resolved through ``resolve`` within the check's timeout."""
     writer: asyncio.StreamWriter | None = None
     reply = b""
@@ -84,12 +82,13 @@ async def probe(ip: str, port: int, check: HealthCheck, resolve: Resolve = _no_n
             return f"timeout after {check.timeout:g}s, unexpected reply {reply[:64]!r}"
         return f"timeout after {check.timeout:g}s"
     except OSError as err:
-        if err.errno in LOCAL_SHORTAGES:
+        if out_of_resources(err):
             raise
         return _describe(err)
     finally:
         if writer is not None:
-            _close_now(writer)
+            # A reset, not a FIN: a probe leaves no TIME_WAIT behind on our side.
+            reset_transport(writer.transport)
 
 
 def _may_still_match(expect: str, reply: bytes) -> bool:
@@ -109,16 +108,10 @@ def _describe(err: OSError) -> str:
     return err.strerror or str(err) or type(err).__name__
 
 
-def _close_now(writer: asyncio.StreamWriter) -> None:
-    # A reset, not a FIN: a probe leaves no TIME_WAIT behind on our side.
-    sock: socket.socket | None = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
 class RouteChecks:
+    """The probes of one route's backends: one task per backend, updated in place, each
+    cancelled and awaited by ``close``."""
+
     def __init__(self, sink: HealthSink, resolve: Resolve = _no_names) -> None:
         self._sink = sink
         self._resolve = resolve
@@ -163,7 +156,7 @@ class RouteChecks:
             try:
                 reason = await probe(backend.ip, backend.port, check, self._resolve)
             except OSError as err:
-                if err.errno in LOCAL_SHORTAGES:
+                if out_of_resources(err):
                     # No verdict: a node out of descriptors must not mark its backends
                     # down (and then refuse clients once descriptors are back).
                     await asyncio.sleep(check.interval)

@@ -1,1 +1,1 @@
-"""The data plane: listeners and relays on asyncio. Imports only core and model."""
+"""The data plane: listeners, connections and their pipes on asyncio (docs/design.md)."""

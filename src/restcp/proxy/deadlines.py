@@ -1,16 +1,16 @@
-"""The deadlines of every relay of a node on one loop timer.
+"""The deadlines of every connection of a node on one loop timer.
 
-Each relay has three timeouts (connect, half-close, idle), and a timer handle of the event
+Each connection has three timeouts (connect, half-close, idle), and a timer handle of the event
 loop costs about 550 bytes under uvloop, plus a schedule and a cancel per use: on a proxy
 of many short connections that was three of each per client, and on one of many idle
-connections, the largest part of the memory each of them holds. Here a relay has one entry
+connections, the largest part of the memory each of them holds. Here a connection has one entry
 at a time, for its nearest deadline, in a set of owners due at the same moment; one loop
 timer is set for the earliest such moment.
 
 A deadline fires at its time rounded *up* to a quantum of ``timeout / 64`` (at least 10
 ms): never early, and late by at most that quantum, 1.6% of a long timeout. The coarse
 quantum keeps the number of distinct moments small (about 64 per timeout in force, whatever
-the number of relays), and so the heap that orders them.
+the number of connections), and so the heap that orders them.
 
 An owner keeps the moment it is filed under in ``deadline_slot`` (None: not filed), and is
 told ``deadline_reached()`` once that moment has passed; it works out itself which of its
@@ -29,6 +29,8 @@ QUANTA_PER_TIMEOUT = 64
 
 
 class Timed(Protocol):
+    """An owner of deadlines: it keeps its own slot and is told when it has come."""
+
     deadline_slot: int | None
 
     def deadline_reached(self) -> None: ...
@@ -42,6 +44,9 @@ def slot_of(when: float, timeout: float) -> int:
 
 
 class Deadlines:
+    """Owners (connections) filed by the moment their nearest deadline fires, and the one
+    loop timer set for the earliest moment."""
+
     def __init__(self) -> None:
         self._slots: dict[int, set[Timed]] = {}
         # The slots' moments, earliest first; a moment whose set has emptied stays here

@@ -1,8 +1,9 @@
-"""One route's listening socket and the live state its relays read.
+"""One route's listening socket: the asyncio engine's way in for the route's clients.
 
 A listener binds before it is stored (so a route's port is known to be ours before the API
-answers), serves until it is stopped, and swaps in new backends and settings in place: the
-socket is never rebound for an update, so no client is refused while a route changes.
+answers), serves until it is stopped, and swaps in new backends and settings in place (its
+RouteRuntime): the socket is never rebound for an update, so no client is refused while a
+route changes. Each accepted client becomes a proxy.connection.Connection.
 """
 
 from __future__ import annotations
@@ -13,23 +14,20 @@ import errno
 import functools
 import logging
 import socket
-from collections import Counter
-from collections.abc import Coroutine, Iterator
-from typing import Any
 
 from restcp.model import Route
-from restcp.proxy.deadlines import Deadlines
-from restcp.proxy.relay import Relay, client_protocol
+from restcp.proxy.connection import client_protocol
 from restcp.proxy.runtime import BackendRefusal, RouteRuntime
-from restcp.proxy.splice import Splicer
+from restcp.proxy.stepping import drive
+from restcp.proxy.traffic import Traffic
+from restcp.sockets import OUT_OF_RESOURCES
 
 log = logging.getLogger("restcp.proxy")
 
 BACKLOG = 1024
-# Accepts per readiness event: enough to drain a burst, few enough to let relays run.
+# Accepts per readiness event: enough to drain a burst, few enough to let connections run.
 ACCEPT_BATCH = 64
 ACCEPT_RETRY = 0.1
-_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
 def bind(ip: str, port: int, *, share: bool = False, join: bool = False) -> socket.socket:
@@ -67,60 +65,8 @@ def is_address_taken(err: OSError) -> bool:
     return err.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
 
 
-class RelaySet:
-    """Every live relay of the node, routes deleted since included, for a draining shutdown."""
-
-    def __init__(self, limit: int | None = None, app_limit: int | None = None) -> None:
-        self._relays: set[Relay] = set()
-        self._empty: asyncio.Event | None = None
-        # The node-wide connection cap, and the cap of each app; None is no cap.
-        self.limit = limit
-        self.app_limit = app_limit
-        self._per_app: Counter[str] = Counter()
-        # The epoll set and pipes of the relays of splice routes (proxy/splice.py).
-        self.splicer = Splicer()
-        # The connect, half-close and idle deadlines of every relay, on one loop timer.
-        self.deadlines = Deadlines()
-
-    def __len__(self) -> int:
-        return len(self._relays)
-
-    def full(self) -> bool:
-        return self.limit is not None and len(self._relays) >= self.limit
-
-    def app_full(self, app: str) -> bool:
-        return self.app_limit is not None and self._per_app[app] >= self.app_limit
-
-    def __iter__(self) -> Iterator[Relay]:
-        return iter(list(self._relays))
-
-    def add(self, relay: Relay) -> None:
-        self._relays.add(relay)
-        self._per_app[relay.route.app] += 1
-
-    def discard(self, relay: Relay) -> None:
-        if relay not in self._relays:
-            return
-        self._relays.discard(relay)
-        app = relay.route.app
-        self._per_app[app] -= 1
-        if not self._per_app[app]:
-            del self._per_app[app]
-        if not self._relays and self._empty is not None:
-            self._empty.set()
-            self._empty = None
-
-    async def wait_empty(self) -> None:
-        # One event shared by every waiter, made on demand: the set may empty and fill again
-        # between a wake-up and the check, hence the loop.
-        while self._relays:
-            if self._empty is None:
-                self._empty = asyncio.Event()
-            await self._empty.wait()
-
-
 class Listener:
-    """Accepts clients of one route and starts a Relay for each.
+    """Accepts clients of one route and starts a Connection for each.
 
     The accept loop is ours, not the event loop's server: out of file descriptors (EMFILE),
     uvloop's server stops accepting for good, while here the listener only pauses, retries
@@ -128,9 +74,9 @@ class Listener:
     """
 
     def __init__(
-        self, route: Route, sock: socket.socket, relays: RelaySet, refusal: BackendRefusal
+        self, route: Route, sock: socket.socket, traffic: Traffic, refusal: BackendRefusal
     ) -> None:
-        self.runtime = RouteRuntime(route, relays, refusal)
+        self.runtime = RouteRuntime(route, traffic, refusal)
         self._sock = sock
         self._loop: asyncio.AbstractEventLoop | None = None
         # uvloop sets TCP_NODELAY on the sockets its transports take; asyncio does not on
@@ -176,7 +122,7 @@ class Listener:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:
-                if err.errno in _OUT_OF_RESOURCES:
+                if err.errno in OUT_OF_RESOURCES:
                     self._pause(err)
                     return
                 # ECONNABORTED and the like: that one client gave up; the next may not.
@@ -193,14 +139,14 @@ class Listener:
             # No task either (one per client was a good part of its cost): the coroutine
             # makes the transport at its first step and only waits for connection_made.
             protocol = client_protocol(self.runtime, loop, (addr[0], addr[1]))
-            _drive(loop.connect_accepted_socket(functools.partial(_same, protocol), conn))
+            drive(loop.connect_accepted_socket(functools.partial(_same, protocol), conn))
 
     def update(self, route: Route) -> None:
         self.runtime.update(route)
 
     def stop(self) -> None:
         """Stop accepting now: the socket is closed before this returns, so the next connect
-        is refused. Relays already running go on until their peers end them."""
+        is refused. Connections already running go on until their peers end them."""
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
@@ -213,17 +159,3 @@ class Listener:
 
 def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:
     return protocol
-
-
-def _drive(coro: Coroutine[Any, Any, Any], _done: object = None) -> None:
-    """Run a coroutine that only awaits futures to its end, stepping it from their done
-    callbacks: what a Task does, for less. connect_accepted_socket's does its work in its
-    first step; what it awaits then is only the connection_made of the transport it made."""
-    try:
-        waiting = coro.send(None)
-    except StopIteration:
-        return
-    except (Exception, asyncio.CancelledError) as err:
-        log.debug("client lost while being set up: %r", err)
-        return
-    waiting.add_done_callback(functools.partial(_drive, coro))

@@ -10,13 +10,17 @@ from types import MappingProxyType
 
 from restcp.core.reconcile import Action, Start, Stop, Update
 from restcp.model import BackendStatus, Route, RouteKey
-from restcp.proxy.listener import Listener, RelaySet, bind
+from restcp.proxy.listener import Listener, bind
 from restcp.proxy.runtime import BackendRefusal, RouteRuntime
+from restcp.proxy.traffic import Traffic
 
 log = logging.getLogger("restcp.proxy")
 
 
 class ProxyManager:
+    """The node's data plane as the control plane drives it: the listeners by route, the
+    reconcile actions applied to them, and the draining shutdown of every connection."""
+
     def __init__(
         self,
         max_connections: int | None = None,
@@ -35,7 +39,7 @@ class ProxyManager:
         # port -> frontend IPs listening on it: the node's own addresses, by port.
         self._frontends: dict[int, set[str]] = {}
         self._refusal = backend_refusal
-        self.relays = RelaySet(max_connections, max_connections_per_app)
+        self.traffic = Traffic(max_connections, max_connections_per_app)
         # Routes whose stored port could not be bound (another process holds it), by key.
         self.unbound: dict[RouteKey, str] = {}
 
@@ -74,7 +78,7 @@ class ProxyManager:
 
     async def serve(self, route: Route, sock: socket.socket) -> None:
         """Serve ``route`` on a socket bound for it already."""
-        listener = Listener(route, sock, self.relays, self._refusal)
+        listener = Listener(route, sock, self.traffic, self._refusal)
         await listener.start()
         self._listeners[route.key] = listener
         self._index(route, None)
@@ -130,24 +134,25 @@ class ProxyManager:
             self.recheck_backends(route.port)
 
     async def shutdown(self, drain_timeout: float) -> None:
-        """Stop accepting everywhere, let relays finish up to the deadline, then reset them."""
+        """Stop accepting everywhere, let connections finish up to the deadline, then reset
+        them."""
         for key in list(self._listeners):
             self.stop(key)
-        if self.relays:
-            log.info("draining %d connections for up to %gs", len(self.relays), drain_timeout)
+        connections = self.traffic
+        if connections:
+            log.info("draining %d connections for up to %gs", len(connections), drain_timeout)
             try:
                 async with asyncio.timeout(drain_timeout):
-                    await self.relays.wait_empty()
+                    await connections.wait_empty()
             except TimeoutError:
-                log.warning("drain deadline passed: resetting %d connections", len(self.relays))
-                for relay in self.relays:
-                    relay.abort("shutdown")
+                log.warning("drain deadline passed: resetting %d connections", len(connections))
+                for connection in connections:
+                    connection.abort("shutdown")
                 # Aborted transports report on the next loop turns; wait for that, briefly.
                 # Shutdown must return whatever happens: the node closes its store next.
                 try:
                     async with asyncio.timeout(1.0):
-                        await self.relays.wait_empty()
+                        await connections.wait_empty()
                 except TimeoutError:
-                    log.error("%d connections did not end after a reset", len(self.relays))
-        self.relays.splicer.close()
-        self.relays.deadlines.close()
+                    log.error("%d connections did not end after a reset", len(connections))
+        connections.close()

@@ -1,8 +1,8 @@
-"""The live state of one route that every relay reads: members, health, limits, counters.
+"""The live state of one route that its connections read: members, health, limits, counters.
 
-A *member* is a backend as the data plane sees it: the stored Backend plus its health
-(core.health), its open connections and its counters. The candidates a picker chooses from
-are recomputed when something changes (an update, a health transition), never per client:
+A *member* is a backend's address as the data plane serves it (proxy/members.py). The
+candidates a picker chooses from are recomputed when something changes (an update, a
+health transition), never per client:
 
     candidates = members that are enabled, not down, and of weight > 0
 
@@ -23,16 +23,15 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from restcp.core import health as hm
 from restcp.core import proxy_protocol
 from restcp.core.balancer import Picker, make_picker
-from restcp.model import Backend, BackendStatus, Route
-
-if TYPE_CHECKING:
-    from restcp.proxy.listener import RelaySet
-    from restcp.proxy.relay import Relay
+from restcp.model import Backend, BackendStatus, ReplacedAddress, Route
+from restcp.proxy.members import Member
+from restcp.proxy.traffic import Tracked, Traffic
+from restcp.sockets import out_of_resources
 
 log = logging.getLogger("restcp.health")
 
@@ -40,15 +39,14 @@ log = logging.getLogger("restcp.health")
 BackendRefusal = Callable[[str, int], str | None]
 
 
-# A connect that failed for want of a local resource, not because of the backend. The relay
-# reports str(OSError), "[Errno N] ...".
-_LOCAL_SHORTAGES = tuple(
-    f"[Errno {code}]" for code in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-)
+class Counted(Tracked, Protocol):
+    """A connection as its route counts it (proxy.connection.Connection)."""
 
-
-def _is_local_shortage(reason: str) -> bool:
-    return reason.startswith(_LOCAL_SHORTAGES)
+    member: Member | None  # the address it is connected to, once it is
+    backend: Backend | None  # that backend as it was when picked
+    bytes_up: int
+    bytes_down: int
+    refused: str | None  # why it was closed without reaching a backend
 
 
 async def resolve_allowed(host: str, port: int, refusal: BackendRefusal) -> str:
@@ -70,84 +68,30 @@ async def resolve_allowed(host: str, port: int, refusal: BackendRefusal) -> str:
     raise OSError(errno.EACCES, f"{host} resolves to no allowed address: {'; '.join(refusals)}")
 
 
-class Member:
-    __slots__ = (
-        "active",
-        "backend",
-        "bytes_in",
-        "bytes_out",
-        "connect_failures",
-        "connecting",
-        "connections",
-        "cooldown",
-        "drain_started",
-        "health",
-        "refusal",
-        "timer",
-    )
-
-    def __init__(self, backend: Backend, health: hm.BackendHealth) -> None:
-        self.backend = backend
-        self.health = health
-        self.active = 0
-        # Clients picked for this member whose connect is still in flight: a burst picks
-        # many before the first connects, and they count against max_connections.
-        self.connecting = 0
-        self.connections = 0
-        self.bytes_in = 0  # client -> backend, of finished connections
-        self.bytes_out = 0
-        self.connect_failures = 0
-        self.refusal: str | None = None  # set: the address policy forbids this backend
-        # The drain deadline, and the cool-down after a passive "down": apart, so that
-        # draining (or re-enabling) a member does not cancel its way back from "down".
-        self.timer: asyncio.TimerHandle | None = None
-        self.cooldown: asyncio.TimerHandle | None = None
-        # Loop time the member entered drain: its drain_timeout counts from there, even
-        # when the timeout is set (or changed) later.
-        self.drain_started: float | None = None
-
-    @property
-    def id(self) -> int:
-        return self.backend.id
-
-    @property
-    def weight(self) -> int:
-        return self.backend.weight
-
-    def cancel_timer(self) -> None:
-        """Cancel both timers: the member is replaced or gone."""
-        self.cancel_drain()
-        self.cancel_cooldown()
-
-    def cancel_drain(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def cancel_cooldown(self) -> None:
-        if self.cooldown is not None:
-            self.cooldown.cancel()
-            self.cooldown = None
-
-
 class RouteRuntime:
+    """One route as this node serves it: its settings, members and picker, the admission of
+    its clients, and the accounting of their connections (started, connected, failed,
+    finished). The asyncio Listener and its Connections call it; so would any other engine
+    serving the route: the decisions are all here, none in the sockets."""
+
     def __init__(
-        self, route: Route, relays: RelaySet, refusal: BackendRefusal = lambda ip, port: None
+        self, route: Route, traffic: Traffic, refusal: BackendRefusal = lambda ip, port: None
     ) -> None:
         self._refusal = refusal
         self.app = route.app
         self.route_id = route.id
         self.route = route
-        self.relays: set[Relay] = set()
-        self._all = relays
-        self.splicer = relays.splicer  # for the relays of splice routes
-        self.deadlines = relays.deadlines
+        self.connections: set[Counted] = set()
+        self.traffic = traffic
         self.members: dict[int, Member] = {}
+        # Members replaced while connections to them were open or on their way, by (id,
+        # address), until the last has ended (proxy/members.py).
+        self.retired: dict[tuple[int, str, int], Member] = {}
         self.candidates: tuple[Member, ...] = ()
         self.refused: Counter[str] = Counter()
         self.picker: Picker = make_picker(route.settings.balance)
-        # The relay started() counted last, until admit() has judged it.
-        self._admitting: Relay | None = None
+        # The connection started() counted last, until admit() has judged it.
+        self._admitting: Counted | None = None
         # Whether any member has a max_connections: pick() skips its scan when none does.
         self._limited = False
         # Told the route's key after each health transition (the node writes it to the
@@ -169,7 +113,7 @@ class RouteRuntime:
         self.connect_timeout = settings.connect_timeout
         self.idle_timeout = settings.idle_timeout
         self.half_close_timeout = settings.half_close_timeout
-        # Read by each new relay: a change applies to new connections.
+        # Read by each new connection: a change applies to new connections.
         self.splice = settings.splice
         self.max_connect_attempts = settings.max_connect_attempts
         check = settings.health_check
@@ -180,20 +124,21 @@ class RouteRuntime:
         for backend in route.backends:
             member = old.get(backend.id)
             moved = False
-            if member is None or (member.backend.ip, member.backend.port) != (
-                backend.ip,
-                backend.port,
-            ):
-                # A new address is a new server: its health starts over; open connections
-                # to the old address still count against the member, and so does a drain
-                # deadline they are under.
-                fresh = Member(backend, hm.initial(initial, now))
+            if member is None or member.address != (backend.ip, backend.port):
+                # A new address is a new server: its health starts over, and it counts the
+                # connections to it alone (an address it had before and still has
+                # connections to takes them back). A drain deadline the backend is under
+                # still holds.
+                fresh = self.retired.pop((backend.id, backend.ip, backend.port), None)
+                if fresh is None:
+                    fresh = Member(backend, hm.initial(initial, now))
+                else:
+                    fresh.retired = False
+                    fresh.health = hm.initial(initial, now)
+                    fresh.backend = backend
                 if member is not None:
-                    fresh.active = member.active
-                    # Connects in flight end on the member of that id, whichever it is then.
-                    fresh.connecting = member.connecting
                     fresh.drain_started = member.drain_started
-                    member.cancel_timer()
+                    self._retire(member)
                     moved = True
                 member = fresh
             previous = member.backend
@@ -218,10 +163,22 @@ class RouteRuntime:
                     self._start_cooldown(member)
         for backend_id, member in old.items():
             if backend_id not in members:
-                member.cancel_timer()
+                self._retire(member)
         self.members = members
         self._limited = any(m.backend.max_connections is not None for m in members.values())
         self.recheck()
+
+    def _retire(self, member: Member) -> None:
+        """``member`` is no longer its backend's: keep counting its leftovers, if any."""
+        member.cancel_timer()
+        if not member.idle:
+            member.retired = True
+            self.retired[(member.id, *member.address)] = member
+
+    def _forget_if_done(self, member: Member) -> None:
+        if member.retired and member.idle:
+            member.retired = False
+            self.retired.pop((member.id, *member.address), None)
 
     def recheck(self) -> None:
         """Apply the address policy to every member again, then recompute the candidates."""
@@ -244,7 +201,7 @@ class RouteRuntime:
         )  # fmt: skip
         member.drain_started = None
         if state == "disabled":
-            self._close_relays_of(member.id, "backend_disabled")
+            self._close_connections_of(member.id, "backend_disabled")
         elif state == "drain":
             member.drain_started = asyncio.get_running_loop().time()
             self._schedule_drain(member)
@@ -264,12 +221,13 @@ class RouteRuntime:
         if member is not None:
             member.timer = None
             if member.backend.state == "drain":
-                self._close_relays_of(backend_id, "drain_timeout")
+                self._close_connections_of(backend_id, "drain_timeout")
 
-    def _close_relays_of(self, backend_id: int, reason: str) -> None:
-        for relay in list(self.relays):
-            if relay.backend is not None and relay.backend.id == backend_id:
-                relay.abort(reason)
+    def _close_connections_of(self, backend_id: int, reason: str) -> None:
+        """Reset the connections of a backend, those to addresses it had before included."""
+        for connection in list(self.connections):
+            if connection.backend is not None and connection.backend.id == backend_id:
+                connection.abort(reason)
 
     def _recompute(self) -> None:
         self.candidates = tuple(
@@ -291,29 +249,31 @@ class RouteRuntime:
     def admit(self) -> str | None:
         """Why the client started() just counted must be refused now (None: welcome).
 
-        The limits count the *other* relays: the newcomer is taken out of the sets while it
-        is judged, and stays out when refused, so that neither it nor the refused clients
-        of a burst, reset but not yet gone, take a place a later client could have."""
-        relay, self._admitting = self._admitting, None
-        if relay is not None:
-            self.relays.discard(relay)
-            self._all.discard(relay)
+        The limits count the *other* connections: the newcomer is taken out of the sets
+        while it is judged, and stays out when refused, so that neither it nor the refused
+        clients of a burst, reset but not yet gone, take a place a later client could
+        have."""
+        connection, self._admitting = self._admitting, None
+        if connection is not None:
+            self.connections.discard(connection)
+            self.traffic.discard(connection)
         limit = self.route.settings.max_connections
         refusal: str | None = None
-        if limit is not None and len(self.relays) >= limit:
+        if limit is not None and len(self.connections) >= limit:
             refusal = "route_limit"
-        elif self._all.full():
+        elif self.traffic.full():
             refusal = "node_limit"
-        elif self._all.app_full(self.app):
+        elif self.traffic.app_full(self.app):
             refusal = "app_limit"
-        if refusal is None and relay is not None:
-            self.relays.add(relay)
-            self._all.add(relay)
+        if refusal is None and connection is not None:
+            self.connections.add(connection)
+            self.traffic.add(connection, self.app)
         return refusal
 
-    def pick(self, tried: Collection[int], key: bytes) -> Backend | None:
-        """The backend for a client's next connect. Each pick is counted in ``connecting``
-        until the relay reports its end: connected, connect_failed or connect_abandoned."""
+    def pick(self, tried: Collection[int], key: bytes) -> Member | None:
+        """The member for a client's next connect. Each pick is counted in its
+        ``connecting`` until the connector reports its end: connected, connect_failed or
+        connect_abandoned."""
         if len(tried) >= self.max_connect_attempts:
             return None
         excluded: Collection[int] = tried
@@ -337,22 +297,16 @@ class RouteRuntime:
         if member is None:
             return None
         member.connecting += 1
-        return member.backend
+        return member
 
     async def resolve(self, host: str, port: int) -> str:
         return await resolve_allowed(host, port, self._refusal)
 
-    def _attempt_over(self, backend: Backend) -> Member | None:
-        """A connect picked for ``backend`` has ended; its member, if it still has one."""
-        member = self.members.get(backend.id)
-        if member is not None:
-            member.connecting = max(0, member.connecting - 1)
-        return member
-
-    def connect_abandoned(self, backend: Backend) -> None:
+    def connect_abandoned(self, member: Member) -> None:
         """The connect was given up (the client left, the node shuts down): it says nothing
         of the backend."""
-        self._attempt_over(backend)
+        member.connecting = max(0, member.connecting - 1)
+        self._forget_if_done(member)
 
     def proxy_header(
         self,
@@ -361,41 +315,46 @@ class RouteRuntime:
         frontend: Callable[[], tuple[str, int] | None],
     ) -> bytes | None:
         """The PROXY header to send first, or None; ``frontend`` is asked only when one is
-        sent (it costs the relay a getsockname conversion)."""
+        sent (it costs the connection a getsockname conversion)."""
         version = backend.proxy_protocol or self.route.settings.proxy_protocol
         if version is None or version == "none":
             return None
         return proxy_protocol.header(version, client, frontend())
 
-    # -- what relays report --------------------------------------------------------------
+    # -- what connections report --------------------------------------------------------
 
-    def started(self, relay: Relay) -> None:
-        self.relays.add(relay)
-        self._all.add(relay)
-        self._admitting = relay
+    def started(self, connection: Counted) -> None:
+        self.connections.add(connection)
+        self.traffic.add(connection, self.app)
+        self._admitting = connection
 
-    def connected(self, relay: Relay) -> None:
-        backend = relay.backend
-        member = self._attempt_over(backend) if backend is not None else None
-        if member is not None:
-            member.active += 1
-            member.connections += 1
+    def connected(self, connection: Counted) -> None:
+        """``connection`` reached its ``member``: it counts against that address until it
+        ends, and as a connection of the backend's id."""
+        member = connection.member
+        if member is None:
+            return
+        member.connecting = max(0, member.connecting - 1)
+        member.active += 1
+        current = self.members.get(member.backend.id)
+        if current is not None:
+            current.connections += 1
+        if current is member:
             member.health = hm.connect_succeeded(member.health)
 
-    def connect_failed(self, backend: Backend, reason: str) -> None:
-        member = self._attempt_over(backend)
-        # A failure of an address the member no longer has says nothing of it; a change of
+    def connect_failed(self, member: Member, err: OSError) -> None:
+        member.connecting = max(0, member.connecting - 1)
+        self._forget_if_done(member)
+        # A failure of an address the backend no longer has says nothing of it; a change of
         # weight or state while the connect ran does not make it any less a failure.
-        if member is None or (member.backend.ip, member.backend.port) != (
-            backend.ip,
-            backend.port,
-        ):
+        if self.members.get(member.backend.id) is not member:
             return
         member.connect_failures += 1
-        if _is_local_shortage(reason):
+        if out_of_resources(err):
             # This node ran out of descriptors or buffers: the backend was never asked, and
             # marking it down would turn a moment of overload into a passive_cooldown outage.
             return
+        reason = str(err) or "timeout"
         step = hm.connect_failed(
             member.health, time.time(), self.route.settings.passive_fall, reason
         )
@@ -448,33 +407,45 @@ class RouteRuntime:
             if self.on_health is not None:
                 self.on_health((self.app, self.route_id))
 
-    def finished(self, relay: Relay) -> None:
-        self.relays.discard(relay)
-        self._all.discard(relay)
-        if relay.refused is not None:
-            self.refused[relay.refused] += 1
-        backend = relay.backend
-        member = self.members.get(backend.id) if backend is not None else None
-        if member is not None:
-            member.active = max(0, member.active - 1)
-            member.bytes_in += relay.bytes_up
-            member.bytes_out += relay.bytes_down
+    def finished(self, connection: Counted) -> None:
+        self.connections.discard(connection)
+        self.traffic.discard(connection)
+        if connection.refused is not None:
+            self.refused[connection.refused] += 1
+        member = connection.member
+        if member is None:
+            return
+        member.active = max(0, member.active - 1)
+        if member.retired:
+            self._forget_if_done(member)
+        current = self.members.get(member.backend.id)
+        if current is not None:
+            current.bytes_up += connection.bytes_up
+            current.bytes_down += connection.bytes_down
 
     # -- what the API and metrics read ---------------------------------------------------
 
     def backend_status(self) -> dict[int, BackendStatus]:
+        replaced: dict[int, list[ReplacedAddress]] = {}
+        for member in self.retired.values():
+            if member.active:
+                ip, port = member.address
+                replaced.setdefault(member.id, []).append(
+                    ReplacedAddress(ip=ip, port=port, active_connections=member.active)
+                )
         return {
             m.id: BackendStatus(
                 health=m.health.state,
                 health_changed_at=m.health.changed_at,
                 health_reason=m.health.reason,
                 active_connections=m.active,
+                replaced=tuple(replaced.get(m.id, ())),
             )
             for m in self.members.values()
         }
 
     def live_bytes(self) -> Iterable[tuple[int, int, int]]:
-        """(backend id, bytes in, bytes out) of connections still open."""
-        for relay in self.relays:
-            if relay.backend is not None:
-                yield relay.backend.id, relay.bytes_up, relay.bytes_down
+        """(backend id, bytes up, bytes down) of connections still open."""
+        for connection in self.connections:
+            if connection.backend is not None:
+                yield connection.backend.id, connection.bytes_up, connection.bytes_down

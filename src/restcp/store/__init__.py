@@ -15,6 +15,7 @@ __all__ = [
     "SnapshotData",
     "Store",
     "TokenInfo",
+    "is_embedded",
     "open_snapshot",
     "open_store",
 ]
@@ -27,6 +28,11 @@ _IMPLEMENTATIONS = {
     "rediss": "restcp.store.redis:open_url",
     "redis+sentinel": "restcp.store.redis:open_url",
 }
+
+
+def is_embedded(url: str) -> bool:
+    """Whether the store of ``url`` is this node's alone (else shared by a cluster)."""
+    return urlsplit(url).scheme in ("sqlite", "memory")
 
 
 def open_store(url: str) -> Store:

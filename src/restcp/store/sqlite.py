@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from restcp.errors import Conflict, InvalidSpec, NotFound
+from restcp.errors import Conflict, DuplicateBackend, InvalidSpec, NotFound
 from restcp.model import Backend, Route, RouteKey, RouteSettings
 from restcp.store.base import AppInfo, SnapshotData, TokenInfo
 from restcp.store.codec import (
@@ -252,6 +252,7 @@ class SqliteStore:
     async def add_backend(self, app: str, route_id: int, backend: Backend) -> Backend:
         with self._write() as db:
             self._require_route(app, route_id)
+            self._require_new_address(app, route_id, backend)
             (backend_id,) = db.execute(
                 "UPDATE routes SET last_backend_id = last_backend_id + 1 "
                 "WHERE app = ? AND id = ? RETURNING last_backend_id",
@@ -275,6 +276,7 @@ class SqliteStore:
     async def update_backend(self, app: str, route_id: int, backend: Backend) -> Backend:
         with self._write() as db:
             self._require_backend(app, route_id, backend.id)
+            self._require_new_address(app, route_id, backend)
             db.execute(
                 "UPDATE backends SET ip = ?, port = ?, settings = ? "
                 "WHERE app = ? AND route_id = ? AND id = ?",
@@ -433,6 +435,25 @@ class SqliteStore:
         ).fetchone()
         if row is None:
             raise NotFound(f"backend {backend_id} of route {route_id} of app {app!r} not found")
+
+    def _require_new_address(self, app: str, route_id: int, backend: Backend) -> None:
+        """No other backend of the route (than ``backend.id``) has ``backend``'s address. A
+        backend that keeps its address is not checked: a pair stored before this rule may
+        still be changed, each until one of them is deleted."""
+        kept = self._db.execute(
+            "SELECT 1 FROM backends WHERE app = ? AND route_id = ? AND id = ? AND ip = ? "
+            "AND port = ?",
+            (app, route_id, backend.id, backend.ip, backend.port),
+        ).fetchone()
+        if kept is not None:
+            return
+        row = self._db.execute(
+            "SELECT id FROM backends WHERE app = ? AND route_id = ? AND ip = ? AND port = ? "
+            "AND id != ?",
+            (app, route_id, backend.ip, backend.port, backend.id),
+        ).fetchone()
+        if row is not None:
+            raise DuplicateBackend(app, route_id, row[0], backend.ip, backend.port)
 
 
 def _enable_wal(db: sqlite3.Connection) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import schemathesis
 
 from restcp.api.app import Api, backend_json, build_app, problem, route_json
 from restcp.api.endpoints import ENDPOINTS, problems_of
@@ -171,5 +172,85 @@ def test_request_bodies_are_the_models_that_validate_them() -> None:
     # Read-only fields are marked so in responses.
     backend = SPEC["components"]["schemas"]["BackendOut"]["properties"]
     assert {n for n, p in backend.items() if p.get("readOnly")} == {
-        "id", "health", "health_changed_at", "health_reason", "active_connections"
+        "id", "health", "health_changed_at", "health_reason", "active_connections", "replaced"
     }  # fmt: skip
+
+
+def test_without_tokens_nothing_needs_a_token_or_answers_401() -> None:
+    """A node started without --api-token serves the document of what it does: no
+    operation has a security requirement, none answers 401."""
+    spec = build_spec(auth=False)
+    assert "security" not in spec
+    assert "securitySchemes" not in spec["components"]
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            assert "security" not in op, (method, path)
+            assert "401" not in op["responses"], (method, path)
+            assert "token" not in op.get("description", ""), (method, path)
+    # The same operations and everything else as with tokens.
+    with_tokens = build_spec(auth=True)
+    assert {(p, m) for p, ops in spec["paths"].items() for m in ops} == {
+        (p, m) for p, ops in with_tokens["paths"].items() for m in ops
+    }
+    assert spec["components"]["schemas"] == with_tokens["components"]["schemas"]
+
+
+def test_a_nodes_frontend_ips_are_the_ones_a_route_may_ask_for() -> None:
+    served = build_spec(frontend_ips=("127.0.0.1", "::1"))["components"]["schemas"]
+    field = served["RouteBody"]["properties"]["frontend_ip"]
+    assert field["anyOf"][0]["enum"] == ["127.0.0.1", "::1"]
+    # With a shared store other nodes' IPs may be asked for: any IP.
+    field = SPEC["components"]["schemas"]["RouteBody"]["properties"]["frontend_ip"]
+    assert "enum" not in json.dumps(field)
+
+
+def test_an_app_id_is_never_a_dot_segment() -> None:
+    for ops in SPEC["paths"].values():
+        for op in ops.values():
+            for parameter in op.get("parameters", []):
+                if parameter["name"] == "app":
+                    schema = parameter["schema"]
+                    assert schema["not"] == {"enum": [".", ".."]}
+                    check = jsonschema.Draft202012Validator(schema)
+                    assert check.is_valid("a.b")
+                    assert check.is_valid("...")
+                    assert not check.is_valid("..")
+                    assert not check.is_valid(".")
+
+
+CREATIONS = {
+    "create_route": ("route", {"get_route", "patch_route", "delete_route", "list_backends",
+                               "add_backend", "add_backend_post"}),
+    "add_backend": ("backend", {"get_backend", "replace_backend", "replace_backend_put",
+                                "patch_backend", "delete_backend"}),
+    "create_token": ("token", {"delete_token"}),
+}  # fmt: skip
+
+
+def test_each_creation_links_to_the_operations_on_what_it_created() -> None:
+    """A new route's id fills {route} of the operations on it, a new backend's {backend}:
+    OpenAPI links, which stateful testers and client generators follow."""
+    for endpoint in ENDPOINTS:
+        op = SPEC["paths"][endpoint.path][endpoint.method.lower()]
+        links = op["responses"].get("201", {}).get("links", {})
+        if endpoint.handler not in CREATIONS:
+            assert not links, endpoint
+            continue
+        new, targets = CREATIONS[endpoint.handler]
+        assert set(links) == targets, endpoint
+        by_id = {e.operation_id: e for e in ENDPOINTS}
+        for name, link in links.items():
+            target = by_id[link["operationId"]]
+            assert link["parameters"][new] == "$response.body#/id"
+            assert set(link["parameters"]) == {
+                p["name"] for p in SPEC["paths"][target.path][target.method.lower()]["parameters"]
+            }, name
+            for other in set(link["parameters"]) - {new}:
+                assert link["parameters"][other] == f"$request.path.{other}"
+
+
+def test_schemathesis_reaches_every_operation_on_a_backend_through_the_links() -> None:
+    schema = schemathesis.openapi.from_dict(build_spec(auth=False))
+    reached = schema.operations_with_incoming_links()
+    for method in ("GET", "PUT", "POST", "PATCH", "DELETE"):
+        assert f"{method} /apps/{{app}}/routes/{{route}}/backends/{{backend}}" in reached

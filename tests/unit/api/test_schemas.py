@@ -13,7 +13,8 @@ from restcp.api.schemas import (
     RouteSettingsBody,
 )
 
-BAD_PORTS = ["80", 80.5, 80.0, True, None, 0, -1, 65536, [80], {"port": 80}]
+# 80.0 is no bad port: JSON Schema counts it as an integer (test_integral_numbers_...).
+BAD_PORTS = ["80", 80.5, 0.0, 65536.0, True, None, 0, -1, 65536, [80], {"port": 80}]
 BAD_IPS = ["-localhost", "example.123", "", "127.0.0.1:80", "[::1]", "127.1", 2130706433, None]
 NAMES = ["localhost", "example.com", "db-1.internal", "a.b.c."]
 
@@ -126,7 +127,7 @@ def test_bad_health_checks_are_rejected(check: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     "data",
     [{"weight": 257}, {"weight": -1}, {"state": "off"}, {"proxy_protocol": "v3"},
-     {"max_connections": 0}, {"drain_timeout": -1}, {"weight": 1.0}],
+     {"max_connections": 0}, {"drain_timeout": -1}, {"weight": 1.5}, {"weight": "1"}],
 )  # fmt: skip
 def test_bad_backend_settings_are_rejected(data: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
@@ -167,3 +168,52 @@ def test_bad_settings_are_rejected(data: dict[str, Any]) -> None:
 def test_timeouts_are_strict_numbers(value: Any) -> None:
     with pytest.raises(ValidationError):
         RouteSettingsBody.model_validate({"idle_timeout": value})
+
+
+BODIES = [BackendBody, BackendPatchBody, RouteBody, RouteSettingsBody, HealthCheckBody]
+
+
+def integer_fields() -> list[tuple[Any, str, int]]:
+    """(model, field, its least valid value) for every field the JSON Schema of a request
+    body calls an integer."""
+    found = []
+    for model in BODIES:
+        for name, schema in model.model_json_schema()["properties"].items():
+            kinds = schema.get("anyOf", [schema])
+            integer = next((k for k in kinds if k.get("type") == "integer"), None)
+            if integer is not None:
+                found.append((model, name, integer.get("minimum", 0)))
+    return found
+
+
+def body_with(model: Any, name: str, value: Any) -> dict[str, Any]:
+    required = {"ip": "127.0.0.1", "port": 80} if model is BackendBody else {}
+    return {**required, name: value}
+
+
+INTEGER_FIELDS = integer_fields()
+# The walk above finds them all (a model's JSON Schema may nest an integer in anyOf).
+assert {
+    ("BackendBody", "port"),
+    ("BackendBody", "weight"),
+    ("RouteBody", "port"),
+    ("RouteSettingsBody", "passive_fall"),
+    ("HealthCheckBody", "rise"),
+} <= {(m.__name__, n) for m, n, _ in INTEGER_FIELDS}
+
+
+@pytest.mark.parametrize(
+    ("model", "name", "least"), INTEGER_FIELDS, ids=lambda v: getattr(v, "__name__", str(v))
+)
+def test_integral_numbers_are_integers_on_every_integer_field(
+    model: Any, name: str, least: int
+) -> None:
+    """JSON Schema calls 78.0 an integer, and so does the API, on every integer field; a
+    fraction, a string or a boolean is still refused."""
+    value = least + 1
+    given = model.model_validate(body_with(model, name, float(value)))
+    assert getattr(given, name) == value
+    assert type(getattr(given, name)) is int
+    for bad in (value + 0.5, str(value), True):
+        with pytest.raises(ValidationError):
+            model.model_validate(body_with(model, name, bad))

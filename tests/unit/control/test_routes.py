@@ -17,7 +17,14 @@ import pytest
 
 from restcp.control.known import KnownRoutes
 from restcp.control.routes import RouteService
-from restcp.errors import Conflict, Forbidden, NotFound, NotYetApplied, Unavailable
+from restcp.errors import (
+    Conflict,
+    DuplicateBackend,
+    Forbidden,
+    NotFound,
+    NotYetApplied,
+    Unavailable,
+)
 from restcp.model import Backend, BackendStatus, Route, RouteKey, RouteSettings
 from restcp.settings import Settings
 from restcp.store import Store, open_store
@@ -432,5 +439,25 @@ def test_a_denied_backend_is_refused_before_anything_is_stored() -> None:
             await h.routes.update_backend(route.key, backend.id, lambda b: b.replace(ip=DENIED))
         assert [n for n in h.events("store.") if n.removeprefix("store.") in h.store.WRITES] == []
         assert h.events("plane.", "workers.", "announce") == []
+
+    run(scenario)
+
+
+def test_a_second_backend_at_one_address_is_refused_and_applies_nothing() -> None:
+    async def scenario(h: Harness) -> None:
+        route = await h.route()
+        first = await h.routes.add_backend(route.key, Backend(0, IP, 9000))
+        other = await h.routes.add_backend(route.key, Backend(0, IP, 9001))
+        h.reset()
+        with pytest.raises(DuplicateBackend, match=r"backend 1 of route 1 .* 127\.0\.0\.1:9000"):
+            await h.routes.add_backend(route.key, Backend(0, IP, 9000), 10)
+        with pytest.raises(DuplicateBackend):
+            await h.routes.update_backend(route.key, other.id, lambda b: b.replace(port=9000))
+        assert h.events("plane.", "workers.", "announce") == []
+        stored = await h.real_store.get_route(*route.key)
+        assert [(b.id, b.port) for b in stored.backends] == [(first.id, 9000), (other.id, 9001)]
+        # A backend that keeps its address may change the rest.
+        kept = await h.routes.update_backend(route.key, first.id, lambda b: b.replace(weight=4))
+        assert (kept.port, kept.weight) == (9000, 4)
 
     run(scenario)

@@ -173,10 +173,29 @@ return 1
 """
 )
 
-# KEYS: route, backend_counter, backends; ARGV: ip, port, settings. The new id, or 0.
+# The id of a backend of the route other than ``except`` at ip:port, or nil: one address is
+# one backend (the caller answers {'duplicate', id}). A backend that keeps its address is not
+# checked, so that a pair stored before this rule can still be changed.
+_SAME_ADDRESS = """
+local function same_address(route, ip, port, except)
+  for _, bid in ipairs(redis.call('SMEMBERS', route .. ':backends')) do
+    if bid ~= except then
+      local a = redis.call('HMGET', route .. ':backend:' .. bid, 'ip', 'port')
+      if a[1] == ip and a[2] == port then return bid end
+    end
+  end
+  return nil
+end
+"""
+
+# KEYS: route, backend_counter, backends; ARGV: ip, port, settings. The new id, 0 without
+# the route, or {'duplicate', id}.
 ADD_BACKEND: Final = _guarded(
-    """
+    _SAME_ADDRESS
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local other = same_address(KEYS[1], ARGV[1], ARGV[2], '')
+if other then return {'duplicate', other} end
 local id = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1] .. ':backend:' .. id, 'ip', ARGV[1], 'port', ARGV[2],
            'settings', ARGV[3])
@@ -187,11 +206,17 @@ return id
 )
 
 # KEYS: route, backends, backend; ARGV: id, ip, port, settings.
-# 1, 0 without the backend, -1 without the route.
+# 1, 0 without the backend, -1 without the route, or {'duplicate', id}.
 UPDATE_BACKEND: Final = _guarded(
-    """
+    _SAME_ADDRESS
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return 0 end
+local was = redis.call('HMGET', KEYS[3], 'ip', 'port')
+if was[1] ~= ARGV[2] or was[2] ~= ARGV[3] then
+  local other = same_address(KEYS[1], ARGV[2], ARGV[3], ARGV[1])
+  if other then return {'duplicate', other} end
+end
 redis.call('HSET', KEYS[3], 'ip', ARGV[2], 'port', ARGV[3], 'settings', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 return 1

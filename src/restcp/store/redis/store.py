@@ -7,7 +7,7 @@ import json
 from typing import Any, cast
 from urllib.parse import unquote
 
-from restcp.errors import Conflict, NotFound
+from restcp.errors import Conflict, DuplicateBackend, NotFound
 from restcp.model import Backend, Route, RouteSettings
 from restcp.store.base import AppInfo, TokenInfo
 from restcp.store.codec import (
@@ -122,6 +122,7 @@ class RedisStore:
             [k.route(app, route_id), k.backend_counter(app, route_id), k.backends(app, route_id)],
             [backend.ip, backend.port, dump_backend_settings(backend)],
         )
+        _unique(backend_id, app, route_id, backend)
         if not backend_id:
             raise NotFound(f"route {route_id} of app {app!r} not found")
         return backend.replace(id=int(backend_id))
@@ -137,6 +138,7 @@ class RedisStore:
             ],
             [backend.id, backend.ip, backend.port, dump_backend_settings(backend)],
         )
+        _unique(status, app, route_id, backend)
         _found(status, app, route_id, backend.id)
         return backend
 
@@ -200,6 +202,12 @@ def _found(status: int, app: str, route_id: int, backend_id: int) -> None:
         raise NotFound(f"route {route_id} of app {app!r} not found")
     if status == 0:
         raise NotFound(f"backend {backend_id} of route {route_id} of app {app!r} not found")
+
+
+def _unique(result: Any, app: str, route_id: int, backend: Backend) -> None:
+    """Raise DuplicateBackend if a backend script answered {'duplicate', id}."""
+    if isinstance(result, list):
+        raise DuplicateBackend(app, route_id, int(result[1]), backend.ip, backend.port)
 
 
 def _routes(records: list[Any]) -> list[Route]:
