@@ -155,3 +155,38 @@ def test_a_notice_the_serving_node_could_not_read_at_once_is_read_later_not_lost
     poll(lambda: raw_redis.pubsub_numsub(f"c1:provision:{C}")[0][1] == 1, "C listens again")
     replace(a, "web", route["id"], 1, banner(b"two").port)
     assert fetch(C, route["port"]) == b"two"
+
+
+def test_a_write_while_the_serving_node_listens_again_waits_for_it_instead_of_503(
+    start_node: StartNode, banner: Callable[[bytes], Backend], raw_redis: redis.Redis
+) -> None:
+    # C's pub/sub connection is cut while C is paused, so it cannot listen again at once:
+    # for a moment nobody listens on its channel, though C holds its lease and lives.
+    a, c = ready(start_node(A, ready=False), start_node(C, ready=False))
+    route = create(a, "web", frontend_ip=C)
+    one = banner(b"one")
+    c.proc.send_signal(signal.SIGSTOP)
+    try:
+        raw_redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        assert raw_redis.pubsub_numsub(f"c1:provision:{C}")[0][1] == 0
+        asked = _numsub_calls(raw_redis)
+        answers: list[Response] = []
+        body = {"ip": "127.0.0.1", "port": one.port}
+        path = f"/apps/web/routes/{route['id']}/backends"
+        writer = threading.Thread(target=lambda: answers.append(a.call("PUT", path, body)))
+        writer.start()
+        # A is looking for a listener, again and again (or has answered already).
+        poll(
+            lambda: bool(answers) or _numsub_calls(raw_redis) >= asked + 2,
+            "A waits for C to listen",
+        )
+    finally:
+        c.proc.send_signal(signal.SIGCONT)
+    writer.join()
+    assert [answer.status for answer in answers] == [201], answers
+    assert fetch(C, route["port"]) == b"one"
+
+
+def _numsub_calls(raw_redis: redis.Redis) -> int:
+    stats = raw_redis.info("commandstats")
+    return int(stats.get("cmdstat_pubsub|numsub", stats.get("cmdstat_pubsub", {})).get("calls", 0))

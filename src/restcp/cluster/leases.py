@@ -20,6 +20,7 @@ a --lease-ttl later.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -38,16 +39,28 @@ log = logging.getLogger("restcp.cluster")
 # free yet (its process is gone, but a socket of it, in a worker that has not died yet, is
 # still bound).
 TAKEOVER_RETRY = 0.1
+# How long a write waits for the holder of an IP to listen on its channel again, and how
+# often it looks (require_server): more than the subscriber's first reconnection attempts
+# take (subscriber.BACKOFF_MIN), and what a write for a dead node's IP costs before its 503.
+RESUBSCRIBE_GRACE = 1.0
+RESUBSCRIBE_POLL = 0.05
 
 
-async def require_server(bus: Coordination, ip: str) -> None:
+async def require_server(bus: Coordination, ip: str, grace: float = RESUBSCRIBE_GRACE) -> None:
     """Raise Unavailable unless a live node serves ``ip``: one listens on its channel (a
     node subscribes to the channels of the IPs it holds, and a dead node's subscription ends
-    with its connection). Checked before anything is stored for ``ip``."""
-    if await bus.subscribers(provision_channel(ip)) == 0:
+    with its connection). Checked before anything is stored for ``ip``. While the IP's lease
+    is held, nobody listening is waited out for up to ``grace`` seconds: a live holder whose
+    pub/sub connection was just cut (CLIENT KILL, a Redis restart) subscribes again within
+    its reconnection backoff; a dead one never does."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while await bus.subscribers(provision_channel(ip)) == 0:
         holder = (await bus.lease_holders([ip])).get(ip)
-        why = "no node holds its lease" if holder is None else f"its node {holder[0]} is away"
-        raise Unavailable(f"no live node serves frontend_ip {ip} ({why}); nothing was stored")
+        if holder is None or loop.time() >= deadline:
+            why = "no node holds its lease" if holder is None else f"its node {holder[0]} is away"
+            raise Unavailable(f"no live node serves frontend_ip {ip} ({why}); nothing was stored")
+        await asyncio.sleep(RESUBSCRIBE_POLL)
 
 
 class Leases:

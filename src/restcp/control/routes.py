@@ -25,8 +25,8 @@ How a write goes::
 - One lock, held from the store's read or write to the last step of applying it: every
   step awaits, and another writer acting on what it read before would bind a port being
   bound, update a listener just stopped, or restart a route just deleted. Checks that may
-  take seconds (a backend's host name resolving) and the wait for another node run outside
-  it.
+  take seconds (a backend's host name resolving, another node found alive) and the wait for
+  another node run outside it.
 - Every write answers once applied where the route is served: here and in this node's
   workers, or, for a route another node serves, there. That node is found alive before
   anything is stored (503 "nothing was stored" otherwise), and after the write the change
@@ -209,13 +209,14 @@ class RouteService:
         await self._change(key, lambda: self.store.delete_backend(*key, backend_id))
 
     async def _change(self, key: RouteKey, write: Callable[[], Awaitable[T]]) -> T:
-        """Store-then-apply: under the lock, the node serving the route found alive if it is
-        another one (Unavailable otherwise, before anything is stored), ``write``, then the
-        route as stored applied here; then, outside the lock, that node told, and its
-        acknowledgement waited for (NotYetApplied, carrying what ``write`` returned, if it
-        did not come within --provision-timeout)."""
+        """Store-then-apply: the node serving the route found alive if it is another one
+        (Unavailable otherwise, before anything is stored; outside the lock, since that may
+        wait for it a moment), then under the lock ``write`` and the route as stored applied
+        here; then, outside the lock again, that node told, and its acknowledgement waited
+        for (NotYetApplied, carrying what ``write`` returned, if it did not come within
+        --provision-timeout)."""
+        elsewhere = await self._served_elsewhere(key)
         async with self._lock:
-            elsewhere = await self._served_elsewhere(key)
             result = await write()
             route = await self._apply(key)
         if elsewhere is not None and not await self.placement.announce(key, elsewhere, route):

@@ -297,7 +297,9 @@ def test_a_change_of_a_route_another_node_serves_waits_for_it_outside_the_lock()
             "workers.settle",
             "announce",
         ]
-        assert ("require", (OTHER, True)) in h.journal
+        # Outside the lock: finding that node alive may wait a moment for it (a pub/sub
+        # reconnection), and writes of other routes do not wait with it.
+        assert ("require", (OTHER, False)) in h.journal
         # Announced with the route as stored, once the lock is free again; the serving
         # node acknowledged it, so the write answers.
         assert h.journal[-1] == ("announce", (changed, False))
