@@ -260,6 +260,44 @@ def test_every_stored_change_of_a_route_bumps_its_version(store: SyncStore) -> N
     assert store.get_route("web", 1) == dataclasses.replace(created, settings=ROUND_ROBIN)
 
 
+# Every method of the Store protocol that changes a stored route, with a call that changes
+# route 1 of "web" (which has backend 1). The node serving a route acknowledges the version
+# it applied (cluster/changes.py), so a change that does not raise it could be answered
+# before that node applied it: a new kind of write of a route (toxics, certificates) raises
+# it in the same atomic step, and belongs here.
+ROUTE_WRITES: dict[str, Callable[[SyncStore], object]] = {
+    "update_route": lambda s: s.update_route("web", 1, ROUND_ROBIN),
+    "add_backend": lambda s: s.add_backend("web", 1, Backend(0, "10.0.1.8", 8080)),
+    "update_backend": lambda s: s.update_backend("web", 1, Backend(1, "10.0.1.7", 8081)),
+    "delete_backend": lambda s: s.delete_backend("web", 1, 1),
+}
+# The rest: reads, a route's creation (version 1) and deletion (acknowledged as gone), and
+# what is not a route.
+OTHER_METHODS = {
+    "close", "list_apps", "list_routes", "all_routes", "get_route", "create_route",
+    "delete_route", "ports_in_use", "get_port_cursor", "set_port_cursor", "create_token",
+    "list_tokens", "delete_token", "find_token",
+}  # fmt: skip
+
+
+def test_every_method_of_the_store_is_known_to_change_a_route_or_not() -> None:
+    methods = {name for name in dir(Store) if not name.startswith("_")}
+    assert methods - OTHER_METHODS == ROUTE_WRITES.keys(), (
+        "a Store method is new: if it changes a stored route, it must raise the route's "
+        'version in the same write (docs/cluster.md, "Every write through any node"); '
+        "add it to ROUTE_WRITES, or else to OTHER_METHODS"
+    )
+
+
+@pytest.mark.parametrize("write", ROUTE_WRITES)
+def test_each_write_of_a_route_raises_its_version_by_one(store: SyncStore, write: str) -> None:
+    store.create_route("web", IP, 10000, DEFAULT)
+    store.add_backend("web", 1, Backend(0, "10.0.1.7", 8080))
+    before = store.get_route("web", 1).version
+    ROUTE_WRITES[write](store)
+    assert store.get_route("web", 1).version == before + 1
+
+
 def test_a_pair_stored_before_the_one_address_rule_may_still_change(
     store: SyncStore, raw_redis: redis.Redis
 ) -> None:

@@ -5,6 +5,11 @@ Every implementation keeps these rules, and tests/contract runs one suite agains
   delete, so an app exists from its first route on and keeps its counters;
 - every method is atomic: a failed call (NotFound, Conflict) changes nothing;
 - two routes never share a frontend address: ``create_route`` raises Conflict;
+- a shared store (Redis) raises a route's ``version`` by one in the same atomic step as
+  every write that changes the route or its backends: the node serving the route
+  acknowledges the version it applied, and a write waits for that (cluster/changes.py), so
+  a write of a route that left the version alone could be answered before it is applied.
+  tests/contract/test_redis.py lists every method as such a write or not;
 - API tokens are kept as hashes only (the API hashes; a store never sees a token), with
   ids per app that count from 1 and are never reused; tokens do not make an app exist.
 """
