@@ -92,14 +92,32 @@ class Provisioning(ApiError):
 
 
 class NotYetApplied(ApiError):
-    """202 to a change (of a route's settings, a backend, a delete): in a cluster, the change
-    is stored, but the node serving the route's frontend IP had not applied it when the API
-    answered; it applies it without anyone asking. ``body`` is what a 2xx would have said,
-    with ``"status": "provisioning"``."""
+    """202 to a change (a route updated or deleted, a backend added, replaced, updated or
+    deleted): in a cluster, the change is stored, but the node serving the route's frontend
+    IP had not applied it within --provision-timeout when the API answered. That node
+    applies it without anyone asking (at the latest at its next resync). ``result`` is what
+    the call returns once a change is applied (the route or backend handle, its ``info`` as
+    stored; None for a delete); ``body`` is what a 2xx would have said, with ``"status":
+    "provisioning"``."""
+
+    def __init__(self, detail: str, *, result: Any, **kw: Any) -> None:
+        super().__init__(detail, **kw)
+        self.result = result
+
+
+def not_yet_applied(response: httpx.Response, body: Any, result: Any) -> NotYetApplied:
+    """The NotYetApplied of a change's 202 ``response`` (whose JSON is ``body``)."""
+    return NotYetApplied(
+        "stored; the node serving the route's frontend IP has not applied it yet",
+        result=result,
+        status=202,
+        title="Accepted",
+        body=body,
+        request=f"{response.request.method} {response.request.url.path}",
+    )
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {
-    202: NotYetApplied,
     400: Invalid,
     401: Unauthorized,
     403: Forbidden,
@@ -122,10 +140,6 @@ def error_for(response: httpx.Response, detail: str | None = None) -> ApiError:
     except ValueError:
         body = response.text
     problem = body if isinstance(body, dict) else {}
-    if response.status_code == 202:
-        problem = {
-            "detail": "stored; the node serving the route's frontend IP has not applied it yet"
-        }
     return _BY_STATUS.get(response.status_code, ApiError)(
         str(problem.get("detail") or problem.get("title") or body or response.reason_phrase),
         status=response.status_code,

@@ -24,7 +24,7 @@ from typing import Any, Generic, Literal, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from restcp.client.errors import error_for
+from restcp.client.errors import error_for, not_yet_applied
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -59,7 +59,12 @@ class Reply:
         return self.response.status_code
 
     def model(self, model: type[M]) -> M:
-        return self._validate(model, self.json())
+        data = self.json()
+        if self.status == 202 and isinstance(data, dict):
+            # A change not applied yet (``change``): what a 2xx would have said, and
+            # "status": "provisioning", which no model of a 2xx has.
+            data = {name: value for name, value in data.items() if name != "status"}
+        return self._validate(model, data)
 
     def models(self, model: type[M]) -> list[M]:
         data = self.json()
@@ -101,6 +106,22 @@ def request(method: str, path: str, json: Any = None, ok: Collection[int] = (200
     if reply.status not in ok:
         raise error_for(reply.response)
     return reply
+
+
+def change(method: str, path: str, json: Any = None, ok: int = 200) -> Plan[Reply]:
+    """A change of a route or its backends: ``request``, also taking the 202 a cluster answers
+    when the node serving the route did not apply the change in time (its body is what
+    ``ok`` would have had, with "status": "provisioning"). Read the reply as ``ok``'s, then
+    pass what the call returns through ``applied``."""
+    return (yield from request(method, path, json, ok=(ok, 202)))
+
+
+def applied(reply: Reply, result: T) -> T:
+    """``result`` if the change ``reply`` answered is applied where its route is served;
+    otherwise (a 202) NotYetApplied, carrying ``result``."""
+    if reply.status == 202:
+        raise not_yet_applied(reply.response, reply.json(), result)
+    return result
 
 
 def pause(seconds: float) -> Plan[None]:

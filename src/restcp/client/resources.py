@@ -10,7 +10,9 @@ and run by either client (operation.py).
 
 A ``Route`` or ``Backend`` is a handle (its path) with ``info``, the API's own model of it
 as last read (``None`` for a handle made by ``[id]``, which sends nothing). Methods that
-change it read the answer back into ``info`` and return the handle.
+change it read the answer back into ``info`` and return the handle. In a cluster, a change
+the node serving the route had not applied when the API answered (202) raises
+``NotYetApplied``, carrying what the method would have returned (plan.change, applied).
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ from restcp.api.schemas import (
     TokenCreated,
     TokenOut,
 )
-from restcp.client.errors import NotFound, Provisioning, Unavailable
+from restcp.client.errors import NotFound, Provisioning, Unavailable, not_yet_applied
 from restcp.client.fields import BackendChanges, BackendFields, RouteFields
 from restcp.client.metrics import Metrics
 from restcp.client.operation import R, Resource, contextual, operation
-from restcp.client.plan import Applied, Plan, pause, request
+from restcp.client.plan import Applied, Plan, Reply, applied, change, pause, request
 from restcp.model import AdminState
 
 # How often Route.wait asks whether a provisioned route is served yet.
@@ -213,14 +215,15 @@ class Route(Resource[R]):
     @operation
     def update(self, **settings: Unpack[RouteFields]) -> Plan[Route[R]]:
         """Change the settings given, live; the others keep their values."""
-        reply = yield from request("PATCH", self.path, dict(settings))
+        reply = yield from change("PATCH", self.path, dict(settings))
         self.info = reply.model(RouteOut)
-        return self
+        return applied(reply, self)
 
     @operation
     def delete(self) -> Plan[None]:
         """Destroy the route: its port refuses new clients once this returns."""
-        yield from request("DELETE", self.path, ok=(204,))
+        reply = yield from change("DELETE", self.path, ok=204)
+        return applied(reply, None)
 
     @operation
     def wait(self, timeout: float = 60.0) -> Plan[Route[R]]:
@@ -268,8 +271,9 @@ class Backends(Resource[R]):
     @operation
     def add(self, ip: str, port: int, **fields: Unpack[BackendFields]) -> Plan[Backend[R]]:
         """Attach a backend (an IP literal or a host name) and read it back."""
-        reply = yield from request("PUT", self.path, {"ip": ip, "port": port, **fields}, (201,))
-        return (yield from self[reply.model(BackendCreated).id]._read())
+        reply = yield from change("PUT", self.path, {"ip": ip, "port": port, **fields}, ok=201)
+        backend = yield from self[reply.model(BackendCreated).id]._read()
+        return applied(reply, backend)
 
     def _backend(self, info: BackendOut) -> Backend[R]:
         return Backend(self._transport, self.route, info.id, info)
@@ -299,19 +303,21 @@ class Backend(Resource[R]):
     @operation
     def replace(self, ip: str, port: int, **fields: Unpack[BackendFields]) -> Plan[Backend[R]]:
         """A new address and settings; the fields not given take their defaults."""
-        reply = yield from request("PUT", self.path, {"ip": ip, "port": port, **fields})
+        reply = yield from change("PUT", self.path, {"ip": ip, "port": port, **fields})
         self.info = reply.model(BackendOut)
-        return self
+        return applied(reply, self)
 
     @operation
     def update(self, **changes: Unpack[BackendChanges]) -> Plan[Backend[R]]:
         """Change the fields given, live; the others keep their values."""
-        return (yield from self._patch(dict(changes)))
+        reply = yield from self._patch(dict(changes))
+        return applied(reply, self)
 
     @operation
     def delete(self) -> Plan[None]:
         """Detach the backend: new clients go to the others, open connections finish."""
-        yield from request("DELETE", self.path, ok=(204,))
+        reply = yield from change("DELETE", self.path, ok=204)
+        return applied(reply, None)
 
     @contextual
     def drained(self, drain_timeout: float | None = None) -> Plan[Applied[Backend[R]]]:
@@ -329,12 +335,19 @@ class Backend(Resource[R]):
     def _hold(self, state: AdminState, drain_timeout: float | None) -> Plan[Applied[Backend[R]]]:
         before = (yield from self._read()).info
         assert before is not None
-        yield from self._patch({"state": state, "drain_timeout": drain_timeout})
-        undo = {"state": before.state, "drain_timeout": before.drain_timeout}
-        return Applied(self, self._restore(undo))
+        reply = yield from self._patch({"state": state, "drain_timeout": drain_timeout})
+        undo = self._restore({"state": before.state, "drain_timeout": before.drain_timeout})
+        if reply.status == 202:
+            # Stored, but not applied where the route is served: the block would run
+            # without what it asked for. Undone (stored alike) before it is raised.
+            yield from undo
+            raise not_yet_applied(reply.response, reply.json(), self)
+        return Applied(self, undo)
 
     def _restore(self, fields: dict[str, Any]) -> Plan[None]:
-        # Deleted meanwhile, with its route perhaps: nothing is left to undo.
+        # Deleted meanwhile, with its route perhaps: nothing is left to undo. An undo the
+        # node serving the route has not applied yet (202) is stored: it applies it when it
+        # can, and raising it would hide what ended the block.
         with contextlib.suppress(NotFound):
             yield from self._patch(fields)
 
@@ -343,10 +356,10 @@ class Backend(Resource[R]):
         self.info = reply.model(BackendOut)
         return self
 
-    def _patch(self, fields: dict[str, Any]) -> Plan[Backend[R]]:
-        reply = yield from request("PATCH", self.path, fields)
+    def _patch(self, fields: dict[str, Any]) -> Plan[Reply]:
+        reply = yield from change("PATCH", self.path, fields)
         self.info = reply.model(BackendOut)
-        return self
+        return reply
 
 
 class Tokens(Resource[R]):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from restcp.api.schemas import AppOut
+from restcp.api.schemas import AppOut, BackendOut
 from restcp.client import (
     ApiError,
     Conflict,
@@ -20,6 +20,7 @@ from restcp.client import (
 )
 from restcp.client.errors import error_for
 from restcp.client.plan import Pause, Plan, Reply, Request, request
+from restcp.client.resources import Backend, Backends, Route
 
 REQUEST = httpx.Request("PATCH", "http://restcp/apps/web/routes/1")
 
@@ -56,16 +57,78 @@ def test_invalid_carries_the_field_errors_and_the_body_its_extra_members() -> No
     assert report.body["conflicts"] == [{"route": 1}]
 
 
-def test_a_change_the_serving_node_has_not_applied_yet_is_not_yet_applied() -> None:
-    # A 202 to a change is no problem document: the body a 2xx would have had.
-    err = error_for(response(202, {"id": 3, "status": "provisioning"}))
-    assert type(err) is NotYetApplied
-    assert err.status == 202
-    assert err.body == {"id": 3, "status": "provisioning"}
+def backend_out(backend_id: int, state: str = "enabled") -> dict[str, object]:
+    """A backend as the API answers it (every field: read with unknown fields forbidden)."""
+    return {"ip": "10.0.0.1", "port": 80, "id": backend_id, "weight": 1, "state": state,
+            "drain_timeout": None, "max_connections": None, "proxy_protocol": None,
+            "health": "unknown", "health_changed_at": None, "health_reason": "",
+            "active_connections": 0, "replaced": []}  # fmt: skip
+
+
+def answer(status: int, body: object = None) -> Reply:
+    return Reply(response(status, body), "forbid")
+
+
+def test_a_change_the_serving_node_has_not_applied_yet_raises_with_what_it_returns() -> None:
+    # A 202 to a change is no problem document: the body a 2xx would have had, and
+    # "status": "provisioning".
+    route = Route(None, "web", 1)
+    backends = route.backends
+    steps = Backends.add.plan(backends, "10.0.0.1", 80)
+    assert next(steps) == Request("PUT", "/apps/web/routes/1/backends", {"ip": "10.0.0.1",
+                                                                         "port": 80})  # fmt: skip
+    assert steps.send(answer(202, {"id": 3, "status": "provisioning"})) == Request(
+        "GET", "/apps/web/routes/1/backends/3"
+    )
+    with pytest.raises(NotYetApplied) as pending:
+        steps.send(answer(200, backend_out(3)))
+    err = pending.value
+    assert (err.status, err.body) == (202, {"id": 3, "status": "provisioning"})
+    # (Every answer here is to REQUEST.)
     assert str(err) == (
         "PATCH /apps/web/routes/1: 202 stored; the node serving the route's frontend IP has "
         "not applied it yet"
     )
+    # What add() returns once applied: the backend, read back.
+    assert isinstance(err.result, Backend)
+    assert (err.result.id, err.result.info) == (3, BackendOut.model_validate(backend_out(3)))
+
+    # The body of the 202 is read as the 2xx's would be.
+    backend = backends[3]
+    steps = Backend.update.plan(backend, weight=1)
+    next(steps)
+    with pytest.raises(NotYetApplied) as pending:
+        steps.send(answer(202, {**backend_out(3), "status": "provisioning"}))
+    assert pending.value.result is backend
+    assert backend.info == BackendOut.model_validate(backend_out(3))
+
+    steps = Route.delete.plan(route)
+    assert next(steps) == Request("DELETE", "/apps/web/routes/1")
+    with pytest.raises(NotYetApplied) as pending:
+        steps.send(answer(202, {"id": 1, "app": "web", "status": "provisioning"}))
+    assert pending.value.result is None
+    # Applied: the call returns.
+    steps = Route.delete.plan(route)
+    next(steps)
+    with pytest.raises(StopIteration):
+        steps.send(answer(204))
+
+
+def test_a_hold_the_serving_node_has_not_applied_yet_is_undone_and_raised() -> None:
+    # The block would run without the backend drained: it does not run, and nothing stays.
+    backend = Route(None, "web", 1).backends[2]
+    steps = Backend.drained.plan(backend)
+    assert next(steps) == Request("GET", "/apps/web/routes/1/backends/2")
+    drain = {"state": "drain", "drain_timeout": None}
+    assert steps.send(answer(200, backend_out(2))) == Request("PATCH", backend.path, drain)
+    undo = {"state": "enabled", "drain_timeout": None}
+    pending = {**backend_out(2, "drain"), "status": "provisioning"}
+    assert steps.send(answer(202, pending)) == Request("PATCH", backend.path, undo)
+    with pytest.raises(NotYetApplied) as raised:
+        # The undo is stored, not applied yet either: the block's NotYetApplied is raised.
+        steps.send(answer(202, {**backend_out(2), "status": "provisioning"}))
+    assert raised.value.result is backend
+    assert raised.value.body == pending
 
 
 def test_a_refusal_that_is_not_a_problem_document_still_says_what_came() -> None:
