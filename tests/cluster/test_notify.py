@@ -94,3 +94,22 @@ def test_a_change_nobody_announces_is_applied_by_the_resync_timer(
     began = time.monotonic()
     poll(lambda: fetch(C, route["port"]) == b"one", "C relays to the silent backend")
     assert time.monotonic() - began < 0.5 + 2.0
+
+
+def test_a_listener_of_an_ips_channel_hears_every_change_made_through_another_node(
+    start_node: StartNode, banner: Callable[[bytes], Backend], raw_redis: redis.Redis
+) -> None:
+    # The seed's notice, `<app>:<route>` on provision:<ip>, for anyone who listens, though
+    # the serving node reads its notices from the stream now.
+    a, _ = ready(start_node(A, ready=False), start_node(C, ready=False))
+    route = create(a, "web", frontend_ip=C)
+    path = f"/apps/web/routes/{route['id']}"
+    with raw_redis.pubsub() as listener:
+        listener.subscribe(f"c1:provision:{C}")
+        assert listener.get_message(timeout=5)["type"] == "subscribe"
+        backend = attach(a, "web", route["id"], banner(b"one").port)
+        assert a.call("PATCH", path, {"balance": "round_robin"}).status == 200
+        assert a.call("DELETE", f"{path}/backends/{backend}").status == 204
+        assert a.call("DELETE", path).status == 204
+        heard = [listener.get_message(timeout=5) for _ in range(4)]
+    assert [m["data"] for m in heard if m] == [f"web:{route['id']}"] * 4
