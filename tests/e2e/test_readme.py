@@ -97,7 +97,7 @@ def test_after_the_set_up_restcp_runs_by_name(checkout: Path) -> None:
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert serve.returncode == 0, serve.stderr
-    assert "usage: restcp serve" in serve.stdout
+    assert "Usage: restcp serve" in serve.stdout
     assert ".venv/bin/restcp" in serve.stderr, serve.stderr
     lines = block("Two commands", 1)
     assert any(line.startswith("restcp ") for line in lines), lines
@@ -108,8 +108,8 @@ def test_after_the_set_up_restcp_runs_by_name(checkout: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, (script, done.stdout, done.stderr)
-    assert "usage: restcp" in done.stdout
-    assert "usage: restcp serve" in done.stdout
+    assert "Usage: restcp" in done.stdout
+    assert "Usage: restcp serve" in done.stdout
     assert "restcp 0." in done.stdout
 
 
