@@ -15,13 +15,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import RenderableType
 
 from restcp.cli.output import FORMATS, Format, dump, render
-from restcp.client import ApiError, Client
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from restcp.client import ApiError, Client
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -114,6 +117,8 @@ def api_command(
     def decorate(function: Callable[..., None]) -> click.Command:
         @functools.wraps(function)
         def run(url: str | None, token: str | None, output: Format, **arguments: Any) -> None:
+            from restcp.client import ApiError, Client
+
             try:
                 client = Client(url, token)
             except ValueError as err:

@@ -17,7 +17,6 @@ from typing import Any
 
 import click
 
-from restcp.client import ApiError, Client, Unreachable
 from restcp.settings import parse_api_token, read_token_file
 
 ACTIONS = {
@@ -40,6 +39,8 @@ def _token(path: str | None) -> str | None:
 
 def _ask(action: str, target: str, token: str | None, timeout: float) -> tuple[bool, Any]:
     """(done, the report or the problem document) of one node; Unreachable raises."""
+    from restcp.client import ApiError, Client, Unreachable
+
     with Client(target, token, timeout=timeout) as node:
         try:
             report = node.reseed() if action == "reseed" else node.adopt()
@@ -53,6 +54,8 @@ def _ask(action: str, target: str, token: str | None, timeout: float) -> tuple[b
 
 def run(action: str, api: str, api_token_file: str | None, every: bool, timeout: float) -> int:
     """The exit status of ``restcp cluster ACTION``, its report printed."""
+    from restcp.client import ApiError, Client, Unreachable
+
     try:
         token = _token(api_token_file)
         client = Client(api, token, timeout=timeout)

@@ -13,13 +13,14 @@ import io
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import click
-import yaml
-from rich.console import Console, RenderableType
-from rich.table import Table
-from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.table import Table
+    from rich.text import Text
 
 Format = Literal["table", "json", "yaml"]
 FORMATS: tuple[Format, ...] = ("table", "json", "yaml")
@@ -31,6 +32,8 @@ PIPE_WIDTH = 10_000
 def dump(data: Any, format: Format) -> str:
     """``data`` (JSON-ready: the API's models dumped in JSON mode) as JSON or YAML text."""
     if format == "yaml":
+        import yaml
+
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip("\n")
     return json.dumps(data, indent=2)
 
@@ -38,6 +41,8 @@ def dump(data: Any, format: Format) -> str:
 def cell(value: Any) -> Text:
     """A value as a table shows it: none as ``-``, numbers without a needless ``.0`` (and
     to the millisecond)."""
+    from rich.text import Text
+
     if value is None:
         shown = "-"
     elif isinstance(value, bool):
@@ -55,6 +60,8 @@ def cell(value: Any) -> Text:
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> Table:
     """Columns under a header; ``title`` above them."""
+    from rich.table import Table
+
     grid = Table(
         box=None,
         pad_edge=False,
@@ -73,6 +80,9 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | No
 
 def fields(pairs: Iterable[tuple[str, Any]]) -> Table:
     """One ``name  value`` line per pair: a single object's fields."""
+    from rich.table import Table
+    from rich.text import Text
+
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -84,6 +94,8 @@ def fields(pairs: Iterable[tuple[str, Any]]) -> Table:
 def render(*parts: RenderableType, file: TextIO | None = None) -> None:
     """Print ``parts``, a blank line between them: in colour and to the terminal's width on
     a terminal, plain and unwrapped elsewhere."""
+    from rich.console import Console
+
     out = file or sys.stdout
     terminal = out.isatty()
     buffer = io.StringIO()

@@ -10,10 +10,11 @@ negative rate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from restcp.api.schemas import RouteOut
-from restcp.client import Metrics
+if TYPE_CHECKING:
+    from restcp.api.schemas import RouteOut
+    from restcp.client import Metrics
 
 BackendKey = tuple[str, int, int]  # (app, route, backend)
 RouteKey = tuple[str, int]

@@ -16,12 +16,10 @@ API's model of the answer, as a table or as the API's own JSON.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
 
-from restcp.api.schemas import BackendOut, RouteOut
 from restcp.cli.base import Session, api_command, group
 from restcp.cli.fields import (
     BACKEND_ADDRESS,
@@ -32,8 +30,13 @@ from restcp.cli.fields import (
     options,
 )
 from restcp.cli.output import fields, table
-from restcp.client import Backend, Provisioning, Route
 from restcp.model import AdminState
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from restcp.api.schemas import BackendOut, RouteOut
+    from restcp.client import Backend, Route
 
 APP = click.argument("app")
 ROUTE = click.argument("route", type=int)
@@ -168,6 +171,8 @@ def _routes(root: click.Group) -> None:
     @APP
     @options([*ROUTE_PLACE, *ROUTE_SETTINGS])
     def create(session: Session, app: str, **arguments: Any) -> None:
+        from restcp.client import Provisioning
+
         body = given(arguments, [*ROUTE_PLACE, *ROUTE_SETTINGS])
         try:
             made = session.client.routes(app).create(**body)

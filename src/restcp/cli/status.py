@@ -7,15 +7,17 @@ IPs it holds (``cluster.frontend_ips`` of its /healthz), so status shows those o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from restcp.api.schemas import HealthOut, RouteOut
 from restcp.cli.base import Session, api_command
 from restcp.cli.output import fields, table
 from restcp.cli.resources import health_counts
-from restcp.client import Client
+
+if TYPE_CHECKING:
+    from restcp.api.schemas import HealthOut, RouteOut
+    from restcp.client import Client
 
 # The leases of a cluster node's frontend IPs under which it serves their routes.
 SERVING_LEASES = ("held", "provisional")

@@ -19,18 +19,18 @@ import termios
 import time
 import tty
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import yaml
-from rich.console import Console, Group, RenderableType
-from rich.text import Text
 
 from restcp.cli.base import Session, api_command
 from restcp.cli.output import render, table
 from restcp.cli.rates import Reading, frame, reading
 from restcp.cli.resources import address
 from restcp.cli.status import every_route
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
 QUIT_KEYS = ("q", "Q")
 
@@ -49,6 +49,9 @@ def per_second(value: float | None, unit: str = "") -> str | None:
 
 def view(shown: dict[str, Any], url: str, interval: float) -> RenderableType:
     """One refresh as a table: each route, then its backends indented under it."""
+    from rich.console import Group
+    from rich.text import Text
+
     rows: list[tuple[Any, ...]] = []
     for route in shown["routes"]:
         rows.append((
@@ -143,7 +146,9 @@ def _run(session: Session, interval: float, iterations: int) -> None:
     before: Reading | None = None
     count = 0
     with keys() as typed, contextlib.ExitStack() as stack:
+        screen = None
         if live:
+            from rich.console import Console
             from rich.live import Live
 
             screen = stack.enter_context(
@@ -156,11 +161,13 @@ def _run(session: Session, interval: float, iterations: int) -> None:
             shown = frame(routes, before, after)
             before = after
             count += 1
-            if live:
+            if screen is not None:
                 screen.update(view(shown, client.url, interval), refresh=True)
             elif session.output == "json":
                 click.echo(json.dumps(shown), nl=True)
             elif session.output == "yaml":
+                import yaml
+
                 click.echo("---\n" + yaml.safe_dump(shown, sort_keys=False).rstrip("\n"))
             else:
                 if count > 1:
