@@ -304,14 +304,6 @@ def _backends(root: click.Group) -> None:
         def change(session: Session, app: str, route: int, backend: int) -> None:
             show_backend(session, handle(session, app, route, backend).update(state=state))
 
-    state_command("enable", "enabled", "Give a backend new clients again (PATCH state: enabled).")
-    state_command(
-        "disable",
-        "disabled",
-        "Take a backend out: no new clients, its open connections closed at once "
-        "(PATCH state: disabled).",
-    )
-
     @api_command(
         backends,
         "drain",
@@ -334,6 +326,14 @@ def _backends(root: click.Group) -> None:
         if drain_timeout is not None:
             body["drain_timeout"] = drain_timeout
         show_backend(session, handle(session, app, route, backend).update(**body))
+
+    state_command("enable", "enabled", "Give a backend new clients again (PATCH state: enabled).")
+    state_command(
+        "disable",
+        "disabled",
+        "Take a backend out: no new clients, its open connections closed at once "
+        "(PATCH state: disabled).",
+    )
 
 
 def _tokens(root: click.Group) -> None:
