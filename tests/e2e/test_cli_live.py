@@ -167,11 +167,12 @@ def test_top_rates_come_from_the_traffic_between_refreshes(
     # four connections and their bytes in total, over however many refreshes they spread.
     later = frames[1:]
     backend = [f["routes"][0]["backends"][0] for f in later]
-    connections = sum(
-        b["connections_per_s"] * f["seconds"] for b, f in zip(backend, later, strict=True)
-    )
-    sent = sum(b["bytes_in_per_s"] * f["seconds"] for b, f in zip(backend, later, strict=True))
-    received = sum(b["bytes_out_per_s"] * f["seconds"] for b, f in zip(backend, later, strict=True))
+
+    def counted(rate: str) -> float:
+        return sum(b[rate] * f["seconds"] for b, f in zip(backend, later, strict=True))
+
+    connections = counted("connections_per_s")
+    sent, received = counted("bytes_in_per_s"), counted("bytes_out_per_s")
     assert round(connections, 6) == 4
     assert (round(sent, 3), round(received, 3)) == (4000, 4000)
     assert any(b["connections_per_s"] > 0 for b in backend)
