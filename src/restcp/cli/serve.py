@@ -99,10 +99,14 @@ def _count(text: str) -> int | None:
 def _setting(
     flag: str, metavar: str | None, text: str, parse: Callable[[str], Any] | None = None, **kw: Any
 ) -> Callable[[Any], Any]:
-    """An option of ``serve`` read from RESTCP_<FLAG> when not given."""
+    """An option of ``serve`` read from RESTCP_<FLAG> when not given. A value that is parsed
+    or chosen takes an empty variable as its value, and refuses it: ``RESTCP_LOOP=`` is
+    more likely a script's unset variable than a wish for the default."""
     variable = "RESTCP_" + flag.removeprefix("--").upper().replace("-", "_")
     if parse is not None:
         kw["type"] = Parsed(parse, flag)
+    if ("type" in kw) and not kw.get("multiple") and not kw.get("is_flag"):
+        kw.setdefault("empty_is_value", True)
     return click.option(
         flag, cls=EnvOption, envvar=variable, metavar=metavar, help=text, show_envvar=False, **kw
     )
