@@ -82,6 +82,12 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _seed(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) >= 1 << 64:
+        raise ValueError(f"{text!r} is not a whole number from 0 to 2**64 - 1")
+    return int(text)
+
+
 def _api_token(args: argparse.Namespace, kind: str = "api") -> str | None:
     """The admin token (``kind`` "api") or the metrics token ("metrics") from --KIND-token,
     --KIND-token-file or their variables (one only)."""
@@ -350,6 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
         "passive health are per process (RESTCP_WORKERS; %(default)s)",
     )
     serve.add_argument(
+        "--seed",
+        type=_arg(_seed, "--seed"),
+        default=_env("SEED", "") or None,
+        metavar="N",
+        help="the seed of the toxics' random draws (toxicity, jitter, slicer sizes): the "
+        "same seed, route, connection number and toxic draw the same; a route's own seed "
+        "wins; none: a random one, logged at start (RESTCP_SEED)",
+    )
+    serve.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=_env("LOG_LEVEL", "info").lower(),
@@ -418,6 +433,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_routes_per_app=args.max_routes_per_app,
         max_backends_per_route=args.max_backends_per_route,
         workers=args.workers,
+        seed=args.seed,
         store=args.store,
         frontend_ips=tuple(dict.fromkeys(frontend_ips)),
         port_range=args.port_range,

@@ -90,6 +90,7 @@ class DataPlane:
             max_connections_per_app=settings.max_connections_per_app,
             backend_refusal=self.refusal,
             binder=self._bind,
+            seed=settings.seed,
         )
         self.api_address: tuple[str, int] | None = None
 
