@@ -305,7 +305,7 @@ class Connection:
             self.switch(lambda: self.splice_pipe(up), raw=True)
 
     def chatty(self) -> None:
-        if self._splice == "auto" and self.pipe is not self.transports:
+        if self._splice == "auto" and isinstance(self.pipe, SplicePipe):
             self.switch(lambda: self.transports, raw=False)
 
     def client_lost(self, exc: Exception | None) -> None:
