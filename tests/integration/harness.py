@@ -221,6 +221,7 @@ class Server:
 
     handler: Handler
     port: int = 0
+    backlog: int = 100  # asyncio's default; a thousand clients at once need more
     accepted: int = 0
     results: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
@@ -228,7 +229,7 @@ class Server:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def __aenter__(self) -> Server:
-        self._server = await asyncio.start_server(self._serve, HOST, 0)
+        self._server = await asyncio.start_server(self._serve, HOST, 0, backlog=self.backlog)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
