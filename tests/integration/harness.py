@@ -136,6 +136,20 @@ async def drain(sock: socket.socket) -> bytes:
     return bytes(received)
 
 
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def open_sockets() -> int:
+    """The process's sockets (not all its fds: libuv keeps a spare fd, opened with its
+    first listener, to shed connections when the process runs out of fds)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own fd is gone already
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
 def payload(size: int) -> bytes:
     return os.urandom(size)
 
