@@ -53,6 +53,10 @@ Toxics (proxy/stages.py): a connection that meets one (drawn once per toxic by i
 added to its route (``toxics_changed``: the RouteRuntime tells every connection), and
 goes back to the pipe it had once it meets none. A route without toxics costs a
 connection one test at its connect.
+
+The module is over 500 lines, a tenth of them this map: it is one state machine and the
+one owner of what its pipes share; the mechanisms it drives (connecting, the pipes, the
+stages, the deadlines) are modules of their own.
 """
 
 from __future__ import annotations

@@ -38,6 +38,9 @@ connections that met it): plain integers, read at scrape time (dataplane.py).
 The draws of a connection for a toxic (toxicity first, then jitter or slice sizes) come
 from ``core.toxics.draws(seed, route, connection number, toxic)``: ``Meeting`` makes them,
 once per connection and toxic.
+
+The module is over 500 lines: a short class per type, beside the base they share and the
+table above, read together (a module per type would split one protocol over eight files).
 """
 
 from __future__ import annotations
