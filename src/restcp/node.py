@@ -58,15 +58,17 @@ class Node:
     API asks of it besides writes (the API's ``Owner``)."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
+        # One seed for the node's every process (the workers get these settings), drawn
+        # here when not given, and logged either way, so that a run can be replayed.
         if settings.seed is None:
-            # One seed for the node's every process (the workers get these settings), drawn
-            # here and logged, so that a run can be replayed with --seed.
             settings = dataclasses.replace(settings, seed=secrets.randbits(63))
             log.info(
                 "seed=%d (random; --seed %d replays the toxics' draws)",
                 settings.seed,
                 settings.seed,
             )
+        else:
+            log.info("seed=%d (given)", settings.seed)
         self.settings = settings
         self.store = store
         # --workers N > 1: worker processes serve the same routes on SO_REUSEPORT sockets
