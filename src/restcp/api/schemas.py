@@ -296,6 +296,8 @@ class RouteOut(_Out):
     passive_fall: int
     passive_cooldown: float
     splice: Splice
+    enabled: bool = _read_only(description="false: the port refuses new clients")
+    seed: int | None = _read_only(description="the seed of the route's random draws, if set")
 
 
 class BackendCreated(_Out):
