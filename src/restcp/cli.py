@@ -231,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(RESTCP_MAX_BACKENDS_PER_ROUTE; %(default)s)",
     )
     serve.add_argument(
+        "--max-toxics-per-route",
+        type=_arg(_positive, "--max-toxics-per-route"),
+        default=_env("MAX_TOXICS_PER_ROUTE", "32"),
+        metavar="N",
+        help="toxics one route may have; more are refused with 409 "
+        "(RESTCP_MAX_TOXICS_PER_ROUTE; %(default)s)",
+    )
+    serve.add_argument(
         "--store",
         default=_env("STORE", "sqlite:///restcp.db"),
         metavar="URL",
@@ -417,6 +425,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         api_request_timeout=args.api_request_timeout,
         max_routes_per_app=args.max_routes_per_app,
         max_backends_per_route=args.max_backends_per_route,
+        max_toxics_per_route=args.max_toxics_per_route,
         workers=args.workers,
         store=args.store,
         frontend_ips=tuple(dict.fromkeys(frontend_ips)),

@@ -12,6 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from restcp.api.schemas import BackendPatchBody, RouteSettingsBody
+from restcp.api.toxics import ToxicBody, ToxicPatchBody
 from restcp.cli import build_parser
 from restcp.model import Balance
 
@@ -58,6 +59,8 @@ def test_the_objects_table_names_every_balance() -> None:
     [
         ("PATCH /apps/{app}/routes/{route}`", RouteSettingsBody),
         ("PATCH /apps/{app}/routes/{route}/backends/{backend}`", BackendPatchBody),
+        ("PATCH /apps/{app}/routes/{route}/toxics/{toxic}`", ToxicPatchBody),
+        ("PUT /apps/{app}/routes/{route}/toxics`", ToxicBody),
     ],
 )
 def test_each_patch_section_names_every_field(title: str, model: type[BaseModel]) -> None:
