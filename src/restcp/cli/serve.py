@@ -166,6 +166,10 @@ SETTINGS = [
         "backends one route may have; more are refused with 409 "
         "(RESTCP_MAX_BACKENDS_PER_ROUTE; 100)",
         _positive, default="100"),
+    _setting("--max-toxics-per-route", "N",
+        "toxics one route may have; more are refused with 409 "
+        "(RESTCP_MAX_TOXICS_PER_ROUTE; 32)",
+        _positive, default="32"),
     _setting("--store", "URL",
         "sqlite:///PATH (relative), sqlite:////PATH (absolute), memory://, or "
         "redis://HOST:PORT/DB for a cluster of nodes (also rediss://, redis+sentinel://; "
@@ -279,6 +283,7 @@ def settings_from_options(options: dict[str, Any]) -> Settings:
         api_request_timeout=options["api_request_timeout"],
         max_routes_per_app=options["max_routes_per_app"],
         max_backends_per_route=options["max_backends_per_route"],
+        max_toxics_per_route=options["max_toxics_per_route"],
         workers=options["workers"],
         seed=options["seed"],
         store=options["store"],

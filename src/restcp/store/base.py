@@ -5,6 +5,9 @@ Every implementation keeps these rules, and tests/contract runs one suite agains
   delete, so an app exists from its first route on and keeps its counters;
 - every method is atomic: a failed call (NotFound, Conflict) changes nothing;
 - two routes never share a frontend address: ``create_route`` raises Conflict;
+- a route's toxics are kept in the order they were added, each under a name of its own
+  (``add_toxic`` raises DuplicateToxic, a Conflict); they go with the route when it is
+  deleted;
 - API tokens are kept as hashes only (the API hashes; a store never sees a token), with
   ids per app that count from 1 and are never reused; tokens do not make an app exist.
 """
@@ -15,7 +18,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from restcp.model import Backend, Route, RouteKey, RouteSettings
+from restcp.model import Backend, Route, RouteKey, RouteSettings, Toxic
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,15 @@ class Store(Protocol):
 
     async def delete_backend(self, app: str, route_id: int, backend_id: int) -> None: ...
 
+    async def add_toxic(self, app: str, route_id: int, toxic: Toxic) -> Toxic:
+        """Append ``toxic`` to the route's toxics; DuplicateToxic if it has one of that
+        name."""
+
+    async def update_toxic(self, app: str, route_id: int, toxic: Toxic) -> Toxic:
+        """Replace the toxic named ``toxic.name``, in its place."""
+
+    async def delete_toxic(self, app: str, route_id: int, name: str) -> None: ...
+
     async def ports_in_use(self, frontend_ip: str) -> set[int]: ...
 
     async def get_port_cursor(self, frontend_ip: str) -> int | None:
@@ -118,6 +130,7 @@ class Snapshot(Protocol):
         self, epoch: str | None, upserts: Iterable[Route], deletes: Iterable[RouteKey]
     ) -> None:
         """In one transaction: store ``epoch`` (None keeps the one stored), replace each
-        route of ``upserts`` with its backends, remove ``deletes``. Counters only grow."""
+        route of ``upserts`` with its backends and toxics, remove ``deletes``. Counters
+        only grow."""
 
     async def close(self) -> None: ...
