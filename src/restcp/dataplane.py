@@ -18,10 +18,11 @@ import functools
 import socket
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from restcp.core.policy import DEFAULT_DENY, AddressPolicy, parse_networks
 from restcp.core.reconcile import diff
-from restcp.model import BackendStatus, Route, RouteKey, is_host_name
+from restcp.model import BackendStatus, Route, RouteKey, Stream, ToxicType, is_host_name
 from restcp.proxy.listener import bind
 from restcp.proxy.manager import ProxyManager
 from restcp.proxy.runtime import RouteRuntime
@@ -52,28 +53,68 @@ class BackendCounts:
         return dataclasses.replace(self, active=0)
 
 
+@dataclass(frozen=True, slots=True)
+class ToxicCounts:
+    """One toxic's counters in one process (or summed over several): connections that met
+    it, bytes its stages hold now, bytes they dropped."""
+
+    type: ToxicType
+    stream: Stream
+    connections: int = 0
+    held: int = 0
+    dropped: int = 0
+
+    def __add__(self, other: ToxicCounts) -> ToxicCounts:
+        return ToxicCounts(
+            self.type,
+            self.stream,
+            self.connections + other.connections,
+            self.held + other.held,
+            self.dropped + other.dropped,
+        )
+
+    def ended(self) -> ToxicCounts:
+        return dataclasses.replace(self, held=0)
+
+
 @dataclass(slots=True)
 class RouteCounts:
-    """One route's counters: clients refused, by reason, and its backends', by id."""
+    """One route's counters: clients refused, by reason, its backends', by id, and its
+    toxics', by name."""
 
     refused: dict[str, int] = field(default_factory=dict)
     backends: dict[int, BackendCounts] = field(default_factory=dict)
+    toxics: dict[str, ToxicCounts] = field(default_factory=dict)
 
     def __add__(self, other: RouteCounts) -> RouteCounts:
         refused = dict(self.refused)
         for reason, n in other.refused.items():
             refused[reason] = refused.get(reason, 0) + n
-        backends = dict(self.backends)
-        for backend_id, counts in other.backends.items():
-            had = backends.get(backend_id)
-            backends[backend_id] = counts if had is None else had + counts
-        return RouteCounts(refused, backends)
+        return RouteCounts(
+            refused, _sum(self.backends, other.backends), _sum(self.toxics, other.toxics)
+        )
 
     def backend(self, backend_id: int) -> BackendCounts:
         return self.backends.get(backend_id) or BackendCounts()
 
     def ended(self) -> RouteCounts:
-        return RouteCounts(dict(self.refused), {b: c.ended() for b, c in self.backends.items()})
+        return RouteCounts(
+            dict(self.refused),
+            {b: c.ended() for b, c in self.backends.items()},
+            {t: c.ended() for t, c in self.toxics.items()},
+        )
+
+
+_K = TypeVar("_K")
+_C = TypeVar("_C", BackendCounts, ToxicCounts)
+
+
+def _sum(ours: Mapping[_K, _C], theirs: Mapping[_K, _C]) -> dict[_K, _C]:
+    total = dict(ours)
+    for key, counts in theirs.items():
+        had = total.get(key)
+        total[key] = counts if had is None else had + counts
+    return total
 
 
 class DataPlane:
@@ -90,6 +131,7 @@ class DataPlane:
             max_connections_per_app=settings.max_connections_per_app,
             backend_refusal=self.refusal,
             binder=self._bind,
+            seed=settings.seed,
         )
         self.api_address: tuple[str, int] | None = None
 
@@ -155,7 +197,11 @@ class DataPlane:
             backends[m.id] = BackendCounts(
                 m.connections, m.active, m.bytes_up + up, m.bytes_down + down, m.connect_failures
             )
-        return RouteCounts(dict(runtime.refused), backends)
+        toxics = {
+            name: ToxicCounts(t.type, t.stream, t.connections, t.held, t.dropped)
+            for name, t in runtime.tallies.items()
+        }
+        return RouteCounts(dict(runtime.refused), backends, toxics)
 
     async def shutdown(self, drain_timeout: float) -> None:
         """Stop accepting, let connections finish up to ``drain_timeout``, then reset them."""

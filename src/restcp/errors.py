@@ -6,7 +6,7 @@ class RestcpError(Exception):
 
 
 class NotFound(RestcpError):
-    """The app, route or backend does not exist (404)."""
+    """The app, route, backend or toxic does not exist (404)."""
 
 
 class Forbidden(RestcpError):
@@ -28,6 +28,17 @@ class DuplicateBackend(Conflict):
             f"change its weight to give it more clients"
         )
         self.other_id = other_id
+
+
+class DuplicateToxic(Conflict):
+    """The route has a toxic of this name already (409)."""
+
+    def __init__(self, app: str, route_id: int, name: str) -> None:
+        super().__init__(
+            f"route {route_id} of app {app!r} has a toxic named {name!r} already: change it "
+            "(PATCH), delete it, or give the new one another name"
+        )
+        self.name = name
 
 
 class InvalidSpec(RestcpError):

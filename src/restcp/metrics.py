@@ -23,7 +23,14 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE_LATEST", "BackendSample", "Metrics", "RouteSample", "generate_latest"]
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "BackendSample",
+    "Metrics",
+    "RouteSample",
+    "ToxicSample",
+    "generate_latest",
+]
 
 HEALTH_STATES = ("up", "down", "unknown")
 
@@ -42,11 +49,22 @@ class BackendSample:
 
 
 @dataclass(frozen=True, slots=True)
+class ToxicSample:
+    toxic: str  # its name
+    type: str
+    stream: str
+    connections: int  # that met it
+    held: int  # bytes held now
+    dropped: int  # bytes dropped
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSample:
     app: str
     route: int
     refused: dict[str, int]  # reason -> count
     backends: tuple[BackendSample, ...]
+    toxics: tuple[ToxicSample, ...] = ()
 
 
 class StatsSource(Protocol):
@@ -79,10 +97,27 @@ class _DataPlaneCollector(Collector):
             "Clients closed without a backend (limits reached, no backend usable)",
             labels=["app", "route", "reason"],
         )
+        toxic_labels = ["app", "route", "toxic", "type", "stream"]
+        met = CounterMetricFamily(
+            "restcp_toxic_connections", "Connections that met a toxic", labels=toxic_labels
+        )
+        held = GaugeMetricFamily(
+            "restcp_toxic_held_bytes", "Bytes a toxic holds back now", labels=toxic_labels
+        )
+        dropped = CounterMetricFamily(
+            "restcp_toxic_dropped_bytes",
+            "Bytes a toxic dropped (past a limit, held when a timeout or a reset came)",
+            labels=toxic_labels,
+        )
         for route in self._source.samples():
             rid = str(route.route)
             for reason, count in sorted(route.refused.items()):
                 refused.add_metric([route.app, rid, reason], count)
+            for t in route.toxics:
+                key = [route.app, rid, t.toxic, t.type, t.stream]
+                met.add_metric(key, t.connections)
+                held.add_metric(key, t.held)
+                dropped.add_metric(key, t.dropped)
             for b in route.backends:
                 key = [b.app, rid, str(b.backend)]
                 total.add_metric(key, b.connections_total)
@@ -92,7 +127,7 @@ class _DataPlaneCollector(Collector):
                 failures.add_metric(key, b.connect_failures)
                 for state in HEALTH_STATES:
                     health.add_metric([*key, state], 1.0 if b.health == state else 0.0)
-        yield from (total, active, sent, failures, health, refused)
+        yield from (total, active, sent, failures, health, refused, met, held, dropped)
 
 
 class Metrics:

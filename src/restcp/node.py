@@ -19,7 +19,9 @@ the embedded store is a cluster of one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import secrets
 import signal
 from collections.abc import Mapping
 from typing import Any
@@ -56,6 +58,17 @@ class Node:
     API asks of it besides writes (the API's ``Owner``)."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
+        # One seed for the node's every process (the workers get these settings), drawn
+        # here when not given, and logged either way, so that a run can be replayed.
+        if settings.seed is None:
+            settings = dataclasses.replace(settings, seed=secrets.randbits(63))
+            log.info(
+                "seed=%d (random; --seed %d replays the toxics' draws)",
+                settings.seed,
+                settings.seed,
+            )
+        else:
+            log.info("seed=%d (given)", settings.seed)
         self.settings = settings
         self.store = store
         # --workers N > 1: worker processes serve the same routes on SO_REUSEPORT sockets

@@ -61,9 +61,13 @@ class Settings:
     api_request_timeout: float = 30.0
     max_routes_per_app: int = 1000
     max_backends_per_route: int = 100
+    max_toxics_per_route: int = 32
     # Data-plane processes: 1 is this process alone; N > 1 adds N-1 workers that serve the
     # same routes on SO_REUSEPORT sockets (restcp/workers/).
     workers: int = 1
+    # The seed of every random draw of the toxics (toxicity, jitter, slicer sizes), unless a
+    # route has its own; None: the node draws one at start and logs it (--seed replays it).
+    seed: int | None = None
 
     def exposed_without_token(self) -> bool:
         """Whether anyone beyond this machine may reach an API that asks for no token."""

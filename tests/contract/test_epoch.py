@@ -5,13 +5,14 @@ Store half's included), reseeding routes with their ids, and the backends' healt
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
 import redis
 
 from restcp.errors import EpochMismatch, NotFound
-from restcp.model import Backend, Route, RouteSettings
+from restcp.model import Backend, Route, RouteSettings, Toxic
 from tests.contract.conftest import SyncStore
 
 IP = "127.0.0.3"
@@ -30,7 +31,14 @@ def full_route(route_id: int = 7, port: int = 10004) -> Route:
         port,
         RouteSettings(balance="round_robin"),
         (Backend(2, "10.0.0.1", 8080, weight=3), Backend(5, "10.0.0.2", 8080)),
+        TOXICS,
     )
+
+
+TOXICS = (
+    Toxic("slow", "latency", attributes=(("jitter", 5), ("latency", 200))),
+    Toxic("cut", "reset_peer", "upstream", 0.5, (("timeout", 0),), ("10.0.0.0/8",)),
+)
 
 
 def test_the_first_claim_sets_the_epoch_and_later_ones_get_it(store: SyncStore) -> None:
@@ -110,13 +118,30 @@ def test_restore_is_idempotent_and_never_overwrites_other_content(
     assert store.coordination.restore_route(route, "e1") == ("unchanged", "")
     before = {k: raw_redis.dump(k) for k in raw_redis.keys("*")}
 
-    changed_settings = Route("web", 7, IP, 10004, RouteSettings(), route.backends)
-    fewer_backends = Route("web", 7, IP, 10004, route.settings, route.backends[:1])
+    changed_settings = Route("web", 7, IP, 10004, RouteSettings(), route.backends, TOXICS)
+    fewer_backends = Route("web", 7, IP, 10004, route.settings, route.backends[:1], TOXICS)
     other_backend = Route(
-        "web", 7, IP, 10004, route.settings, (route.backends[0], Backend(5, "10.0.0.9", 1))
+        "web",
+        7,
+        IP,
+        10004,
+        route.settings,
+        (route.backends[0], Backend(5, "10.0.0.9", 1)),
+        TOXICS,
     )
+    fewer_toxics = dataclasses.replace(route, toxics=TOXICS[:1])
+    reordered_toxics = dataclasses.replace(route, toxics=TOXICS[::-1])
+    other_toxic = dataclasses.replace(route, toxics=(TOXICS[0], TOXICS[1].replace(toxicity=0.25)))
     same_address = Route("billing", 1, IP, 10004)
-    for conflicting in (changed_settings, fewer_backends, other_backend, same_address):
+    for conflicting in (
+        changed_settings,
+        fewer_backends,
+        other_backend,
+        fewer_toxics,
+        reordered_toxics,
+        other_toxic,
+        same_address,
+    ):
         outcome, why = store.coordination.restore_route(conflicting, "e1")
         assert outcome == "conflict", conflicting
         assert why

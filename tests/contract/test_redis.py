@@ -22,8 +22,15 @@ import redis
 from redis.asyncio import SSLConnection
 
 from restcp.cluster import Coordination, SharedStore
-from restcp.errors import Conflict, DuplicateBackend, InvalidSpec, NotFound, Unavailable
-from restcp.model import Backend, Route, RouteSettings
+from restcp.errors import (
+    Conflict,
+    DuplicateBackend,
+    DuplicateToxic,
+    InvalidSpec,
+    NotFound,
+    Unavailable,
+)
+from restcp.model import Backend, Route, RouteSettings, Toxic
 from restcp.store import AppInfo, Store, open_store
 from restcp.store.redis import Keys, RedisStore, RedisTarget, parse_url
 from tests.contract.conftest import SyncStore
@@ -107,6 +114,8 @@ def test_the_doc_table_covers_every_key_family() -> None:
         "route:<app>:<route>:backend:<id>": "hash",
         "route:<app>:<route>:backends_live": "list",
         "route:<app>:<route>:backends_dead": "list",
+        "route:<app>:<route>:toxics": "hash",
+        "route:<app>:<route>:toxic_order": "list",
         "tokens": "hash",
         "app:<app>:token_counter": "string",
         "app:<app>:tokens": "hash",
@@ -125,6 +134,10 @@ def test_keys_types_and_values_are_as_documented(store: SyncStore, raw_redis: re
     assert store.coordination.put_backend_health("web", 1, [1, 2], [3]) is True
     assert store.coordination.claim_epoch("e1") == "e1"
     store.delete_backend("web", 1, 2)
+    slow = Toxic("slow", "latency", attributes=(("jitter", 0), ("latency", 200)))
+    for name in ("slow", "cut", "later"):
+        store.add_toxic("web", 1, slow.replace(name=name))
+    store.delete_toxic("web", 1, "cut")
     store.set_port_cursor(IP, 10003)
     web_hash, billing_hash = "ab" * 32, "cd" * 32
     store.create_token("web", "00" * 32, 1.5)
@@ -154,6 +167,16 @@ def test_keys_types_and_values_are_as_documented(store: SyncStore, raw_redis: re
     kind, backend = keys["route:web:1:backend:3"]
     assert (kind, backend["ip"], backend["port"]) == ("hash", "10.0.1.7", "8082")
     assert '"weight": 3' in backend["settings"]
+    kind, toxics = keys["route:web:1:toxics"]
+    assert (kind, set(toxics)) == ("hash", {"slow", "later"})
+    assert json.loads(toxics["slow"]) == {
+        "type": "latency",
+        "stream": "downstream",
+        "toxicity": 1.0,
+        "attributes": {"jitter": 0, "latency": 200},
+        "clients": [],
+    }
+    assert keys["route:web:1:toxic_order"] == ("list", ["slow", "later"])
     assert keys["tokens"] == ("hash", {web_hash: "web:2", billing_hash: "billing:1"})
     assert keys["app:web:token_counter"] == ("string", "2")
     kind, web_tokens = keys["app:web:tokens"]
@@ -174,6 +197,10 @@ def test_deletes_leave_only_what_outlives_routes(store: SyncStore, raw_redis: re
         store.add_backend("web", route_id, Backend(0, IP, port))
     raw_redis.rpush("restcp:route:web:1:backends_live", 1, 2)
     raw_redis.rpush("restcp:route:web:1:backends_dead", 2)
+    slow = Toxic("slow", "latency", attributes=(("jitter", 0), ("latency", 1)))
+    store.add_toxic("web", 1, slow)
+    store.add_toxic("web", 2, slow)
+    store.delete_toxic("web", 2, "slow")
     store.set_port_cursor(IP, 10001)
     store.delete_route("web", 1)
     store.delete_backend("web", 2, 1)
@@ -193,6 +220,7 @@ def test_deletes_leave_only_what_outlives_routes(store: SyncStore, raw_redis: re
     assert set(keyspace(raw_redis)) == {"apps", "app:web:route_counter", "port_cursors"}
 
 
+SLOW = Toxic("slow", "latency", attributes=(("jitter", 0), ("latency", 200)))
 FAILING: list[tuple[str, Callable[[SyncStore], Any], type[Exception]]] = [
     ("taken address", lambda s: s.create_route("new", IP, 10000, DEFAULT), Conflict),
     ("taken address, same app", lambda s: s.create_route("web", IP, 10000, DEFAULT), Conflict),
@@ -204,6 +232,10 @@ FAILING: list[tuple[str, Callable[[SyncStore], Any], type[Exception]]] = [
     ("token hash taken", lambda s: s.create_token("new", "ab" * 32, 1.0), Conflict),
     ("delete unknown token", lambda s: s.delete_token("web", 9), NotFound),
     ("delete revoked token", lambda s: s.delete_token("web", 1), NotFound),
+    ("toxic name taken", lambda s: s.add_toxic("web", 1, SLOW), DuplicateToxic),
+    ("update unknown toxic", lambda s: s.update_toxic("web", 1, SLOW.replace(name="x")), NotFound),
+    ("delete unknown toxic", lambda s: s.delete_toxic("web", 1, "x"), NotFound),
+    ("toxic of deleted route", lambda s: s.add_toxic("web", 2, SLOW), NotFound),
     (
         "same address twice",
         lambda s: s.add_backend("web", 1, Backend(0, IP, 9000)),
@@ -224,6 +256,7 @@ def test_a_refused_call_writes_no_key(
     store.create_route("web", IP, 10000, DEFAULT)
     store.create_route("web", IP, 10001, DEFAULT)
     store.add_backend("web", 1, Backend(0, IP, 9000))
+    store.add_toxic("web", 1, SLOW)
     store.delete_route("web", 2)
     store.create_token("web", "cd" * 32, 1.0)
     store.delete_token("web", 1)
@@ -270,6 +303,9 @@ ROUTE_WRITES: dict[str, Callable[[SyncStore], object]] = {
     "add_backend": lambda s: s.add_backend("web", 1, Backend(0, "10.0.1.8", 8080)),
     "update_backend": lambda s: s.update_backend("web", 1, Backend(1, "10.0.1.7", 8081)),
     "delete_backend": lambda s: s.delete_backend("web", 1, 1),
+    "add_toxic": lambda s: s.add_toxic("web", 1, Toxic("thin", "bandwidth")),
+    "update_toxic": lambda s: s.update_toxic("web", 1, SLOW.replace(toxicity=0.5)),
+    "delete_toxic": lambda s: s.delete_toxic("web", 1, "slow"),
 }
 # The rest: reads, a route's creation (version 1) and deletion (acknowledged as gone), and
 # what is not a route.
@@ -293,6 +329,7 @@ def test_every_method_of_the_store_is_known_to_change_a_route_or_not() -> None:
 def test_each_write_of_a_route_raises_its_version_by_one(store: SyncStore, write: str) -> None:
     store.create_route("web", IP, 10000, DEFAULT)
     store.add_backend("web", 1, Backend(0, "10.0.1.7", 8080))
+    store.add_toxic("web", 1, SLOW)
     before = store.get_route("web", 1).version
     ROUTE_WRITES[write](store)
     assert store.get_route("web", 1).version == before + 1

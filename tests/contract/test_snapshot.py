@@ -4,12 +4,13 @@ node of a Redis cluster serves with Redis down, and writes back into a Redis tha
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from restcp.model import Backend, Route, RouteSettings
+from restcp.model import Backend, Route, RouteSettings, Toxic
 from restcp.store import SnapshotData, open_snapshot
 from tests.contract.conftest import STORE_URLS, SyncStore
 
@@ -93,3 +94,17 @@ def test_a_snapshot_file_outlives_its_process(tmp_path: Path, runner: asyncio.Ru
     finally:
         runner.run(second.close())
     assert (data.epoch, data.routes) == ("e1", (route("web", 1, C, 10004, 3),))
+
+
+def test_toxics_come_back_in_their_order_and_follow_each_save(snap: SyncStore) -> None:
+    slow = Toxic("slow", "latency", attributes=(("jitter", 0), ("latency", 200)))
+    cut = Toxic("cut", "reset_peer", "upstream", 0.5, (("timeout", 10),), ("10.0.0.0/8",))
+    web = dataclasses.replace(route("web", 7, C, 10004, 2), toxics=(slow, cut))
+    snap.save_snapshot("e1", [web], [])
+    assert snap.load_snapshot([C]).routes == (web,)
+    # A toxic removed and another added: the snapshot holds the route as saved last.
+    changed = dataclasses.replace(web, toxics=(cut, slow.replace(name="slower")))
+    snap.save_snapshot(None, [changed], [])
+    assert snap.load_snapshot([C]).routes == (changed,)
+    snap.save_snapshot(None, [], [("web", 7)])
+    assert snap.load_snapshot([C]).routes == ()

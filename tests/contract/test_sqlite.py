@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from restcp.errors import DuplicateBackend, InvalidSpec
-from restcp.model import Backend, Route, RouteSettings
+from restcp.model import Backend, Route, RouteSettings, Toxic
 from restcp.store import Store, open_store
 from tests.contract.conftest import SyncStore
 
@@ -151,3 +151,44 @@ def test_a_pair_stored_before_the_one_address_rule_may_still_change(
     with pytest.raises(DuplicateBackend):
         store.update_backend("a", 1, Backend(1, IP, 9000))
     assert [b.port for b in store.get_route("a", 1).backends] == [9002, 9000]
+
+
+def test_a_file_from_before_toxics_gets_their_table(
+    tmp_path: Path, open_url: Callable[[str], SyncStore]
+) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    store = open_url(url)
+    store.create_route("a", IP, 10000, RouteSettings())
+    store.add_backend("a", 1, Backend(0, IP, 9000))
+    store.close()
+    # As an earlier restcp left it: no toxics table.
+    raw(tmp_path / "x.db", "DROP TABLE toxics")
+    reopened = open_url(url)
+    assert reopened.get_route("a", 1) == Route(
+        "a", 1, IP, 10000, RouteSettings(), (Backend(1, IP, 9000),)
+    )
+    slow = Toxic("slow", "latency", attributes=(("jitter", 0), ("latency", 5)))
+    reopened.add_toxic("a", 1, slow)
+    assert reopened.get_route("a", 1).toxics == (slow,)
+    # Deleting the route takes its toxics' rows.
+    reopened.delete_route("a", 1)
+    assert raw(tmp_path / "x.db", "SELECT * FROM toxics") == []
+
+
+def test_toxic_attributes_unknown_to_this_version_are_dropped_and_missing_ones_default(
+    tmp_path: Path, open_url: Callable[[str], SyncStore]
+) -> None:
+    store = open_url(f"sqlite:///{tmp_path}/x.db")
+    store.create_route("a", IP, 10000, RouteSettings())
+    store.add_toxic("a", 1, Toxic("slow", "latency", attributes=(("jitter", 1), ("latency", 5))))
+    newer = {
+        "type": "latency",
+        "stream": "upstream",
+        "toxicity": 0.5,
+        "attributes": {"latency": 7, "curve": 3},
+        "knob": 1,
+    }
+    raw(tmp_path / "x.db", "UPDATE toxics SET settings = ?", json.dumps(newer))
+    assert store.get_route("a", 1).toxics == (
+        Toxic("slow", "latency", "upstream", 0.5, (("jitter", 0), ("latency", 7))),
+    )

@@ -27,6 +27,8 @@ BODIES: dict[str, Any] = {
     "add_backend": {"ip": "127.0.0.1", "port": 9},
     "replace_backend": {"ip": "127.0.0.1", "port": 10},
     "patch_backend": {"weight": 2},
+    "create_toxic": {"type": "latency", "name": "t1"},
+    "patch_toxic": {"attributes": {"latency": 5}},
     "create_token": None,
 }
 
@@ -65,6 +67,7 @@ def path_of(endpoint: Endpoint, app: str, ids: int = 1) -> str:
         .replace("{route}", str(ids))
         .replace("{backend}", str(ids))
         .replace("{token}", str(ids))
+        .replace("{toxic}", f"t{ids}")
     )
 
 
@@ -213,6 +216,12 @@ def test_an_app_token_has_its_own_app_and_nothing_else(
         ("PUT", "/apps/a/routes/2/backends/1", {"ip": "::1", "port": 9}, 200),
         ("PATCH", "/apps/a/routes/2/backends/1", {"weight": 3}, 200),
         ("DELETE", "/apps/a/routes/2/backends/1", None, 204),
+        ("PUT", "/apps/a/routes/2/toxics", {"type": "latency"}, 201),
+        ("POST", "/apps/a/routes/2/toxics", {"type": "timeout", "name": "t"}, 201),
+        ("GET", "/apps/a/routes/2/toxics", None, 200),
+        ("GET", "/apps/a/routes/2/toxics/t", None, 200),
+        ("PATCH", "/apps/a/routes/2/toxics/t", {"toxicity": 0.5}, 200),
+        ("DELETE", "/apps/a/routes/2/toxics/t", None, 204),
         ("DELETE", "/apps/a/routes/2", None, 204),
         ("DELETE", "/apps/a/routes/3", None, 204),
     ]

@@ -88,6 +88,9 @@ BAD_SETTINGS = [
     ("env-loop", [], {"RESTCP_LOOP": "gevent"}, "RESTCP_LOOP"),
     ("env-connect-timeout", [], {"RESTCP_CONNECT_TIMEOUT": "soon"}, "--connect-timeout"),
     ("store-scheme", ["--store", "postgres://db/restcp"], {}, "store"),
+    ("seed-negative", ["--seed", "-1"], {}, "--seed"),
+    ("seed-too-big", ["--seed", str(1 << 63)], {}, "--seed"),
+    ("env-seed", [], {"RESTCP_SEED": "lucky"}, "RESTCP_SEED"),
 ]
 
 

@@ -23,6 +23,7 @@ from restcp.api.app import MAX_ID
 from restcp.api.endpoints import ENDPOINTS, METHODS
 from restcp.api.openapi import build_spec
 from restcp.api.schemas import is_app_id
+from restcp.core.toxics import ToxicError, check_name
 from tests.e2e import openapi_hooks
 from tests.e2e.conftest import assert_clean_log, serve_args
 from tests.e2e.test_auth import ADMIN, bearer, path_of
@@ -61,6 +62,7 @@ def api_node(store: Path) -> Iterator[Node]:
         "--api-token", ADMIN,
         "--max-routes-per-app", "3",
         "--max-backends-per-route", "3",
+        "--max-toxics-per-route", "3",
     )  # fmt: skip
     try:
         node.wait_ready()
@@ -98,20 +100,26 @@ def every_check_is_on() -> bool:
 
 
 assert every_check_is_on()
-IDS = ("route", "backend", "token")
+IDS = ("route", "backend", "token", "toxic")
 # The store file of the node under test, for the hook below (set by the store fixture).
 STORE: list[Path] = []
 
 
-def existing(context: schemathesis.HookContext) -> list[dict[str, int]]:
-    """Ids of app "web" that exist now, as path parameters. A DELETE never gets the lowest
-    route, backend or token, so that later operations still find something."""
+def existing(context: schemathesis.HookContext) -> list[dict[str, int | str]]:
+    """Ids (and toxic names) of app "web" that exist now, as path parameters. A DELETE never
+    gets the lowest route, backend or token, nor a route's first toxic, so that later
+    operations still find something."""
     with closing(sqlite3.connect(STORE[0])) as db:
         pairs = db.execute(
             "SELECT r.id, b.id FROM routes r LEFT JOIN backends b "
             "ON b.app = r.app AND b.route_id = r.id WHERE r.app = 'web' ORDER BY 1, 2"
         ).fetchall()
         tokens = [t for (t,) in db.execute("SELECT id FROM tokens WHERE app = 'web' ORDER BY 1")]
+        toxics: dict[int, list[str]] = {}
+        for route_id, name in db.execute(
+            "SELECT route_id, name FROM toxics WHERE app = 'web' ORDER BY route_id, position"
+        ):
+            toxics.setdefault(route_id, []).append(name)
     if context.operation is not None and context.operation.method.upper() == "DELETE":
         path = context.operation.path
         if path.endswith("{route}"):
@@ -119,12 +127,25 @@ def existing(context: schemathesis.HookContext) -> list[dict[str, int]]:
         elif path.endswith("{backend}"):
             pairs = [p for p in pairs if p[1] is not None]
             pairs = [p for p in pairs if p[1] != min(b for r, b in pairs if r == p[0])]
+        elif path.endswith("{toxic}"):
+            toxics = {r: names[1:] for r, names in toxics.items()}
         tokens = tokens[1:]
     return [
-        {"route": r, "backend": b or 1, "token": t}
+        {"route": r, "backend": b or 1, "token": t, "toxic": x}
         for r, b in pairs or [(1, 1)]
         for t in tokens or [1]
+        for x in toxics.get(r) or ["none"]
     ]
+
+
+def valid_id(name: str, value: Any) -> bool:
+    if name == "toxic":
+        try:
+            check_name(value)
+        except (ToxicError, TypeError):
+            return False
+        return True
+    return type(value) is int and 1 <= value <= MAX_ID
 
 
 @schema.hook
@@ -138,10 +159,10 @@ def flatmap_path_parameters(
         return st.just(path_parameters)
     app = path_parameters.get("app")
     valid = isinstance(app, str) and is_app_id(app)
-    ids = [path_parameters[n] for n in IDS if n in path_parameters]
+    ids = {n: path_parameters[n] for n in IDS if n in path_parameters}
     # Only a path the document calls valid: steering an invalid one (a negative case) to
     # something stored would make it valid, and its acceptance look like a bug.
-    valid = valid and all(type(i) is int and 1 <= i <= MAX_ID for i in ids)
+    valid = valid and all(valid_id(n, i) for n, i in ids.items())
     if not valid:
         return st.just(path_parameters)
 

@@ -1,5 +1,6 @@
-"""--max-routes-per-app and --max-backends-per-route: past the limit a create is a 409 that
-changes nothing, concurrent creates cannot all slip under it, and a freed place is usable."""
+"""--max-routes-per-app, --max-backends-per-route and --max-toxics-per-route: past the limit
+a create is a 409 that changes nothing, concurrent creates cannot all slip under it, and a
+freed place is usable."""
 
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ from tests.redis_server import RedisServer
 
 
 def start(
-    start_node: StartNode, tmp_path: Path, routes: int, backends: int, store: str | None = None
+    start_node: StartNode,
+    tmp_path: Path,
+    routes: int,
+    backends: int,
+    store: str | None = None,
+    toxics: int = 32,
 ) -> Node:
     lo, hi = free_port_range(30)
     args = serve_args(tmp_path / "restcp.db", lo, hi)
@@ -30,6 +36,7 @@ def start(
         *args,
         "--max-routes-per-app", str(routes),
         "--max-backends-per-route", str(backends),
+        "--max-toxics-per-route", str(toxics),
     )  # fmt: skip
 
 
@@ -137,22 +144,63 @@ def test_concurrent_backend_adds_cannot_overshoot(
     assert len(node.call("GET", "/apps/a/routes/1/backends").json()) == 5
 
 
-def test_the_defaults_are_1000_routes_and_100_backends(tmp_path: Path) -> None:
+def test_toxics_past_the_limit_are_refused_and_change_nothing(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    node = start(start_node, tmp_path, routes=10, backends=10, toxics=2)
+    node.call("PUT", "/apps/a/routes")
+    node.call("PUT", "/apps/a/routes")
+    toxics = "/apps/a/routes/1/toxics"
+    for name in ("x", "y"):
+        assert node.call("PUT", toxics, {"type": "latency", "name": name}).status == 201
+    before = snapshot(node)
+    for method in ("PUT", "POST"):
+        response = node.call(method, toxics, {"type": "timeout"})
+        assert response.status == 409, response
+        assert "--max-toxics-per-route (2)" in response.json()["detail"]
+    assert snapshot(node) == before
+    # Changing one at the limit is no new toxic; the limit is per route; a freed place can
+    # be taken again.
+    assert node.call("PATCH", f"{toxics}/x", {"attributes": {"latency": 5}}).status == 200
+    assert node.call("PUT", "/apps/a/routes/2/toxics", {"type": "timeout"}).status == 201
+    assert node.call("DELETE", f"{toxics}/y").status == 204
+    assert node.call("PUT", toxics, {"type": "timeout"}).status == 201
+
+
+def test_concurrent_toxic_adds_cannot_overshoot(
+    start_node: StartNode, tmp_path: Path, store_url: str | None
+) -> None:
+    node = start(start_node, tmp_path, routes=10, backends=10, store=store_url, toxics=5)
+    node.call("PUT", "/apps/a/routes")
+    bodies = [{"type": "latency", "name": f"t{i}"} for i in range(15)]
+    responses = at_once([(node, "PUT", "/apps/a/routes/1/toxics", b) for b in bodies])
+    assert sorted(r.status for r in responses) == [201] * 5 + [409] * 10
+    assert len(node.call("GET", "/apps/a/routes/1/toxics").json()) == 5
+
+
+def test_the_defaults_are_1000_routes_100_backends_and_32_toxics(tmp_path: Path) -> None:
     done = run(["serve", "--help"], tmp_path)
     text = " ".join(done.stdout.split())
     assert "(RESTCP_MAX_ROUTES_PER_APP; 1000)" in text
     assert "(RESTCP_MAX_BACKENDS_PER_ROUTE; 100)" in text
+    assert "(RESTCP_MAX_TOXICS_PER_ROUTE; 32)" in text
 
 
 def test_quotas_from_the_environment(start_node: StartNode, tmp_path: Path) -> None:
     lo, hi = free_port_range()
-    env = {"RESTCP_MAX_ROUTES_PER_APP": "1", "RESTCP_MAX_BACKENDS_PER_ROUTE": "1"}
+    env = {
+        "RESTCP_MAX_ROUTES_PER_APP": "1",
+        "RESTCP_MAX_BACKENDS_PER_ROUTE": "1",
+        "RESTCP_MAX_TOXICS_PER_ROUTE": "1",
+    }
     node = start_node(*serve_args(tmp_path / "restcp.db", lo, hi), env=env)
     assert node.call("PUT", "/apps/a/routes").status == 201
     assert node.call("PUT", "/apps/a/routes").status == 409
     body = {"ip": "127.0.0.1", "port": 9}
     assert node.call("PUT", "/apps/a/routes/1/backends", body).status == 201
     assert node.call("PUT", "/apps/a/routes/1/backends", body).status == 409
+    assert node.call("PUT", "/apps/a/routes/1/toxics", {"type": "timeout"}).status == 201
+    assert node.call("PUT", "/apps/a/routes/1/toxics", {"type": "latency"}).status == 409
 
 
 @pytest.mark.parametrize(
@@ -163,6 +211,8 @@ def test_quotas_from_the_environment(start_node: StartNode, tmp_path: Path) -> N
         (["--max-routes-per-app", "many"], {}),
         (["--max-backends-per-route", "1.5"], {}),
         (["--max-backends-per-route", "٣"], {}),
+        (["--max-toxics-per-route", "0"], {}),
+        ([], {"RESTCP_MAX_TOXICS_PER_ROUTE": "x"}),
         ([], {"RESTCP_MAX_ROUTES_PER_APP": "0"}),
         ([], {"RESTCP_MAX_BACKENDS_PER_ROUTE": ""}),
     ],

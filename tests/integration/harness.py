@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import socket
@@ -22,7 +23,9 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
-from restcp.model import Backend, Route, RouteSettings
+from restcp.core import toxics
+from restcp.core.reconcile import Update
+from restcp.model import Backend, Route, RouteSettings, Stream, Toxic, ToxicType
 from restcp.proxy.connection import Connection
 from restcp.proxy.listener import bind
 from restcp.proxy.manager import ProxyManager
@@ -133,6 +136,20 @@ async def drain(sock: socket.socket) -> bytes:
     return bytes(received)
 
 
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def open_sockets() -> int:
+    """The process's sockets (not all its fds: libuv keeps a spare fd, opened with its
+    first listener, to shed connections when the process runs out of fds)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own fd is gone already
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
 def payload(size: int) -> bytes:
     return os.urandom(size)
 
@@ -218,6 +235,7 @@ class Server:
 
     handler: Handler
     port: int = 0
+    backlog: int = 100  # asyncio's default; a thousand clients at once need more
     accepted: int = 0
     results: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
@@ -225,7 +243,7 @@ class Server:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def __aenter__(self) -> Server:
-        self._server = await asyncio.start_server(self._serve, HOST, 0)
+        self._server = await asyncio.start_server(self._serve, HOST, 0, backlog=self.backlog)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -320,6 +338,16 @@ class Proxy:
     def port(self) -> int:
         return self.route.port
 
+    async def change(self, toxics: tuple[Toxic, ...] | None = None, **settings: Any) -> None:
+        """Apply the route with these toxics and settings changed, as the node would."""
+        route = dataclasses.replace(
+            self.route,
+            settings=self.route.settings.replace(**settings),
+            toxics=self.route.toxics if toxics is None else toxics,
+        )
+        await self.manager.apply([Update(route)])
+        self.route = route
+
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.wait_for(asyncio.open_connection(HOST, self.port), WAIT)
 
@@ -365,21 +393,49 @@ def used_pipes(px: Proxy) -> bool:
     return len(pipes_of(px)) > 0
 
 
-def make_route(port: int, backends: tuple[Backend, ...], **settings: Any) -> Route:
-    return Route("test", 1, HOST, port, RouteSettings(**settings), backends)
+def make_route(
+    port: int, backends: tuple[Backend, ...], toxics: tuple[Toxic, ...] = (), **settings: Any
+) -> Route:
+    return Route("test", 1, HOST, port, RouteSettings(**settings), backends, toxics)
+
+
+def toxic(
+    type_: ToxicType,
+    stream: Stream = "downstream",
+    *,
+    name: str | None = None,
+    toxicity: float = 1.0,
+    clients: tuple[str, ...] = (),
+    **attributes: int,
+) -> Toxic:
+    """A toxic as the API stores it: every attribute, defaults filled in."""
+    return Toxic(
+        name or toxics.default_name(type_, stream),
+        type_,
+        stream,
+        toxicity,
+        toxics.attributes(type_, attributes),
+        clients,
+    )
 
 
 @asynccontextmanager
-async def proxy(*backends: Backend, **settings: Any) -> AsyncIterator[Proxy]:
+async def proxy(
+    *backends: Backend,
+    toxics: tuple[Toxic, ...] = (),
+    node_seed: int | None = None,
+    **settings: Any,
+) -> AsyncIterator[Proxy]:
     """A ProxyManager serving one route on 127.0.0.1:0 (``splice`` false unless given). On
     exit every relay must have ended
-    on its own (a relay that never reports is a leak), then the manager is shut down."""
-    manager = ProxyManager()
+    on its own (a relay that never reports is a leak), then the manager is shut down.
+    ``node_seed``: the node's seed of the toxics' draws (``seed`` is the route's own)."""
+    manager = ProxyManager(seed=node_seed)
     sock = bind(HOST, 0)
     # The transport pipe alone unless the test asks for splicing (the route's default,
     # "auto", may move a bulk transfer to the splice pipe).
     settings.setdefault("splice", False)
-    route = make_route(sock.getsockname()[1], backends, **settings)
+    route = make_route(sock.getsockname()[1], backends, toxics, **settings)
     await manager.serve(route, sock)
     try:
         yield Proxy(manager, route)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 
@@ -20,6 +19,8 @@ from tests.integration.endings import (
 from tests.integration.harness import (
     WAIT,
     Server,
+    open_fds,
+    open_sockets,
     proxy,
     read_outcome,
     refusing_backend,
@@ -30,18 +31,6 @@ from tests.integration.harness import (
 
 CONNECTIONS = 300
 AT_ONCE = 50
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def open_sockets() -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # the listing's own fd is gone already
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-    return count
 
 
 async def reset_while_connecting(port: int) -> None:

@@ -12,7 +12,9 @@ import pytest
 from pydantic import BaseModel
 
 from restcp.api.schemas import BackendPatchBody, RouteSettingsBody
+from restcp.api.toxics import ToxicBody, ToxicPatchBody
 from restcp.cli.serve import serve
+from restcp.core import toxics
 from restcp.model import Balance
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -56,9 +58,35 @@ def test_the_objects_table_names_every_balance() -> None:
     [
         ("PATCH /apps/{app}/routes/{route}`", RouteSettingsBody),
         ("PATCH /apps/{app}/routes/{route}/backends/{backend}`", BackendPatchBody),
+        ("PATCH /apps/{app}/routes/{route}/toxics/{toxic}`", ToxicPatchBody),
+        ("PUT /apps/{app}/routes/{route}/toxics`", ToxicBody),
     ],
 )
 def test_each_patch_section_names_every_field(title: str, model: type[BaseModel]) -> None:
     text = section(title)
     for name in model.model_fields:
         assert f"`{name}`" in text, f"{name} is missing from docs/api.md's {title}"
+
+
+TOXICS = Path(__file__).resolve().parents[2] / "docs" / "toxics.md"
+
+
+def test_the_toxic_types_table_is_core_toxics_specs() -> None:
+    text = TOXICS.read_text()
+    start = text.index("\n## Types\n")
+    types = text[start : text.index("\n## ", start + 1)]
+    # The rows of its table, after the heading row and the rule.
+    rows = [line.strip("|").split("|") for line in types.splitlines() if line.startswith("|")]
+    documented = [tuple(cell.strip().strip("`") for cell in row[:5]) for row in rows[2:]]
+    expected = [
+        (
+            type_,
+            name,
+            attribute.unit,
+            "-" if attribute.default is None else str(attribute.default),
+            f"{attribute.low:,} - {attribute.high:,}",
+        )
+        for type_, spec in toxics.SPECS.items()
+        for name, attribute in spec.items()
+    ]
+    assert documented == expected

@@ -1,7 +1,7 @@
 """The HTTP API on aiohttp: the seed's endpoints, byte for byte, and a few more.
 
-Handlers validate, read the store, and write routes and backends through the node's route
-service (``Owner.routes``), which answers once the change is applied, so a response means
+Handlers validate, read the store, and write routes, backends and toxics through the node's
+route service (``Owner.routes``), which answers once the change is applied, so a response means
 the change is live: a new route's port is accepting, a deleted route's port refuses. Tokens
 are written to the store directly. Every error is an RFC 9457 problem document.
 
@@ -51,6 +51,8 @@ from restcp.api.schemas import (
     TokenBody,
     is_app_id,
 )
+from restcp.api.toxics import ToxicBody, ToxicPatchBody
+from restcp.core.toxics import ToxicError
 from restcp.errors import (
     Conflict,
     EpochMismatch,
@@ -62,7 +64,7 @@ from restcp.errors import (
     RestcpError,
     Unavailable,
 )
-from restcp.model import Backend, BackendStatus, HealthCheck, Route, RouteSettings
+from restcp.model import Backend, BackendStatus, HealthCheck, Route, RouteSettings, Toxic
 from restcp.store import Store
 
 log = logging.getLogger("restcp.api")
@@ -109,6 +111,17 @@ def backend_json(backend: Backend, status: BackendStatus | None = None) -> dict[
     }
 
 
+def toxic_json(toxic: Toxic) -> dict[str, Any]:
+    return {
+        "name": toxic.name,
+        "type": toxic.type,
+        "stream": toxic.stream,
+        "toxicity": toxic.toxicity,
+        "attributes": dict(toxic.attributes),
+        "clients": list(toxic.clients),
+    }
+
+
 def route_json(route: Route, statuses: Mapping[int, BackendStatus]) -> dict[str, Any]:
     # The seed's fields first, in the seed's order; the rest after.
     settings = dataclasses.asdict(route.settings)
@@ -120,6 +133,7 @@ def route_json(route: Route, statuses: Mapping[int, BackendStatus]) -> dict[str,
         "frontend_ip": route.frontend_ip,
         "port": route.port,
         **settings,
+        "toxics": [toxic_json(t) for t in route.toxics],
     }
 
 
@@ -185,6 +199,10 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         response = problem(err.status, err.detail)
         response.headers.update(err.headers)
         return response
+    except ToxicError as err:
+        # What core.toxics refuses in a toxic's body (or a change it may not make).
+        errors = [{"field": err.field, "message": err.message}]
+        return problem(422, f"invalid request body: {err}", errors=errors)
     except RestcpError as err:
         # The status of the nearest class listed: DuplicateBackend is a Conflict.
         status = next((_STATUS[t] for t in type(err).__mro__ if t in _STATUS), 500)
@@ -447,6 +465,37 @@ class Api:
         _, applied = await _written(self.owner.routes.delete_backend(route.key, backend_id))
         return _answer({"id": backend_id}, 204, applied)
 
+    async def list_toxics(self, request: web.Request) -> web.Response:
+        route = await self._route(request)
+        return _json([toxic_json(t) for t in route.toxics])
+
+    async def create_toxic(self, request: web.Request) -> web.Response:
+        route = await self._route(request)
+        toxic = (await parse_body(request, ToxicBody)).toxic()
+        # The route service counts the toxics as it adds one, as it does backends.
+        toxic, applied = await _written(
+            self.owner.routes.add_toxic(route.key, toxic, self.config.max_toxics_per_route)
+        )
+        location = f"/apps/{route.app}/routes/{route.id}/toxics/{toxic.name}"
+        return _answer(toxic_json(toxic), 201, applied, {"Location": location})
+
+    async def get_toxic(self, request: web.Request) -> web.Response:
+        route = await self._route(request)
+        return _json(toxic_json(self._toxic(route, request)))
+
+    async def patch_toxic(self, request: web.Request) -> web.Response:
+        route = await self._route(request)
+        name = self._toxic(route, request).name
+        body = await parse_body(request, ToxicPatchBody)
+        toxic, applied = await _written(self.owner.routes.update_toxic(route.key, name, body.apply))
+        return _answer(toxic_json(toxic), 200, applied)
+
+    async def delete_toxic(self, request: web.Request) -> web.Response:
+        route = await self._route(request)
+        name = self._toxic(route, request).name
+        _, applied = await _written(self.owner.routes.delete_toxic(route.key, name))
+        return _answer({"name": name}, 204, applied)
+
     async def create_token(self, request: web.Request) -> web.Response:
         app = path_app(request)
         await parse_body(request, TokenBody)
@@ -483,6 +532,13 @@ class Api:
                 f"backend {backend_id} of route {route.id} of app {route.app!r} not found"
             )
         return backend
+
+    def _toxic(self, route: Route, request: web.Request) -> Toxic:
+        name = request.match_info["toxic"]
+        toxic = route.toxic(name)
+        if toxic is None:
+            raise NotFound(f"toxic {name!r} of route {route.id} of app {route.app!r} not found")
+        return toxic
 
 
 async def _written(write: Awaitable[T]) -> tuple[T, bool]:

@@ -69,6 +69,7 @@ class ApiConfig:
     allowed_hosts: frozenset[str] = field(default_factory=frozenset)
     max_routes_per_app: int = 1000
     max_backends_per_route: int = 100
+    max_toxics_per_route: int = 32
     # Seconds a client has to send a request's head, and as long again for its body.
     request_timeout: float = 30.0
     # The frontend IPs a new route may ask for, as the OpenAPI document lists them; empty
@@ -85,6 +86,7 @@ class ApiConfig:
             allowed_hosts=frozenset(settings.api_allowed_hosts),
             max_routes_per_app=settings.max_routes_per_app,
             max_backends_per_route=settings.max_backends_per_route,
+            max_toxics_per_route=settings.max_toxics_per_route,
             request_timeout=settings.api_request_timeout,
             frontend_ips=settings.frontend_ips if is_embedded(settings.store) else (),
         )

@@ -33,7 +33,9 @@ from restcp.api.schemas import (
     TokenBody,
     TokenCreated,
     TokenOut,
+    ToxicOut,
 )
+from restcp.api.toxics import ToxicBody, ToxicPatchBody
 
 # public: no token needed (and the browser checks are skipped: nothing there changes or
 # tells anything secret); admin: the admin token only; app: the admin token, or a token of
@@ -97,7 +99,7 @@ def problems_of(endpoint: Endpoint, auth: bool = True) -> dict[int, str]:
         add(400, "an invalid app id")
         if auth and endpoint.access == "app":
             add(404, "another app than the app token's")
-    for name in ("route", "backend", "token"):
+    for name in ("route", "backend", "toxic", "token"):
         if f"{{{name}}}" in endpoint.path:
             add(404, f"an unknown {name}")
     if endpoint.body is not None:
@@ -113,6 +115,8 @@ ROUTES = "/apps/{app}/routes"
 ROUTE = ROUTES + "/{route}"
 BACKENDS = ROUTE + "/backends"
 BACKEND = BACKENDS + "/{backend}"
+TOXICS = ROUTE + "/toxics"
+TOXIC = TOXICS + "/{toxic}"
 TOKENS = "/apps/{app}/tokens"
 TOKEN = TOKENS + "/{token}"
 
@@ -153,6 +157,11 @@ _SET_BACKEND_PROBLEMS = {
     409: _DUPLICATE,
     **_CHANGE_PROBLEMS,
 }
+_ADD_TOXIC_PROBLEMS = {
+    409: "the route has a toxic of this name, or --max-toxics-per-route toxics already",
+    **_CHANGE_PROBLEMS,
+}
+_TOXIC_CREATED = Reply(201, "the toxic, applied", ToxicOut, headers=_CREATED)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
@@ -262,6 +271,39 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "DELETE", BACKEND, "delete_backend", "Detach a backend", "app",
+        (_NO_CONTENT, _APPLYING),
+        problems=_CHANGE_PROBLEMS,
+    ),
+    Endpoint(
+        "GET", TOXICS, "list_toxics", "List a route's toxics", "app",
+        (Reply(200, "the route's toxics, in the order they were added", ToxicOut, array=True),),
+    ),
+    Endpoint(
+        "PUT", TOXICS, "create_toxic", "Add a toxic (docs/toxics.md)", "app",
+        (_TOXIC_CREATED, _APPLYING),
+        body=ToxicBody, body_required=True, problems=_ADD_TOXIC_PROBLEMS,
+    ),
+    Endpoint(
+        "POST", TOXICS, "create_toxic", "Add a toxic (as PUT)", "app",
+        (_TOXIC_CREATED, _APPLYING),
+        body=ToxicBody, body_required=True, problems=_ADD_TOXIC_PROBLEMS,
+    ),
+    Endpoint(
+        "GET", TOXIC, "get_toxic", "One toxic", "app",
+        (Reply(200, "the toxic", ToxicOut),),
+    ),
+    Endpoint(
+        "PATCH", TOXIC, "patch_toxic",
+        "Change a toxic: attributes merge, toxicity and clients replace", "app",
+        (Reply(200, "the toxic as changed, applied", ToxicOut), _APPLYING),
+        body=ToxicPatchBody,
+        problems={
+            422: "an attribute its type does not have, or a change of type or stream",
+            **_CHANGE_PROBLEMS,
+        },
+    ),
+    Endpoint(
+        "DELETE", TOXIC, "delete_toxic", "Remove a toxic", "app",
         (_NO_CONTENT, _APPLYING),
         problems=_CHANGE_PROBLEMS,
     ),

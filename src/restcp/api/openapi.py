@@ -6,7 +6,7 @@ changes when the table or a model does.
 A node serves the document of its configuration: with tokens (``--api-token``) every
 endpoint but the public ones needs the bearer scheme and may answer 401; without, none does.
 Each 201 links to the operations on what it created (OpenAPI links), so that clients and
-stateful testers know where a new route's or backend's id goes."""
+stateful testers know where a new route's or backend's id (or a toxic's name) goes."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pydantic.json_schema import models_json_schema
 from restcp import __version__
 from restcp.api.endpoints import ENDPOINTS, Endpoint, Reply, problems_of
 from restcp.api.schemas import APP_ID, DOT_SEGMENTS, Problem
+from restcp.api.toxics import NAME_SCHEMA
 
 _REF = "#/components/schemas/{model}"
 # JSON Schema of each path parameter, as api/app.py checks it.
@@ -31,6 +32,7 @@ _PARAMETERS: dict[str, dict[str, Any]] = {
     },
     "route": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
     "backend": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+    "toxic": NAME_SCHEMA,
     "token": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
 }
 _HEADERS: dict[str, dict[str, Any]] = {
@@ -86,17 +88,25 @@ def _parameters(path: str) -> list[str]:
     return re.findall(r"\{(\w+)\}", path)
 
 
-def _links(endpoint: Endpoint) -> dict[str, Any]:
-    """From a creation (201 with an ``id``) to every operation on what it created: the path
-    of those is the creation's path and one parameter more, which the new id fills."""
+# The field of a creation's answer that fills a path parameter: an id, but a toxic's name.
+_KEYS = {"toxic": "name"}
+
+
+def _links(endpoint: Endpoint, model: type[BaseModel]) -> dict[str, Any]:
+    """From a creation (a 201 answered with ``model``) to every operation on what it
+    created: the path of those is the creation's path and one parameter more, which the new
+    id (or name) fills."""
     links: dict[str, Any] = {}
     for target in ENDPOINTS:
         added = _parameters(target.path[len(endpoint.path) :])
         if not target.path.startswith(endpoint.path + "/{") or len(added) != 1:
             continue
         new = added[0]
+        key = _KEYS.get(new, "id")
+        if key not in model.model_fields:
+            continue
         parameters = {name: f"$request.path.{name}" for name in _parameters(endpoint.path)}
-        parameters[new] = "$response.body#/id"
+        parameters[new] = f"$response.body#/{key}"
         links[target.operation_id] = {
             "operationId": target.operation_id,
             "parameters": parameters,
@@ -113,8 +123,8 @@ def _operation(endpoint: Endpoint, auth: bool) -> dict[str, Any]:
             response["content"] = _content(reply)
         if reply.headers:
             response["headers"] = {h: _HEADERS[h] for h in reply.headers}
-        if reply.status == 201 and reply.model is not None and "id" in reply.model.model_fields:
-            links = _links(endpoint)
+        if reply.status == 201 and reply.model is not None:
+            links = _links(endpoint, reply.model)
             if links:
                 response["links"] = links
         responses[str(reply.status)] = response

@@ -1,7 +1,8 @@
 """What the API asks of the node it runs in (node.py implements ``Owner``).
 
-Reads of routes, backends and tokens go to the store directly, and so do token writes;
-routes and backends are written only through the node's route service (``Routes``), which
+Reads of routes, backends, toxics and tokens go to the store directly, and so do token
+writes; routes, backends and toxics are written only through the node's route service
+(``Routes``), which
 answers once a change is applied. The rest is what the node observes: health and load of
 backends, metrics, readiness, the cluster's nodes.
 """
@@ -11,16 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from restcp.model import Backend, BackendStatus, Route, RouteKey, RouteSettings
+from restcp.model import Backend, BackendStatus, Route, RouteKey, RouteSettings, Toxic
 
 
 class Routes(Protocol):
-    """The only writer of routes and backends (control/routes.py). Each write answers once
-    it is applied where its route is served (a new route's port accepts, a deleted route's
-    port refuses, new connections use a changed backend), and changes nothing when it fails.
-    In a cluster, a change of a route another node serves raises NotYetApplied, carrying
-    what the write returned, when that node did not apply it in time (the API's 202), and
-    Unavailable, having stored nothing, when no live node serves it."""
+    """The only writer of routes, backends and toxics (control/routes.py). Each write
+    answers once it is applied where its route is served (a new route's port accepts, a
+    deleted route's port refuses, new connections use a changed backend, a toxic meets the
+    connections it is for), and changes nothing when it fails. In a cluster, a change of a
+    route another node serves raises NotYetApplied, carrying what the write returned, when
+    that node did not apply it in time (the API's 202), and Unavailable, having stored
+    nothing, when no live node serves it."""
 
     def route_defaults(self) -> RouteSettings: ...
 
@@ -52,6 +54,16 @@ class Routes(Protocol):
         another backend of the route has the address it ends up with (DuplicateBackend)."""
 
     async def delete_backend(self, key: RouteKey, backend_id: int) -> None: ...
+
+    async def add_toxic(self, key: RouteKey, toxic: Toxic, limit: int | None = None) -> Toxic:
+        """Append ``toxic`` to the route's toxics, unless the route has one of its name
+        (DuplicateToxic, a Conflict) or ``limit`` toxics already (Conflict)."""
+
+    async def update_toxic(self, key: RouteKey, name: str, edit: Callable[[Toxic], Toxic]) -> Toxic:
+        """Store ``edit`` of the toxic as stored now; a ToxicError (``edit``'s own, or a
+        change of its type or stream) stores nothing."""
+
+    async def delete_toxic(self, key: RouteKey, name: str) -> None: ...
 
     async def reseed(self) -> tuple[bool, dict[str, Any]]:
         """Write this node's snapshot back into the shared store: (done, report)."""

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    StrictBool,
     StrictStr,
     WithJsonSchema,
     field_validator,
@@ -35,6 +36,8 @@ from restcp.model import (
     Health,
     ProxyProtocol,
     SpliceMode,
+    Stream,
+    ToxicType,
     WhenAllDown,
     canonical_host,
 )
@@ -84,6 +87,7 @@ Weight = Annotated[int, Field(strict=True, ge=0, le=256), Integral]
 Limit = Annotated[int, Field(strict=True, ge=1, le=10_000_000), Integral]
 Count = Annotated[int, Field(strict=True, ge=1, le=100), Integral]
 FallCount = Annotated[int, Field(strict=True, ge=0, le=100), Integral]
+Seed = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1), Integral]
 # Probes are bytes on the wire: each character stands for one byte (checked by _latin1).
 ProbeText = Annotated[
     str, Field(strict=True, max_length=1024, json_schema_extra={"pattern": "^[\\u0000-\\u00ff]*$"})
@@ -113,7 +117,7 @@ def canonical_ip(value: str) -> str:
         raise ValueError("must be an IPv4 or IPv6 address literal") from None
 
 
-class _Body(BaseModel):
+class RequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def given(self) -> dict[str, Any]:
@@ -121,7 +125,7 @@ class _Body(BaseModel):
         return {name: getattr(self, name) for name in self.model_fields_set}
 
 
-class HealthCheckBody(_Body):
+class HealthCheckBody(RequestBody):
     """An active check; ``{}`` is a TCP connect check with HAProxy's defaults."""
 
     interval: PositiveSeconds = 2.0
@@ -154,7 +158,7 @@ class HealthCheckBody(_Body):
         return value
 
 
-class _BackendFields(_Body):
+class _BackendFields(RequestBody):
     """What every backend body may carry besides its address, with the defaults."""
 
     weight: Weight = 1
@@ -184,7 +188,7 @@ class BackendPatchBody(_BackendFields):
     port: Port = 1
 
 
-class RouteSettingsBody(_Body):
+class RouteSettingsBody(RequestBody):
     """The settable fields of a route (PATCH); omitted ones keep their current value."""
 
     balance: Balance = "random"
@@ -199,6 +203,8 @@ class RouteSettingsBody(_Body):
     passive_fall: FallCount = 3
     passive_cooldown: PositiveSeconds = 10.0
     splice: Splice = "auto"
+    enabled: StrictBool = True
+    seed: Seed | None = None
 
 
 class RouteBody(RouteSettingsBody):
@@ -213,7 +219,7 @@ class RouteBody(RouteSettingsBody):
         return None if value is None else canonical_ip(value)
 
 
-class TokenBody(_Body):
+class TokenBody(RequestBody):
     """Token creation takes no settings: an empty body, or ``{}``."""
 
 
@@ -275,6 +281,17 @@ class HealthCheckOut(_Out):
     initial: Health
 
 
+class ToxicOut(_Out):
+    """A toxic of a route (docs/toxics.md): every attribute of its type, defaults filled."""
+
+    name: str
+    type: ToxicType
+    stream: Stream
+    toxicity: float
+    attributes: dict[str, int]
+    clients: list[str]
+
+
 class RouteOut(_Out):
     """A route: the seed's fields first (``id``, ``url``, ``backends``), then the rest."""
 
@@ -296,8 +313,9 @@ class RouteOut(_Out):
     passive_fall: int
     passive_cooldown: float
     splice: Splice
-    enabled: bool = _read_only(description="false: the port refuses new clients")
-    seed: int | None = _read_only(description="the seed of the route's random draws, if set")
+    enabled: bool
+    seed: int | None
+    toxics: list[ToxicOut] = _read_only(description="in the order they were added")
 
 
 class BackendCreated(_Out):

@@ -66,6 +66,10 @@ ROUTE_SETTINGS: Settings = [
     ("passive_fall", click.INT, "failed connects in a row that mark a backend down; 0: never"),
     ("passive_cooldown", click.FLOAT, "seconds a backend marked down passively stays down"),
     ("splice", _Splice(), "relay in the kernel (splice(2)): auto, true or false"),
+    ("enabled", click.BOOL,
+     "false: the port refuses new clients and open connections close; true: served again"),
+    ("seed", Nullable(click.INT),
+     "the seed of the route's random draws (toxics); none: the node's"),
 ]  # fmt: skip
 
 # Route creation only (PUT): where it listens.

@@ -63,6 +63,13 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _seed(text: str) -> int:
+    # The range of a route's own seed (the API's), and of a seed the node draws.
+    if not text.isascii() or not text.isdigit() or int(text) >= 1 << 63:
+        raise ValueError(f"{text!r} is not a whole number from 0 to 2**63 - 1")
+    return int(text)
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not 0 <= value < float("inf"):
@@ -161,6 +168,10 @@ SETTINGS = [
         "backends one route may have; more are refused with 409 "
         "(RESTCP_MAX_BACKENDS_PER_ROUTE; 100)",
         _positive, default="100"),
+    _setting("--max-toxics-per-route", "N",
+        "toxics one route may have; more are refused with 409 "
+        "(RESTCP_MAX_TOXICS_PER_ROUTE; 32)",
+        _positive, default="32"),
     _setting("--store", "URL",
         "sqlite:///PATH (relative), sqlite:////PATH (absolute), memory://, or "
         "redis://HOST:PORT/DB for a cluster of nodes (also rediss://, redis+sentinel://; "
@@ -228,6 +239,11 @@ SETTINGS = [
         "same port (SO_REUSEPORT), so new connections spread over N cores; limits and "
         "passive health are per process (RESTCP_WORKERS; 1)",
         _positive, default="1"),
+    _setting("--seed", "N",
+        "the seed of the toxics' random draws (toxicity, jitter, slicer sizes): the same "
+        "seed, route, connection number and toxic draw the same; a route's own seed wins; "
+        "none: a random one, logged at start (RESTCP_SEED)",
+        _seed),
     _choice("--log-level", LOG_LEVELS, "info", "(RESTCP_LOG_LEVEL; info)"),
     _choice("--log-format", LOG_FORMATS, "text",
         "text lines, or JSON lines with one object per event (RESTCP_LOG_FORMAT; text)"),
@@ -275,7 +291,9 @@ def settings_from_options(options: dict[str, Any]) -> Settings:
         api_request_timeout=options["api_request_timeout"],
         max_routes_per_app=options["max_routes_per_app"],
         max_backends_per_route=options["max_backends_per_route"],
+        max_toxics_per_route=options["max_toxics_per_route"],
         workers=options["workers"],
+        seed=options["seed"],
         store=options["store"],
         frontend_ips=tuple(dict.fromkeys(options["frontend_ip"] or ["127.0.0.1"])),
         port_range=options["port_range"],

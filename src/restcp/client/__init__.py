@@ -7,6 +7,8 @@
         route.backends.add("10.0.0.5", 8080)
         with route.backends[1].drained():
             ...
+        with route.toxic("latency", latency=200):
+            ...
 
 Both return the API's own pydantic models (api/schemas.py) and raise one exception per kind
 of problem (errors.py). docs/client.md is the guide. Nothing here imports the server or its
@@ -31,6 +33,7 @@ from restcp.api.schemas import (
     RouteOut,
     TokenCreated,
     TokenOut,
+    ToxicOut,
 )
 from restcp.client.errors import (
     ApiError,
@@ -47,6 +50,7 @@ from restcp.client.errors import (
 from restcp.client.metrics import Metrics
 from restcp.client.plan import UnknownFields
 from restcp.client.resources import Api, Backend, Backends, Route, Routes, Tokens
+from restcp.client.toxics import Toxic, Toxics
 from restcp.client.transport import AsyncTransport, SyncTransport
 
 __all__ = [
@@ -75,6 +79,9 @@ __all__ = [
     "TokenCreated",
     "TokenOut",
     "Tokens",
+    "Toxic",
+    "ToxicOut",
+    "Toxics",
     "Unauthorized",
     "Unavailable",
     "Unreachable",

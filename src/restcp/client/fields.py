@@ -6,7 +6,7 @@ the server; tests/unit/client/test_fields.py keeps each in step with its body mo
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 from restcp.model import (
     AdminState,
@@ -44,7 +44,9 @@ class RouteFields(TypedDict, total=False):
     proxy_protocol: ProxyProtocol | None
     passive_fall: int
     passive_cooldown: float
-    splice: bool
+    splice: bool | Literal["auto"]
+    enabled: bool
+    seed: int | None
 
 
 class BackendFields(TypedDict, total=False):

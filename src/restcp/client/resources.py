@@ -3,23 +3,28 @@ and run by either client (operation.py).
 
     Api             healthz, metrics, openapi, nodes, apps, reseed, adopt; routes(app), tokens(app)
     Routes          an app's routes: list, create, get, [id]
-    Route           refresh, update, delete, wait; backends; host, port, url
+    Route           refresh, update, delete, wait; backends, toxics; host, port, url;
+                    toxic(type, **attributes), down() for a with block
     Backends        a route's backends: list, add, get, [id]
     Backend         refresh, replace, update, delete; drained(), disabled() for a with block
+    Toxics          a route's toxics: list, add, get, update, remove, [name]
+    Toxic           refresh, update, remove
     Tokens          an app's tokens: create, list, delete
 
-A ``Route`` or ``Backend`` is a handle (its path) with ``info``, the API's own model of it
-as last read (``None`` for a handle made by ``[id]``, which sends nothing). Methods that
-change it read the answer back into ``info`` and return the handle. In a cluster, a change
-the node serving the route had not applied when the API answered (202) raises
-``NotYetApplied``, carrying what the method would have returned (plan.change, applied).
+A ``Route``, ``Backend`` or ``Toxic`` is a handle (its path) with ``info``, the API's own
+model of it as last read (``None`` for a handle made by ``[id]``, which sends nothing).
+Methods that change it read the answer back into ``info`` and return the handle. In a
+cluster, a change the node serving the route had not applied when the API answered (202)
+raises ``NotYetApplied``, carrying what the method would have returned (plan.change,
+applied).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Unpack
+from collections.abc import Sequence
+from typing import Any, TypeVar, Unpack
 from urllib.parse import quote
 
 from restcp.api.schemas import (
@@ -39,7 +44,8 @@ from restcp.client.fields import BackendChanges, BackendFields, RouteFields
 from restcp.client.metrics import Metrics
 from restcp.client.operation import R, Resource, contextual, operation
 from restcp.client.plan import Applied, Plan, Reply, applied, change, pause, request
-from restcp.model import AdminState
+from restcp.client.toxics import Toxic, Toxics
+from restcp.model import AdminState, Stream, ToxicType
 
 # How often Route.wait asks whether a provisioned route is served yet.
 WAIT_INTERVAL = 0.1
@@ -165,12 +171,7 @@ class Routes(Resource[R]):
 
 
 class Route(Resource[R]):
-    """One route: a frontend address relaying to its backends.
-
-    Toxics join it as its backends did: a ``toxics`` collection of plans (add, list,
-    update, remove), and ``toxic(type, **attributes)`` and ``down()`` as ``@contextual``
-    plans that add a toxic (or set ``enabled`` false) and return the plan that undoes it.
-    """
+    """One route: a frontend address relaying to its backends, through its toxics."""
 
     def __init__(self, transport: R, app: str, route_id: int, info: RouteOut | None = None):
         super().__init__(transport)
@@ -207,6 +208,10 @@ class Route(Resource[R]):
     def backends(self) -> Backends[R]:
         return Backends(self._transport, self)
 
+    @property
+    def toxics(self) -> Toxics[R]:
+        return Toxics(self._transport, self)
+
     @operation
     def refresh(self) -> Plan[Route[R]]:
         """Read the route again (``info``), with its backends' health and load."""
@@ -215,8 +220,7 @@ class Route(Resource[R]):
     @operation
     def update(self, **settings: Unpack[RouteFields]) -> Plan[Route[R]]:
         """Change the settings given, live; the others keep their values."""
-        reply = yield from change("PATCH", self.path, dict(settings))
-        self.info = reply.model(RouteOut)
+        reply = yield from self._patch(dict(settings))
         return applied(reply, self)
 
     @operation
@@ -238,10 +242,50 @@ class Route(Resource[R]):
                     raise Unavailable(f"{self!r} was not served within {timeout:g}s") from None
             yield from pause(WAIT_INTERVAL)
 
+    @contextual
+    def toxic(
+        self,
+        /,
+        type: ToxicType,
+        *,
+        name: str | None = None,
+        stream: Stream = "downstream",
+        toxicity: float = 1.0,
+        clients: Sequence[str] = (),
+        **attributes: int,
+    ) -> Plan[Applied[Toxic[R]]]:
+        """For a ``with`` block: a toxic on the route (docs/toxics.md), applied to its open
+        connections and every new one; removed at the end of the block."""
+        toxic, reply = yield from self.toxics._add(
+            type, name, stream, toxicity, clients, attributes
+        )
+        return (yield from _held(toxic, reply, toxic._undo()))
+
+    @contextual
+    def down(self) -> Plan[Applied[Route[R]]]:
+        """For a ``with`` block: the route is down (``enabled`` false): its port refuses new
+        clients and its open connections are closed. It is as it was at the end of the
+        block."""
+        before = (yield from self._read()).info
+        assert before is not None
+        reply = yield from self._patch({"enabled": False})
+        return (yield from _held(self, reply, self._restore({"enabled": before.enabled})))
+
+    def _restore(self, fields: dict[str, Any]) -> Plan[None]:
+        # Deleted meanwhile: nothing is left to undo. An undo not applied yet (202) is
+        # stored: the serving node applies it when it can.
+        with contextlib.suppress(NotFound):
+            yield from self._patch(fields)
+
     def _read(self) -> Plan[Route[R]]:
         reply = yield from request("GET", self.path)
         self.info = reply.model(RouteOut)
         return self
+
+    def _patch(self, fields: dict[str, Any]) -> Plan[Reply]:
+        reply = yield from change("PATCH", self.path, fields)
+        self.info = reply.model(RouteOut)
+        return reply
 
 
 class Backends(Resource[R]):
@@ -337,12 +381,7 @@ class Backend(Resource[R]):
         assert before is not None
         reply = yield from self._patch({"state": state, "drain_timeout": drain_timeout})
         undo = self._restore({"state": before.state, "drain_timeout": before.drain_timeout})
-        if reply.status == 202:
-            # Stored, but not applied where the route is served: the block would run
-            # without what it asked for. Undone (stored alike) before it is raised.
-            yield from undo
-            raise not_yet_applied(reply.response, reply.json(), self)
-        return Applied(self, undo)
+        return (yield from _held(self, reply, undo))
 
     def _restore(self, fields: dict[str, Any]) -> Plan[None]:
         # Deleted meanwhile, with its route perhaps: nothing is left to undo. An undo the
@@ -388,3 +427,16 @@ class Tokens(Resource[R]):
     def delete(self, token_id: int) -> Plan[None]:
         """Revoke a token at once."""
         yield from request("DELETE", f"{self.path}/{token_id}", ok=(204,))
+
+
+H = TypeVar("H")
+
+
+def _held(handle: H, reply: Reply, undo: Plan[None]) -> Plan[Applied[H]]:
+    """What a ``with`` block holds: ``handle`` and the ``undo`` of the change ``reply``
+    answered. A change stored but not applied where the route is served (202) would run
+    the block without what it asked for: it is undone (stored alike), then raised."""
+    if reply.status == 202:
+        yield from undo
+        raise not_yet_applied(reply.response, reply.json(), handle)
+    return Applied(handle, undo)

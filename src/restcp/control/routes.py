@@ -1,11 +1,12 @@
-"""The route service: the one writer of routes and backends, and the one that applies them.
+"""The route service: the one writer of routes, their backends and toxics, and the one that
+applies them.
 
-Whoever changes a route goes through here: the API (creates, changes, deletes of routes and
-backends), the cluster (another node's provisioning request, a change notice, a resync once
-a lease or Redis comes back; it drives this service as its ``Controller``), and the node
-(its start, the resync timer, SIGHUP). Applying a route means: the data plane serves it as
-stored, its probes follow, the workers are told (and acknowledge), the known routes (the
-snapshot) record it.
+Whoever changes a route goes through here: the API (creates, changes, deletes of routes,
+backends and toxics), the cluster (another node's provisioning request, a change notice, a
+resync once a lease or Redis comes back; it drives this service as its ``Controller``), and
+the node (its start, the resync timer, SIGHUP). Applying a route means: the data plane
+serves it as stored, its probes follow, the workers are told (and acknowledge), the known
+routes (the snapshot) record it.
 
 How a write goes::
 
@@ -47,9 +48,10 @@ from restcp.control.known import KnownRoutes
 from restcp.control.placement import Placement, placement_for
 from restcp.control.probes import Probes
 from restcp.core import ports
+from restcp.core.toxics import ToxicError
 from restcp.dataplane import DataPlane
 from restcp.errors import Conflict, EpochMismatch, NotFound, NotYetApplied, Unavailable
-from restcp.model import Backend, BackendStatus, Route, RouteKey, RouteSettings
+from restcp.model import Backend, BackendStatus, Route, RouteKey, RouteSettings, Toxic
 from restcp.proxy.listener import is_address_taken
 from restcp.settings import Settings
 from restcp.store import Store
@@ -59,7 +61,8 @@ T = TypeVar("T")
 
 
 class RouteService:
-    """The only writer of routes and backends (see the module's docstring for its rules).
+    """The only writer of routes, backends and toxics (see the module's docstring for its
+    rules).
 
     It builds its ``placement`` itself, since the cluster a shared store brings drives this
     service back (it is the cluster's ``Controller``)."""
@@ -207,6 +210,49 @@ class RouteService:
 
     async def delete_backend(self, key: RouteKey, backend_id: int) -> None:
         await self._change(key, lambda: self.store.delete_backend(*key, backend_id))
+
+    async def add_toxic(self, key: RouteKey, toxic: Toxic, limit: int | None = None) -> Toxic:
+        """Append ``toxic`` (valid: core.toxics checked it) to the route's toxics, unless the
+        route has one of its name (DuplicateToxic) or ``limit`` toxics already (Conflict,
+        counted under the lock)."""
+
+        async def write() -> Toxic:
+            if limit is not None:
+                route = await self.store.get_route(*key)
+                if len(route.toxics) >= limit:
+                    raise Conflict(
+                        f"route {route.id} of app {route.app!r} has {len(route.toxics)} "
+                        f"toxics, the most --max-toxics-per-route ({limit}) allows: "
+                        "delete one first"
+                    )
+            return await self.store.add_toxic(*key, toxic)
+
+        return await self._change(key, write)
+
+    async def update_toxic(self, key: RouteKey, name: str, edit: Callable[[Toxic], Toxic]) -> Toxic:
+        """Store ``edit`` of the toxic ``name`` as stored (read and written under the lock;
+        it may raise ToxicError, and nothing is stored). A toxic keeps its name, type and
+        stream for good: an edit that changes the type or the stream is a ToxicError
+        naming the field (delete the toxic and add another instead)."""
+
+        async def write() -> Toxic:
+            current = _toxic(await self.store.get_route(*key), name)
+            changed = edit(current)
+            if changed.name != name:
+                raise ValueError(f"an edit of toxic {name!r} renamed it {changed.name!r}")
+            for field in ("type", "stream"):
+                if getattr(changed, field) != getattr(current, field):
+                    raise ToxicError(
+                        field,
+                        f"a toxic's {field} cannot change (it is {getattr(current, field)!r}): "
+                        "delete it and add another",
+                    )
+            return await self.store.update_toxic(*key, changed)
+
+        return await self._change(key, write)
+
+    async def delete_toxic(self, key: RouteKey, name: str) -> None:
+        await self._change(key, lambda: self.store.delete_toxic(*key, name))
 
     async def _change(self, key: RouteKey, write: Callable[[], Awaitable[T]]) -> T:
         """Store-then-apply: the node serving the route found alive if it is another one
@@ -356,6 +402,13 @@ class RouteService:
 
     async def epoch_changed(self, epoch: str) -> None:
         await self.known.epoch_changed(epoch)
+
+
+def _toxic(route: Route, name: str) -> Toxic:
+    toxic = route.toxic(name)
+    if toxic is None:
+        raise NotFound(f"toxic {name!r} of route {route.id} of app {route.app!r} not found")
+    return toxic
 
 
 def _backend(route: Route, backend_id: int) -> Backend:

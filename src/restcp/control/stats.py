@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 
 from restcp.dataplane import DataPlane
-from restcp.metrics import BackendSample, RouteSample
+from restcp.metrics import BackendSample, RouteSample, ToxicSample
 from restcp.model import BackendStatus, RouteKey
 from restcp.workers import Workers
 
@@ -63,4 +63,10 @@ class NodeStats:
                         health=status[backend_id].health,
                     )
                 )
-            yield RouteSample(app, route_id, total.refused, tuple(backends))
+            # Likewise, the toxics this process serves.
+            toxics = tuple(
+                ToxicSample(name, t.type, t.stream, t.connections, t.held, t.dropped)
+                for name in here.toxics
+                for t in (total.toxics[name],)
+            )
+            yield RouteSample(app, route_id, total.refused, tuple(backends), toxics)

@@ -103,11 +103,15 @@ def default_name(type_: ToxicType, stream: Stream) -> str:
     return f"{type_}_{stream}"
 
 
+NAME_RULE = f"1 to {NAME_MAX} of A-Z a-z 0-9 _ - . (a path segment), not . or .."
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
 def check_name(name: str) -> str:
-    if not name or len(name) > NAME_MAX or not all(c.isalnum() or c in "_-." for c in name):
-        raise ToxicError(
-            "name", f"1 to {NAME_MAX} letters, digits, '_', '-' or '.' (a path segment)"
-        )
+    """A name is a segment of the toxic's URL, which it must be as it is: ASCII (nothing to
+    percent-encode), and not one of the dot segments URL resolution removes."""
+    if not 1 <= len(name) <= NAME_MAX or not _NAME_CHARS.issuperset(name) or name in (".", ".."):
+        raise ToxicError("name", NAME_RULE)
     return name
 
 

@@ -5,6 +5,7 @@
                   └── hands the connected pair to exactly one pipe at a time (pipes.py):
                         TransportPipe  (asyncio protocols: the default)
                         SplicePipe     (os.splice, once a read is bulk on a splice route)
+                        StagedPipe     (through the stages of the toxics it meets)
 
 The Connection owns what every pipe shares: the two transports, the timeouts, the byte
 counters, the ending and the access line. A pipe moves bytes and reports (``PipeOwner``);
@@ -46,6 +47,16 @@ pipes change, for any pipe: the current one stops and hands the next what it hol
 pipe (one that writes to the sockets itself) takes over only when the transports' write
 buffers are empty; a switch that finds them not empty does nothing, and the next bulk read
 tries again (pipes.py says why nothing is paused to make them empty).
+
+Toxics (proxy/stages.py): a connection that meets one (drawn once per toxic by its
+``Meeting``) relays through a StagedPipe from its connect, or from the moment the toxic is
+added to its route (``toxics_changed``: the RouteRuntime tells every connection), and
+goes back to the pipe it had once it meets none. A route without toxics costs a
+connection one test at its connect.
+
+The module is over 500 lines, a tenth of them this map: it is one state machine and the
+one owner of what its pipes share; the mechanisms it drives (connecting, the pipes, the
+stages, the deadlines) are modules of their own.
 """
 
 from __future__ import annotations
@@ -55,7 +66,7 @@ import dataclasses
 import enum
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from restcp.model import Backend, SpliceMode
@@ -65,6 +76,8 @@ from restcp.proxy.pipes import Held, Pipe
 from restcp.proxy.runtime import RouteRuntime
 from restcp.proxy.splice import SplicePipe
 from restcp.proxy.splicer import CAN_SPLICE
+from restcp.proxy.staged_pipe import StagedPipe
+from restcp.proxy.stages import Meeting, Staging
 from restcp.proxy.transport_pipe import BackendEnd, TransportPipe
 from restcp.sockets import reset_transport
 
@@ -121,7 +134,9 @@ class Connection:
         "deadline_slot",
         "end_reason",
         "last_activity",
+        "meeting",
         "member",
+        "number",
         "pipe",
         "refused",
         "route",
@@ -168,6 +183,8 @@ class Connection:
         # Why the client was closed without reaching a backend (a limit, no backend left).
         self.refused: str | None = None
         self.spliced = False  # it went to a SplicePipe at some point
+        self.number = 0  # the n-th client of its route (its toxics' draws are of it)
+        self.meeting: Meeting | None = None  # once its route has toxics
 
     @property
     def client_end(self) -> TransportPipe:
@@ -185,7 +202,7 @@ class Connection:
         self.client_transport = transport
         # Registered here, not when the protocol is built: connection_made is what promises
         # a connection_lost, so a connection that is counted always reports.
-        self.route.started(self)
+        self.number = self.route.started(self)
         if self.client_addr is None:
             peer = transport.get_extra_info("peername")
             self.client_addr = (peer[0], peer[1]) if peer else None
@@ -221,6 +238,13 @@ class Connection:
         # Before any client byte: the backend reads the header first.
         header = self.route.proxy_header(backend, self.client_addr, self._frontend)
         held = Held(up=header) if header is not None else _NOTHING
+        if self.route.toxics:
+            up, down = self._staging()
+            if up or down:
+                # What the ends held (early bytes, a banner) goes through the stages.
+                early = transports.stop(keep=True)
+                self._switch_to(lambda: self._staged(up, down, early), held)
+                return
         if self._splice is True:
             # Spliced from the start: the transport pipe never starts, what its ends hold
             # goes to the splice pipe, and the transports fall quiet under it.
@@ -275,12 +299,17 @@ class Connection:
     def failed(self, side: str) -> None:
         self._end(f"{side}_reset", reset=True)
 
+    def end(self, reason: str, *, reset: bool = False) -> None:
+        """End the connection (a toxic's doing, the route disabled): gracefully, what is
+        held flushed first, or with a reset."""
+        self._end(reason, reset=reset)
+
     def bulk(self, up: bool) -> None:
         if self.pipe is self.transports:
             self.switch(lambda: self.splice_pipe(up), raw=True)
 
     def chatty(self) -> None:
-        if self._splice == "auto" and self.pipe is not self.transports:
+        if self._splice == "auto" and isinstance(self.pipe, SplicePipe):
             self.switch(lambda: self.transports, raw=False)
 
     def client_lost(self, exc: Exception | None) -> None:
@@ -349,6 +378,40 @@ class Connection:
         )
         self.spliced = True
         return pipe
+
+    # -- toxics --------------------------------------------------------------------------
+
+    def toxics_changed(self) -> None:
+        """The route's toxics changed: the connection meets those aimed at it now, at once
+        (one not relaying yet meets them when it starts to)."""
+        pipe = self.pipe
+        if self.state is not State.RELAYING or pipe is None:
+            return
+        up, down = self._staging()
+        if isinstance(pipe, StagedPipe):
+            pipe.restage(up, down)
+            if pipe.empty() and self.pipe is pipe and self.state is State.RELAYING:
+                # Back to what the route's splice mode would have it on.
+                if self._splice is True and self.switch(self.splice_pipe, raw=True):
+                    return
+                self.switch(lambda: self.transports, raw=False)
+                if self._splice is True:
+                    self.transports.watch_bulk(True)  # spliced again at a bulk read
+        elif up or down:
+            self.switch(lambda: self._staged(up, down), raw=False)
+
+    def _staging(self) -> tuple[Sequence[Staging], Sequence[Staging]]:
+        route = self.route
+        if self.meeting is None:
+            self.meeting = Meeting(self.number, self.client_addr[0] if self.client_addr else None)
+        return self.meeting.staging(
+            route.toxics, route.seed, (route.app, route.route_id), route.tallies
+        )
+
+    def _staged(
+        self, up: Sequence[Staging], down: Sequence[Staging], early: Held | None = None
+    ) -> StagedPipe:
+        return StagedPipe(self, self._loop, self.transports, up, down, early)
 
     # -- timeouts ------------------------------------------------------------------------
 
@@ -450,6 +513,7 @@ class Connection:
     def _log_access(self) -> None:
         route, backend = self.route, self.backend
         client = f"{self.client_addr[0]}:{self.client_addr[1]}" if self.client_addr else "-"
+        met = list(self.meeting.met) if self.meeting is not None else []
         duration = self._loop.time() - self._started
         fields: dict[str, Any] = {
             "event": "connection",
@@ -464,10 +528,11 @@ class Connection:
             "end": self.end_reason,
             # JSON only: the text line keeps its fields.
             "spliced": self.spliced,
+            "toxics": met,
         }
         # The same fields twice: in the text line, and as "fields" for --log-format json.
         access_log.info(
-            "app=%s route=%s client=%s backend=%s bytes_up=%d bytes_down=%d duration=%.3f end=%s",
+            "app=%s route=%s client=%s backend=%s bytes_up=%d bytes_down=%d duration=%.3f end=%s%s",
             route.app,
             route.route_id,
             client,
@@ -476,6 +541,8 @@ class Connection:
             self.bytes_down,
             duration,
             self.end_reason,
+            # Only on a connection that met toxics: the line of others is as it was.
+            f" toxics={','.join(met)}" if met else "",
             extra={"fields": fields},
         )
 

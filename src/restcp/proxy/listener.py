@@ -1,9 +1,10 @@
 """One route's listening socket: the asyncio engine's way in for the route's clients.
 
 A listener binds before it is stored (so a route's port is known to be ours before the API
-answers), serves until it is stopped, and swaps in new backends and settings in place (its
-RouteRuntime): the socket is never rebound for an update, so no client is refused while a
-route changes. Each accepted client becomes a proxy.connection.Connection.
+answers) and serves until it is stopped; new backends and settings are swapped in in place
+(the route's RouteRuntime, which the ProxyManager keeps): the socket is never rebound for an
+update, so no client is refused while a route changes. Each accepted client becomes a
+proxy.connection.Connection.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import socket
 
 from restcp.model import Route
 from restcp.proxy.connection import client_protocol
-from restcp.proxy.runtime import BackendRefusal, RouteRuntime
+from restcp.proxy.runtime import RouteRuntime
 from restcp.proxy.stepping import drive
-from restcp.proxy.traffic import Traffic
 from restcp.sockets import OUT_OF_RESOURCES
 
 log = logging.getLogger("restcp.proxy")
@@ -73,10 +73,8 @@ class Listener:
     every ACCEPT_RETRY seconds, and resumes once descriptors are free again.
     """
 
-    def __init__(
-        self, route: Route, sock: socket.socket, traffic: Traffic, refusal: BackendRefusal
-    ) -> None:
-        self.runtime = RouteRuntime(route, traffic, refusal)
+    def __init__(self, runtime: RouteRuntime, sock: socket.socket) -> None:
+        self.runtime = runtime
         self._sock = sock
         self._loop: asyncio.AbstractEventLoop | None = None
         # uvloop sets TCP_NODELAY on the sockets its transports take; asyncio does not on
@@ -141,12 +139,10 @@ class Listener:
             protocol = client_protocol(self.runtime, loop, (addr[0], addr[1]))
             drive(loop.connect_accepted_socket(functools.partial(_same, protocol), conn))
 
-    def update(self, route: Route) -> None:
-        self.runtime.update(route)
-
     def stop(self) -> None:
         """Stop accepting now: the socket is closed before this returns, so the next connect
-        is refused. Connections already running go on until their peers end them."""
+        is refused. Connections already running go on until their peers end them (the route's
+        runtime is its owner's to close)."""
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
@@ -154,7 +150,6 @@ class Listener:
             self._loop.remove_reader(self._sock.fileno())
             self._reading = False
         self._sock.close()
-        self.runtime.close()
 
 
 def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:

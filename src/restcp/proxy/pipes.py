@@ -7,11 +7,12 @@ a time::
 
     Connection ──start(held)──► pipe ──► bytes both ways, flow control, FINs
         ▲                         │
-        └── PipeOwner callbacks ──┘  moved, eof, failed, bulk, chatty, *_lost
+        └── PipeOwner callbacks ──┘  moved, eof, failed, end, bulk, chatty, *_lost
 
 Pipes of today: proxy.transport_pipe.TransportPipe (asyncio protocols on the two
-transports: the default) and proxy.splice.SplicePipe (``os.splice`` on the transports'
-sockets, for bulk). A switch is ``Connection.switch``: the current pipe stops and hands
+transports: the default), proxy.splice.SplicePipe (``os.splice`` on the transports'
+sockets, for bulk) and proxy.staged_pipe.StagedPipe (through the stages of the toxics a
+connection meets). A switch is ``Connection.switch``: the current pipe stops and hands
 over what it holds (``Held``: bytes read and not yet delivered, and how far each FIN has
 got), and the next one starts with it, so no byte is lost or reordered.
 
@@ -100,6 +101,10 @@ class PipeOwner(Protocol):
 
     def failed(self, side: str) -> None:
         """``side`` ("client" or "backend") failed (a reset): the connection is reset."""
+
+    def end(self, reason: str, *, reset: bool = False) -> None:
+        """End the connection for ``reason`` (a toxic's doing): gracefully, what the pipe
+        holds flushed first, or with a reset."""
 
     def bulk(self, up: bool) -> None:
         """A read from the client (up) or the backend filled a whole buffer: a raw pipe

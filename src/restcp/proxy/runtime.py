@@ -28,8 +28,9 @@ from typing import Protocol
 from restcp.core import health as hm
 from restcp.core import proxy_protocol
 from restcp.core.balancer import Picker, make_picker
-from restcp.model import Backend, BackendStatus, ReplacedAddress, Route
+from restcp.model import Backend, BackendStatus, ReplacedAddress, Route, Toxic
 from restcp.proxy.members import Member
+from restcp.proxy.stages import Tally
 from restcp.proxy.traffic import Tracked, Traffic
 from restcp.sockets import out_of_resources
 
@@ -47,6 +48,12 @@ class Counted(Tracked, Protocol):
     bytes_up: int
     bytes_down: int
     refused: str | None  # why it was closed without reaching a backend
+
+    def toxics_changed(self) -> None:
+        """The route's toxics changed: meet the ones aimed at it now."""
+
+    def end(self, reason: str, *, reset: bool = False) -> None:
+        """Close both peers (gracefully: what is held is flushed first)."""
 
 
 async def resolve_allowed(host: str, port: int, refusal: BackendRefusal) -> str:
@@ -97,6 +104,10 @@ class RouteRuntime:
         # Told the route's key after each health transition (the node writes it to the
         # cluster's store, later: it must only take note).
         self.on_health: Callable[[tuple[str, int]], None] | None = None
+        # Clients accepted so far: a connection's number, of which its toxics' draws are.
+        self.accepted = 0
+        self.toxics: tuple[Toxic, ...] = ()
+        self.tallies: dict[str, Tally] = {}  # each toxic's counters, by name
         self._apply(route, first=True)
 
     # -- configuration -------------------------------------------------------------------
@@ -116,6 +127,10 @@ class RouteRuntime:
         # Read by each new connection: a change applies to new connections.
         self.splice = settings.splice
         self.max_connect_attempts = settings.max_connect_attempts
+        # The route's own seed, or the node's: what every draw of its toxics starts from.
+        self.seed = settings.seed if settings.seed is not None else self.traffic.seed
+        if first or route.toxics != old_route.toxics:
+            self._toxics(route.toxics, first=first)
         check = settings.health_check
         initial = check.initial if check is not None else "unknown"
         old = self.members
@@ -167,6 +182,21 @@ class RouteRuntime:
         self.members = members
         self._limited = any(m.backend.max_connections is not None for m in members.values())
         self.recheck()
+
+    def _toxics(self, toxics: tuple[Toxic, ...], *, first: bool) -> None:
+        """Serve these toxics, to every connection at once (a toxic's counters stay while
+        its name, type and stream do)."""
+        tallies: dict[str, Tally] = {}
+        for toxic in toxics:
+            tally = self.tallies.get(toxic.name)
+            if tally is None or (tally.type, tally.stream) != (toxic.type, toxic.stream):
+                tally = Tally(toxic.type, toxic.stream)
+            tallies[toxic.name] = tally
+        self.tallies = tallies
+        self.toxics = toxics
+        if not first:
+            for connection in list(self.connections):
+                connection.toxics_changed()
 
     def _retire(self, member: Member) -> None:
         """``member`` is no longer its backend's: keep counting its leftovers, if any."""
@@ -323,10 +353,13 @@ class RouteRuntime:
 
     # -- what connections report --------------------------------------------------------
 
-    def started(self, connection: Counted) -> None:
+    def started(self, connection: Counted) -> int:
+        """A client came: its number (the n-th of the route)."""
         self.connections.add(connection)
         self.traffic.add(connection, self.app)
         self._admitting = connection
+        self.accepted += 1
+        return self.accepted
 
     def connected(self, connection: Counted) -> None:
         """``connection`` reached its ``member``: it counts against that address until it

@@ -3,12 +3,14 @@
 One Traffic per ProxyManager (so per node, or per worker process). Its connections are
 every route's, routes stopped since included, which is what a draining shutdown waits for;
 it holds the node-wide and per-app connection caps, the splicer (epoll set and kernel pipes
-of the splice pipes) and the deadlines (every connection's timeouts on one loop timer).
+of the splice pipes), the deadlines (every connection's timeouts on one loop timer) and the
+node's seed of the toxics' draws.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections import Counter
 from collections.abc import Iterator
 from typing import Protocol
@@ -27,7 +29,9 @@ class Tracked(Protocol):
 class Traffic:
     """Every live connection of the node, its caps, and the machinery they share."""
 
-    def __init__(self, limit: int | None = None, app_limit: int | None = None) -> None:
+    def __init__(
+        self, limit: int | None = None, app_limit: int | None = None, seed: int | None = None
+    ) -> None:
         self._connections: dict[Tracked, str] = {}  # -> its app
         self._empty: asyncio.Event | None = None
         # The node-wide connection cap, and the cap of each app; None is no cap.
@@ -38,6 +42,9 @@ class Traffic:
         self.splicer = Splicer()
         # The connect, half-close and idle deadlines of every connection, on one loop timer.
         self.deadlines = Deadlines()
+        # The seed of the toxics' draws on routes without their own (node.py picks and logs
+        # one when --seed is not given).
+        self.seed = seed if seed is not None else secrets.randbits(63)
 
     def __len__(self) -> int:
         return len(self._connections)

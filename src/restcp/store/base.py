@@ -6,10 +6,13 @@ Every implementation keeps these rules, and tests/contract runs one suite agains
 - every method is atomic: a failed call (NotFound, Conflict) changes nothing;
 - two routes never share a frontend address: ``create_route`` raises Conflict;
 - a shared store (Redis) raises a route's ``version`` by one in the same atomic step as
-  every write that changes the route or its backends: the node serving the route
+  every write that changes the route, its backends or its toxics: the node serving the route
   acknowledges the version it applied, and a write waits for that (cluster/changes.py), so
   a write of a route that left the version alone could be answered before it is applied.
   tests/contract/test_redis.py lists every method as such a write or not;
+- a route's toxics are kept in the order they were added, each under a name of its own
+  (``add_toxic`` raises DuplicateToxic, a Conflict); they go with the route when it is
+  deleted;
 - API tokens are kept as hashes only (the API hashes; a store never sees a token), with
   ids per app that count from 1 and are never reused; tokens do not make an app exist.
 """
@@ -20,7 +23,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from restcp.model import Backend, Route, RouteKey, RouteSettings
+from restcp.model import Backend, Route, RouteKey, RouteSettings, Toxic
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,15 @@ class Store(Protocol):
 
     async def delete_backend(self, app: str, route_id: int, backend_id: int) -> None: ...
 
+    async def add_toxic(self, app: str, route_id: int, toxic: Toxic) -> Toxic:
+        """Append ``toxic`` to the route's toxics; DuplicateToxic if it has one of that
+        name."""
+
+    async def update_toxic(self, app: str, route_id: int, toxic: Toxic) -> Toxic:
+        """Replace the toxic named ``toxic.name``, in its place."""
+
+    async def delete_toxic(self, app: str, route_id: int, name: str) -> None: ...
+
     async def ports_in_use(self, frontend_ip: str) -> set[int]: ...
 
     async def get_port_cursor(self, frontend_ip: str) -> int | None:
@@ -123,6 +135,7 @@ class Snapshot(Protocol):
         self, epoch: str | None, upserts: Iterable[Route], deletes: Iterable[RouteKey]
     ) -> None:
         """In one transaction: store ``epoch`` (None keeps the one stored), replace each
-        route of ``upserts`` with its backends, remove ``deletes``. Counters only grow."""
+        route of ``upserts`` with its backends and toxics, remove ``deletes``. Counters
+        only grow."""
 
     async def close(self) -> None: ...

@@ -16,64 +16,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from restcp.errors import Conflict, DuplicateBackend, InvalidSpec, NotFound
-from restcp.model import Backend, Route, RouteKey, RouteSettings
+from restcp.errors import Conflict, DuplicateBackend, DuplicateToxic, InvalidSpec, NotFound
+from restcp.model import Backend, Route, RouteKey, RouteSettings, Toxic
 from restcp.store.base import AppInfo, SnapshotData, TokenInfo
 from restcp.store.codec import (
     dump_backend_settings,
     dump_route_settings,
+    dump_toxic,
     load_backend,
     load_route_settings,
+    load_toxic,
 )
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS apps (
-    app            TEXT PRIMARY KEY,
-    last_route_id  INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS routes (
-    app              TEXT NOT NULL REFERENCES apps(app),
-    id               INTEGER NOT NULL,
-    frontend_ip      TEXT NOT NULL,
-    port             INTEGER NOT NULL,
-    settings         TEXT NOT NULL,
-    last_backend_id  INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (app, id),
-    UNIQUE (frontend_ip, port)
-);
-CREATE TABLE IF NOT EXISTS backends (
-    app       TEXT NOT NULL,
-    route_id  INTEGER NOT NULL,
-    id        INTEGER NOT NULL,
-    ip        TEXT NOT NULL,
-    port      INTEGER NOT NULL,
-    settings  TEXT NOT NULL DEFAULT '{}',
-    PRIMARY KEY (app, route_id, id),
-    FOREIGN KEY (app, route_id) REFERENCES routes(app, id) ON DELETE CASCADE
-);
-CREATE TABLE IF NOT EXISTS port_cursors (
-    frontend_ip  TEXT PRIMARY KEY,
-    cursor       INTEGER NOT NULL
-);
--- Apart from apps: a token does not make its app exist (an app exists from its first route
--- on), and the token counter outlives every token, as the route counter outlives routes.
-CREATE TABLE IF NOT EXISTS token_counters (
-    app      TEXT PRIMARY KEY,
-    last_id  INTEGER NOT NULL DEFAULT 0
-);
--- Facts about the file itself: a cluster node's snapshot keeps the cluster epoch here.
-CREATE TABLE IF NOT EXISTS meta (
-    key    TEXT PRIMARY KEY,
-    value  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tokens (
-    app         TEXT NOT NULL,
-    id          INTEGER NOT NULL,
-    hash        TEXT NOT NULL UNIQUE,
-    created_at  REAL NOT NULL,
-    PRIMARY KEY (app, id)
-);
-"""
+from restcp.store.schema import create_schema
 
 
 def open_url(url: str) -> SqliteStore:
@@ -100,13 +54,7 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         with self._write() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            # Databases from before backends had settings get the column.
-            columns = {row[1] for row in db.execute("PRAGMA table_info(backends)")}
-            if "settings" not in columns:
-                db.execute("ALTER TABLE backends ADD COLUMN settings TEXT NOT NULL DEFAULT '{}'")
+            create_schema(db)
 
     async def close(self) -> None:
         self._db.close()
@@ -174,7 +122,7 @@ class SqliteStore:
         return None if row is None else int(row[0])
 
     def _routes(self, app: str | None = None, route_id: int | None = None) -> list[Route]:
-        """Routes with their backends: all, one app's, or one."""
+        """Routes with their backends and toxics: all, one app's, or one."""
         params: tuple[Any, ...] = ()
         route_where = backend_where = ""
         if app is not None:
@@ -190,6 +138,11 @@ class SqliteStore:
                 "ORDER BY app, route_id, id",
                 params,
             ).fetchall()
+            toxic_rows = db.execute(
+                f"SELECT app, route_id, name, settings FROM toxics {backend_where} "
+                "ORDER BY app, route_id, position",
+                params,
+            ).fetchall()
             route_rows = db.execute(
                 "SELECT app, id, frontend_ip, port, settings FROM routes "
                 f"{route_where} ORDER BY app, id",
@@ -199,6 +152,9 @@ class SqliteStore:
         for b_app, b_route_id, backend_id, ip, port, b_settings in backend_rows:
             backend = load_backend(backend_id, ip, port, b_settings)
             backends.setdefault((b_app, b_route_id), []).append(backend)
+        toxics: dict[tuple[str, int], list[Toxic]] = {}
+        for t_app, t_route_id, name, t_settings in toxic_rows:
+            toxics.setdefault((t_app, t_route_id), []).append(load_toxic(name, t_settings))
         return [
             Route(
                 app=r_app,
@@ -207,6 +163,7 @@ class SqliteStore:
                 port=port,
                 settings=load_route_settings(settings),
                 backends=tuple(backends.get((r_app, r_id), ())),
+                toxics=tuple(toxics.get((r_app, r_id), ())),
             )
             for r_app, r_id, frontend_ip, port, settings in route_rows
         ]
@@ -300,6 +257,36 @@ class SqliteStore:
             db.execute(
                 "DELETE FROM backends WHERE app = ? AND route_id = ? AND id = ?",
                 (app, route_id, backend_id),
+            )
+
+    async def add_toxic(self, app: str, route_id: int, toxic: Toxic) -> Toxic:
+        with self._write() as db:
+            self._require_route(app, route_id)
+            if self._has_toxic(app, route_id, toxic.name):
+                raise DuplicateToxic(app, route_id, toxic.name)
+            db.execute(
+                "INSERT INTO toxics (app, route_id, name, position, settings) VALUES "
+                "(?, ?, ?, (SELECT COALESCE(MAX(position), 0) + 1 FROM toxics "
+                "WHERE app = ? AND route_id = ?), ?)",
+                (app, route_id, toxic.name, app, route_id, dump_toxic(toxic)),
+            )
+        return toxic
+
+    async def update_toxic(self, app: str, route_id: int, toxic: Toxic) -> Toxic:
+        with self._write() as db:
+            self._require_toxic(app, route_id, toxic.name)
+            db.execute(
+                "UPDATE toxics SET settings = ? WHERE app = ? AND route_id = ? AND name = ?",
+                (dump_toxic(toxic), app, route_id, toxic.name),
+            )
+        return toxic
+
+    async def delete_toxic(self, app: str, route_id: int, name: str) -> None:
+        with self._write() as db:
+            self._require_toxic(app, route_id, name)
+            db.execute(
+                "DELETE FROM toxics WHERE app = ? AND route_id = ? AND name = ?",
+                (app, route_id, name),
             )
 
     async def set_port_cursor(self, frontend_ip: str, cursor: int) -> None:
@@ -422,6 +409,14 @@ class SqliteStore:
                 for b in route.backends
             ],
         )
+        db.execute("DELETE FROM toxics WHERE app = ? AND route_id = ?", (route.app, route.id))
+        db.executemany(
+            "INSERT INTO toxics (app, route_id, name, position, settings) VALUES (?, ?, ?, ?, ?)",
+            [
+                (route.app, route.id, t.name, position, dump_toxic(t))
+                for position, t in enumerate(route.toxics, 1)
+            ],
+        )
 
     def _require_route(self, app: str, route_id: int) -> None:
         row = self._db.execute(
@@ -438,6 +433,18 @@ class SqliteStore:
         ).fetchone()
         if row is None:
             raise NotFound(f"backend {backend_id} of route {route_id} of app {app!r} not found")
+
+    def _has_toxic(self, app: str, route_id: int, name: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM toxics WHERE app = ? AND route_id = ? AND name = ?",
+            (app, route_id, name),
+        ).fetchone()
+        return row is not None
+
+    def _require_toxic(self, app: str, route_id: int, name: str) -> None:
+        self._require_route(app, route_id)
+        if not self._has_toxic(app, route_id, name):
+            raise NotFound(f"toxic {name!r} of route {route_id} of app {app!r} not found")
 
     def _require_new_address(self, app: str, route_id: int, backend: Backend) -> None:
         """No other backend of the route (than ``backend.id``) has ``backend``'s address. A

@@ -12,11 +12,11 @@ import jsonschema
 import pytest
 import schemathesis
 
-from restcp.api.app import Api, backend_json, build_app, problem, route_json
+from restcp.api.app import Api, backend_json, build_app, problem, route_json, toxic_json
 from restcp.api.endpoints import ENDPOINTS, problems_of
 from restcp.api.openapi import build_spec
-from restcp.api.schemas import BackendOut, HealthOut, Problem, RouteOut
-from restcp.model import Backend, BackendStatus, HealthCheck, Route, RouteSettings
+from restcp.api.schemas import BackendOut, HealthOut, Problem, RouteOut, ToxicOut
+from restcp.model import Backend, BackendStatus, HealthCheck, Route, RouteSettings, Toxic
 
 SPEC = build_spec()
 
@@ -89,10 +89,16 @@ FULL_ROUTE = Route(
         health_check=HealthCheck(send="PING\r\n", expect="+PONG"),
         max_connections=5,
         proxy_protocol="v2",
+        enabled=False,
+        seed=42,
     ),
     backends=(
         Backend(1, "10.0.0.1", 80, weight=3, state="drain", drain_timeout=1.5),
         Backend(2, "::2", 81, max_connections=4, proxy_protocol="none"),
+    ),
+    toxics=(
+        Toxic("slow", "latency", attributes=(("jitter", 5), ("latency", 200))),
+        Toxic("cut", "reset_peer", "upstream", 0.5, (("timeout", 0),), ("10.0.0.0/8",)),
     ),
 )
 STATUSES = {1: BackendStatus("up", 1764181343.5, "2 check(s) passed", 3)}
@@ -109,6 +115,11 @@ def test_route_and_backend_json_are_exactly_their_models(route: Route) -> None:
         one = backend_json(backend, STATUSES.get(backend.id))
         validate(BackendOut, one)
         assert set(one) == set(BackendOut.model_fields)
+    assert [t["name"] for t in body["toxics"]] == [t.name for t in route.toxics]
+    for toxic in route.toxics:
+        one = toxic_json(toxic)
+        validate(ToxicOut, one)
+        assert set(one) == set(ToxicOut.model_fields)
 
 
 def test_problems_are_problem_documents() -> None:
@@ -220,16 +231,19 @@ def test_an_app_id_is_never_a_dot_segment() -> None:
 
 CREATIONS = {
     "create_route": ("route", {"get_route", "patch_route", "delete_route", "list_backends",
-                               "add_backend", "add_backend_post"}),
+                               "add_backend", "add_backend_post", "list_toxics", "create_toxic",
+                               "create_toxic_post"}),
     "add_backend": ("backend", {"get_backend", "replace_backend", "replace_backend_put",
                                 "patch_backend", "delete_backend"}),
+    "create_toxic": ("toxic", {"get_toxic", "patch_toxic", "delete_toxic"}),
     "create_token": ("token", {"delete_token"}),
 }  # fmt: skip
 
 
 def test_each_creation_links_to_the_operations_on_what_it_created() -> None:
-    """A new route's id fills {route} of the operations on it, a new backend's {backend}:
-    OpenAPI links, which stateful testers and client generators follow."""
+    """A new route's id fills {route} of the operations on it, a new backend's {backend}, a
+    new toxic's name {toxic}: OpenAPI links, which stateful testers and client generators
+    follow."""
     for endpoint in ENDPOINTS:
         op = SPEC["paths"][endpoint.path][endpoint.method.lower()]
         links = op["responses"].get("201", {}).get("links", {})
@@ -241,7 +255,8 @@ def test_each_creation_links_to_the_operations_on_what_it_created() -> None:
         by_id = {e.operation_id: e for e in ENDPOINTS}
         for name, link in links.items():
             target = by_id[link["operationId"]]
-            assert link["parameters"][new] == "$response.body#/id"
+            key = "name" if new == "toxic" else "id"
+            assert link["parameters"][new] == f"$response.body#/{key}"
             assert set(link["parameters"]) == {
                 p["name"] for p in SPEC["paths"][target.path][target.method.lower()]["parameters"]
             }, name
@@ -254,3 +269,8 @@ def test_schemathesis_reaches_every_operation_on_a_backend_through_the_links() -
     reached = schema.operations_with_incoming_links()
     for method in ("GET", "PUT", "POST", "PATCH", "DELETE"):
         assert f"{method} /apps/{{app}}/routes/{{route}}/backends/{{backend}}" in reached
+    # A new route's toxics too, and every operation on a new toxic.
+    for method in ("GET", "PUT", "POST"):
+        assert f"{method} /apps/{{app}}/routes/{{route}}/toxics" in reached
+    for method in ("GET", "PATCH", "DELETE"):
+        assert f"{method} /apps/{{app}}/routes/{{route}}/toxics/{{toxic}}" in reached

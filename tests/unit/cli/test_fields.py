@@ -55,10 +55,19 @@ def test_options_take_their_fields_values() -> None:
     assert convert(ROUTE_SETTINGS, "health_check", '{"interval": 1}') == {"interval": 1}
     assert convert(ROUTE_SETTINGS, "health_check", "none") is None
     assert convert(BACKEND_SETTINGS, "proxy_protocol", "none") is None  # JSON null
+    assert convert(ROUTE_SETTINGS, "enabled", "false") is False
+    assert convert(ROUTE_SETTINGS, "enabled", "true") is True
+    assert convert(ROUTE_SETTINGS, "seed", "7") == 7
+    assert convert(ROUTE_SETTINGS, "seed", "none") is None
     balance = next(kind for name, kind, _text in ROUTE_SETTINGS if name == "balance")
     assert isinstance(balance, click.Choice)
     assert tuple(balance.choices) == typing.get_args(Balance)
-    for field, text in [("splice", "sometimes"), ("max_connections", "many")]:
+    for field, text in [
+        ("splice", "sometimes"),
+        ("max_connections", "many"),
+        ("enabled", "maybe"),
+        ("seed", "1.5"),
+    ]:
         with pytest.raises(click.BadParameter):
             convert(ROUTE_SETTINGS, field, text)
 

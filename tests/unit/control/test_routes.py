@@ -41,7 +41,7 @@ class RecordingStore:
 
     WRITES = frozenset(
         ("create_route", "update_route", "delete_route", "add_backend", "update_backend",
-         "delete_backend", "set_port_cursor")
+         "delete_backend", "add_toxic", "update_toxic", "delete_toxic", "set_port_cursor")
     )  # fmt: skip
 
     def __init__(self, store: Store, journal: Journal) -> None:

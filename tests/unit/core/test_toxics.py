@@ -55,7 +55,9 @@ def test_integral_floats_are_integers() -> None:
 def test_default_name_and_name_rules() -> None:
     assert toxics.default_name("latency", "downstream") == "latency_downstream"
     assert toxics.check_name("slow-db.1") == "slow-db.1"
-    for bad in ("", "a/b", "x" * 65, "..?"):
+    # Path segments a URL keeps as they are: ASCII only (no name to percent-encode), and
+    # not "." or "..", which URL resolution removes.
+    for bad in ("", "a/b", "x" * 65, "..?", ".", "..", "café", "٣", "a b"):
         with pytest.raises(ToxicError):
             toxics.check_name(bad)
 

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from restcp.errors import Conflict, EpochMismatch, Unavailable
 from restcp.model import Route, RouteSettings
-from restcp.store.codec import dump_backend_settings, dump_route_settings
+from restcp.store.codec import dump_backend_settings, dump_route_settings, dump_toxic
 from restcp.store.redis import scripts
 from restcp.store.redis.connection import RedisConnection
 from restcp.store.redis.keys import address_taken, app_segment, describe_member
@@ -279,9 +279,9 @@ class RedisCoordination:
     async def restore_route(
         self, route: Route, epoch: str, route_counter: int = 0, backend_counter: int = 0
     ) -> tuple[str, str]:
-        """Write ``route`` with its ids, port and backends if Redis holds ``epoch`` and no
-        other content under its id or address; raise the counters to at least the ids (and
-        the given counters). ("written" | "unchanged" | "conflict", why)."""
+        """Write ``route`` with its ids, port, backends and toxics if Redis holds ``epoch``
+        and no other content under its id or address; raise the counters to at least the
+        ids (and the given counters). ("written" | "unchanged" | "conflict", why)."""
         k = self._keys
         app, route_id = route.app, route.id
         args: list[str | int] = [
@@ -294,9 +294,12 @@ class RedisCoordination:
             max(route_counter, route_id),
             max([backend_counter, *(b.id for b in route.backends)]),
             epoch,
+            len(route.backends),
         ]
         for backend in route.backends:
             args += [backend.id, backend.ip, backend.port, dump_backend_settings(backend)]
+        for toxic in route.toxics:
+            args += [toxic.name, dump_toxic(toxic)]
         status, detail = await self._run(
             scripts.RESTORE_ROUTE,
             [

@@ -80,6 +80,12 @@ class Keys:
     def backend(self, app: str, route_id: int, backend_id: int) -> str:
         return f"{self.route(app, route_id)}:backend:{backend_id}"
 
+    def toxics(self, app: str, route_id: int) -> str:
+        return f"{self.route(app, route_id)}:toxics"
+
+    def toxic_order(self, app: str, route_id: int) -> str:
+        return f"{self.route(app, route_id)}:toxic_order"
+
     def backends_live(self, app: str, route_id: int) -> str:
         return f"{self.route(app, route_id)}:backends_live"
 

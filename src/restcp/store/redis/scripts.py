@@ -60,8 +60,8 @@ def _unguarded(source: str) -> Script:
 # -- the desired state: routes, backends, port cursors, tokens ---------------------------
 
 _READ_ROUTE = """
--- {app, id, ip, port, settings, {{backend id, ip, port, settings}, ...}, version}, or
--- false.
+-- {app, id, ip, port, settings, {{backend id, ip, port, settings}, ...},
+--  {{toxic name, settings}, ...} in their order, version}, or false.
 local function read_route(prefix, app, id)
   local key = prefix .. 'route:' .. app .. ':' .. id
   local r = redis.call('HMGET', key, 'ip', 'port', 'settings', 'version')
@@ -71,7 +71,12 @@ local function read_route(prefix, app, id)
     local b = redis.call('HMGET', key .. ':backend:' .. bid, 'ip', 'port', 'settings')
     if b[1] then backends[#backends + 1] = {bid, b[1], b[2], b[3]} end
   end
-  return {app, id, r[1], r[2], r[3], backends, tonumber(r[4] or '0')}
+  local toxics = {}
+  for _, name in ipairs(redis.call('LRANGE', key .. ':toxic_order', 0, -1)) do
+    local t = redis.call('HGET', key .. ':toxics', name)
+    if t then toxics[#toxics + 1] = {name, t} end
+  end
+  return {app, id, r[1], r[2], r[3], backends, toxics, tonumber(r[4] or '0')}
 end
 
 local function read_app(prefix, app, out)
@@ -163,7 +168,8 @@ for _, bid in ipairs(redis.call('SMEMBERS', KEYS[1] .. ':backends')) do
   redis.call('DEL', KEYS[1] .. ':backend:' .. bid)
 end
 redis.call('DEL', KEYS[1], KEYS[1] .. ':backends', KEYS[1] .. ':backend_counter',
-           KEYS[1] .. ':backends_live', KEYS[1] .. ':backends_dead')
+           KEYS[1] .. ':backends_live', KEYS[1] .. ':backends_dead', KEYS[1] .. ':toxics',
+           KEYS[1] .. ':toxic_order')
 redis.call('SREM', KEYS[2], ARGV[3])
 local ip_key = ARGV[1] .. 'ip:' .. ip
 redis.call('SREM', ip_key .. ':routes', ARGV[2] .. ':' .. ARGV[3])
@@ -231,6 +237,43 @@ if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[3])
 redis.call('LREM', KEYS[4], 0, ARGV[1])
 redis.call('LREM', KEYS[5], 0, ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+return 1
+"""
+)
+
+# A route's toxics: ``toxics`` holds each one's settings by name, ``toxic_order`` their
+# names in the order they were added.
+
+# KEYS: route, toxics, toxic_order; ARGV: name, settings. 1, 0 without the route, -1 if the
+# route has a toxic of that name.
+ADD_TOXIC: Final = _guarded(
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return -1 end
+redis.call('RPUSH', KEYS[3], ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+return 1
+"""
+)
+
+# KEYS: route, toxics; ARGV: name, settings. 1, 0 without the toxic, -1 without the route.
+UPDATE_TOXIC: Final = _guarded(
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+return 1
+"""
+)
+
+# KEYS: route, toxics, toxic_order; ARGV: name. As UPDATE_TOXIC.
+DELETE_TOXIC: Final = _guarded(
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('LREM', KEYS[3], 0, ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 return 1
 """
@@ -389,7 +432,8 @@ return redis.call('GET', KEYS[1])
 # KEYS: apps, route_counter, app_routes, frontend_ips, ip_routes, ip_ports, route,
 #       backend_counter, backends, epoch
 # ARGV: prefix, app, id, ip, port, settings, route counter at least, backend counter at
-#       least, epoch, then (backend id, ip, port, settings) for each backend.
+#       least, epoch, the number of backends, then (backend id, ip, port, settings) for each
+#       backend, then (name, settings) for each toxic, in their order.
 # Writes a route with its ids as a node's snapshot has it (reseed), never over another
 # one: {1, ''} written, {2, ''} stored already exactly so, {0, why} conflicting content
 # (nothing written), {-1, epoch found} Redis holds another epoch (nothing written).
@@ -403,13 +447,15 @@ local function at_least(key, value)
   end
 end
 local member = ARGV[2] .. ':' .. ARGV[3]
+local toxics, toxic_order = KEYS[7] .. ':toxics', KEYS[7] .. ':toxic_order'
+local first_toxic = 11 + 4 * tonumber(ARGV[10])
 local r = redis.call('HMGET', KEYS[7], 'ip', 'port', 'settings')
 if r[1] then
   if r[1] ~= ARGV[4] or r[2] ~= ARGV[5] or r[3] ~= ARGV[6] then
     return {0, 'stored with another address or other settings'}
   end
   local count = 0
-  for i = 10, #ARGV, 4 do
+  for i = 11, first_toxic - 1, 4 do
     count = count + 1
     local b = redis.call('HMGET', KEYS[7] .. ':backend:' .. ARGV[i], 'ip', 'port', 'settings')
     if redis.call('SISMEMBER', KEYS[9], ARGV[i]) == 0 or b[1] ~= ARGV[i + 1]
@@ -418,6 +464,14 @@ if r[1] then
     end
   end
   if redis.call('SCARD', KEYS[9]) ~= count then return {0, 'stored with other backends'} end
+  local names = redis.call('LRANGE', toxic_order, 0, -1)
+  if #names * 2 ~= #ARGV - first_toxic + 1 then return {0, 'stored with other toxics'} end
+  for j, name in ipairs(names) do
+    local i = first_toxic + 2 * (j - 1)
+    if name ~= ARGV[i] or redis.call('HGET', toxics, name) ~= ARGV[i + 1] then
+      return {0, 'stored with other toxics'}
+    end
+  end
   at_least(KEYS[2], ARGV[7])
   at_least(KEYS[8], ARGV[8])
   return {2, ''}
@@ -426,10 +480,14 @@ local owner = redis.call('HGET', KEYS[6], ARGV[5])
 if owner then return {0, 'its address is used by route ' .. owner} end
 redis.call('HSET', KEYS[7], 'ip', ARGV[4], 'port', ARGV[5], 'settings', ARGV[6],
            'version', 1)
-for i = 10, #ARGV, 4 do
+for i = 11, first_toxic - 1, 4 do
   redis.call('HSET', KEYS[7] .. ':backend:' .. ARGV[i], 'ip', ARGV[i + 1], 'port', ARGV[i + 2],
              'settings', ARGV[i + 3])
   redis.call('SADD', KEYS[9], ARGV[i])
+end
+for i = first_toxic, #ARGV, 2 do
+  redis.call('HSET', toxics, ARGV[i], ARGV[i + 1])
+  redis.call('RPUSH', toxic_order, ARGV[i])
 end
 redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('SADD', KEYS[1], ARGV[2])

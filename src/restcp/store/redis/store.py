@@ -7,14 +7,16 @@ import json
 from typing import Any, cast
 from urllib.parse import unquote
 
-from restcp.errors import Conflict, DuplicateBackend, NotFound
-from restcp.model import Backend, Route, RouteSettings
+from restcp.errors import Conflict, DuplicateBackend, DuplicateToxic, NotFound
+from restcp.model import Backend, Route, RouteSettings, Toxic
 from restcp.store.base import AppInfo, TokenInfo
 from restcp.store.codec import (
     dump_backend_settings,
     dump_route_settings,
+    dump_toxic,
     load_backend,
     load_route_settings,
+    load_toxic,
 )
 from restcp.store.redis import scripts
 from restcp.store.redis.connection import RedisConnection
@@ -157,6 +159,38 @@ class RedisStore:
         )
         _found(status, app, route_id, backend_id)
 
+    async def add_toxic(self, app: str, route_id: int, toxic: Toxic) -> Toxic:
+        k = self._keys
+        status = await self._run(
+            scripts.ADD_TOXIC,
+            [k.route(app, route_id), k.toxics(app, route_id), k.toxic_order(app, route_id)],
+            [toxic.name, dump_toxic(toxic)],
+        )
+        if status == 0:
+            raise NotFound(f"route {route_id} of app {app!r} not found")
+        if status < 0:
+            raise DuplicateToxic(app, route_id, toxic.name)
+        return toxic
+
+    async def update_toxic(self, app: str, route_id: int, toxic: Toxic) -> Toxic:
+        k = self._keys
+        status = await self._run(
+            scripts.UPDATE_TOXIC,
+            [k.route(app, route_id), k.toxics(app, route_id)],
+            [toxic.name, dump_toxic(toxic)],
+        )
+        _toxic_found(status, app, route_id, toxic.name)
+        return toxic
+
+    async def delete_toxic(self, app: str, route_id: int, name: str) -> None:
+        k = self._keys
+        status = await self._run(
+            scripts.DELETE_TOXIC,
+            [k.route(app, route_id), k.toxics(app, route_id), k.toxic_order(app, route_id)],
+            [name],
+        )
+        _toxic_found(status, app, route_id, name)
+
     async def set_port_cursor(self, frontend_ip: str, cursor: int) -> None:
         await self._run(scripts.SET_PORT_CURSOR, [self._keys.port_cursors], [frontend_ip, cursor])
 
@@ -204,6 +238,13 @@ def _found(status: int, app: str, route_id: int, backend_id: int) -> None:
         raise NotFound(f"backend {backend_id} of route {route_id} of app {app!r} not found")
 
 
+def _toxic_found(status: int, app: str, route_id: int, name: str) -> None:
+    if status < 0:
+        raise NotFound(f"route {route_id} of app {app!r} not found")
+    if status == 0:
+        raise NotFound(f"toxic {name!r} of route {route_id} of app {app!r} not found")
+
+
 def _unique(result: Any, app: str, route_id: int, backend: Backend) -> None:
     """Raise DuplicateBackend if a backend script answered {'duplicate', id}."""
     if isinstance(result, list):
@@ -215,7 +256,7 @@ def _routes(records: list[Any]) -> list[Route]:
 
 
 def _route(record: list[Any]) -> Route:
-    app, route_id, ip, port, settings, backends, version = record
+    app, route_id, ip, port, settings, backends, toxics, version = record
     return Route(
         app=unquote(app),
         id=int(route_id),
@@ -231,6 +272,7 @@ def _route(record: list[Any]) -> Route:
                 key=lambda b: b.id,
             )
         ),
+        toxics=tuple(load_toxic(name, t_settings) for name, t_settings in toxics),
         version=int(version),
     )
 
