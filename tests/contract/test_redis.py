@@ -159,8 +159,9 @@ def test_keys_types_and_values_are_as_documented(store: SyncStore, raw_redis: re
     kind, route = keys["route:web:1"]
     assert (kind, set(route)) == ("hash", {"ip", "port", "settings", "version"})
     assert (route["ip"], route["port"]) == (IP, "10000")
-    # Created, three backends added, one deleted: five changes (health is not one).
-    assert route["version"] == "5"
+    # Created, three backends added, one deleted, three toxics added, one deleted: nine
+    # changes (health is not one).
+    assert route["version"] == "9"
     assert '"balance": "round_robin"' in route["settings"]
     assert keys["route:web:1:backend_counter"] == ("string", "3")
     assert keys["route:web:1:backends"] == ("set", {"1", "3"})

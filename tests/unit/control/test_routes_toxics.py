@@ -1,5 +1,6 @@
 """control.routes: a route's toxics are written as its backends are: stored, read back,
-applied (the route served carries them), then announced; a failed write applies nothing.
+applied (the route served carries them), announced to the node serving it if another one;
+a failed write applies nothing.
 The harness is test_routes.py's."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import asyncio
 import pytest
 
 from restcp.core.toxics import ToxicError, attributes
-from restcp.errors import Conflict, DuplicateToxic, NotFound, Unavailable
+from restcp.errors import Conflict, DuplicateToxic, NotFound, NotYetApplied, Unavailable
 from restcp.model import Toxic
 from tests.unit.control.test_routes import Harness, run
 
@@ -17,7 +18,7 @@ SLOW = Toxic("slow", "latency", attributes=(("jitter", 0), ("latency", 200)))
 CUT = Toxic("cut", "reset_peer", "upstream", attributes=(("timeout", 0),))
 
 
-def test_a_toxic_is_stored_then_applied_with_its_route_then_announced() -> None:
+def test_a_toxic_is_stored_then_applied_with_its_route() -> None:
     async def scenario(h: Harness) -> None:
         route = await h.route()
         h.reset()
@@ -28,21 +29,54 @@ def test_a_toxic_is_stored_then_applied_with_its_route_then_announced() -> None:
             "plane.apply",
             "workers.route",
             "workers.settle",
-            "announce",
-        ]
+        ]  # served here: told to nobody
         (applied,) = next(arg for name, arg in h.journal if name == "plane.apply")
         assert applied.toxics == (SLOW,)
         assert h.plane.running()[route.key].toxics == (SLOW,)
-        assert h.journal[-1] == ("announce", (applied, False))
 
         h.reset()
         await h.routes.add_toxic(route.key, CUT)
         await h.routes.delete_toxic(route.key, "slow")
-        assert h.events("store.add_toxic", "store.delete_toxic", "plane.", "announce") == [
-            "store.add_toxic", "plane.apply", "announce",
-            "store.delete_toxic", "plane.apply", "announce",
+        assert h.events("store.add_toxic", "store.delete_toxic", "plane.") == [
+            "store.add_toxic", "plane.apply", "store.delete_toxic", "plane.apply",
         ]  # fmt: skip
         assert h.plane.running()[route.key].toxics == (CUT,)
+
+    run(scenario)
+
+
+def test_a_toxic_of_a_route_another_node_serves_is_announced_and_waited_for() -> None:
+    async def scenario(h: Harness) -> None:
+        route = await h.remote_route()
+        h.reset()
+        await h.routes.add_toxic(route.key, SLOW)
+        await h.routes.update_toxic(route.key, "slow", lambda t: t.replace(toxicity=0.5))
+        await h.routes.delete_toxic(route.key, "slow")
+        writes = ("store.add_toxic", "store.update_toxic", "store.delete_toxic")
+        assert h.events(*writes, "require", "announce") == [
+            "require", "store.add_toxic", "announce",
+            "require", "store.update_toxic", "announce",
+            "require", "store.delete_toxic", "announce",
+        ]  # fmt: skip
+        (_, (announced, locked)) = h.journal[-1]
+        assert announced is not None
+        assert announced.toxics == ()
+        assert not locked
+
+        # Not acknowledged in time: stored, and NotYetApplied carries the toxic (a 202).
+        h.elsewhere.acked = False
+        with pytest.raises(NotYetApplied) as pending:
+            await h.routes.add_toxic(route.key, CUT)
+        assert pending.value.result == CUT
+        assert (await h.real_store.get_route(*route.key)).toxics == (CUT,)
+
+        # No live node serves it: nothing stored.
+        h.elsewhere.away = True
+        with pytest.raises(Unavailable, match="nothing was stored"):
+            await h.routes.add_toxic(route.key, SLOW)
+        with pytest.raises(Unavailable, match="nothing was stored"):
+            await h.routes.delete_toxic(route.key, "cut")
+        assert (await h.real_store.get_route(*route.key)).toxics == (CUT,)
 
     run(scenario)
 
