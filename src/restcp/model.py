@@ -114,6 +114,9 @@ class RouteSettings:
     # The seed of the route's random draws (toxicity, jitter, slicer sizes); None: the
     # node's --seed, or a random one when that is not set either.
     seed: int | None = None
+    # A name unique within the route's app (None: none), by which toxiproxy's API
+    # (api/toxiproxy.py) knows it as a proxy.
+    name: str | None = None
 
     def replace(self, **changes: object) -> RouteSettings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

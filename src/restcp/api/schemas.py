@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -52,6 +53,21 @@ APP_ID_RULE = "1-64 of A-Z a-z 0-9 . _ -, not . or .."
 
 def is_app_id(text: str) -> bool:
     return APP_ID.fullmatch(text) is not None and text not in DOT_SEGMENTS
+
+
+def _route_name(value: str) -> str:
+    # A segment of toxiproxy's /proxies/{name}: the rule of an app id.
+    if not is_app_id(value):
+        raise ValueError(f"use {APP_ID_RULE}")
+    return value
+
+
+# A route's name: unique within its app; toxiproxy's API calls the route a proxy by it.
+RouteName = Annotated[
+    StrictStr,
+    AfterValidator(_route_name),
+    Field(json_schema_extra={"pattern": "^[A-Za-z0-9._-]{1,64}$", "not": {"enum": [".", ".."]}}),
+]
 
 
 def _integral(value: Any) -> Any:
@@ -205,6 +221,7 @@ class RouteSettingsBody(RequestBody):
     splice: Splice = "auto"
     enabled: StrictBool = True
     seed: Seed | None = None
+    name: RouteName | None = None
 
 
 class RouteBody(RouteSettingsBody):
@@ -315,6 +332,7 @@ class RouteOut(_Out):
     splice: Splice
     enabled: bool
     seed: int | None
+    name: str | None
     toxics: list[ToxicOut] = _read_only(description="in the order they were added")
 
 
