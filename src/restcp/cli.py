@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from restcp import __version__, cluster_commands, logs
+from restcp.api.schemas import APP_ID_RULE, is_app_id
 from restcp.core.policy import parse_networks
 from restcp.errors import RestcpError
 from restcp.settings import (
@@ -358,6 +359,30 @@ def build_parser() -> argparse.ArgumentParser:
         "passive health are per process (RESTCP_WORKERS; %(default)s)",
     )
     serve.add_argument(
+        "--toxiproxy-api",
+        type=_arg(_api_address, "--toxiproxy-api"),
+        default=_env("TOXIPROXY_API", "") or None,
+        metavar="HOST:PORT",
+        help="also serve toxiproxy's REST API here (toxiproxy's default: localhost:8474), "
+        "so that its clients drive restcp; it asks for no token, so a non-loopback "
+        "address needs --insecure (RESTCP_TOXIPROXY_API; default: not served)",
+    )
+    serve.add_argument(
+        "--toxiproxy-app",
+        type=_arg(_app_id, "--toxiproxy-app"),
+        default=_env("TOXIPROXY_APP", "toxiproxy"),
+        metavar="APP",
+        help="the app whose named routes are toxiproxy's proxies (RESTCP_TOXIPROXY_APP; "
+        "%(default)s)",
+    )
+    serve.add_argument(
+        "--toxiproxy-config",
+        default=_env("TOXIPROXY_CONFIG", "") or None,
+        metavar="FILE",
+        help="toxiproxy's -config file (a JSON array of proxies), populated at start "
+        "(RESTCP_TOXIPROXY_CONFIG; default: none)",
+    )
+    serve.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=_env("LOG_LEVEL", "info").lower(),
@@ -427,6 +452,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_backends_per_route=args.max_backends_per_route,
         max_toxics_per_route=args.max_toxics_per_route,
         workers=args.workers,
+        toxiproxy_api=None if args.toxiproxy_api is None else args.toxiproxy_api[:2],
+        toxiproxy_app=args.toxiproxy_app,
+        toxiproxy_config=args.toxiproxy_config,
         store=args.store,
         frontend_ips=tuple(dict.fromkeys(frontend_ips)),
         port_range=args.port_range,
@@ -457,7 +485,19 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "anyone who can reach it could change every route. Set --api-token-file (or "
             "--api-token, RESTCP_API_TOKEN), or pass --insecure to accept that"
         )
+    if settings.toxiproxy_exposed() and not settings.insecure:
+        raise ValueError(
+            "--toxiproxy-api is not a loopback address, and toxiproxy's API asks for no "
+            "token: anyone who can reach it could change its proxies. Pass --insecure to "
+            "accept that"
+        )
     return settings
+
+
+def _app_id(text: str) -> str:
+    if not is_app_id(text):
+        raise ValueError(f"{text!r} is not an app id: use {APP_ID_RULE}")
+    return text
 
 
 def _cidr(text: str) -> str:

@@ -60,10 +60,20 @@ class Settings:
     # Data-plane processes: 1 is this process alone; N > 1 adds N-1 workers that serve the
     # same routes on SO_REUSEPORT sockets (restcp/workers/).
     workers: int = 1
+    # toxiproxy's REST API (api/toxiproxy.py) on this address, over the routes of
+    # toxiproxy_app; None: not served. toxiproxy_config: its -config file, read at start.
+    toxiproxy_api: tuple[str, int] | None = None
+    toxiproxy_app: str = "toxiproxy"
+    toxiproxy_config: str | None = None
 
     def exposed_without_token(self) -> bool:
         """Whether anyone beyond this machine may reach an API that asks for no token."""
         return self.api_token is None and not is_loopback(self.api_host)
+
+    def toxiproxy_exposed(self) -> bool:
+        """Whether toxiproxy's API (which never asks for a token) is reachable from beyond
+        this machine."""
+        return self.toxiproxy_api is not None and not is_loopback(self.toxiproxy_api[0])
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
