@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -460,3 +461,26 @@ def test_a_non_loopback_address_needs_insecure(start_node: StartNode, tmp_path: 
     node = start_node(*args, ready=False)
     assert node.proc.wait(timeout=30) == 2
     assert "--insecure" in "\n".join(node.lines)
+
+
+def test_concurrent_creates_of_one_name_make_one_proxy(
+    start_node: StartNode, tmp_path: Path, backend: Backend
+) -> None:
+    node, base = start(start_node, tmp_path / "restcp.db")
+    body = {"name": "db", "upstream": f"127.0.0.1:{backend.port}"}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: call(base, "POST", "/proxies", body).status, range(8)))
+    assert sorted(answers) == [201] + [409] * 7
+    assert list(proxies_of(node)) == ["db"]
+    assert len(node.call("GET", "/apps/toxiproxy/routes").json()) == 1
+
+
+def test_a_body_too_large_is_refused_in_toxiproxys_shape(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    node, base = start(start_node, tmp_path / "restcp.db")
+    answer = call(base, "POST", "/populate", "[" + " " * (1024 * 1024) + "]")
+    assert answer.status == 413, answer
+    assert answer.json()["status"] == 413
+    assert call(base, "GET", "/proxies").json() == {}
+    assert_clean_log(node)

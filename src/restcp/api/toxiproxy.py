@@ -18,6 +18,7 @@ and refuses browsers as toxiproxy does (a ``User-Agent`` starting ``Mozilla/``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from restcp import __version__
 from restcp.api.app import REQUEST_TIMEOUT, BadRequest, Handler, read_body
 from restcp.api.owner import Routes
 from restcp.api.toxiproxy_json import (
+    BAD_BODY,
     PROXY_EXISTS,
     PROXY_NOT_FOUND,
     TOXIC_EXISTS,
@@ -284,8 +286,6 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ToxiproxyError as err:
         return _error(err)
-    except BadRequest as err:
-        return _error(ToxiproxyError(err.response.status, str(err.response.text).strip()))
     except RestcpError as err:
         return _error(_translate(err))
     except web.HTTPException as err:
@@ -304,7 +304,13 @@ class _Handlers:
         self.proxies = proxies
 
     async def _body(self, request: web.Request) -> Any:
-        return decode(await read_body(request))
+        try:
+            raw = await read_body(request)
+        except BadRequest as err:
+            # A body cut off, or not sent in time: restcp's words in toxiproxy's shape.
+            detail = json.loads(err.response.text or "{}").get("detail", "")
+            raise ToxiproxyError(err.response.status, f"{BAD_BODY}: {detail}") from None
+        return decode(raw)
 
     async def version(self, request: web.Request) -> web.Response:
         return _json({"version": TOXIPROXY_VERSION})
