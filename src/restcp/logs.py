@@ -50,6 +50,9 @@ class SecondsFormatter(logging.Formatter):
 
 
 class JsonFormatter(SecondsFormatter):
+    """One JSON object per line: time (UTC), level, logger, message, the worker's number,
+    and the record's structured fields."""
+
     def __init__(self, worker: int | None = None) -> None:
         super().__init__()
         # The "Z" the time carries promises UTC, wherever the formatter is built.

@@ -54,6 +54,8 @@ class StatsSource(Protocol):
 
 
 class _DataPlaneCollector(Collector):
+    """Reads the data plane's counters at each scrape, so serving costs no metric updates."""
+
     def __init__(self, source: StatsSource) -> None:
         self._source = source
 

@@ -185,6 +185,18 @@ class Route:
 RouteKey = tuple[str, int]
 
 
+# An app id in a path: 1-64 of A-Z a-z 0-9 . _ -, but not "." or "..": URL path resolution
+# removes those segments (RFC 3986 5.2.4), so curl, browsers and proxies would send another
+# path, and a Location naming them would point elsewhere.
+APP_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+DOT_SEGMENTS = (".", "..")
+APP_ID_RULE = "1-64 of A-Z a-z 0-9 . _ -, not . or .."
+
+
+def is_app_id(text: str) -> bool:
+    return APP_ID.fullmatch(text) is not None and text not in DOT_SEGMENTS
+
+
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 

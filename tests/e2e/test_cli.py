@@ -53,17 +53,19 @@ def test_help_explains_every_flag_and_its_variable(tmp_path: Path) -> None:
 
 def test_help_and_usage_name_what_a_user_may_type(tmp_path: Path) -> None:
     """The store's help names every kind of URL; no usage message names the internal
-    command a worker process is started with (which still parses: test_workers.py)."""
+    command a worker process is started with (which still parses: test_workers.py), and an
+    unknown command is answered with those a user may type."""
     serve = run(["serve", "--help"], tmp_path)
     text = " ".join(serve.stdout.split())
     for scheme in ("sqlite:///", "memory://", "redis://"):
         assert scheme in text, scheme
-    for argv in (["bogus"], [], ["--help"], ["serve", "--bogus"], ["cluster"]):
+    for argv in (["bogus"], [], ["--help"], ["serve", "--bogus"], ["cluster"], ["_worke"]):
         done = run(argv, tmp_path)
         out = done.stdout + done.stderr
-        assert "usage: restcp" in out, (argv, out)
+        assert "usage: restcp" in out.lower(), (argv, out)
         assert "_worker" not in out, (argv, out)
-    assert "choose from 'serve', 'cluster'" in run(["bogus"], tmp_path).stderr
+    visible = "'serve', 'cluster', 'apps', 'routes', 'backends', 'tokens', 'nodes', 'status'"
+    assert f"choose from {visible}" in run(["bogus"], tmp_path).stderr
 
 
 BAD_SETTINGS = [
@@ -78,7 +80,7 @@ BAD_SETTINGS = [
     ("resync-nan", ["--resync-interval", "nan"], {}, "--resync-interval"),
     ("log-level", ["--log-level", "loud"], {}, "--log-level"),
     ("loop", ["--loop", "gevent"], {}, "--loop"),
-    ("unknown-flag", ["--colour"], {}, "unrecognized arguments"),
+    ("unknown-flag", ["--colour"], {}, "No such option '--colour'"),
     ("env-port-range", [], {"RESTCP_PORT_RANGE": "5-1"}, "--port-range"),
     ("env-frontend-ip", [], {"RESTCP_FRONTEND_IP": "127.0.0.1,nope"}, "nope"),
     ("env-api", [], {"RESTCP_API": "nonsense"}, "--api"),

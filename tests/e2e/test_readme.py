@@ -10,11 +10,13 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.cli import clean_env
 from tests.e2e.conftest import free_port_outside, port_range, wait_until
 from tests.helpers import Node, free_port_range, tcp_states
 
@@ -97,7 +99,7 @@ def test_after_the_set_up_restcp_runs_by_name(checkout: Path) -> None:
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert serve.returncode == 0, serve.stderr
-    assert "usage: restcp serve" in serve.stdout
+    assert "Usage: restcp serve" in serve.stdout
     assert ".venv/bin/restcp" in serve.stderr, serve.stderr
     lines = block("Two commands", 1)
     assert any(line.startswith("restcp ") for line in lines), lines
@@ -108,8 +110,8 @@ def test_after_the_set_up_restcp_runs_by_name(checkout: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, (script, done.stdout, done.stderr)
-    assert "usage: restcp" in done.stdout
-    assert "usage: restcp serve" in done.stdout
+    assert "Usage: restcp" in done.stdout
+    assert "Usage: restcp serve" in done.stdout
     assert "restcp 0." in done.stdout
 
 
@@ -160,6 +162,15 @@ def test_the_original_example_runs_on_what_restcp_needs(
     client.stdin.close()
 
 
+def assert_toured(node: Node, asked: int) -> None:
+    """The state the tour leaves: the round-robin route it created is the one its backends
+    went to."""
+    routes = node.call("GET", "/apps/web/routes").json()
+    assert [(r["id"], r["port"], r["balance"]) for r in routes] == [(2, asked, "round_robin")]
+    assert [(b["id"], b["ip"]) for b in routes[0]["backends"]] == [(1, "10.0.0.7")]
+    assert routes[0]["idle_timeout"] == 600
+
+
 def test_the_tour_runs_as_written(node: Node) -> None:
     lo, hi = port_range(node)
     asked = free_port_outside(lo, hi)
@@ -167,8 +178,28 @@ def test_the_tour_runs_as_written(node: Node) -> None:
     assert all(line.startswith("curl ") for line in lines), lines
     for line in lines:
         curl(local(line, node, _15000=asked))
-    # The round-robin route it created is the one its backends went to.
-    routes = node.call("GET", "/apps/web/routes").json()
-    assert [(r["id"], r["port"], r["balance"]) for r in routes] == [(2, asked, "round_robin")]
-    assert [(b["id"], b["ip"]) for b in routes[0]["backends"]] == [(1, "10.0.0.7")]
-    assert routes[0]["idle_timeout"] == 600
+    assert_toured(node, asked)
+
+
+def test_the_tour_with_the_cli_runs_as_written_and_does_what_curl_did(node: Node) -> None:
+    """The README's second tour, step for step the first with `restcp` commands: the same
+    state at its end."""
+    lo, hi = port_range(node)
+    asked = free_port_outside(lo, hi)
+    lines = block("A short tour", 1)
+    curls = block("A short tour")
+    assert all(line.startswith("restcp ") for line in lines), lines
+    # Step for step: each change of the one is a change of the other.
+    changes = [line for line in lines if not {"list", "status"} & set(line.split())]
+    assert len(changes) == len([line for line in curls if "-X" in line]), (changes, curls)
+    # `restcp` by name, as the README's reader has it on PATH after the set-up.
+    env = clean_env(RESTCP_URL=node.api)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    for line in lines:
+        done = subprocess.run(
+            shlex.split(local(line, node, _15000=asked)), env=env,
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+        assert done.stderr == "", (line, done.stderr)
+    assert_toured(node, asked)

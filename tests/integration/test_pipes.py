@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import logging
 import os
 import socket
@@ -37,7 +38,6 @@ from tests.integration.harness import (
     read_all,
     run,
     sends_then_reads,
-    sha,
     spliced,
     stalled,
     switch,
@@ -131,19 +131,38 @@ async def stream(writer: asyncio.StreamWriter, data: bytes) -> None:
     writer.write_eof()
 
 
+async def stream_until(
+    writer: asyncio.StreamWriter, enough: asyncio.Event, at_least: int
+) -> tuple[int, str]:
+    """As ``stream``, for at least ``at_least`` bytes and until ``enough`` is set, then a
+    FIN: (size, sha256) of what was sent."""
+    block = memoryview(payload(4 * MB))
+    digest, sent = hashlib.sha256(), 0
+    while sent < at_least or not enough.is_set():
+        for at in range(0, len(block), 64 * 1024):
+            piece = block[at : at + 64 * 1024]
+            writer.write(piece)
+            digest.update(piece)
+            await writer.drain()
+        sent += len(block)
+    writer.write_eof()
+    return sent, digest.hexdigest()
+
+
 def test_many_switches_under_full_duplex_load(loop: str, caplog: pytest.LogCaptureFixture) -> None:
-    """Both peers stream 32 MB at once, each ending with its FIN, while the connection is
-    moved between the splice pipe and the transports whenever it can be (to the splice
-    pipe: when the transports' buffers happen to be empty), trying at every turn of the
-    loop: every byte arrives once and in order, each FIN after the last byte, and the
-    ending is ``closed``."""
-    up, down = payload(32 * MB), payload(32 * MB)
+    """Both peers stream at once, each ending with its FIN, while the connection is moved
+    between the splice pipe and the transports whenever it can be (to the splice pipe: when
+    the transports' buffers happen to be empty), trying at every turn of the loop; the peers
+    go on until it has moved at least 3 times each way (a loaded machine offers fewer empty
+    moments per megabyte): every byte arrives once and in order, each FIN after the last
+    byte, and the ending is ``closed``."""
+    enough = asyncio.Event()
+    sizes: dict[str, int] = {}
 
     async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
-        sending = asyncio.create_task(stream(writer, down))
+        sending = asyncio.create_task(stream_until(writer, enough, 32 * MB))
         got = await digest_all(reader)
-        await sending
-        return got
+        return got, await sending
 
     async def main() -> None:
         async with (
@@ -162,14 +181,19 @@ def test_many_switches_under_full_duplex_load(loop: str, caplog: pytest.LogCaptu
                     if switch(relay, to):
                         moves[to] += 1
                         to = "transports" if to == "splice" else "splice"
+                        if min(moves.values()) >= 3:
+                            enough.set()
                     await asyncio.sleep(0)
 
             moving = asyncio.create_task(mover())
             try:
-                sending = asyncio.create_task(stream(writer, up))
-                assert await digest_all(reader) == (len(down), sha(down))
-                await sending
-                assert await server.result() == (len(up), sha(up))
+                sending = asyncio.create_task(stream_until(writer, enough, 32 * MB))
+                received_down = await digest_all(reader)
+                sent_up = await sending
+                received_up, sent_down = await server.result()
+                assert received_down == sent_down
+                assert received_up == sent_up
+                sizes.update(up=sent_up[0], down=sent_down[0])
             finally:
                 done.set()
                 await moving
@@ -182,7 +206,7 @@ def test_many_switches_under_full_duplex_load(loop: str, caplog: pytest.LogCaptu
     run(loop, main())
     (line,) = access_lines(caplog)
     assert line.endswith("end=closed")
-    assert f"bytes_up={len(up)} bytes_down={len(down)}" in line
+    assert f"bytes_up={sizes['up']} bytes_down={sizes['down']}" in line
 
 
 def test_handing_back_delivers_what_the_splice_pipe_holds(loop: str) -> None:

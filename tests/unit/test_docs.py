@@ -3,36 +3,34 @@ and its variable, docs/api.md every balance and every field a PATCH takes."""
 
 from __future__ import annotations
 
-import argparse
 import re
 import typing
 from pathlib import Path
 
+import click
 import pytest
 from pydantic import BaseModel
 
 from restcp.api.schemas import BackendPatchBody, RouteSettingsBody
 from restcp.api.toxics import ToxicBody, ToxicPatchBody
-from restcp.cli import build_parser
+from restcp.cli.serve import serve
 from restcp.model import Balance
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
-def serve_options() -> list[argparse.Action]:
-    parser = build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    serve = commands.choices["serve"]
-    return [a for a in serve._actions if a.option_strings and a.dest != "help"]
+def serve_options() -> list[click.Option]:
+    return [p for p in serve.params if isinstance(p, click.Option) and p.name != "help"]
 
 
-@pytest.mark.parametrize("action", serve_options(), ids=lambda a: a.option_strings[0])
-def test_every_flag_and_variable_is_documented(action: argparse.Action) -> None:
+@pytest.mark.parametrize("option", serve_options(), ids=lambda o: o.opts[0])
+def test_every_flag_and_variable_is_documented(option: click.Option) -> None:
     text = REFERENCE.read_text()
-    flag = action.option_strings[0]
+    flag = option.opts[0]
     assert f"`{flag}" in text, f"{flag} is missing from docs/configuration.md"
-    variables = re.findall(r"RESTCP_[A-Z_]+", action.help or "")
+    variables = re.findall(r"RESTCP_[A-Z_]+", option.help or "")
     assert variables, f"{flag} names no RESTCP_* variable in its help"
+    assert option.envvar in variables, f"{flag} reads {option.envvar}, its help names another"
     for variable in variables:
         assert f"`{variable}`" in text, f"{variable} is missing from docs/configuration.md"
 

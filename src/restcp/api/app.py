@@ -293,6 +293,13 @@ def path_id(request: web.Request, name: str, what: str) -> int:
 
 
 class Api:
+    """The API's handlers, one method per row of endpoints.py.
+
+    They validate (schemas.py), read the store, and hand every write of a route or a backend
+    to the node's route service (``owner.routes``), so an answer means the change is served;
+    apps, tokens and the cluster commands are theirs alone.
+    """
+
     def __init__(
         self,
         store: Store,

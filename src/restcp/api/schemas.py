@@ -30,6 +30,11 @@ from pydantic import (
     field_validator,
 )
 
+# The app id's rule is the model's (the CLI checks it without pydantic); the API's modules
+# take it from here.
+from restcp.model import APP_ID as APP_ID
+from restcp.model import APP_ID_RULE as APP_ID_RULE
+from restcp.model import DOT_SEGMENTS as DOT_SEGMENTS
 from restcp.model import (
     AdminState,
     BackendProxyProtocol,
@@ -42,17 +47,7 @@ from restcp.model import (
     WhenAllDown,
     canonical_host,
 )
-
-# An app id in a path: 1-64 of A-Z a-z 0-9 . _ -, but not "." or "..": URL path resolution
-# removes those segments (RFC 3986 5.2.4), so curl, browsers and proxies would send another
-# path, and a Location naming them would point elsewhere.
-APP_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-DOT_SEGMENTS = (".", "..")
-APP_ID_RULE = "1-64 of A-Z a-z 0-9 . _ -, not . or .."
-
-
-def is_app_id(text: str) -> bool:
-    return APP_ID.fullmatch(text) is not None and text not in DOT_SEGMENTS
+from restcp.model import is_app_id as is_app_id
 
 
 def _route_name(value: str) -> str:

@@ -38,6 +38,13 @@ class TokenInfo:
 
 
 class Store(Protocol):
+    """The desired state: apps, their routes and each route's backends.
+
+    Every write is atomic and checks what it must in the same transaction (a route's address
+    free, a backend not a duplicate, an id counter raised only by a write that lands), so a
+    refused write changes nothing. Only the route service writes routes and backends.
+    """
+
     async def close(self) -> None:
         """Release the connection; the store is unusable afterwards."""
 

@@ -41,6 +41,9 @@ def open_url(url: str) -> SqliteStore:
 
 
 class SqliteStore:
+    """The Store on one SQLite database, a file in WAL mode or ``:memory:``, through one
+    connection: each write is one ``BEGIN IMMEDIATE`` transaction."""
+
     def __init__(self, path: str) -> None:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
