@@ -484,3 +484,50 @@ def test_a_body_too_large_is_refused_in_toxiproxys_shape(
     assert answer.json()["status"] == 413
     assert call(base, "GET", "/proxies").json() == {}
     assert_clean_log(node)
+
+
+def test_the_named_routes_of_its_app_are_the_proxies(
+    start_node: StartNode, tmp_path: Path, backend: Backend
+) -> None:
+    """A route named through restcp's API is a proxy; one without a name, or of another app,
+    is not; ``--toxiproxy-app`` chooses the app."""
+    node, base = start(start_node, tmp_path / "restcp.db", "--toxiproxy-app", "chaos")
+    named = node.call("PUT", "/apps/chaos/routes", {"name": "db"}).json()
+    node.call(
+        "PUT",
+        f"/apps/chaos/routes/{named['id']}/backends",
+        {"ip": "127.0.0.1", "port": backend.port},
+    )
+    node.call("PUT", "/apps/chaos/routes", {})
+    node.call("PUT", "/apps/toxiproxy/routes", {"name": "other"})
+    assert call(base, "GET", "/proxies").json() == {
+        "db": {
+            "name": "db",
+            "listen": f"127.0.0.1:{named['port']}",
+            "upstream": f"127.0.0.1:{backend.port}",
+            "enabled": True,
+            "toxics": [],
+        }
+    }
+    # A toxic added through either API is the same toxic.
+    node.call(
+        "PUT",
+        f"/apps/chaos/routes/{named['id']}/toxics",
+        {"type": "latency", "clients": ["10.0.0.0/8"]},
+    )
+    assert [t["name"] for t in call(base, "GET", "/proxies/db/toxics").json()] == [
+        "latency_downstream"
+    ]
+    made = call(
+        base, "POST", "/proxies", {"name": "cache", "upstream": f"127.0.0.1:{backend.port}"}
+    )
+    assert made.status == 201, made
+    assert sorted(r["name"] or "" for r in node.call("GET", "/apps/chaos/routes").json()) == [
+        "",
+        "cache",
+        "db",
+    ]
+    # Renamed through restcp's API, the proxy is known by its new name.
+    node.call("PATCH", f"/apps/chaos/routes/{named['id']}", {"name": "primary"})
+    assert sorted(call(base, "GET", "/proxies").json()) == ["cache", "primary"]
+    assert_clean_log(node)
