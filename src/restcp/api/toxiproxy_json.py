@@ -267,7 +267,8 @@ def new_toxic(data: Any) -> Toxic:
         raise bad_body("a toxic must be a JSON object")
     name = _field(data, "name", str, "")
     type_ = _field(data, "type", str, "")
-    stream = _field(data, "stream", str, "downstream")
+    # Any case, as toxiproxy parses it.
+    stream = _field(data, "stream", str, "downstream").lower()
     if stream not in toxics.STREAMS:
         raise ToxiproxyError(400, INVALID_STREAM)
     if type_ not in toxics.SPECS:

@@ -170,6 +170,7 @@ def test_a_new_toxic() -> None:
     assert toxic == Toxic(
         "latency_downstream", "latency", "downstream", 1.0, (("jitter", 0), ("latency", 50))
     )
+    assert new_toxic({"type": "latency", "stream": "UpStream"}).stream == "upstream"
     # An attribute restcp requires is toxiproxy's zero when omitted; 0 may be refused.
     assert new_toxic({"type": "limit_data", "stream": "upstream"}).attributes == (("bytes", 0),)
     with refused(400, "bad request body: attributes.rate: "):
