@@ -114,6 +114,9 @@ class RouteSettings:
     # The seed of the route's random draws (toxicity, jitter, slicer sizes); None: the
     # node's --seed, or a random one when that is not set either.
     seed: int | None = None
+    # A name unique within the route's app (None: none), by which toxiproxy's API
+    # (api/toxiproxy.py) knows it as a proxy.
+    name: str | None = None
 
     def replace(self, **changes: object) -> RouteSettings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -184,6 +187,18 @@ class Route:
 
 
 RouteKey = tuple[str, int]
+
+
+# An app id in a path: 1-64 of A-Z a-z 0-9 . _ -, but not "." or "..": URL path resolution
+# removes those segments (RFC 3986 5.2.4), so curl, browsers and proxies would send another
+# path, and a Location naming them would point elsewhere.
+APP_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+DOT_SEGMENTS = (".", "..")
+APP_ID_RULE = "1-64 of A-Z a-z 0-9 . _ -, not . or .."
+
+
+def is_app_id(text: str) -> bool:
+    return APP_ID.fullmatch(text) is not None and text not in DOT_SEGMENTS
 
 
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")

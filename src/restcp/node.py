@@ -31,6 +31,8 @@ from aiohttp import web
 from restcp.api.app import build_app
 from restcp.api.auth import ApiConfig
 from restcp.api.server import ApiRunner
+from restcp.api.toxiproxy import Proxies, ToxiproxyConfig, build_toxiproxy_app
+from restcp.api.toxiproxy_json import ProxySpec, ToxiproxyError, decode, populate_specs
 from restcp.control.known import KnownRoutes
 from restcp.control.placement import is_shared
 from restcp.control.probes import Probes
@@ -90,6 +92,19 @@ class Node:
         self.probes.on_health = self.placement.health_changed
         self._started = False
         self._runner: web.AppRunner | None = None
+        # toxiproxy's API (--toxiproxy-api): another door to the same route service.
+        self.toxiproxy = Proxies(
+            store,
+            self.routes,
+            ToxiproxyConfig(
+                app=settings.toxiproxy_app,
+                frontend_ips=settings.frontend_ips,
+                max_routes_per_app=settings.max_routes_per_app,
+                max_toxics_per_route=settings.max_toxics_per_route,
+                request_timeout=settings.api_request_timeout,
+            ),
+        )
+        self._toxiproxy_runner: web.AppRunner | None = None
         self._resync_task: asyncio.Task[None] | None = None
         self.api_config: ApiConfig | None = None  # set by start(); SIGHUP rotates its token
 
@@ -127,6 +142,8 @@ class Node:
             await self.routes.serve_known()
         # Each worker serves every route before the node says ready.
         await self.workers.start(self.plane.running())
+        if self.settings.toxiproxy_config is not None:
+            await self._populate(self.settings.toxiproxy_config)
         self._started = True
         self._resync_task = asyncio.create_task(self._resync_forever())
         self.api_config = ApiConfig.from_settings(self.settings)
@@ -137,9 +154,32 @@ class Node:
         host, port = sock.getsockname()[:2]
         await self.routes.api_listening((host, port))
         await web.SockSite(self._runner, sock).start()
+        if self.settings.toxiproxy_api is not None:
+            await self._serve_toxiproxy(*self.settings.toxiproxy_api)
         await self.placement.register()
         log.info(
             "ready api=http://%s:%d/ routes=%d", format_host(host), port, len(self.plane.running())
+        )
+
+    async def _populate(self, path: str) -> None:
+        """toxiproxy's -config file: /populate's body, read once at start. A file that
+        cannot be read or applied stops the start (toxiproxy logs it and goes on)."""
+        specs = _read_toxiproxy_config(path)
+        done, failed = await self.toxiproxy.populate(specs)
+        if failed is not None:
+            raise InvalidSpec(f"--toxiproxy-config {path}: proxy {len(done) + 1}: {failed.message}")
+        log.info("toxiproxy config %s: %d proxies", path, len(done))
+
+    async def _serve_toxiproxy(self, host: str, port: int) -> None:
+        self._toxiproxy_runner = ApiRunner(
+            build_toxiproxy_app(self.toxiproxy), self.settings.api_request_timeout
+        )
+        await self._toxiproxy_runner.setup()
+        sock = bind(host, port)
+        host, port = sock.getsockname()[:2]
+        await web.SockSite(self._toxiproxy_runner, sock).start()
+        log.info(
+            "toxiproxy api=http://%s:%d/ app=%s", format_host(host), port, self.toxiproxy.config.app
         )
 
     async def _resync_forever(self) -> None:
@@ -191,6 +231,9 @@ class Node:
             if self._runner is not None:
                 log.debug("stopping: the API")
                 await self._runner.cleanup()
+            if self._toxiproxy_runner is not None:
+                log.debug("stopping: toxiproxy's API")
+                await self._toxiproxy_runner.cleanup()
             # They stop accepting and drain alongside this process.
             self.workers.begin_stop()
             log.debug("stopping: the health checks")
@@ -226,6 +269,12 @@ async def serve(settings: Settings) -> None:
             format_host(settings.api_host),
             settings.api_port,
         )
+    if settings.toxiproxy_exposed() and not settings.insecure:
+        assert settings.toxiproxy_api is not None
+        raise InvalidSpec(
+            f"toxiproxy's API address {settings.toxiproxy_api[0]} is not loopback, and it "
+            "asks for no token; bind it to 127.0.0.1, or pass --insecure"
+        )
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     reloading = asyncio.Event()
@@ -255,6 +304,16 @@ async def _reload_on(signalled: asyncio.Event, node: Node) -> None:
         await signalled.wait()
         signalled.clear()
         await node.reload()
+
+
+def _read_toxiproxy_config(path: str) -> list[ProxySpec]:
+    try:
+        with open(path, "rb") as file:
+            return populate_specs(decode(file.read()))
+    except OSError as err:
+        raise InvalidSpec(f"--toxiproxy-config {path}: cannot read it: {err}") from None
+    except ToxiproxyError as err:
+        raise InvalidSpec(f"--toxiproxy-config {path}: {err.message}") from None
 
 
 def _open_store(url: str) -> Store:

@@ -68,10 +68,20 @@ class Settings:
     # The seed of every random draw of the toxics (toxicity, jitter, slicer sizes), unless a
     # route has its own; None: the node draws one at start and logs it (--seed replays it).
     seed: int | None = None
+    # toxiproxy's REST API (api/toxiproxy.py) on this address, over the routes of
+    # toxiproxy_app; None: not served. toxiproxy_config: its -config file, read at start.
+    toxiproxy_api: tuple[str, int] | None = None
+    toxiproxy_app: str = "toxiproxy"
+    toxiproxy_config: str | None = None
 
     def exposed_without_token(self) -> bool:
         """Whether anyone beyond this machine may reach an API that asks for no token."""
         return self.api_token is None and not is_loopback(self.api_host)
+
+    def toxiproxy_exposed(self) -> bool:
+        """Whether toxiproxy's API (which never asks for a token) is reachable from beyond
+        this machine."""
+        return self.toxiproxy_api is not None and not is_loopback(self.toxiproxy_api[0])
 
 
 # What a node name may hold; "@" separates it from the rest of a node id.

@@ -142,8 +142,8 @@ _CHANGE_PROBLEMS = {
     503: "Redis store: no live node serves the route's frontend IP (nothing stored)",
 }
 _ROUTE_CREATE_PROBLEMS = {
-    409: "the port is taken or cannot be bound, no port is left in the range, or the app "
-    "has --max-routes-per-app routes already",
+    409: "the port is taken or cannot be bound, no port is left in the range, the app "
+    "has --max-routes-per-app routes already, or another route of the app has its name",
     503: "Redis store: no live node serves the frontend IP",
 }
 _DUPLICATE = "another backend of the route has this ip and port"
@@ -229,7 +229,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "PATCH", ROUTE, "patch_route", "Change a route's settings", "app",
         (Reply(200, "the route as changed", RouteOut), _APPLYING),
-        body=RouteSettingsBody, problems=_CHANGE_PROBLEMS,
+        body=RouteSettingsBody,
+        problems={409: "another route of the app has this name", **_CHANGE_PROBLEMS},
     ),
     Endpoint(
         "DELETE", ROUTE, "delete_route", "Destroy a route; its port refuses at once", "app",

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -29,6 +30,11 @@ from pydantic import (
     field_validator,
 )
 
+# The app id's rule is the model's (the CLI checks it without pydantic); the API's modules
+# take it from here.
+from restcp.model import APP_ID as APP_ID
+from restcp.model import APP_ID_RULE as APP_ID_RULE
+from restcp.model import DOT_SEGMENTS as DOT_SEGMENTS
 from restcp.model import (
     AdminState,
     BackendProxyProtocol,
@@ -41,17 +47,22 @@ from restcp.model import (
     WhenAllDown,
     canonical_host,
 )
-
-# An app id in a path: 1-64 of A-Z a-z 0-9 . _ -, but not "." or "..": URL path resolution
-# removes those segments (RFC 3986 5.2.4), so curl, browsers and proxies would send another
-# path, and a Location naming them would point elsewhere.
-APP_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-DOT_SEGMENTS = (".", "..")
-APP_ID_RULE = "1-64 of A-Z a-z 0-9 . _ -, not . or .."
+from restcp.model import is_app_id as is_app_id
 
 
-def is_app_id(text: str) -> bool:
-    return APP_ID.fullmatch(text) is not None and text not in DOT_SEGMENTS
+def _route_name(value: str) -> str:
+    # A segment of toxiproxy's /proxies/{name}: the rule of an app id.
+    if not is_app_id(value):
+        raise ValueError(f"use {APP_ID_RULE}")
+    return value
+
+
+# A route's name: unique within its app; toxiproxy's API calls the route a proxy by it.
+RouteName = Annotated[
+    StrictStr,
+    AfterValidator(_route_name),
+    Field(json_schema_extra={"pattern": "^[A-Za-z0-9._-]{1,64}$", "not": {"enum": [".", ".."]}}),
+]
 
 
 def _integral(value: Any) -> Any:
@@ -205,6 +216,7 @@ class RouteSettingsBody(RequestBody):
     splice: Splice = "auto"
     enabled: StrictBool = True
     seed: Seed | None = None
+    name: RouteName | None = None
 
 
 class RouteBody(RouteSettingsBody):
@@ -315,6 +327,7 @@ class RouteOut(_Out):
     splice: Splice
     enabled: bool
     seed: int | None
+    name: str | None
     toxics: list[ToxicOut] = _read_only(description="in the order they were added")
 
 

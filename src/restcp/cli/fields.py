@@ -70,6 +70,7 @@ ROUTE_SETTINGS: Settings = [
      "false: the port refuses new clients and open connections close; true: served again"),
     ("seed", Nullable(click.INT),
      "the seed of the route's random draws (toxics); none: the node's"),
+    ("name", Nullable(click.STRING), "a name unique in its app (toxiproxy's proxy name)"),
 ]  # fmt: skip
 
 # Route creation only (PUT): where it listens.

@@ -19,6 +19,7 @@ from restcp import __version__, logs
 from restcp.cli.params import EnvOption, Parsed
 from restcp.core.policy import parse_networks
 from restcp.errors import RestcpError
+from restcp.model import APP_ID_RULE, is_app_id
 from restcp.settings import (
     Settings,
     default_node_name,
@@ -55,6 +56,12 @@ def _api_address(text: str) -> tuple[str, int, str | None]:
         except ValueError:  # resolvable here (/etc/hosts), but no name a browser would send
             name = None
         return ip, port, name
+
+
+def _app_id(text: str) -> str:
+    if not is_app_id(text):
+        raise ValueError(f"{text!r} is not an app id: use {APP_ID_RULE}")
+    return text
 
 
 def _positive(text: str) -> int:
@@ -244,6 +251,18 @@ SETTINGS = [
         "seed, route, connection number and toxic draw the same; a route's own seed wins; "
         "none: a random one, logged at start (RESTCP_SEED)",
         _seed),
+    _setting("--toxiproxy-api", "HOST:PORT",
+        "also serve toxiproxy's REST API here (toxiproxy's default: localhost:8474), so "
+        "that its clients drive restcp; it asks for no token, so a non-loopback address "
+        "needs --insecure (RESTCP_TOXIPROXY_API; default: not served)",
+        _api_address),
+    _setting("--toxiproxy-app", "APP",
+        "the app whose named routes are toxiproxy's proxies "
+        "(RESTCP_TOXIPROXY_APP; toxiproxy)",
+        _app_id, default="toxiproxy"),
+    _setting("--toxiproxy-config", "FILE",
+        "toxiproxy's -config file (a JSON array of proxies), populated at start "
+        "(RESTCP_TOXIPROXY_CONFIG; default: none)"),
     _choice("--log-level", LOG_LEVELS, "info", "(RESTCP_LOG_LEVEL; info)"),
     _choice("--log-format", LOG_FORMATS, "text",
         "text lines, or JSON lines with one object per event (RESTCP_LOG_FORMAT; text)"),
@@ -279,6 +298,7 @@ def settings_from_options(options: dict[str, Any]) -> Settings:
     metrics_token, metrics_token_file = _token(options, "metrics")
     snapshot: str = options["snapshot"]
     allowed: tuple[str, ...] = options["api_allowed_host"]
+    toxiproxy: tuple[str, int, str | None] | None = options["toxiproxy_api"]
     settings = Settings(
         api_host=api_host,
         api_port=api_port,
@@ -294,6 +314,9 @@ def settings_from_options(options: dict[str, Any]) -> Settings:
         max_toxics_per_route=options["max_toxics_per_route"],
         workers=options["workers"],
         seed=options["seed"],
+        toxiproxy_api=None if toxiproxy is None else toxiproxy[:2],
+        toxiproxy_app=options["toxiproxy_app"],
+        toxiproxy_config=options["toxiproxy_config"] or None,
         store=options["store"],
         frontend_ips=tuple(dict.fromkeys(options["frontend_ip"] or ["127.0.0.1"])),
         port_range=options["port_range"],
@@ -324,6 +347,12 @@ def settings_from_options(options: dict[str, Any]) -> Settings:
             f"--api {settings.api_host} is not a loopback address and no --api-token is set: "
             "anyone who can reach it could change every route. Set --api-token-file (or "
             "--api-token, RESTCP_API_TOKEN), or pass --insecure to accept that"
+        )
+    if settings.toxiproxy_exposed() and not settings.insecure:
+        raise ValueError(
+            "--toxiproxy-api is not a loopback address, and toxiproxy's API asks for no "
+            "token: anyone who can reach it could change its proxies. Pass --insecure to "
+            "accept that"
         )
     return settings
 

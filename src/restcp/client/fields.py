@@ -47,6 +47,7 @@ class RouteFields(TypedDict, total=False):
     splice: bool | Literal["auto"]
     enabled: bool
     seed: int | None
+    name: str | None
 
 
 class BackendFields(TypedDict, total=False):

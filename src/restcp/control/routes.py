@@ -115,6 +115,7 @@ class RouteService:
                 app, ip, port, settings, reserved=route_id is not None
             )
         async with self._lock:
+            await self._name_free(app, settings.name)
             port, sock = await self._bind(ip, port)
             try:
                 route = await self.placement.store_created(app, route_id, ip, port, settings)
@@ -126,6 +127,19 @@ class RouteService:
             # probes stop too.
             await self._applied(route.key, route, {route.key, *self.plane.backends_on(port)})
         return route
+
+    async def _name_free(self, app: str, name: str | None) -> None:
+        """Conflict if another route of ``app`` has ``name`` (under the lock: two writes
+        on this node cannot both take it)."""
+        if name is None:
+            return
+        try:
+            routes = await self.store.list_routes(app)
+        except NotFound:  # the app's first route
+            return
+        for route in routes:
+            if route.settings.name == name:
+                raise Conflict(f"route {route.id} of app {app!r} is named {name!r} already")
 
     async def _bind(self, ip: str, port: int | None) -> tuple[int, socket.socket]:
         used = await self.store.ports_in_use(ip)
@@ -162,7 +176,10 @@ class RouteService:
 
         async def write() -> Route:
             route = await self.store.get_route(*key)
-            return await self.store.update_route(*key, edit(route.settings))
+            settings = edit(route.settings)
+            if settings.name != route.settings.name:
+                await self._name_free(key[0], settings.name)
+            return await self.store.update_route(*key, settings)
 
         return await self._change(key, write)
 
