@@ -27,6 +27,12 @@ def backend() -> Iterator[Backend]:
         yield server
 
 
+@pytest.fixture
+def second() -> Iterator[Backend]:
+    with Backend(echo) as server:
+        yield server
+
+
 def toxiproxy_base(node: Node) -> str:
     line = node.wait_for_line(" toxiproxy api=")
     return line.split(" toxiproxy api=")[1].split()[0].rstrip("/")
@@ -63,7 +69,7 @@ def not_applied(answer: Response, route: int) -> None:
 
 
 def test_a_write_the_serving_node_has_not_applied_is_503_stored_then_applied(
-    start_node: StartNode, backend: Backend
+    start_node: StartNode, backend: Backend, second: Backend
 ) -> None:
     a, c = ready(
         start_node(A, "--provision-timeout", "0.5", "--toxiproxy-api", "127.0.0.1:0", ready=False),
@@ -105,8 +111,11 @@ def test_a_write_the_serving_node_has_not_applied_is_503_stored_then_applied(
     # A proxy's own change too (several writes: each stored), then its toxic's.
     c.proc.send_signal(signal.SIGSTOP)
     try:
-        not_applied(http("POST", f"{base}/proxies/db", {"enabled": False}), route["id"])
-        assert http("GET", f"{base}/proxies/db").json()["enabled"] is False
+        other = f"127.0.0.1:{second.port}"
+        change = {"enabled": False, "upstream": other}
+        not_applied(http("POST", f"{base}/proxies/db", change), route["id"])
+        shown = http("GET", f"{base}/proxies/db").json()
+        assert (shown["enabled"], shown["upstream"]) == (False, other)
         cut = {"name": "cut", "type": "limit_data", "attributes": {"bytes": 1}}
         not_applied(http("POST", f"{base}/proxies/db/toxics", cut), route["id"])
         not_applied(
@@ -119,6 +128,11 @@ def test_a_write_the_serving_node_has_not_applied_is_503_stored_then_applied(
         assert http("GET", f"{base}/proxies/db/toxics").json() == []
     finally:
         c.proc.send_signal(signal.SIGCONT)
-    # The last state stored is what C ends up serving: enabled, no toxic.
-    poll(lambda: echo_time(port, b"0123456789") is not None, "C serves the reset proxy")
+
+    # The last state stored is what C ends up serving: enabled, no toxic, the new upstream.
+    def served_by_second() -> bool:
+        accepted = second.accepted
+        return echo_time(port, b"0123456789") is not None and second.accepted > accepted
+
+    poll(served_by_second, "C serves the reset proxy, relaying to its new upstream")
     assert "Traceback" not in "\n".join(a.lines + c.lines)
