@@ -2,10 +2,12 @@
 under an open connection applies to it at once, its removal lets go of what it held, in
 order, and the access line and /metrics name it; a route's ``enabled: false`` refuses new
 clients and closes the open ones, ``true`` brings the same port back; and ``--seed``
-replays which connections meet a toxic, from one node to the next."""
+replays which connections meet a toxic, from one node to the next; a node killed with
+SIGKILL serves its toxics again, on the first new connections, once restarted."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from pathlib import Path
@@ -214,3 +216,51 @@ def test_a_seed_replays_which_connections_meet_a_toxic(
     assert sets[1] == expected
     assert sets[2] != expected
     assert sets[3] == expected
+
+
+def test_toxics_act_on_new_connections_after_a_kill_9(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """A node killed with SIGKILL (nothing written on the way out) and started again on the
+    same SQLite store serves its routes' toxics to the first new connections: a latency
+    delays each echo by its value; a limit_data of toxicity 0.5 under the route's seed cuts
+    the same connections (by their number, counted again from 1) as before the kill, the
+    ones core.toxics draws; a route down stays down."""
+    connections = 30
+    lo, hi = free_port_range()
+    args = serve_args(tmp_path / "restcp.db", lo, hi)
+    cut = {"type": "limit_data", "toxicity": 0.5, "attributes": {"bytes": 1}}
+    with Backend(echo) as backend:
+        first = start_node(*args)
+        slow_port = create_route(first, "web")["port"]
+        add_backend(first, "web", 1, backend.port)
+        call(first, "PUT", TOXICS, {"type": "latency", "attributes": {"latency": 300}}, 201)
+        cut_port = create_route(first, "web", seed=7)["port"]
+        add_backend(first, "web", 2, backend.port)
+        made = call(first, "PUT", "/apps/web/routes/2/toxics", cut, 201)
+        down_port = create_route(first, "web", enabled=False)["port"]
+        add_backend(first, "web", 3, backend.port)
+        with connect(slow_port, timeout=10) as sock:
+            assert echo_time(sock, b"before") >= 0.3 - 0.001
+        before = affected(first, cut_port, connections)
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+
+        second = start_node(*args)
+        with connect(slow_port, timeout=10) as sock:
+            assert 0.3 - 0.001 <= echo_time(sock, b"after") < 0.3 + 0.5
+            assert 0.3 - 0.001 <= echo_time(sock, b"again") < 0.3 + 0.5
+        limit = Toxic(made["name"], "limit_data", "downstream", 0.5)
+        expected = {
+            n
+            for n in range(1, connections + 1)
+            if meets(limit, draws(7, ("web", 2), n, limit.name))
+        }
+        assert 0 < len(expected) < connections
+        assert before == expected
+        assert affected(second, cut_port, connections) == expected
+        assert_refused(down_port)
+        # Its toxics are the route's still: removed, the latency is gone at once.
+        call(second, "DELETE", f"{TOXICS}/latency_downstream", status=204)
+        with connect(slow_port, timeout=10) as sock:
+            assert echo_time(sock, b"fast") < 0.3
+    assert_clean_log(second)

@@ -10,6 +10,7 @@ import json
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +24,10 @@ from tests.e2e.peers import Backend, echo
 from tests.helpers import Node, Response, free_port_range, http
 
 NODE_PROJECT = Path(__file__).resolve().parent / "toxiproxy_node"
+# A round trip on loopback with no toxic takes well under this, even on a loaded machine;
+# with a latency L it takes L (less the loop's 1 ms, MS) to L + SLACK.
+SLACK = 0.25
+MS = 0.001
 
 
 def start(start_node: StartNode, store: Path, *extra: str) -> tuple[Node, str]:
@@ -134,6 +139,89 @@ def test_the_python_client_drives_restcp(
     assert_clean_log(node)
 
 
+def echo_time(conn: socket.socket, message: bytes) -> float:
+    """Seconds from sending ``message`` on an open connection to its whole echo."""
+    began = time.monotonic()
+    conn.sendall(message)
+    got = b""
+    while len(got) < len(message):
+        chunk = conn.recv(65536)
+        assert chunk, f"closed after {got!r}"
+        got += chunk
+    assert got == message
+    return time.monotonic() - began
+
+
+def read_to_end(conn: socket.socket) -> tuple[bytes, str]:
+    """What comes until the peer's end, and how it ended: "eof" or "reset"."""
+    got = b""
+    try:
+        while chunk := conn.recv(65536):
+            got += chunk
+    except ConnectionResetError:
+        return got, "reset"
+    return got, "eof"
+
+
+def test_the_python_clients_toxics_act_on_the_traffic(
+    start_node: StartNode, tmp_path: Path, backend: Backend
+) -> None:
+    """What toxiproxy-python sets up acts on real connections through restcp: a latency
+    delays an open connection's echo and a new one's, an update applies at once, removal
+    (and ``reset``) takes the delay away; a limit_data cuts; a reset_peer resets; a proxy
+    down refuses new clients and closes open ones, and is back up after the block."""
+    node, base = start(start_node, tmp_path / "restcp.db")
+    host, api_port = base.removeprefix("http://").rsplit(":", 1)
+    server = toxiproxy.Toxiproxy()
+    server.update_api_consumer(host, int(api_port))
+    proxy = server.create(upstream=f"127.0.0.1:{backend.port}", name="db")
+    port = int(proxy.listen.rsplit(":", 1)[1])
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        assert echo_time(conn, b"before") < SLACK
+        proxy.add_toxic(type="latency", attributes={"latency": 300})
+        assert 0.3 - MS <= echo_time(conn, b"slowed") < 0.3 + SLACK
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as fresh:
+            assert 0.3 - MS <= echo_time(fresh, b"new one") < 0.3 + SLACK
+        toxiproxy.api.APIConsumer.post(
+            "/proxies/db/toxics/latency_downstream", json={"attributes": {"latency": 600}}
+        )
+        assert 0.6 - MS <= echo_time(conn, b"updated") < 0.6 + SLACK
+        proxy.destroy_toxic("latency_downstream")
+        assert echo_time(conn, b"removed") < SLACK
+
+        proxy.add_toxic(type="latency", attributes={"latency": 300})
+        assert echo_time(conn, b"again") >= 0.3 - MS
+        assert server.reset()
+        assert echo_time(conn, b"after reset") < SLACK
+
+        proxy.add_toxic(name="cut", type="limit_data", attributes={"bytes": 5})
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as cut:
+            cut.sendall(b"0123456789")
+            assert read_to_end(cut) == (b"01234", "eof")
+        proxy.destroy_toxic("cut")
+
+        with proxy.down():
+            assert read_to_end(conn) == (b"", "eof")
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=10).close()
+    assert roundtrip(port) == b"ping\n"
+
+    # A reset_peer resets a connection opened before it as well as a new one.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as older:
+        assert echo_time(older, b"older") < SLACK
+        proxy.add_toxic(name="rst", type="reset_peer", attributes={"timeout": 200})
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as rst:
+            began = time.monotonic()
+            assert echo_time(rst, b"hello") < SLACK
+            assert read_to_end(rst) == (b"", "reset")
+            assert time.monotonic() - began >= 0.2 - MS
+        assert read_to_end(older) == (b"", "reset")
+    proxy.destroy_toxic("rst")
+    assert roundtrip(port) == b"ping\n"
+    assert_clean_log(node)
+
+
 # -- toxiproxy-node-client -----------------------------------------------------------------
 
 
@@ -211,6 +299,36 @@ def test_the_node_client_drives_restcp(
     route = proxies_of(node)["db"]
     assert (route["port"], route["enabled"], route["toxics"]) == (listen_port, True, [])
     assert roundtrip(listen_port) == b"ping\n"
+    assert_clean_log(node)
+
+
+def test_the_node_clients_toxics_act_on_the_traffic(
+    start_node: StartNode, tmp_path: Path, backend: Backend, node_client: Path
+) -> None:
+    """What toxiproxy-node-client sets up acts on the connections of node's own sockets
+    (effects.js measures, this judges): a latency on an open and a new connection, its
+    update and removal, a limit_data's cut, a proxy down, a reset_peer's reset."""
+    node, base = start(start_node, tmp_path / "restcp.db")
+    ran = subprocess.run(
+        ["node", str(node_client.with_name("effects.js")), base, f"127.0.0.1:{backend.port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    seen = json.loads(ran.stdout)
+    ms, slack = MS * 1000, SLACK * 1000
+    assert seen["before"] < slack, seen
+    assert 300 - ms <= seen["openWithLatency"] < 300 + slack, seen
+    assert 300 - ms <= seen["newWithLatency"] < 300 + slack, seen
+    assert 600 - ms <= seen["openAfterUpdate"] < 600 + slack, seen
+    assert seen["openAfterRemoval"] < slack, seen
+    assert seen["limited"] == {"got": "01234", "ended": "eof"}, seen
+    assert (seen["openWhenDown"], seen["newWhenDown"]) == ("eof", "ECONNREFUSED"), seen
+    assert seen["afterUp"] < slack, seen
+    assert (seen["beforeReset"], seen["reset"]) == ("hello", "ECONNRESET"), seen
+    assert seen["resetAfter"] >= 200 - ms, seen
+    assert seen["olderReset"] == "ECONNRESET", seen
     assert_clean_log(node)
 
 

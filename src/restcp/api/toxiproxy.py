@@ -13,6 +13,11 @@ toxiproxy's clients see one: ``create`` removes the route again if a later step 
 moving a proxy's ``listen`` creates its new route under the name before the old one goes.
 toxiproxy's API asks for no token: it is served on loopback only unless ``--insecure``,
 and refuses browsers as toxiproxy does (a ``User-Agent`` starting ``Mozilla/``).
+
+In a cluster a write of a route another node serves may be stored but not yet applied
+there (NotYetApplied: restcp's API answers 202). toxiproxy's clients take any 2xx as done,
+so here it is a 503 that says so (``_Pending``); a request of several writes stores them
+all first, so what it leaves stored is what it asked for.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
@@ -47,11 +53,13 @@ from restcp.api.toxiproxy_json import (
     toxic_json,
     toxics_json,
 )
-from restcp.errors import Conflict, Forbidden, InvalidSpec, NotFound, RestcpError
+from restcp.errors import Conflict, Forbidden, InvalidSpec, NotFound, NotYetApplied, RestcpError
 from restcp.model import Backend, Route, Toxic
 from restcp.store import Store
 
 log = logging.getLogger("restcp.toxiproxy")
+
+T = TypeVar("T")
 
 # Large enough for /populate with a few thousand proxies.
 MAX_BODY = 1024 * 1024
@@ -69,6 +77,32 @@ class ToxiproxyConfig:
     max_routes_per_app: int = 1000
     max_toxics_per_route: int = 32
     request_timeout: float = 30.0
+
+
+class _Pending:
+    """The writes of one request that the node serving their route has not applied yet
+    (NotYetApplied): each is stored, so the request's next steps go on; ``check`` then
+    answers 503, in toxiproxy's shape, saying the change is stored and will be applied."""
+
+    __slots__ = ("first",)
+
+    def __init__(self) -> None:
+        self.first: NotYetApplied | None = None
+
+    async def __call__(self, write: Awaitable[T]) -> T:
+        try:
+            return await write
+        except NotYetApplied as err:
+            if self.first is None:
+                self.first = err
+            return cast(T, err.result)
+
+    def check(self) -> None:
+        if self.first is not None:
+            raise ToxiproxyError(
+                503,
+                f"stored, not applied yet: {self.first} (it will without another request)",
+            )
 
 
 class Proxies:
@@ -108,39 +142,52 @@ class Proxies:
         async with self._lock:
             if any(r.settings.name == spec.name for r in await self.all()):
                 raise ToxiproxyError(409, PROXY_EXISTS)
-            return await self._create(spec, ())
+            pending = _Pending()
+            route = await self._create(spec, (), pending)
+            pending.check()
+            return route
 
     async def update(self, name: str, data: Any) -> Route:
         async with self._lock:
             route = await self.get(name)
             listen, upstream, enabled = proxy_change(data, route)
+            pending = _Pending()
             if listen is not None and not listen.matches(route, self.config.frontend_ips):
                 # toxiproxy restarts the proxy on its new address, toxics and all.
                 spec = ProxySpec(name, listen, upstream or _upstream(route), route.settings.enabled)
-                route = await self._replace(route, spec, route.toxics)
+                route = await self._replace(route, spec, route.toxics, pending)
             elif upstream is not None and str(upstream) != _upstream_text(route):
-                await self._set_upstream(route, upstream)
+                await self._set_upstream(route, upstream, pending)
             if enabled != route.settings.enabled:
-                await self.routes.update_route(
-                    route.key, lambda settings: settings.replace(enabled=enabled)
+                await pending(
+                    self.routes.update_route(
+                        route.key, lambda settings: settings.replace(enabled=enabled)
+                    )
                 )
+            pending.check()
             return await self.get(name)
 
     async def delete(self, name: str) -> None:
         async with self._lock:
             route = await self.get(name)
-            await self.routes.delete_route(route.key)
+            pending = _Pending()
+            await pending(self.routes.delete_route(route.key))
+            pending.check()
 
     async def reset(self) -> None:
         """Every proxy enabled, every toxic removed."""
         async with self._lock:
+            pending = _Pending()
             for route in await self.all():
                 if not route.settings.enabled:
-                    await self.routes.update_route(
-                        route.key, lambda settings: settings.replace(enabled=True)
+                    await pending(
+                        self.routes.update_route(
+                            route.key, lambda settings: settings.replace(enabled=True)
+                        )
                     )
                 for toxic in route.toxics:
-                    await self.routes.delete_toxic(route.key, toxic.name)
+                    await pending(self.routes.delete_toxic(route.key, toxic.name))
+            pending.check()
 
     async def populate(self, specs: list[ProxySpec]) -> tuple[list[Route], ToxiproxyError | None]:
         """Create each proxy, or replace one of its name that listens or relays elsewhere
@@ -159,13 +206,18 @@ class Proxies:
 
     async def _populate_one(self, spec: ProxySpec) -> Route:
         existing = next((r for r in await self.all() if r.settings.name == spec.name), None)
-        if existing is None:
-            return await self._create(spec, ())
-        if spec.listen.matches(existing, self.config.frontend_ips) and str(
-            spec.upstream
-        ) == _upstream_text(existing):
+        if existing is not None and (
+            spec.listen.matches(existing, self.config.frontend_ips)
+            and str(spec.upstream) == _upstream_text(existing)
+        ):
             return existing
-        return await self._replace(existing, spec, ())
+        pending = _Pending()
+        if existing is None:
+            route = await self._create(spec, (), pending)
+        else:
+            route = await self._replace(existing, spec, (), pending)
+        pending.check()
+        return route
 
     # -- toxics --------------------------------------------------------------------------
 
@@ -175,23 +227,35 @@ class Proxies:
             toxic = new_toxic(data)
             if route.toxic(toxic.name) is not None:
                 raise ToxiproxyError(409, TOXIC_EXISTS)
-            return await self.routes.add_toxic(route.key, toxic, self.config.max_toxics_per_route)
+            pending = _Pending()
+            added = await pending(
+                self.routes.add_toxic(route.key, toxic, self.config.max_toxics_per_route)
+            )
+            pending.check()
+            return added
 
     async def update_toxic(self, name: str, toxic_name: str, data: Any) -> Toxic:
         async with self._lock:
             route, toxic = await self.toxic(name, toxic_name)
-            return await self.routes.update_toxic(
-                route.key, toxic.name, lambda stored: changed_toxic(data, stored)
+            pending = _Pending()
+            changed = await pending(
+                self.routes.update_toxic(
+                    route.key, toxic.name, lambda stored: changed_toxic(data, stored)
+                )
             )
+            pending.check()
+            return changed
 
     async def delete_toxic(self, name: str, toxic_name: str) -> None:
         async with self._lock:
             route, toxic = await self.toxic(name, toxic_name)
-            await self.routes.delete_toxic(route.key, toxic.name)
+            pending = _Pending()
+            await pending(self.routes.delete_toxic(route.key, toxic.name))
+            pending.check()
 
     # -- the writes a proxy is made of ---------------------------------------------------
 
-    async def _create(self, spec: ProxySpec, toxics: tuple[Toxic, ...]) -> Route:
+    async def _create(self, spec: ProxySpec, toxics: tuple[Toxic, ...], pending: _Pending) -> Route:
         """A route named ``spec.name`` with its upstream as its backend (and ``toxics``); if
         a step after the route fails, the route is removed again."""
         app = self.config.app
@@ -205,39 +269,51 @@ class Proxies:
         ip = spec.listen.ip(self.config.frontend_ips)
         route = await self.routes.create_route(app, ip, spec.listen.port or None, settings)
         try:
-            await self.routes.add_backend(
-                route.key, Backend(0, spec.upstream.host, spec.upstream.port)
+            await pending(
+                self.routes.add_backend(
+                    route.key, Backend(0, spec.upstream.host, spec.upstream.port)
+                )
             )
             for toxic in toxics:
-                await self.routes.add_toxic(route.key, toxic)
+                await pending(self.routes.add_toxic(route.key, toxic))
         except BaseException:
-            await asyncio.shield(self.routes.delete_route(route.key))
+            await asyncio.shield(pending(self.routes.delete_route(route.key)))
             raise
         return await self.store.get_route(*route.key)
 
-    async def _replace(self, old: Route, spec: ProxySpec, toxics: tuple[Toxic, ...]) -> Route:
+    async def _replace(
+        self, old: Route, spec: ProxySpec, toxics: tuple[Toxic, ...], pending: _Pending
+    ) -> Route:
         """A new route for ``spec`` in place of ``old``: ``old`` gives up its name, the new
         one is created (``old`` takes its name back if that fails), then ``old`` goes."""
         name = old.settings.name
-        await self.routes.update_route(old.key, lambda settings: settings.replace(name=None))
+        await pending(
+            self.routes.update_route(old.key, lambda settings: settings.replace(name=None))
+        )
         try:
-            route = await self._create(spec, toxics)
+            route = await self._create(spec, toxics, pending)
         except BaseException:
             await asyncio.shield(
-                self.routes.update_route(old.key, lambda settings: settings.replace(name=name))
+                pending(
+                    self.routes.update_route(old.key, lambda settings: settings.replace(name=name))
+                )
             )
             raise
-        await self.routes.delete_route(old.key)
+        await pending(self.routes.delete_route(old.key))
         return route
 
-    async def _set_upstream(self, route: Route, upstream: Upstream) -> None:
+    async def _set_upstream(self, route: Route, upstream: Upstream, pending: _Pending) -> None:
         if not route.backends:
-            await self.routes.add_backend(route.key, Backend(0, upstream.host, upstream.port))
+            await pending(
+                self.routes.add_backend(route.key, Backend(0, upstream.host, upstream.port))
+            )
             return
-        await self.routes.update_backend(
-            route.key,
-            route.backends[0].id,
-            lambda backend: backend.replace(ip=upstream.host, port=upstream.port),
+        await pending(
+            self.routes.update_backend(
+                route.key,
+                route.backends[0].id,
+                lambda backend: backend.replace(ip=upstream.host, port=upstream.port),
+            )
         )
 
 
