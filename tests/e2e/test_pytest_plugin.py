@@ -145,6 +145,14 @@ def test_a_restcp_that_cannot_start_fails_its_tests_saying_why(
         ["*restcp could not start*it exited with status 3*", "*error: this restcp is broken*"]
     )
 
+    # A restcp whose log ends a while before it exits: its status is still the one said.
+    script.write_text("#!/bin/sh\necho 'error: closing up' >&2\nexec 2>&-\nsleep 0.5\nexit 4\n")
+    result, _ = run_user_tests(pytester, tmp_path)
+    result.assert_outcomes(errors=3)
+    result.stdout.fnmatch_lines(
+        ["*restcp could not start*it exited with status 4*", "*error: closing up*"]
+    )
+
 
 def test_a_running_restcp_is_used_and_its_routes_are_left_alone(
     pytester: pytest.Pytester, tmp_path: Path, start_node: StartNode
