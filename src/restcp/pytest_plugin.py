@@ -113,15 +113,26 @@ class _Server:
             raise _CannotStart(f"cannot run {self.command[0]!r}: {err}") from None
         self._reader = threading.Thread(target=self._read, name="restcp log", daemon=True)
         self._reader.start()
-        if not self._ready.wait(START_TIMEOUT) or self.url is None:
-            status = self.process.poll()
-            self.stop()
+        said = self._ready.wait(START_TIMEOUT)
+        if said and self.url is not None:
+            return
+        if said:
+            # Its log ended without the ready line: it is exiting. Its stderr closes before
+            # it has exited (and long before it is reaped), so wait for its status rather
+            # than poll for it.
+            try:
+                status: int | None = self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                status = None
             why = (
                 f"it exited with status {status}"
                 if status is not None
-                else (f"it did not say it was ready within {START_TIMEOUT:g}s")
+                else "it closed its log without saying it was ready, and did not exit"
             )
-            raise _CannotStart(why + self._log_tail())
+        else:
+            why = f"it did not say it was ready within {START_TIMEOUT:g}s"
+        self.stop()
+        raise _CannotStart(why + self._log_tail())
 
     def _read(self) -> None:
         assert self.process is not None

@@ -1,7 +1,8 @@
 """The pytest plugin (restcp/pytest_plugin.py), run the way its users run it: pytest on test
 files of theirs (pytester, in a subprocess: the plugin comes in through its entry point),
 with a real restcp started by the plugin or one already running, under pytest-xdist, and
-the redis-py example of docs/pytest.md run as it is written there."""
+the redis-py examples of docs/pytest.md (an outage; a latency and a reset_peer toxic) run
+as they are written there, against a real redis-server."""
 
 from __future__ import annotations
 
@@ -144,6 +145,14 @@ def test_a_restcp_that_cannot_start_fails_its_tests_saying_why(
         ["*restcp could not start*it exited with status 3*", "*error: this restcp is broken*"]
     )
 
+    # A restcp whose log ends a while before it exits: its status is still the one said.
+    script.write_text("#!/bin/sh\necho 'error: closing up' >&2\nexec 2>&-\nsleep 0.5\nexit 4\n")
+    result, _ = run_user_tests(pytester, tmp_path)
+    result.assert_outcomes(errors=3)
+    result.stdout.fnmatch_lines(
+        ["*restcp could not start*it exited with status 4*", "*error: closing up*"]
+    )
+
 
 def test_a_running_restcp_is_used_and_its_routes_are_left_alone(
     pytester: pytest.Pytester, tmp_path: Path, start_node: StartNode
@@ -189,13 +198,20 @@ def test_nothing_running_at_restcp_url_is_said_clearly(
 def docs_example(name: str) -> str:
     """The code block of docs/pytest.md marked ``<!-- example: NAME ...-->``."""
     text = (ROOT / "docs" / "pytest.md").read_text()
-    found = re.search(rf"<!-- example: {name}\b.*?-->\n```python\n(.*?)```", text, re.S)
+    # The name whole: "redis" is not the start of "redis-toxics".
+    marker = rf"<!-- example: {re.escape(name)}(?:\s[^\n]*?)?-->"
+    found = re.search(marker + r"\n```python\n(.*?)```", text, re.S)
     assert found, f"docs/pytest.md has no example {name!r}"
     return found.group(1)
 
 
-def test_the_redis_example_of_the_docs_passes_against_a_real_redis(
-    pytester: pytest.Pytester, tmp_path: Path
+# docs/pytest.md's redis-py examples, and how many tests each has.
+REDIS_EXAMPLES = [("redis", 1), ("redis-toxics", 2)]
+
+
+@pytest.mark.parametrize(("example", "tests"), REDIS_EXAMPLES)
+def test_the_redis_examples_of_the_docs_pass_against_a_real_redis(
+    pytester: pytest.Pytester, tmp_path: Path, example: str, tests: int
 ) -> None:
     with RedisServer(tmp_path / "redis") as redis_server:
         pytester.makeconftest(
@@ -207,9 +223,9 @@ def redis_port():
     return {redis_server.port}
 """
         )
-        pytester.makepyfile(test_redis=docs_example("redis"))
+        pytester.makepyfile(test_redis=docs_example(example))
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v", timeout=120)
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=tests)
 
 
 def test_the_plugin_is_found_through_its_entry_point(pytester: pytest.Pytester) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cli import clean_env
-from tests.e2e.conftest import free_port_outside, port_range, wait_until
+from tests.e2e.conftest import StartNode, free_port_outside, port_range, serve_args, wait_until
 from tests.helpers import Node, free_port_range, tcp_states
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -203,3 +203,34 @@ def test_the_tour_with_the_cli_runs_as_written_and_does_what_curl_did(node: Node
         assert done.returncode == 0, (line, done.stdout, done.stderr)
         assert done.stderr == "", (line, done.stderr)
     assert_toured(node, asked)
+
+
+def test_the_faults_blocks_run_as_written_and_do_the_same(
+    node: Node, start_node: StartNode, tmp_path: Path
+) -> None:
+    """The README's toxics with curl on one node, and with `restcp` on another: each runs,
+    and route 1 ends with the same toxics on both (and up again after its down and up)."""
+    lo, hi = free_port_range()
+    other = start_node(*serve_args(tmp_path / "other.db", lo, hi))
+    curls = block("Faults: toxics")
+    lines = block("Faults: toxics", 1)
+    assert all(line.startswith("curl ") for line in curls), curls
+    assert all(line.startswith("restcp ") for line in lines), lines
+    for each in (node, other):
+        assert each.call("PUT", "/apps/web/routes").status == 201
+    for line in curls:
+        curl(local(line, node))
+    env = clean_env(RESTCP_URL=other.api)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    for line in lines:
+        done = subprocess.run(
+            shlex.split(line), env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+        assert done.stderr == "", (line, done.stderr)
+    toxics = [each.call("GET", "/apps/web/routes/1/toxics").json() for each in (node, other)]
+    assert toxics[0] == toxics[1]
+    assert [(t["name"], t["toxicity"], t["attributes"]) for t in toxics[1]] == [
+        ("reset_peer_downstream", 0.5, {"timeout": 1000})
+    ]
+    assert other.call("GET", "/apps/web/routes/1").json()["enabled"] is True

@@ -4,6 +4,7 @@ command for each resource of its API, built on the Python client (restcp.client)
     restcp serve [FLAGS]                          serve.py: run a node
     restcp cluster reseed|adopt                   cluster.py
     restcp apps|routes|backends|tokens ...        resources.py: the API's resources
+    restcp toxics ...                             toxics.py: a route's toxics
     restcp nodes                                  resources.py
     restcp status                                 status.py: this node at a glance
     restcp top                                    top.py: routes and backends, live, with rates

@@ -6,6 +6,8 @@
     restcp backends list APP ROUTE                GET    .../routes/ROUTE/backends
     restcp backends add APP ROUTE IP PORT         PUT    .../routes/ROUTE/backends
     restcp backends show|replace|update|delete|drain|enable|disable APP ROUTE BACKEND
+    restcp routes down|up APP ROUTE               PATCH  .../routes/ROUTE {"enabled": ...}
+    restcp toxics ...                             toxics.py: .../routes/ROUTE/toxics
     restcp tokens list|create APP, delete APP ID  /apps/APP/tokens
     restcp nodes                                  GET    /nodes
 
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from restcp.cli import toxics
 from restcp.cli.base import Session, api_command, group
 from restcp.cli.fields import (
     BACKEND_ADDRESS,
@@ -30,6 +33,7 @@ from restcp.cli.fields import (
     options,
 )
 from restcp.cli.output import fields, table
+from restcp.cli.toxics import toxics_table
 from restcp.model import AdminState
 
 if TYPE_CHECKING:
@@ -41,6 +45,10 @@ if TYPE_CHECKING:
 APP = click.argument("app")
 ROUTE = click.argument("route", type=int)
 BACKEND = click.argument("backend", type=int)
+
+
+# A route's fields that ``routes show`` lists as tables of their own, under its settings.
+LISTED = ("backends", "toxics")
 
 
 def address(ip: str, port: int) -> str:
@@ -82,8 +90,13 @@ def show_route(session: Session, route: Route[Any]) -> None:
     info = route.info
     assert info is not None
     data = info.model_dump(mode="json")
-    settings = [(name, value) for name, value in data.items() if name != "backends"]
-    session.show(data, fields(settings), backends_table(info.backends, "backends"))
+    settings = [(name, value) for name, value in data.items() if name not in LISTED]
+    session.show(
+        data,
+        fields(settings),
+        backends_table(info.backends, "backends"),
+        toxics_table(info.toxics, "toxics"),
+    )
 
 
 def show_backend(session: Session, backend: Backend[Any]) -> None:
@@ -105,6 +118,7 @@ def register(root: click.Group) -> None:
     _apps(root)
     _routes(root)
     _backends(root)
+    toxics.register(root)
     _tokens(root)
 
     @api_command(
@@ -142,7 +156,7 @@ def _routes(root: click.Group) -> None:
     routes = group(
         "routes",
         "Routes: an app's frontend addresses, relayed to its backends, and their settings.",
-        "an app's routes: list, show, create, update, delete",
+        "an app's routes: list, show, create, update, delete, down, up",
         root,
     )
 
@@ -207,6 +221,25 @@ def _routes(root: click.Group) -> None:
     def delete(session: Session, app: str, route: int) -> None:
         session.client.routes(app)[route].delete()
         session.done(f"route {route} of app {app} deleted")
+
+    def enabled_command(name: str, enabled: bool, text: str) -> None:
+        @api_command(routes, name, help=text)
+        @APP
+        @ROUTE
+        def change(session: Session, app: str, route: int) -> None:
+            show_route(session, session.client.routes(app)[route].update(enabled=enabled))
+
+    enabled_command(
+        "down",
+        False,
+        "Take a route down (toxiproxy's 'down'): its port refuses new clients and its open "
+        "connections close; it keeps its backends, toxics and settings (PATCH enabled: false).",
+    )
+    enabled_command(
+        "up",
+        True,
+        "Bring a route that was down back, on the same port (PATCH enabled: true).",
+    )
 
 
 def _backends(root: click.Group) -> None:
