@@ -41,11 +41,11 @@ CONNECTIONS = 4
 
 # The toxics that drop nothing, with attributes small enough for a step to take well
 # under a second. A step sends up to 5,000 bytes on each connection, and a slicer's pieces
-# go ``delay`` apart (plus the loop's timer rounding, about a millisecond, once the delay
-# reaches the millisecond the loops count in): pieces of 1 byte 2 ms apart would take 10 s
-# and more, past the step's WAIT, on any machine. So the delay is up to 2 ms only for
-# pieces of 100 bytes or more (50 of them: about a sixth of a second), and below the
-# millisecond for smaller ones (no timer between pieces).
+# go ``delay`` apart: pieces of 1 byte 2 ms apart would take 10 s, the step's WAIT, on any
+# machine (and more on a loaded one, whose timers are late by more than the slicer catches
+# up). So the delay is up to 2 ms only for pieces of 100 bytes or more (50 of them: about a
+# tenth of a second), and below the millisecond the loops count in for smaller ones (no
+# timer between pieces).
 BIG_PIECES = 100
 ATTRIBUTES: dict[ToxicType, st.SearchStrategy[dict[str, int]]] = {
     "latency": st.fixed_dictionaries({"latency": st.integers(0, 40), "jitter": st.integers(0, 20)}),
