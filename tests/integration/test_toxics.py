@@ -389,6 +389,32 @@ def test_slicer_cuts_chunks_into_pieces_of_the_drawn_sizes(loop: str) -> None:
     run(loop, main())
 
 
+def test_slicer_keeps_its_pace_over_many_pieces(loop: str) -> None:
+    """2,000 bytes in 10-byte pieces 5 ms apart: 199 gaps, 0.995 s from the first piece to
+    the last (±10%), not 199 gaps each stretched by the loop's timer rounding (about a
+    millisecond each, a quarter more in all); the whole exact."""
+    data = payload(2000)
+
+    async def main() -> None:
+        slicer = toxic("slicer", average_size=10, size_variation=0, delay=5000)
+        async with (
+            Server(sender(data)) as server,
+            proxy(server.backend(), toxics=(slicer,)) as px,
+        ):
+            reader, writer = await px.connect()
+            received = await asyncio.wait_for(reader.read(1 << 16), WAIT)
+            first = time.monotonic()
+            while len(received) < len(data):
+                received += await asyncio.wait_for(reader.read(1 << 16), WAIT)
+            took = time.monotonic() - first
+            writer.close()
+            assert received == data
+            expected = 199 * 0.005
+            assert expected - 2 * MS <= took <= 1.1 * expected, took
+
+    run(loop, main())
+
+
 def test_toxicity_draws_depend_on_the_seed_alone(loop: str) -> None:
     """200 connections one after the other through a limit_data of 1 byte with toxicity
     0.5: the affected ones (they get 1 byte of the echo, the others 2) are exactly the

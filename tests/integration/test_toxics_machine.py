@@ -40,7 +40,13 @@ from tests.integration.harness import (
 CONNECTIONS = 4
 
 # The toxics that drop nothing, with attributes small enough for a step to take well
-# under a second.
+# under a second. A step sends up to 5,000 bytes on each connection, and a slicer's pieces
+# go ``delay`` apart: pieces of 1 byte 2 ms apart would take 10 s, the step's WAIT, on any
+# machine (and more on a loaded one, whose timers are late by more than the slicer catches
+# up). So the delay is up to 2 ms only for pieces of 100 bytes or more (50 of them: about a
+# tenth of a second), and below the millisecond the loops count in for smaller ones (no
+# timer between pieces).
+BIG_PIECES = 100
 ATTRIBUTES: dict[ToxicType, st.SearchStrategy[dict[str, int]]] = {
     "latency": st.fixed_dictionaries({"latency": st.integers(0, 40), "jitter": st.integers(0, 20)}),
     "bandwidth": st.fixed_dictionaries({"rate": st.integers(100, 2000)}),
@@ -49,7 +55,7 @@ ATTRIBUTES: dict[ToxicType, st.SearchStrategy[dict[str, int]]] = {
             {
                 "average_size": st.just(average),
                 "size_variation": st.integers(0, average - 1),
-                "delay": st.integers(0, 2000),
+                "delay": st.integers(0, 2000 if average >= BIG_PIECES else 900),
             }
         )
     ),

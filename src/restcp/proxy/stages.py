@@ -16,7 +16,8 @@ a loop timer (one per stage at most, cancelled when the stage goes):
                 jitter (never before the one ahead)
     bandwidth   what exceeds the rate: pieces of       the next piece's moment
                 QUANTUM's worth, paced
-    slicer      the chunk being cut into pieces        the next piece's moment (delay)
+    slicer      the chunk being cut into pieces        the next piece's moment (delay
+                                                       after the last one's, CATCH_UP)
     slow_close  the FIN (and an END) for ``delay``     the mark's moment
     timeout     everything, until the timeout: then    start + timeout (0: none)
                 drops it and sends END; removal
@@ -63,6 +64,10 @@ EARLY = 0.001
 # this much (so a rate is kept within a few percent whatever the loop's lateness).
 QUANTUM = 0.02
 SLACK = 0.02
+# Slicer: a piece's gap counts from when the one before it was due, so that the timer's
+# EARLY and the loop's rounding (a millisecond or so per piece) do not stretch every gap;
+# up to this much lateness is caught up, so a gap is never much below ``delay``.
+CATCH_UP = 2 * EARLY
 
 
 class Mark:
@@ -346,7 +351,11 @@ class Slicer(_Paced):
 
     def sent(self, n: int, now: float) -> None:
         if self.delay:
-            self.free_at = now + self.delay
+            # From the moment this piece was due if it went on time or nearly (CATCH_UP),
+            # else from now: the pieces keep their pace, and a gap is delay - CATCH_UP at
+            # the least.
+            due = self.free_at if self.free_at >= now - CATCH_UP else now
+            self.free_at = due + self.delay
 
 
 class SlowClose(Stage):
