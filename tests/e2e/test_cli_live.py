@@ -271,7 +271,7 @@ def test_completion_scripts_complete_commands_options_and_choices(tmp_path: Path
 
     commands = complete("")
     assert commands[:4] == ["serve", "cluster", "apps", "routes"]
-    assert {"backends", "tokens", "nodes", "status", "top", "completion"} <= set(commands)
+    assert {"backends", "toxics", "tokens", "nodes", "status", "top", "completion"} <= set(commands)
     assert not [c for c in commands if c.startswith("_")]
     assert complete("_") == []
     assert complete("ro") == ["routes"]
@@ -279,6 +279,9 @@ def test_completion_scripts_complete_commands_options_and_choices(tmp_path: Path
     assert "--balance" in complete("routes", "create", "web", "--ba")
     assert complete("routes", "create", "web", "--balance", "r") == ["random", "round_robin"]
     assert complete("serve", "--log-l") == ["--log-level"]
+    assert complete("toxics", "add", "web", "1", "l") == ["latency", "limit_data", "limit_time"]
+    assert complete("toxics", "add", "web", "1", "latency", "--stream", "u") == ["upstream"]
+    assert complete("routes", "u") == ["update", "up"]
 
 
 def test_python_m_restcp_and_the_console_script_are_one_command() -> None:
