@@ -344,6 +344,7 @@ def test_top_on_a_terminal_gives_it_back_on_ctrl_c_mid_refresh(
         shown += read_until(main, b"web/1", deadline)  # a whole frame, through the route
         stall()  # top now waits for an answer, in cbreak mode, on the alternate screen
         proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)  # impatient: a second Ctrl-C cuts nothing short
         assert proc.wait(timeout=10) == 0
         rest = read_until(main, b"\x1b[?1049l", deadline)  # the screen given back
         after = termios.tcgetattr(child)
