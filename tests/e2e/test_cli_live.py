@@ -1,7 +1,8 @@
 """`restcp status`, `restcp top` and shell completion against a real `restcp serve`: the
 health, backends up and down and connections open that status reports; top's rates from
 real traffic between two of its refreshes, its bounded and interrupted runs, and its live
-view on a terminal (a pty) that quits on q and gives the terminal back as it was; and the
+view on a terminal (a pty) that quits on q and gives the terminal back as it was, also on a
+Ctrl-C while a refresh waits for the node (held by a toxic of another node); and the
 completion scripts, run by a real bash."""
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from restcp.client import Client
 from tests.e2e.cli import RESTCP, clean_env, field, restcp, row
-from tests.e2e.conftest import wait_until
+from tests.e2e.conftest import StartNode, serve_args, wait_until
 from tests.e2e.peers import Backend, connect, echo, recv_exactly, refusing_port, round_trip
-from tests.helpers import Node
+from tests.helpers import Node, free_port_range
 
 FAST_CHECK = {"interval": 0.1, "timeout": 0.5, "rise": 1, "fall": 1}
 
@@ -269,7 +271,7 @@ def test_completion_scripts_complete_commands_options_and_choices(tmp_path: Path
 
     commands = complete("")
     assert commands[:4] == ["serve", "cluster", "apps", "routes"]
-    assert {"backends", "tokens", "nodes", "status", "top", "completion"} <= set(commands)
+    assert {"backends", "toxics", "tokens", "nodes", "status", "top", "completion"} <= set(commands)
     assert not [c for c in commands if c.startswith("_")]
     assert complete("_") == []
     assert complete("ro") == ["routes"]
@@ -277,6 +279,9 @@ def test_completion_scripts_complete_commands_options_and_choices(tmp_path: Path
     assert "--balance" in complete("routes", "create", "web", "--ba")
     assert complete("routes", "create", "web", "--balance", "r") == ["random", "round_robin"]
     assert complete("serve", "--log-l") == ["--log-level"]
+    assert complete("toxics", "add", "web", "1", "l") == ["latency", "limit_data", "limit_time"]
+    assert complete("toxics", "add", "web", "1", "latency", "--stream", "u") == ["upstream"]
+    assert complete("routes", "u") == ["update", "up"]
 
 
 def test_python_m_restcp_and_the_console_script_are_one_command() -> None:
@@ -288,3 +293,97 @@ def test_python_m_restcp_and_the_console_script_are_one_command() -> None:
     )  # fmt: skip
     assert (done.returncode, by_module.code) == (0, 0)
     assert done.stdout == by_module.out
+
+
+@pytest.fixture
+def stalled_api(
+    node: Node, start_node: StartNode, tmp_path: Path
+) -> Iterator[tuple[str, Callable[[], None]]]:
+    """``node``'s API (which has route web/1) through a route of another node (a node may
+    not relay to its own API), and a function that stalls it: a ``timeout`` toxic that holds
+    every request from then on, returning once one of top's requests is held (mid-refresh)."""
+    lo, hi = free_port_range()
+    proxy = start_node(*serve_args(tmp_path / "proxy.db", lo, hi))
+    create(node)
+    made = create(proxy, "api")
+    api_port = int(node.api.rsplit(":", 1)[1])
+    body = {"ip": "127.0.0.1", "port": api_port}
+    assert proxy.call("PUT", "/apps/api/routes/1/backends", body).status == 201
+
+    def stall() -> None:
+        toxic = {"type": "timeout", "stream": "upstream", "attributes": {"timeout": 0}}
+        assert proxy.call("PUT", "/apps/api/routes/1/toxics", toxic).status == 201
+        with Client(proxy.api) as client:
+            wait_until(
+                lambda: client.metrics().value("restcp_toxic_held_bytes", app="api") > 0,
+                "a request of top held by the toxic",
+            )
+
+    yield f"http://127.0.0.1:{made['port']}", stall
+    # The toxic holds the closed client's FIN too: let it go, so that the route's connection
+    # ends and the node stops without draining it.
+    proxy.call("DELETE", "/apps/api/routes/1/toxics/timeout_upstream")
+
+
+def test_top_on_a_terminal_gives_it_back_on_ctrl_c_mid_refresh(
+    stalled_api: tuple[str, Callable[[], None]],
+) -> None:
+    url, stall = stalled_api
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    before = termios.tcgetattr(child)
+    proc = subprocess.Popen(
+        [*RESTCP, "top", "--interval", "0.1"],
+        stdin=child, stdout=child, stderr=child, close_fds=True,
+        env=clean_env(RESTCP_URL=url, TERM="xterm-256color"),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        shown = read_until(main, b"q quits", deadline)
+        assert b"\x1b[?1049h" in shown
+        shown += read_until(main, b"web/1", deadline)  # a whole frame, through the route
+        stall()  # top now waits for an answer, in cbreak mode, on the alternate screen
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)  # impatient: a second Ctrl-C cuts nothing short
+        assert proc.wait(timeout=10) == 0
+        rest = read_until(main, b"\x1b[?1049l", deadline)  # the screen given back
+        after = termios.tcgetattr(child)
+        assert after[3] & termios.ICANON
+        assert after[3] & (termios.ICANON | termios.ECHO | termios.ISIG) == before[3] & (
+            termios.ICANON | termios.ECHO | termios.ISIG
+        )
+        assert b"Traceback" not in shown + rest
+        assert b"Error" not in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main)
+        os.close(child)
+
+
+def test_top_into_a_pipe_exits_0_on_ctrl_c_mid_refresh(
+    stalled_api: tuple[str, Callable[[], None]],
+) -> None:
+    url, stall = stalled_api
+    proc = subprocess.Popen(
+        [*RESTCP, "top", "-o", "json", "--interval", "0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        env=clean_env(RESTCP_URL=url),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert [(r["app"], r["id"]) for r in first["routes"]] == [("web", 1)]
+        stall()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        errors = proc.stderr.read() if proc.stderr else ""
+        assert errors == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

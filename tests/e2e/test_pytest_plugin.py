@@ -106,18 +106,59 @@ def test_a_suite_gets_its_own_restcp_proxies_and_clean_routes(
     assert seen["test_routes_of_the_test_before_are_gone"]["routes"] == []
 
 
+# Under xdist: each worker makes a route and holds it until the other worker's route is
+# there too, so that both restcps serve a route at once; it writes what it has to
+# $SEEN/together@<worker>.json and reads the other's.
+TOGETHER = """
+import json, os, socket, time
+
+
+def test_together(restcp, restcp_proc):
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    route = restcp.routes("together").create()
+    mine = {"url": restcp_proc.url, "pid": restcp_proc.process.pid, "worker": worker,
+            "port": route.port}
+    path = os.path.join(os.environ["SEEN"], "together@%s.json" % worker)
+    with open(path + ".tmp", "w") as f:
+        json.dump(mine, f)
+    os.rename(path + ".tmp", path)  # whole, or not there yet
+    them = "gw1" if worker == "gw0" else "gw0"
+    other = os.path.join(os.environ["SEEN"], "together@%s.json" % them)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(other):
+        assert time.monotonic() < deadline, "the other worker never made its route"
+        time.sleep(0.02)
+    with open(other) as f:
+        theirs = json.load(f)
+    assert theirs["port"] != route.port
+    with socket.create_connection((route.host, route.port), timeout=5):
+        pass  # accepted: this worker's route is its own restcp's
+"""
+
+
+def api_port(url: object) -> int:
+    assert isinstance(url, str), url
+    assert url.startswith("http://127.0.0.1:"), url
+    return int(url.rsplit(":", 1)[1].rstrip("/"))
+
+
 def test_xdist_gives_each_worker_its_own_restcp(pytester: pytest.Pytester, tmp_path: Path) -> None:
-    # Every worker runs the whole file (--dist each): both make routes and relay at once.
+    # Every worker runs both files (--dist each): both make routes and relay at once.
+    pytester.makepyfile(test_together=TOGETHER)
     result, seen = run_user_tests(pytester, tmp_path, "-n", "2", "--dist", "each")
-    result.assert_outcomes(passed=6)
-    assert len(seen) == 6
+    result.assert_outcomes(passed=8)
+    assert len(seen) == 8
     restcps = {}
     for record in seen.values():
         restcps.setdefault(record["worker"], set()).add((record["url"], record["pid"]))
     assert set(restcps) == {"gw0", "gw1"}
     (first,), (second,) = restcps.values()
-    assert first[0] != second[0]
+    # Two restcps, one per worker, their APIs on ports of their own.
+    assert api_port(first[0]) != api_port(second[0])
     assert first[1] != second[1]
+    # Their routes, served at the same time, on ports of their own.
+    ports = {seen[f"together@{worker}"]["port"] for worker in ("gw0", "gw1")}
+    assert len(ports) == 2
     for worker in ("gw0", "gw1"):
         assert seen[f"test_routes_of_the_test_before_are_gone@{worker}"]["routes"] == []
     for _, pid in (first, second):

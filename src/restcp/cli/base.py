@@ -7,6 +7,7 @@ and ``-o``, opens the client, and turns the outcome into the exit status:
 
     0   done
     1   the API refused (its problem's detail on stderr), or could not be reached
+        (or, in a cluster, stored a change the serving node has not applied yet: 202)
     2   usage: a missing or malformed argument or option (Click's own)
 """
 

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import select
+import signal
 import sys
 import termios
 import time
@@ -136,8 +137,31 @@ def register(root: click.Group) -> None:
         help="stop after N refreshes (default: 0, until q or Ctrl-C)",
     )
     def top(session: Session, interval: float, iterations: int) -> None:
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt), interrupted_once():
             _run(session, interval, iterations)
+
+
+@contextlib.contextmanager
+def interrupted_once() -> Iterator[None]:
+    """Ctrl-C interrupts top once: from then on SIGINT is ignored, so that a second Ctrl-C,
+    typed while the first unwinds, cannot cut short the giving back of the terminal (its
+    screen and mode), nor kill the process as it exits (Python's exit puts SIGINT's default
+    action back unless it is ignored). Not interrupted, the previous handler is restored."""
+    interrupted = False
+
+    def interrupt(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        if not interrupted:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _run(session: Session, interval: float, iterations: int) -> None:
