@@ -15,30 +15,12 @@ routes on the port: exact names in one dict, wildcards in another by their suffi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Final, Generic, TypeVar
 
 T = TypeVar("T")
 
-DEFAULT: Final = "*"
-_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
-
-
-def canonical(pattern: str) -> str:
-    """A server name pattern as stored: lower case, no trailing dot. ValueError if it is
-    none of a DNS name, ``*.`` and a DNS name, or ``*``."""
-    if pattern == DEFAULT:
-        return pattern
-    text = pattern.lower().removesuffix(".")
-    name = text[2:] if text.startswith("*.") else text
-    labels = name.split(".")
-    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
-        raise ValueError(
-            f"{pattern!r} is not a server name: a DNS name (ASCII; an IDNA name in its "
-            "xn-- form), *. and a DNS name, or * for the port's default"
-        )
-    return text
+DEFAULT: Final = "*"  # model.canonical_server_name makes the patterns
 
 
 def clashes(claims: Iterable[tuple[T, Iterable[str]]]) -> list[tuple[str, T, T]]:

@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from restcp.core.sni import SniTable, canonical, clashes
+from restcp.core.sni import SniTable, clashes
+from restcp.model import canonical_server_name as canonical
 
 
 def test_exact_then_longest_wildcard_then_default() -> None:
