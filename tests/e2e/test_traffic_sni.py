@@ -301,3 +301,22 @@ def test_a_thousand_routes_on_one_port(
     # The lookup's O(1) is asserted where a scan of 1,000 routes would show
     # (tests/unit/core/test_sni.py); a TLS handshake here costs a thousand times more.
     assert ask(port, "db999.example.com").startswith(b"staging|")
+
+
+def test_shared_ports_with_workers_on_a_memory_store(
+    start_node: StartNode, backends: dict[str, TlsBackend]
+) -> None:
+    """Each worker process joins the shared port (SO_REUSEPORT) once, with every route on
+    it; the kernel spreads clients over the processes, each routing them by name."""
+    lo, hi = free_port_range()
+    node = start_node(
+        "--api", "127.0.0.1:0", "--store", "memory://", "--port-range", f"{lo}-{hi}",
+        "--workers", "2",
+    )  # fmt: skip
+    port = shared_port(node, backends)
+    for _ in range(20):
+        assert ask(port, "db1.example.com").startswith(b"db1|")
+        assert ask(port, "q.staging.example.com").startswith(b"staging|")
+        assert ask(port, "none.example.org").startswith(b"default|")
+    assert node.call("DELETE", "/apps/tls/routes/1").status == 204
+    assert ask(port, "db1.example.com").startswith(b"default|")

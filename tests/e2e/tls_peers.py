@@ -83,10 +83,12 @@ def client_context() -> ssl.SSLContext:
     return context
 
 
-def ask(port: int, server_name: str | None, line: bytes = b"hello\n") -> bytes:
-    """One TLS connection through ``port`` with ``server_name``: the backend's answer to
-    ``line``."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+def ask(
+    port: int, server_name: str | None, line: bytes = b"hello\n", host: str = "127.0.0.1"
+) -> bytes:
+    """One TLS connection through ``host:port`` with ``server_name``: the backend's answer
+    to ``line``."""
+    with socket.create_connection((host, port), timeout=10) as sock:
         # No Nagle: the line would wait for the ACK of the handshake's last flight.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with client_context().wrap_socket(sock, server_hostname=server_name) as tls:
