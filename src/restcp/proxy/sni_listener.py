@@ -184,30 +184,36 @@ class Hello:
         self.timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        self.loop.add_reader(self.sock.fileno(), self._read)
-        self.timer = self.loop.call_later(self.listener.timeout, self._timed_out)
+        # The ClientHello has often come by the time its connection is accepted: read at
+        # once, and watch the socket (a reader and a timer) only if it has not.
+        if self._read(first=True):
+            self.loop.add_reader(self.sock.fileno(), self._read)
+            self.timer = self.loop.call_later(self.listener.timeout, self._timed_out)
 
-    def _read(self) -> None:
+    def _read(self, first: bool = False) -> bool:
+        """Read what came; whether more is needed (else the client is routed or closed)."""
         try:
             chunk = self.sock.recv(max(1, DEFAULT_LIMIT - len(self.data)))
         except (BlockingIOError, InterruptedError):
-            return
+            return True
         except OSError:
-            self.close("client_reset")
-            return
+            self.close("client_reset", watched=not first)
+            return False
         if not chunk:
-            self.close("client_closed")
-            return
+            self.close("client_closed", watched=not first)
+            return False
         self.data += chunk
         seen = peek(self.data)
         if seen.outcome == "more":
-            return
+            return True
         runtime = self.listener.table.lookup(seen.name)
         if runtime is None:
-            self.close("no_route", seen.name or seen.outcome)
-            return
-        self._quiet()
+            self.close("no_route", seen.name or seen.outcome, watched=not first)
+            return False
+        if not first:
+            self._quiet()
         self.listener.route(self, runtime)
+        return False
 
     def _timed_out(self) -> None:
         self.timer = None
@@ -221,8 +227,9 @@ class Hello:
             self.timer.cancel()
             self.timer = None
 
-    def close(self, reason: str, name: str | None = None) -> None:
-        self._quiet()
+    def close(self, reason: str, name: str | None = None, *, watched: bool = True) -> None:
+        if watched:
+            self._quiet()
         self.listener.closed(self)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
