@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import StartNode, serve_args, snapshot
+from tests.e2e.conftest import StartNode, serve_args, snapshot, wait_until
 from tests.e2e.peers import Backend, attach, connect, echo, recv_all
 from tests.e2e.tls_peers import (
     Certificate,
@@ -25,7 +25,7 @@ from tests.e2e.tls_peers import (
     make_certificate,
     s_client,
 )
-from tests.helpers import Node, free_port_range
+from tests.helpers import Node, free_port_range, tcp_states
 
 
 @pytest.fixture(scope="module")
@@ -320,3 +320,55 @@ def test_shared_ports_with_workers_on_a_memory_store(
         assert ask(port, "none.example.org").startswith(b"default|")
     assert node.call("DELETE", "/apps/tls/routes/1").status == 204
     assert ask(port, "db1.example.com").startswith(b"default|")
+
+
+def test_a_chosen_route_counts_its_clients_and_applies_its_toxics(
+    node: Node, backends: dict[str, TlsBackend]
+) -> None:
+    port = shared_port(node, backends)
+    for _ in range(3):
+        ask(port, "db1.example.com")
+    ask(port, "none.example.org")
+    metrics = node.call("GET", "/metrics").body.decode()
+    counted = {
+        line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("restcp_connections_total{")
+    }
+    # Each client counted on the route its name chose, and on no other.
+    assert counted == {
+        'app="tls",backend="1",route="1"': 3.0,
+        'app="tls",backend="1",route="2"': 0.0,
+        'app="other-app",backend="1",route="1"': 0.0,
+        'app="tls",backend="1",route="3"': 1.0,
+    }
+    # A toxic of the chosen route meets its clients: the connection is cut once 4,000
+    # bytes went up, before the backend has the whole line.
+    toxic = {"type": "limit_data", "stream": "upstream", "attributes": {"bytes": 4000}}
+    assert node.call("PUT", "/apps/tls/routes/1/toxics", toxic).status == 201
+    assert ask(port, "db1.example.com").startswith(b"db1|")
+    try:
+        answer = ask(port, "db1.example.com", line=b"x" * 8000 + b"\n")
+    except (ssl.SSLError, ConnectionResetError):
+        answer = b""
+    assert answer == b""
+    assert ask(port, "a.staging.example.com").startswith(b"staging|")
+
+
+def test_silent_clients_leave_nothing_behind(node: Node, backends: dict[str, TlsBackend]) -> None:
+    """Clients still being read from hold a socket each; deleting the port's routes closes
+    them, and the node's descriptors come back to where they were."""
+    port = shared_port(node, backends, default=False)
+    base = node.open_fds()
+    silent = [connect(port) for _ in range(50)]
+    try:
+        wait_until(lambda: node.open_fds() >= base + 50, "50 clients accepted")
+        for route in ((1, "tls"), (2, "tls"), (1, "other-app")):
+            assert node.call("DELETE", f"/apps/{route[1]}/routes/{route[0]}").status == 204
+        for sock in silent:
+            assert recv_all(sock) == b""
+    finally:
+        for sock in silent:
+            sock.close()
+    wait_until(lambda: node.open_fds() <= base - 1, "the listener and the clients closed")
+    assert "CLOSE_WAIT" not in tcp_states(node.proc.pid)
