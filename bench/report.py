@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench import sni as sni_bench
 from bench import workers as workers_bench
 from bench.control import ROUTES_PER_APP, ControlResult
 from bench.workloads import WORKLOADS, Sample
@@ -69,6 +70,8 @@ class Report:
     control: ControlResult | None
     # restcp --workers 1 vs 2 on the connections workload (bench/workers.py), every rep.
     workers: list[workers_bench.Row] = field(default_factory=list)
+    # New TLS connections through SNI passthrough, restcp vs HAProxy (bench/sni.py).
+    sni: list[sni_bench.Row] = field(default_factory=list)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -304,6 +307,8 @@ def console(report: Report) -> str:
         parts += ["", text_table(control_table(report.control))]
     if report.workers:
         parts += ["", text_table(workers_table(report.workers))]
+    if report.sni:
+        parts += ["", *sni_bench.table(report.sni)]
     if report.failures:
         parts += ["", "FAILED:", *(f"  {f}" for f in report.failures)]
     return "\n".join(parts)
@@ -543,6 +548,27 @@ def markdown(report: Report, chart_dir_name: str, written: Sequence[tuple[str, s
             f"{len(report.workers) // len(workers_table(report.workers)[1:])} repetition(s).",
             "",
             md_table(workers_table(report.workers)),
+            "",
+        ]
+    if report.sni:
+        routes = max((r.proxy for r in report.sni if r.proxy.endswith(" routes")), default="")
+        out += [
+            "### SNI routing, TLS passthrough: restcp / HAProxy",
+            "",
+            "New TLS connections (wrk `-t1 -c8`, `Connection: close`, "
+            "`https://localhost:PORT/`: each request a full handshake, sending `localhost` as "
+            "its server name) through a proxy that reads the ClientHello, picks the backend "
+            "by name and relays the bytes unchanged to an nginx terminating TLS (no session "
+            "reuse). HAProxy: `tcp-request inspect-delay 5s`, `req.ssl_hello_type 1`, "
+            "`use_backend … if { req.ssl_sni -i localhost }`, a default backend. restcp: "
+            'routes `"sni": ["localhost"]` and `["*"]` on one port'
+            + (f"; *{routes}*: as many on the port" if routes else "")
+            + "; *no SNI*: a plain route (the ClientHello not read). Both TLS ends run on "
+            "the load core, which bounds every rate (*none* is that bound): the proxy's CPU "
+            "per connection is the figure to compare. `uv run python -m bench.sni` runs it "
+            "alone.",
+            "",
+            *sni_bench.table(report.sni),
             "",
         ]
     if report.failures:

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import report
+from bench import sni as sni_bench
 from bench import workers as workers_bench
 from bench.control import ControlResult, run_control
 from bench.peers import (
@@ -48,6 +49,7 @@ TOOLS = {  # binary -> Debian package
     "redis-server": "redis-server",
     "redis-benchmark": "redis-tools",
     "taskset": "util-linux",
+    "openssl": "openssl",
     "uv": "(https://docs.astral.sh/uv/)",
 }
 
@@ -233,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-workers", action="store_true", help="skip restcp --workers 1 vs 2 (connections)"
     )
+    parser.add_argument(
+        "--no-sni", action="store_true", help="skip TLS passthrough by SNI, restcp vs HAProxy"
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the peers' logs and configs")
     args = parser.parse_args(argv)
 
@@ -264,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     configs: dict[str, str] = {}
     control: ControlResult | None = None
     worker_rows: list[workers_bench.Row] = []
+    sni_rows: list[sni_bench.Row] = []
     settler = Settler(budget_s=0.0 if args.quick else 900.0, attempts=1 if args.quick else 3)
     work = Path(tempfile.mkdtemp(prefix="restcp-bench-"))
     logs = work / "logs"
@@ -329,6 +335,20 @@ def main(argv: list[str] | None = None) -> int:
                             f"{row.cpu_us_per_conn:6.0f} CPU-µs/conn",
                             flush=True,
                         )
+        if {"restcp", "haproxy"} <= set(proxies) and not args.no_sni:
+            try:
+                sni_rows = sni_bench.run_rows(
+                    plan.reps,
+                    plan.seconds,
+                    sni_bench.CONNS,
+                    100 if args.quick else 1000,
+                    work,
+                    logs,
+                    settler.settle,
+                )
+            except BenchError as err:
+                failures.append(f"sni: {err}")
+                print(f"sni FAILED: {err}", flush=True)
     finally:
         cleanup()
 
@@ -345,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         commands=commands(plan),
         control=control,
         workers=worker_rows,
+        sni=sni_rows,
     )
     print(report.console(result))
     page = report.write(result, out_dir, samples)

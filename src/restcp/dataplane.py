@@ -169,8 +169,16 @@ class DataPlane:
     def backend_status(self, key: RouteKey) -> Mapping[int, BackendStatus]:
         return self.proxy.backend_status(key)
 
-    async def serve(self, route: Route, sock: socket.socket) -> None:
+    async def serve(self, route: Route, sock: socket.socket | None) -> None:
+        """Serve a new route on the socket bound for it (None: it joins the routes that
+        share its address by SNI)."""
         await self.proxy.serve(route, sock)
+
+    def routes_at(self, ip: str, port: int) -> list[Route]:
+        return self.proxy.routes_at(ip, port)
+
+    def shares(self, route: Route) -> bool:
+        return self.proxy.shares(route)
 
     async def apply(
         self, desired: Mapping[RouteKey, Route], only: Collection[RouteKey] | None = None

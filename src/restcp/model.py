@@ -117,6 +117,10 @@ class RouteSettings:
     # A name unique within the route's app (None: none), by which toxiproxy's API
     # (api/toxiproxy.py) knows it as a proxy.
     name: str | None = None
+    # The TLS server names the route takes on a port it shares with other routes (SNI
+    # routing, docs/tls.md): exact names, "*.suffix" wildcards, "*" for the port's default;
+    # canonical (core/sni.py). None: the route has its port to itself.
+    sni: tuple[str, ...] | None = None
 
     def replace(self, **changes: object) -> RouteSettings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -224,6 +228,26 @@ def canonical_host(text: str) -> str:
     ):
         raise ValueError("must be an IPv4 or IPv6 address literal or a DNS host name")
     return name
+
+
+_SNI_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def canonical_server_name(pattern: str) -> str:
+    """A route's server name pattern (``RouteSettings.sni``) as stored: lower case, no
+    trailing dot. ValueError if it is none of a DNS name, ``*.`` and a DNS name, or ``*``
+    (core/sni.py says what each matches)."""
+    if pattern == "*":
+        return pattern
+    text = pattern.lower().removesuffix(".")
+    name = text[2:] if text.startswith("*.") else text
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_SNI_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(
+            f"{pattern!r} is not a server name: a DNS name (ASCII; an IDNA name in its "
+            "xn-- form), *. and a DNS name, or * for the port's default"
+        )
+    return text
 
 
 def is_host_name(host: str) -> bool:

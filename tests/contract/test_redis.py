@@ -107,6 +107,7 @@ def test_the_doc_table_covers_every_key_family() -> None:
         "frontend_ips": "set",
         "ip:<ip>:routes": "set",
         "ip:<ip>:ports": "hash",
+        "ip:<ip>:ports:shared": "hash",
         "port_cursors": "hash",
         "route:<app>:<route>": "hash",
         "route:<app>:<route>:backend_counter": "string",
@@ -127,6 +128,9 @@ def test_keys_types_and_values_are_as_documented(store: SyncStore, raw_redis: re
     store.create_route("web", IP, 10000, RouteSettings(balance="round_robin"))
     store.create_route("web", IP6, 10001, DEFAULT)
     store.create_route("billing", IP, 10002, DEFAULT)
+    # Two routes sharing a port by SNI (docs/tls.md).
+    store.create_route("sni", IP, 9443, RouteSettings(sni=("a.example.com",)))
+    store.create_route("sni", IP, 9443, RouteSettings(sni=("*",)))
     for port in (8080, 8081, 8082):
         store.add_backend("web", 1, Backend(0, "10.0.1.7", port, weight=3))
     # The health lists, as the node serving the route writes them; the epoch, as the
@@ -148,13 +152,17 @@ def test_keys_types_and_values_are_as_documented(store: SyncStore, raw_redis: re
     keys = keyspace(raw_redis)
     found = classify(keys)
     assert set(found.values()) == set(documented_keys())
-    assert keys["apps"] == ("set", {"web", "billing"})
+    assert keys["apps"] == ("set", {"web", "billing", "sni"})
     assert keys["app:web:route_counter"] == ("string", "2")
     assert keys["app:web:routes"] == ("set", {"1", "2"})
     assert keys["frontend_ips"] == ("set", {IP, IP6})
-    assert keys[f"ip:{IP}:routes"] == ("set", {"web:1", "billing:1"})
+    assert keys[f"ip:{IP}:routes"] == ("set", {"web:1", "billing:1", "sni:1", "sni:2"})
     assert keys[f"ip:{IP6}:routes"] == ("set", {"web:2"})
-    assert keys[f"ip:{IP}:ports"] == ("hash", {"10000": "web:1", "10002": "billing:1"})
+    assert keys[f"ip:{IP}:ports"] == (
+        "hash",
+        {"10000": "web:1", "10002": "billing:1", "9443": "*sni"},
+    )
+    assert keys[f"ip:{IP}:ports:shared"] == ("hash", {"9443": "2"})
     assert keys["port_cursors"] == ("hash", {IP: "10003"})
     kind, route = keys["route:web:1"]
     assert (kind, set(route)) == ("hash", {"ip", "port", "settings", "version"})

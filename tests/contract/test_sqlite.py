@@ -192,3 +192,42 @@ def test_toxic_attributes_unknown_to_this_version_are_dropped_and_missing_ones_d
     assert store.get_route("a", 1).toxics == (
         Toxic("slow", "latency", "upstream", 0.5, (("jitter", 0), ("latency", 7))),
     )
+
+
+def test_a_file_whose_addresses_were_unique_is_rebuilt_to_share_them(
+    tmp_path: Path, open_url: Callable[[str], SyncStore]
+) -> None:
+    path = tmp_path / "x.db"
+    store = open_url(f"sqlite:///{path}")
+    store.create_route("a", IP, 10000, RouteSettings())
+    store.add_backend("a", 1, Backend(0, IP, 9000))
+    slow = Toxic("slow", "latency", attributes=(("jitter", 0), ("latency", 5)))
+    store.add_toxic("a", 1, slow)
+    store.close()
+    # The routes table as restcp made it before SNI routing (foreign keys are off on a
+    # connection of its own: the drop takes no backend with it).
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "CREATE TABLE routes_old (app TEXT NOT NULL REFERENCES apps(app), "
+            "id INTEGER NOT NULL, frontend_ip TEXT NOT NULL, port INTEGER NOT NULL, "
+            "settings TEXT NOT NULL, last_backend_id INTEGER NOT NULL DEFAULT 0, "
+            "PRIMARY KEY (app, id), UNIQUE (frontend_ip, port))"
+        )
+        db.execute("INSERT INTO routes_old SELECT * FROM routes")
+        db.execute("DROP TABLE routes")
+        db.execute("ALTER TABLE routes_old RENAME TO routes")
+    (table,) = raw(path, "SELECT sql FROM sqlite_master WHERE name = 'routes'")
+    assert "UNIQUE (frontend_ip, port)" in str(table[0])
+    reopened = open_url(f"sqlite:///{path}")
+    assert reopened.get_route("a", 1) == Route(
+        "a", 1, IP, 10000, RouteSettings(), (Backend(1, IP, 9000),), (slow,)
+    )
+    (table,) = raw(path, "SELECT sql FROM sqlite_master WHERE name = 'routes'")
+    assert "UNIQUE" not in str(table[0])
+    assert raw(path, "SELECT name FROM sqlite_master WHERE name = 'routes_address'")
+    sni = RouteSettings(sni=("a.example.com",))
+    reopened.create_route("b", IP, 10001, sni)
+    assert reopened.create_route("c", IP, 10001, sni.replace(sni=("*",))).port == 10001
+    # Foreign keys still hold on the new table: deleting the route takes its rows.
+    reopened.delete_route("a", 1)
+    assert raw(path, "SELECT * FROM backends") == raw(path, "SELECT * FROM toxics") == []

@@ -408,3 +408,40 @@ def test_every_backend_setting_round_trips_and_update_replaces_them(store: SyncS
     plain = store.update_backend("a", 1, Backend(1, IP6, 9001))
     assert store.get_route("a", 1).backends == (plain,)
     assert (plain.weight, plain.state, plain.proxy_protocol) == (1, "enabled", None)
+
+
+# -- routes sharing a port by SNI --------------------------------------------------------
+
+
+def test_routes_with_server_names_share_a_port_and_others_do_not(store: SyncStore) -> None:
+    a = create(store, "a", 9443, sni=("db1.example.com",))
+    b = create(store, "b", 9443, sni=("*",))
+    assert (a.port, b.port) == (9443, 9443)
+    assert store.ports_in_use(IP) == {9443}
+    before = snapshot(store)
+    with pytest.raises(Conflict, match="9443"):
+        create(store, "c", 9443)  # no server names: it would take the port alone
+    assert snapshot(store) == before
+    plain = create(store, "c", 9444)
+    with pytest.raises(Conflict, match="9444"):
+        create(store, "d", 9444, sni=("db2.example.com",))
+    assert store.get_route("a", 1).settings.sni == ("db1.example.com",)
+    # The port stays in use until the last route sharing it is gone.
+    store.delete_route("a", 1)
+    assert store.ports_in_use(IP) == {9443, 9444}
+    store.delete_route("b", 1)
+    assert store.ports_in_use(IP) == {9444}
+    assert create(store, "d", 9443).port == 9443  # alone on it now
+    store.delete_route("c", plain.id)
+
+
+def test_a_route_alone_on_its_port_may_gain_and_lose_server_names(store: SyncStore) -> None:
+    route = create(store, "a", 9443)
+    store.update_route("a", route.id, DEFAULT.replace(sni=("db1.example.com",)))
+    create(store, "b", 9443, sni=("*",))
+    store.delete_route("b", 1)
+    store.update_route("a", route.id, DEFAULT)
+    with pytest.raises(Conflict, match="9443"):
+        create(store, "c", 9443, sni=("*",))
+    store.delete_route("a", route.id)
+    assert store.ports_in_use(IP) == set()

@@ -46,6 +46,7 @@ from restcp.model import (
     ToxicType,
     WhenAllDown,
     canonical_host,
+    canonical_server_name,
 )
 from restcp.model import is_app_id as is_app_id
 
@@ -126,6 +127,36 @@ def canonical_ip(value: str) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise ValueError("must be an IPv4 or IPv6 address literal") from None
+
+
+def _server_names(value: list[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    # One name given twice (``a.com``, ``A.com.``) is one claim: kept once, in order.
+    return tuple(dict.fromkeys(canonical_server_name(name) for name in value))
+
+
+_LABEL = "[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+# A route's TLS server names on a shared port (core/sni.py has the patterns).
+ServerNames = Annotated[
+    list[
+        Annotated[
+            StrictStr,
+            Field(
+                max_length=253,
+                json_schema_extra={"pattern": f"^(\\*|(\\*\\.)?{_LABEL}(\\.{_LABEL})*\\.?)$"},
+            ),
+        ]
+    ],
+    Field(
+        min_length=1,
+        # 100 names of 253 characters fit in a request body (api/app.py's MAX_BODY).
+        max_length=100,
+        description='server names (exact, "*.suffix", or "*" for the port\'s default) '
+        "that pick this route on a port shared by SNI",
+    ),
+    AfterValidator(_server_names),
+]
 
 
 class RequestBody(BaseModel):
@@ -217,6 +248,7 @@ class RouteSettingsBody(RequestBody):
     enabled: StrictBool = True
     seed: Seed | None = None
     name: RouteName | None = None
+    sni: ServerNames | None = None
 
 
 class RouteBody(RouteSettingsBody):
@@ -328,6 +360,7 @@ class RouteOut(_Out):
     enabled: bool
     seed: int | None
     name: str | None
+    sni: list[str] | None
     toxics: list[ToxicOut] = _read_only(description="in the order they were added")
 
 

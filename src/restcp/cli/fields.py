@@ -50,6 +50,20 @@ class _Splice(click.ParamType[Any]):
         return "[auto|true|false]"
 
 
+class _ServerNames(click.ParamType[Any]):
+    """A route's ``sni``: server names separated by commas."""
+
+    name = "server_names"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        return [name.strip() for name in value.split(",")]
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "NAME[,NAME...]"
+
+
 # A route's settings, as PATCH and PUT take them.
 ROUTE_SETTINGS: Settings = [
     ("balance", _choice(Balance), "how a backend is picked for each new client"),
@@ -71,6 +85,8 @@ ROUTE_SETTINGS: Settings = [
     ("seed", Nullable(click.INT),
      "the seed of the route's random draws (toxics); none: the node's"),
     ("name", Nullable(click.STRING), "a name unique in its app (toxiproxy's proxy name)"),
+    ("sni", Nullable(_ServerNames()),
+     "share the port by TLS server name: names, *.suffix, * (the default); none: alone"),
 ]  # fmt: skip
 
 # Route creation only (PUT): where it listens.

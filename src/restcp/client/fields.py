@@ -48,6 +48,7 @@ class RouteFields(TypedDict, total=False):
     enabled: bool
     seed: int | None
     name: str | None
+    sni: list[str] | None
 
 
 class BackendFields(TypedDict, total=False):

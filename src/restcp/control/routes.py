@@ -48,6 +48,7 @@ from restcp.control.known import KnownRoutes
 from restcp.control.placement import Placement, placement_for
 from restcp.control.probes import Probes
 from restcp.core import ports
+from restcp.core.sni import clashes
 from restcp.core.toxics import ToxicError
 from restcp.dataplane import DataPlane
 from restcp.errors import Conflict, EpochMismatch, NotFound, NotYetApplied, Unavailable
@@ -116,11 +117,12 @@ class RouteService:
             )
         async with self._lock:
             await self._name_free(app, settings.name)
-            port, sock = await self._bind(ip, port)
+            port, sock = await self._bind(ip, port, settings)
             try:
                 route = await self.placement.store_created(app, route_id, ip, port, settings)
             except BaseException:
-                sock.close()  # the store refused (a conflict, unreachable): nothing is left
+                if sock is not None:
+                    sock.close()  # the store refused (a conflict, unreachable): nothing left
                 raise
             await self.plane.serve(route, sock)
             # Backends of other routes pointing at the new address are refused now: their
@@ -141,11 +143,22 @@ class RouteService:
             if route.settings.name == name:
                 raise Conflict(f"route {route.id} of app {app!r} is named {name!r} already")
 
-    async def _bind(self, ip: str, port: int | None) -> tuple[int, socket.socket]:
+    async def _bind(
+        self, ip: str, port: int | None, settings: RouteSettings
+    ) -> tuple[int, socket.socket | None]:
+        """The port for a new route and its socket; None: the route joins the routes with
+        server names that share the port already (a listener serves them here)."""
         used = await self.store.ports_in_use(ip)
         if port is not None:
             if port in used:
-                raise Conflict(f"port {port} of {ip} is already used by another route")
+                if settings.sni is None:
+                    raise Conflict(f"port {port} of {ip} is already used by another route")
+                # Every route of an IP is created on the node that serves the IP, under
+                # this lock: what this node serves there is what is stored there.
+                _claimable(settings.sni, self.plane.routes_at(ip, port), None)
+                probe = Route(app="", id=0, frontend_ip=ip, port=port, settings=settings)
+                if self.plane.shares(probe):
+                    return port, None
             try:
                 return port, self.plane.bind(ip, port)
             except OSError as err:
@@ -179,6 +192,15 @@ class RouteService:
             settings = edit(route.settings)
             if settings.name != route.settings.name:
                 await self._name_free(key[0], settings.name)
+            if settings.sni != route.settings.sni:
+                # Read from the store: the route may be served by another node.
+                others = [
+                    other
+                    for other in await self.store.all_routes()
+                    if (other.frontend_ip, other.port) == (route.frontend_ip, route.port)
+                    and other.key != key
+                ]
+                _claimable(settings.sni, others, route)
             return await self.store.update_route(*key, settings)
 
         return await self._change(key, write)
@@ -419,6 +441,33 @@ class RouteService:
 
     async def epoch_changed(self, epoch: str) -> None:
         await self.known.epoch_changed(epoch)
+
+
+def _claimable(sni: tuple[str, ...] | None, others: list[Route], route: Route | None) -> None:
+    """Conflict unless a route with server names ``sni`` (``route``, or a new one) may
+    share its address with ``others``: each of them has server names, none of them ours."""
+    if not others:
+        return
+    where = f"port {others[0].port} of {others[0].frontend_ip}"
+    if sni is None:
+        raise Conflict(
+            f"{where} is shared by {len(others)} other routes with server names (sni): "
+            "a route there must name its own"
+        )
+    for other in others:
+        if other.settings.sni is None:
+            raise Conflict(
+                f"{where} is used by route {other.id} of app {other.app!r}, which has no "
+                "server names (sni): only routes with server names share a port"
+            )
+    ours = "a new route" if route is None else "route"
+    for name, first, _ in clashes(
+        [*((o.key, o.settings.sni or ()) for o in others), (route.key if route else ("", 0), sni)]
+    ):
+        raise Conflict(
+            f"server name {name!r} on {where} is claimed by route {first[1]} of app "
+            f"{first[0]!r} already: {ours} may not claim it too"
+        )
 
 
 def _toxic(route: Route, name: str) -> Toxic:

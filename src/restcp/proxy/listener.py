@@ -139,17 +139,26 @@ class Listener:
             protocol = client_protocol(self.runtime, loop, (addr[0], addr[1]))
             drive(loop.connect_accepted_socket(functools.partial(_same, protocol), conn))
 
+    def release(self) -> socket.socket:
+        """Stop accepting and hand the listening socket over (to the SniListener of the
+        route, which gained server names): no client is refused meanwhile."""
+        self._stop_accepting()
+        return self._sock
+
     def stop(self) -> None:
         """Stop accepting now: the socket is closed before this returns, so the next connect
         is refused. Connections already running go on until their peers end them (the route's
         runtime is its owner's to close)."""
+        self._stop_accepting()
+        self._sock.close()
+
+    def _stop_accepting(self) -> None:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
         if self._reading and self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
             self._reading = False
-        self._sock.close()
 
 
 def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:

@@ -7,6 +7,11 @@ listener (the port refuses new clients) and closes the route's open connections;
 is still served (its runtime, its counters, its place in ``running``). ``true`` binds the
 same port again; a port someone took meanwhile is ``unbound``, as a stored route that cannot
 bind is, and the next resync tries again.
+
+Routes with server names (``sni``) on one address share one SniListener (sni_listener.py):
+the first to be served binds the port, the others join it, and the socket is closed with
+the last one's leaving. A route that gains or loses server names hands its socket from
+one kind of listener to the other, so its port never stops accepting.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from restcp.core.reconcile import Action, Start, Stop, Update
 from restcp.model import BackendStatus, Route, RouteKey
 from restcp.proxy.listener import Listener, bind
 from restcp.proxy.runtime import BackendRefusal, RouteRuntime
+from restcp.proxy.sni_listener import SniListener
 from restcp.proxy.traffic import Traffic
 
 log = logging.getLogger("restcp.proxy")
@@ -39,7 +45,9 @@ class ProxyManager:
         seed: int | None = None,
     ) -> None:
         self._runtimes: dict[RouteKey, RouteRuntime] = {}  # every route served
-        self._listeners: dict[RouteKey, Listener] = {}  # those enabled
+        self._listeners: dict[RouteKey, Listener | SniListener] = {}  # those enabled
+        # The SniListener of each address shared by routes with server names.
+        self._shared: dict[tuple[str, int], SniListener] = {}
         # How a stored route's port is bound: plainly, or with SO_REUSEPORT (--workers).
         self._bind = binder
         # The routes of _listeners, and the routes with a backend on each port: indexes kept
@@ -47,6 +55,8 @@ class ProxyManager:
         # not a walk over every route of the node (10,000 of them).
         self._routes: dict[RouteKey, Route] = {}
         self._by_backend_port: dict[int, set[RouteKey]] = {}
+        # (frontend IP, port) -> the routes served there (several: they share it by SNI).
+        self._by_address: dict[tuple[str, int], set[RouteKey]] = {}
         # port -> frontend IPs listening on it: the node's own addresses, by port.
         self._frontends: dict[int, set[str]] = {}
         self._refusal = backend_refusal
@@ -66,6 +76,14 @@ class ProxyManager:
         await)."""
         return MappingProxyType(self._routes)
 
+    def routes_at(self, ip: str, port: int) -> list[Route]:
+        """The routes served on ``ip``:``port`` (enabled or not)."""
+        return [self._routes[key] for key in self._by_address.get((ip, port), ())]
+
+    def shares(self, route: Route) -> bool:
+        """Whether ``route`` would join a listener already there (no socket to bind)."""
+        return route.settings.sni is not None and (route.frontend_ip, route.port) in self._shared
+
     def backends_on(self, port: int) -> set[RouteKey]:
         """The served routes with a backend on ``port``."""
         return set(self._by_backend_port.get(port, ()))
@@ -75,6 +93,7 @@ class ProxyManager:
             self._unindex(previous)
         for port in {b.port for b in route.backends}:
             self._by_backend_port.setdefault(port, set()).add(route.key)
+        self._by_address.setdefault((route.frontend_ip, route.port), set()).add(route.key)
         self._routes[route.key] = route
 
     def _unindex(self, route: Route) -> None:
@@ -84,14 +103,20 @@ class ProxyManager:
                 keys.discard(route.key)
                 if not keys:
                     del self._by_backend_port[port]
+        address = (route.frontend_ip, route.port)
+        here = self._by_address.get(address)
+        if here is not None:
+            here.discard(route.key)
+            if not here:
+                del self._by_address[address]
         del self._routes[route.key]
 
     async def serve(self, route: Route, sock: socket.socket | None) -> None:
         """Serve ``route`` on a socket bound for it already (None, or closed here: the
-        route is disabled)."""
+        route is disabled; None also for a route that joins a shared address: ``shares``)."""
         runtime = RouteRuntime(route, self.traffic, self._refusal)
         self._runtimes[route.key] = runtime
-        if route.settings.enabled and sock is not None:
+        if route.settings.enabled and (sock is not None or self.shares(route)):
             await self._listen(runtime, sock)
         else:
             if sock is not None:
@@ -103,12 +128,70 @@ class ProxyManager:
         # A new route is a new address of ours: no backend may point at it now.
         self.recheck_backends(route.port)
 
-    async def _listen(self, runtime: RouteRuntime, sock: socket.socket) -> None:
-        listener = Listener(runtime, sock)
-        await listener.start()
+    async def _listen(self, runtime: RouteRuntime, sock: socket.socket | None) -> None:
+        """Accept ``runtime``'s clients: on ``sock``, its own, or (a route with server
+        names) through its address's SniListener, made on ``sock`` if there is none yet."""
         route = runtime.route
+        if route.settings.sni is None:
+            assert sock is not None
+            listener: Listener | SniListener = Listener(runtime, sock)
+            await listener.start()
+        else:
+            listener = await self._shared_listener(route, sock)
+            listener.add(runtime)
         self._listeners[route.key] = listener
         log.info("listening app=%s route=%s url=%s", route.app, route.id, route.url)
+
+    async def _shared_listener(self, route: Route, sock: socket.socket | None) -> SniListener:
+        address = (route.frontend_ip, route.port)
+        shared = self._shared.get(address)
+        if shared is None:
+            assert sock is not None
+            shared = SniListener(address, sock)
+            await shared.start()
+            self._shared[address] = shared
+        elif sock is not None:
+            sock.close()  # bound by a caller that did not know: the shared one serves
+        return shared
+
+    def _unlisten(self, key: RouteKey) -> None:
+        """Stop accepting ``key``'s clients: its Listener stopped, or the route taken off
+        its SniListener, which stops with its last route."""
+        listener = self._listeners.pop(key, None)
+        if isinstance(listener, SniListener):
+            listener.remove(key)
+            if not listener.runtimes:
+                listener.stop()
+                del self._shared[listener.address]
+        elif listener is not None:
+            listener.stop()
+
+    async def _relisten(self, runtime: RouteRuntime, old: Route) -> None:
+        """The enabled route's server names changed: from none to some, or back, its socket
+        goes to the other kind of listener (the store refuses losing them on a port
+        others share); from some to others, its SniListener reads them again."""
+        route = runtime.route
+        listener = self._listeners.get(route.key)
+        if listener is None:
+            return
+        if isinstance(listener, SniListener):
+            if route.settings.sni is not None:
+                listener.rebuild()
+                return
+            if len(listener.runtimes) > 1:
+                # Written around the route service: it stays with the others.
+                log.error(
+                    "app=%s route=%s lost its server names on a shared port: still served by SNI",
+                    route.app, route.id,
+                )  # fmt: skip
+                return
+            del self._listeners[route.key]
+            del self._shared[listener.address]
+            sock = listener.release()
+            await self._listen(runtime, sock)
+        elif route.settings.sni is not None and old.settings.sni is None:
+            del self._listeners[route.key]
+            await self._listen(runtime, listener.release())
 
     def frontends_on(self, port: int) -> set[str]:
         return self._frontends.get(port, set())
@@ -130,23 +213,28 @@ class ProxyManager:
     async def _update(self, route: Route) -> None:
         key = route.key
         enabled, was = route.settings.enabled, self._routes[key].settings.enabled
-        self._index(route, self._routes[key])
+        old = self._routes[key]
+        self._index(route, old)
         runtime = self._runtimes[key]
         if was and not enabled:
             self._disable(runtime)
         runtime.update(route)
-        if enabled and not was:
-            sock = self._bind_or_note(route)
-            if sock is None:
+        if enabled and was and route.settings.sni != old.settings.sni:
+            await self._relisten(runtime, old)
+        elif enabled and not was:
+            sock = None if self.shares(route) else self._bind_or_note(route)
+            if sock is None and not self.shares(route):
                 self._forget(key)  # unbound: a resync tries again
                 return
             await self._listen(runtime, sock)
+        elif enabled and route.settings.connect_timeout != old.settings.connect_timeout:
+            listener = self._listeners.get(key)
+            if isinstance(listener, SniListener):
+                listener.rebuild()  # its connect_timeout may have changed
 
     def _disable(self, runtime: RouteRuntime) -> None:
         """The port refuses new clients, and the open connections are closed."""
-        listener = self._listeners.pop(runtime.route.key, None)
-        if listener is not None:
-            listener.stop()
+        self._unlisten(runtime.route.key)
         for connection in list(runtime.connections):
             connection.end("route_disabled")
         route = runtime.route
@@ -154,6 +242,9 @@ class ProxyManager:
 
     async def _start(self, route: Route) -> None:
         if not route.settings.enabled:
+            await self.serve(route, None)
+            return
+        if self.shares(route):
             await self.serve(route, None)
             return
         sock = self._bind_or_note(route)
@@ -178,9 +269,7 @@ class ProxyManager:
 
     def _forget(self, key: RouteKey) -> None:
         """Serve ``key`` no more (its ``unbound`` entry, if any, stays)."""
-        listener = self._listeners.pop(key, None)
-        if listener is not None:
-            listener.stop()
+        self._unlisten(key)
         runtime = self._runtimes.pop(key, None)
         if runtime is None:
             return

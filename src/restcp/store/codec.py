@@ -30,6 +30,8 @@ def load_route_settings(text: str) -> RouteSettings:
     check = data.get("health_check")
     if isinstance(check, dict):
         data["health_check"] = HealthCheck(**{k: v for k, v in check.items() if k in _CHECK_FIELDS})
+    if isinstance(data.get("sni"), list):
+        data["sni"] = tuple(data["sni"])
     return RouteSettings(**data)
 
 

@@ -18,9 +18,11 @@ CREATE TABLE IF NOT EXISTS routes (
     port             INTEGER NOT NULL,
     settings         TEXT NOT NULL,
     last_backend_id  INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (app, id),
-    UNIQUE (frontend_ip, port)
+    PRIMARY KEY (app, id)
 );
+-- Not unique: routes with server names share their port (SNI routing). The store refuses
+-- a route on an address another holds unless both have server names.
+CREATE INDEX IF NOT EXISTS routes_address ON routes (frontend_ip, port);
 CREATE TABLE IF NOT EXISTS backends (
     app       TEXT NOT NULL,
     route_id  INTEGER NOT NULL,
@@ -65,6 +67,41 @@ CREATE TABLE IF NOT EXISTS tokens (
     PRIMARY KEY (app, id)
 );
 """
+
+
+# The routes table of a file from before SNI routing, whose address was UNIQUE.
+_OLD_ROUTES_KEY = "UNIQUE (frontend_ip, port)"
+
+
+def share_addresses(db: sqlite3.Connection) -> None:
+    """Rebuild the routes table of a file from before SNI routing without its UNIQUE
+    address (SQLite cannot drop a table's constraint), the rows as they are. Run with
+    foreign keys off, outside a transaction: dropping the old table must not cascade to
+    the backends and toxics that refer to it (SQLite's "other kinds of table schema
+    changes")."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'routes'")
+    found = row.fetchone()
+    if found is None or _OLD_ROUTES_KEY not in found[0]:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(
+            "CREATE TABLE routes_shared ("
+            " app TEXT NOT NULL REFERENCES apps(app), id INTEGER NOT NULL,"
+            " frontend_ip TEXT NOT NULL, port INTEGER NOT NULL, settings TEXT NOT NULL,"
+            " last_backend_id INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (app, id))"
+        )
+        db.execute(
+            "INSERT INTO routes_shared (app, id, frontend_ip, port, settings, last_backend_id)"
+            " SELECT app, id, frontend_ip, port, settings, last_backend_id FROM routes"
+        )
+        db.execute("DROP TABLE routes")
+        db.execute("ALTER TABLE routes_shared RENAME TO routes")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def create_schema(db: sqlite3.Connection) -> None:

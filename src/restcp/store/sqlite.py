@@ -27,7 +27,7 @@ from restcp.store.codec import (
     load_route_settings,
     load_toxic,
 )
-from restcp.store.schema import create_schema
+from restcp.store.schema import create_schema, share_addresses
 
 
 def open_url(url: str) -> SqliteStore:
@@ -52,6 +52,7 @@ class SqliteStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         _enable_wal(self._db)
         self._db.execute("PRAGMA synchronous=NORMAL")
+        share_addresses(self._db)  # before foreign keys are on: see there
         self._db.execute("PRAGMA foreign_keys=ON")
         with self._write() as db:
             create_schema(db)
@@ -174,9 +175,18 @@ class SqliteStore:
         self, app: str, frontend_ip: str, port: int, settings: RouteSettings
     ) -> Route:
         with self._write() as db:
-            taken = db.execute(
-                "SELECT app, id FROM routes WHERE frontend_ip = ? AND port = ?", (frontend_ip, port)
-            ).fetchone()
+            # Routes with server names share their port; any other holds it alone.
+            taken = next(
+                (
+                    (owner_app, owner_id)
+                    for owner_app, owner_id, text in db.execute(
+                        "SELECT app, id, settings FROM routes WHERE frontend_ip = ? AND port = ?",
+                        (frontend_ip, port),
+                    )
+                    if settings.sni is None or load_route_settings(text).sni is None
+                ),
+                None,
+            )
             if taken is not None:
                 raise Conflict(
                     f"port {port} of {frontend_ip} is already used by route {taken[1]} "

@@ -22,7 +22,13 @@ def describe_member(member: str) -> str:
 
 
 def address_taken(frontend_ip: str, port: int, owner: str) -> Conflict:
-    """The refusal of a route whose address the route ``owner`` (a member) holds."""
+    """The refusal of a route whose address the route ``owner`` (a member) holds, or
+    routes with server names share (scripts._ADDRESS)."""
+    if owner == "*sni":
+        return Conflict(
+            f"port {port} of {frontend_ip} is shared by routes with server names (sni): "
+            "a route there must name its own"
+        )
     return Conflict(f"port {port} of {frontend_ip} is already used by {describe_member(owner)}")
 
 

@@ -127,22 +127,73 @@ return out
 """
 )
 
+# An IP's ports hash (ip_ports) holds, for each port, the member of the route that has it
+# alone, or SHARED while routes with server names (their settings' "sni") share it; the
+# hash's ":shared" companion counts those routes by port.
+_ADDRESS = """
+local SHARED = '*sni'
+local function has_sni(settings)
+  local sni = cjson.decode(settings).sni
+  return sni ~= nil and sni ~= cjson.null
+end
+-- nil once the route holds (or shares) the port; else the member or SHARED in the way.
+local function take_address(ports, port, member, settings)
+  local owner = redis.call('HGET', ports, port)
+  local shared = has_sni(settings)
+  if owner and not (shared and owner == SHARED) then return owner end
+  if shared then
+    redis.call('HSET', ports, port, SHARED)
+    redis.call('HINCRBY', ports .. ':shared', port, 1)
+  else
+    redis.call('HSET', ports, port, member)
+  end
+  return nil
+end
+local function free_address(ports, port, member)
+  local owner = redis.call('HGET', ports, port)
+  if owner == SHARED then
+    if redis.call('HINCRBY', ports .. ':shared', port, -1) <= 0 then
+      redis.call('HDEL', ports, port)
+      redis.call('HDEL', ports .. ':shared', port)
+    end
+  elseif owner == member then
+    redis.call('HDEL', ports, port)
+  end
+end
+-- A route alone on its port that gains server names shares it from now on; the last
+-- route sharing a port that loses them holds it alone (the route service refuses the
+-- change while others share it).
+local function readdress(ports, port, member, settings)
+  local owner = redis.call('HGET', ports, port)
+  if has_sni(settings) then
+    if owner == member then
+      redis.call('HSET', ports, port, SHARED)
+      redis.call('HSET', ports .. ':shared', port, 1)
+    end
+  elseif owner == SHARED and tonumber(redis.call('HGET', ports .. ':shared', port)) == 1 then
+    redis.call('HSET', ports, port, member)
+    redis.call('HDEL', ports .. ':shared', port)
+  end
+end
+"""
+
 # KEYS: apps, route_counter, app_routes, frontend_ips, ip_routes, ip_ports
 # ARGV: prefix, app, ip, port, settings
 # {1, id}, or {0, "app:id"} of the route that holds the address.
 CREATE_ROUTE: Final = _guarded(
-    """
-local owner = redis.call('HGET', KEYS[6], ARGV[4])
-if owner then return {0, owner} end
-local id = redis.call('INCR', KEYS[2])
+    _ADDRESS
+    + """
+local id = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
 local member = ARGV[2] .. ':' .. id
+local owner = take_address(KEYS[6], ARGV[4], member, ARGV[5])
+if owner then return {0, owner} end
+redis.call('SET', KEYS[2], id)
 redis.call('HSET', ARGV[1] .. 'route:' .. member, 'ip', ARGV[3], 'port', ARGV[4],
            'settings', ARGV[5], 'version', 1)
 redis.call('SADD', KEYS[3], id)
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[3])
 redis.call('SADD', KEYS[5], member)
-redis.call('HSET', KEYS[6], ARGV[4], member)
 return {1, id}
 """
 )
@@ -150,8 +201,11 @@ return {1, id}
 # KEYS: route; ARGV: prefix, app, id, settings. The route as stored after, or false.
 UPDATE_ROUTE: Final = _guarded(
     _READ_ROUTE
+    + _ADDRESS
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local r = redis.call('HMGET', KEYS[1], 'ip', 'port')
+readdress(ARGV[1] .. 'ip:' .. r[1] .. ':ports', r[2], ARGV[2] .. ':' .. ARGV[3], ARGV[4])
 redis.call('HSET', KEYS[1], 'settings', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 return read_route(ARGV[1], ARGV[2], ARGV[3])
@@ -160,7 +214,8 @@ return read_route(ARGV[1], ARGV[2], ARGV[3])
 
 # KEYS: route, app_routes, frontend_ips; ARGV: prefix, app, id. 1, or 0 if there is none.
 DELETE_ROUTE: Final = _guarded(
-    """
+    _ADDRESS
+    + """
 local r = redis.call('HMGET', KEYS[1], 'ip', 'port')
 local ip, port = r[1], r[2]
 if not ip then return 0 end
@@ -173,7 +228,7 @@ redis.call('DEL', KEYS[1], KEYS[1] .. ':backends', KEYS[1] .. ':backend_counter'
 redis.call('SREM', KEYS[2], ARGV[3])
 local ip_key = ARGV[1] .. 'ip:' .. ip
 redis.call('SREM', ip_key .. ':routes', ARGV[2] .. ':' .. ARGV[3])
-redis.call('HDEL', ip_key .. ':ports', port)
+free_address(ip_key .. ':ports', port, ARGV[2] .. ':' .. ARGV[3])
 if redis.call('SCARD', ip_key .. ':routes') == 0 then redis.call('SREM', KEYS[3], ip) end
 return 1
 """
@@ -338,21 +393,21 @@ return redis.call('INCR', KEYS[1])
 # {1, id}, {0, "app:id"} holding the address, {-1, lease holder}, {-2, 0} id never given out
 # or stored already.
 CREATE_RESERVED_ROUTE: Final = _guarded(
-    """
+    _ADDRESS
+    + """
 local holder = redis.call('GET', KEYS[8])
 if holder ~= ARGV[7] then return {-1, holder or ''} end
 local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tonumber(ARGV[6]) > last or redis.call('EXISTS', KEYS[7]) == 1 then return {-2, 0} end
-local owner = redis.call('HGET', KEYS[6], ARGV[4])
-if owner then return {0, owner} end
 local member = ARGV[2] .. ':' .. ARGV[6]
+local owner = take_address(KEYS[6], ARGV[4], member, ARGV[5])
+if owner then return {0, owner} end
 redis.call('HSET', KEYS[7], 'ip', ARGV[3], 'port', ARGV[4], 'settings', ARGV[5],
            'version', 1)
 redis.call('SADD', KEYS[3], ARGV[6])
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[3])
 redis.call('SADD', KEYS[5], member)
-redis.call('HSET', KEYS[6], ARGV[4], member)
 return {1, ARGV[6]}
 """
 )
@@ -438,7 +493,8 @@ return redis.call('GET', KEYS[1])
 # one: {1, ''} written, {2, ''} stored already exactly so, {0, why} conflicting content
 # (nothing written), {-1, epoch found} Redis holds another epoch (nothing written).
 RESTORE_ROUTE: Final = _unguarded(
-    """
+    _ADDRESS
+    + """
 local found = redis.call('GET', KEYS[10])
 if found ~= ARGV[9] then return {-1, found or ''} end
 local function at_least(key, value)
@@ -476,7 +532,8 @@ if r[1] then
   at_least(KEYS[8], ARGV[8])
   return {2, ''}
 end
-local owner = redis.call('HGET', KEYS[6], ARGV[5])
+local owner = take_address(KEYS[6], ARGV[5], member, ARGV[6])
+if owner == SHARED then return {0, 'its address is shared by routes with server names'} end
 if owner then return {0, 'its address is used by route ' .. owner} end
 redis.call('HSET', KEYS[7], 'ip', ARGV[4], 'port', ARGV[5], 'settings', ARGV[6],
            'version', 1)
@@ -493,7 +550,6 @@ redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[4])
 redis.call('SADD', KEYS[5], member)
-redis.call('HSET', KEYS[6], ARGV[5], member)
 at_least(KEYS[2], ARGV[7])
 at_least(KEYS[8], ARGV[8])
 return {1, ''}

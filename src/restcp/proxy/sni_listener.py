@@ -1,0 +1,243 @@
+"""A port shared by routes with server names: each client's route is chosen by SNI.
+
+    accept ──► Hello: read the ClientHello (never answered) ──► the route its name picks
+                 (core/client_hello.py, under a         (core/sni.py: exact, longest
+                  timeout and a size limit)               wildcard, default) ──► Connection
+
+A route with ``sni`` (docs/tls.md) shares its port with the other routes of that address
+that have server names: one SniListener holds the socket and a table of names to the
+routes' runtimes. A new client is read from, by this module, until its first bytes say
+what it asks for; nothing is written to it. The route then takes the client as if its own
+listener had accepted it: a Connection (its admission, balancing, health, toxics, timeouts,
+counters and access line as for any client) whose client end already holds the bytes read,
+which go to the backend first, unchanged. A client with no route (no default, an unknown
+name), and one that says nothing whole before the timeout, is closed.
+
+The read timeout is the longest ``connect_timeout`` of the port's routes; the size limit
+``client_hello.DEFAULT_LIMIT``. Routes without server names never come here: their
+Listener (listener.py) is unchanged and pays nothing for this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+
+from restcp.core.client_hello import DEFAULT_LIMIT, peek
+from restcp.core.sni import SniTable
+from restcp.model import RouteKey
+from restcp.proxy.connection import Connection
+from restcp.proxy.listener import ACCEPT_BATCH, ACCEPT_RETRY
+from restcp.proxy.runtime import RouteRuntime
+from restcp.proxy.stepping import drive
+from restcp.sockets import OUT_OF_RESOURCES
+
+log = logging.getLogger("restcp.proxy")
+
+
+class SniListener:
+    """Accepts the clients of one shared address and hands each to the route its
+    ClientHello names (see the module)."""
+
+    def __init__(self, address: tuple[str, int], sock: socket.socket) -> None:
+        self.address = address
+        self._sock = sock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._set_nodelay = True
+        self._reading = False
+        self._retry: asyncio.TimerHandle | None = None
+        self.paused_by: str | None = None
+        self.runtimes: dict[RouteKey, RouteRuntime] = {}  # the enabled routes it serves
+        self.table: SniTable[RouteRuntime] = SniTable()
+        self.timeout = 0.0
+        self._hellos: set[Hello] = set()  # clients whose ClientHello is being read
+
+    # -- its routes ----------------------------------------------------------------------
+
+    def add(self, runtime: RouteRuntime) -> None:
+        self.runtimes[runtime.route.key] = runtime
+        self.rebuild()
+
+    def remove(self, key: RouteKey) -> None:
+        if self.runtimes.pop(key, None) is not None:
+            self.rebuild()
+
+    def rebuild(self) -> None:
+        """Read the routes' names and timeouts again (a route was added, changed, removed).
+        In key order, so that a name stored twice (around the API) always goes to the
+        same route."""
+        runtimes = [self.runtimes[key] for key in sorted(self.runtimes)]
+        self.table = SniTable((r, r.route.settings.sni or ()) for r in runtimes)
+        self.timeout = max((r.connect_timeout for r in runtimes), default=0.0)
+
+    # -- accepting -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._set_nodelay = not type(self._loop).__module__.startswith("uvloop")
+        self._resume()
+
+    def _resume(self) -> None:
+        self._retry = None
+        if self._loop is not None and self._sock.fileno() >= 0 and not self._reading:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+            self._reading = True
+
+    def _pause(self, err: OSError) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(self._sock.fileno())
+        self._reading = False
+        if self.paused_by is None:
+            log.error(
+                "accept paused address=%s:%d: %s; retrying every %gs",
+                *self.address, err.strerror, ACCEPT_RETRY,
+            )  # fmt: skip
+        self.paused_by = err.strerror
+        self._retry = self._loop.call_later(ACCEPT_RETRY, self._resume)
+
+    def _accept(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                if err.errno in OUT_OF_RESOURCES:
+                    self._pause(err)
+                    return
+                continue
+            if self.paused_by is not None:
+                log.warning("accept resumed address=%s:%d", *self.address)
+                self.paused_by = None
+            conn.setblocking(False)
+            hello = Hello(self, loop, conn, (addr[0], addr[1]))
+            self._hellos.add(hello)
+            hello.start()
+
+    def release(self) -> socket.socket:
+        """Stop accepting and hand the listening socket over (to the Listener of the one
+        route left, whose server names are gone): no client is refused meanwhile."""
+        self._stop_accepting()
+        return self._sock
+
+    def stop(self) -> None:
+        """Stop accepting now (the socket closed before this returns) and close the
+        clients still being read from; connections handed to routes go on."""
+        self._stop_accepting()
+        self._sock.close()
+
+    def _stop_accepting(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._reading and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._reading = False
+        for hello in list(self._hellos):
+            hello.close("stopped")
+
+    # -- a client's route ----------------------------------------------------------------
+
+    def route(self, hello: Hello, runtime: RouteRuntime) -> None:
+        """``hello``'s client goes to ``runtime``'s route, with the bytes read from it."""
+        self._hellos.discard(hello)
+        loop = self._loop
+        assert loop is not None
+        conn = hello.sock
+        if self._set_nodelay:
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = Connection(runtime, loop, hello.addr)
+        # Held by the client end as bytes that came before the backend: they go first.
+        connection.transports.held = bytes(hello.data)
+        connection.bytes_up = len(hello.data)
+        protocol = connection.transports
+        drive(loop.connect_accepted_socket(functools.partial(_same, protocol), conn))
+
+    def closed(self, hello: Hello) -> None:
+        self._hellos.discard(hello)
+
+
+class Hello:
+    """One client whose ClientHello is being read: its socket, what it sent, its
+    deadline. It ends routed (``SniListener.route``) or closed."""
+
+    __slots__ = ("addr", "data", "listener", "loop", "sock", "timer")
+
+    def __init__(
+        self,
+        listener: SniListener,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        addr: tuple[str, int],
+    ) -> None:
+        self.listener = listener
+        self.loop = loop
+        self.sock = sock
+        self.addr = addr
+        self.data = bytearray()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        # The ClientHello has often come by the time its connection is accepted: read at
+        # once, and watch the socket (a reader and a timer) only if it has not.
+        if self._read(first=True):
+            self.loop.add_reader(self.sock.fileno(), self._read)
+            self.timer = self.loop.call_later(self.listener.timeout, self._timed_out)
+
+    def _read(self, first: bool = False) -> bool:
+        """Read what came; whether more is needed (else the client is routed or closed)."""
+        try:
+            chunk = self.sock.recv(max(1, DEFAULT_LIMIT - len(self.data)))
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            self.close("client_reset", watched=not first)
+            return False
+        if not chunk:
+            self.close("client_closed", watched=not first)
+            return False
+        self.data += chunk
+        seen = peek(self.data)
+        if seen.outcome == "more":
+            return True
+        runtime = self.listener.table.lookup(seen.name)
+        if runtime is None:
+            self.close("no_route", seen.name or seen.outcome, watched=not first)
+            return False
+        if not first:
+            self._quiet()
+        self.listener.route(self, runtime)
+        return False
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        self.close("client_hello_timeout")
+
+    def _quiet(self) -> None:
+        """No more reading nor deadline: the socket is the Connection's from now on."""
+        with contextlib.suppress(OSError, ValueError):
+            self.loop.remove_reader(self.sock.fileno())
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def close(self, reason: str, name: str | None = None, *, watched: bool = True) -> None:
+        if watched:
+            self._quiet()
+        self.listener.closed(self)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "sni closed address=%s:%d client=%s:%d reason=%s name=%s",
+                *self.listener.address, *self.addr, reason, name or "-",
+            )  # fmt: skip
+        self.sock.close()
+
+
+def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:
+    return protocol
