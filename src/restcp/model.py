@@ -36,6 +36,8 @@ ToxicType = Literal[
 ]
 # upstream: client -> backend; downstream: backend -> client (toxiproxy's words).
 Stream = Literal["upstream", "downstream"]
+# The oldest TLS version a terminating route accepts.
+TlsVersion = Literal["1.2", "1.3"]
 
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_IDLE_TIMEOUT: Final = 3600.0
@@ -78,6 +80,21 @@ class HealthCheck:
     expect: str | None = None
     # The health a backend has before its first check; "unknown" takes traffic.
     initial: Health = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """A certificate chain and its private key, by name (docs/tls.md). Validated before it
+    is stored (core/certificates.py); the key never leaves the node's store but for the
+    data plane that terminates TLS with it."""
+
+    name: str
+    cert: str  # PEM: the leaf first, then its intermediates
+    key: str  # PEM
+
+    def __repr__(self) -> str:
+        # Never the key in a log line or a traceback.
+        return f"Certificate(name={self.name!r})"
 
 
 @dataclass(frozen=True, slots=True)

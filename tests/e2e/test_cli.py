@@ -64,7 +64,10 @@ def test_help_and_usage_name_what_a_user_may_type(tmp_path: Path) -> None:
         out = done.stdout + done.stderr
         assert "usage: restcp" in out.lower(), (argv, out)
         assert "_worker" not in out, (argv, out)
-    visible = "'serve', 'cluster', 'apps', 'routes', 'backends', 'tokens', 'nodes', 'status'"
+    visible = (
+        "'serve', 'cluster', 'apps', 'routes', 'backends', 'tokens', 'certificates', 'nodes', "
+        "'status'"
+    )
     assert f"choose from {visible}" in run(["bogus"], tmp_path).stderr
 
 

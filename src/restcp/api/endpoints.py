@@ -24,6 +24,9 @@ from restcp.api.schemas import (
     BackendCreated,
     BackendOut,
     BackendPatchBody,
+    CertificateBody,
+    CertificateOut,
+    CertificatePutBody,
     HealthOut,
     NodeOut,
     ReseedOut,
@@ -99,7 +102,7 @@ def problems_of(endpoint: Endpoint, auth: bool = True) -> dict[int, str]:
         add(400, "an invalid app id")
         if auth and endpoint.access == "app":
             add(404, "another app than the app token's")
-    for name in ("route", "backend", "toxic", "token"):
+    for name in ("route", "backend", "toxic", "token", "certificate"):
         if f"{{{name}}}" in endpoint.path:
             add(404, f"an unknown {name}")
     if endpoint.body is not None:
@@ -119,6 +122,8 @@ TOXICS = ROUTE + "/toxics"
 TOXIC = TOXICS + "/{toxic}"
 TOKENS = "/apps/{app}/tokens"
 TOKEN = TOKENS + "/{token}"
+CERTIFICATES = "/certificates"
+CERTIFICATE = CERTIFICATES + "/{certificate}"
 
 _CREATED = ("Location",)
 _NO_CONTENT = Reply(204, "done; no body")
@@ -307,6 +312,43 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "DELETE", TOXIC, "delete_toxic", "Remove a toxic", "app",
         (_NO_CONTENT, _APPLYING),
         problems=_CHANGE_PROBLEMS,
+    ),
+    Endpoint(
+        "GET", CERTIFICATES, "list_certificates",
+        "List the TLS certificates (never their keys)", "admin",
+        (Reply(200, "every certificate, by name", CertificateOut, array=True),),
+    ),
+    Endpoint(
+        "POST", CERTIFICATES, "create_certificate", "Add a TLS certificate and its key",
+        "admin",
+        (Reply(201, "the certificate as stored (not its key)", CertificateOut,
+               headers=_CREATED),),
+        body=CertificateBody, body_required=True,
+        problems={
+            409: "a certificate of this name exists (PUT /certificates/{name} replaces it)",
+            422: "a chain or key that does not parse, a key that is not the leaf's, an "
+            "expired leaf",
+        },
+    ),
+    Endpoint(
+        "GET", CERTIFICATE, "get_certificate", "One certificate (never its key)", "admin",
+        (Reply(200, "the certificate", CertificateOut),),
+    ),
+    Endpoint(
+        "PUT", CERTIFICATE, "put_certificate",
+        "Replace a certificate (or add it): new handshakes use it at once", "admin",
+        (Reply(200, "the certificate as replaced", CertificateOut),
+         Reply(201, "the certificate, new", CertificateOut, headers=_CREATED)),
+        body=CertificatePutBody, body_required=True,
+        problems={
+            400: "an invalid certificate name",
+            422: "a chain or key that does not parse, a key that is not the leaf's, an "
+            "expired leaf",
+        },
+    ),
+    Endpoint(
+        "DELETE", CERTIFICATE, "delete_certificate", "Remove a certificate", "admin",
+        (_NO_CONTENT,),
     ),
     Endpoint(
         "POST", TOKENS, "create_token", "Create a token of an app", "admin",

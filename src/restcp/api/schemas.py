@@ -235,6 +235,26 @@ class TokenBody(RequestBody):
     """Token creation takes no settings: an empty body, or ``{}``."""
 
 
+# A certificate's name: the rule of an app id (a path segment), as a route's name.
+CertificateName = RouteName
+# PEM text; the body's 64 KiB bounds it.
+Pem = Annotated[StrictStr, Field(min_length=1)]
+
+
+class CertificatePutBody(RequestBody):
+    """A certificate's chain and key (PUT /certificates/{name}): the leaf first, then its
+    intermediates; the key unencrypted (docs/tls.md)."""
+
+    cert: Pem
+    key: Pem
+
+
+class CertificateBody(CertificatePutBody):
+    """A new certificate (POST /certificates)."""
+
+    name: CertificateName
+
+
 # -- responses ------------------------------------------------------------------------------
 # Never used to build a response (app.py writes the JSON); they describe it for OpenAPI and
 # are what the client returns, and tests check each against what the handlers send (the
@@ -438,6 +458,22 @@ class TokenCreated(_Out):
 class TokenOut(_Out):
     id: int = _read_only()
     created_at: datetime = _read_only()
+
+
+class CertificateOut(_Out):
+    """A certificate as stored, never its key: the chain, and what its leaf says."""
+
+    name: str
+    names: list[str] = _read_only(
+        description="the leaf's DNS names and IP addresses (subjectAltName, else its CN)"
+    )
+    subject: str = _read_only(description="RFC 4514")
+    issuer: str = _read_only(description="RFC 4514")
+    not_before: datetime = _read_only()
+    not_after: datetime = _read_only()
+    fingerprint_sha256: str = _read_only(description="of the leaf's DER, hex")
+    chain: int = _read_only(description="certificates in cert, the leaf included")
+    cert: str = Field(description="PEM: the leaf first, then its intermediates")
 
 
 class FieldError(_Out):

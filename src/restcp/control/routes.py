@@ -51,7 +51,15 @@ from restcp.core import ports
 from restcp.core.toxics import ToxicError
 from restcp.dataplane import DataPlane
 from restcp.errors import Conflict, EpochMismatch, NotFound, NotYetApplied, Unavailable
-from restcp.model import Backend, BackendStatus, Route, RouteKey, RouteSettings, Toxic
+from restcp.model import (
+    Backend,
+    BackendStatus,
+    Certificate,
+    Route,
+    RouteKey,
+    RouteSettings,
+    Toxic,
+)
 from restcp.proxy.listener import is_address_taken
 from restcp.settings import Settings
 from restcp.store import Store
@@ -296,6 +304,29 @@ class RouteService:
             return None  # this node's, just not bound (its port is taken)
         await self.placement.require_server(ip)
         return ip
+
+    # -- certificates ----------------------------------------------------------------------
+
+    async def create_certificate(self, certificate: Certificate) -> None:
+        """Store a new certificate (valid: core.certificates judged it); Conflict if one of
+        its name exists."""
+        async with self._lock:
+            await self.store.create_certificate(certificate)
+
+    async def put_certificate(self, certificate: Certificate) -> bool:
+        """Store ``certificate`` under its name, replacing the one stored; whether it is
+        new."""
+        async with self._lock:
+            try:
+                await self.store.replace_certificate(certificate)
+            except NotFound:
+                await self.store.create_certificate(certificate)
+                return True
+        return False
+
+    async def delete_certificate(self, name: str) -> None:
+        async with self._lock:
+            await self.store.delete_certificate(name)
 
     # -- following the store -------------------------------------------------------------
 

@@ -322,6 +322,45 @@ return {app, id, record}
 """
 )
 
+# KEYS: certificates; ARGV: name, record. 1, or 0 if one of that name is stored.
+CREATE_CERTIFICATE: Final = _guarded(
+    """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+)
+
+# KEYS: certificates; ARGV: name, record. 1, or 0 if there is none of that name.
+REPLACE_CERTIFICATE: Final = _guarded(
+    """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+)
+
+# KEYS: certificates; ARGV: name. 1, or 0 if there is none.
+DELETE_CERTIFICATE: Final = _guarded(
+    """
+return redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+)
+
+# KEYS: certificates; ARGV: name. The record, or false. A script for the epoch guard.
+GET_CERTIFICATE: Final = _guarded(
+    """
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+)
+
+# KEYS: certificates. Flat: name, record, name, record, ...
+LIST_CERTIFICATES: Final = _guarded(
+    """
+return redis.call('HGETALL', KEYS[1])
+"""
+)
+
 # -- cluster coordination: route ids for other nodes, leases, nodes, the epoch, health -----
 
 # KEYS: route_counter. A script for the epoch guard only.
