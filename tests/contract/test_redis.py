@@ -312,6 +312,7 @@ ROUTE_WRITES: dict[str, Callable[[SyncStore], object]] = {
     "add_toxic": lambda s: s.add_toxic("web", 1, Toxic("thin", "bandwidth")),
     "update_toxic": lambda s: s.update_toxic("web", 1, SLOW.replace(toxicity=0.5)),
     "delete_toxic": lambda s: s.delete_toxic("web", 1, "slow"),
+    "touch_route": lambda s: s.touch_route("web", 1),
 }
 # The rest: reads, a route's creation (version 1) and deletion (acknowledged as gone), and
 # what is not a route.

@@ -21,6 +21,9 @@ document calls valid must still be one the API accepts, and the checks stay as s
   per run, so a toxic's path names it.
 - A certificate's ``cert`` and ``key`` are PEM text that must parse and belong together,
   which no schema can say: a valid body gets a real pair, made once per run.
+- A route's ``tls`` names certificates that must be stored, and its ``client_ca`` is PEM
+  text that must parse: a valid body that has one is sent with ``tls: null`` (routes that
+  terminate TLS are tests/e2e/test_tls_termination.py's).
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ def before_call(context: schemathesis.HookContext, case: Any, kwargs: dict[str, 
         return
     if not _positive(case):
         return
+    if isinstance(body.get("tls"), dict):
+        case.body = body = {**body, "tls": None}
     path = case.operation.path
     if path.startswith("/certificates") and "cert" in body and "key" in body:
         case.body = {**body, "cert": _pair().cert, "key": _pair().key}

@@ -54,7 +54,7 @@ from restcp.api.schemas import (
     is_app_id,
 )
 from restcp.api.toxics import ToxicBody, ToxicPatchBody
-from restcp.core.certificates import CertificateError, describe, inspect
+from restcp.core.certificates import CertificateError, check_ca_bundle, describe, inspect
 from restcp.core.toxics import ToxicError
 from restcp.errors import (
     Conflict,
@@ -74,6 +74,7 @@ from restcp.model import (
     HealthCheck,
     Route,
     RouteSettings,
+    TlsSettings,
     Toxic,
 )
 from restcp.store import Store
@@ -548,11 +549,10 @@ class Api:
         if not is_app_id(name):
             raise BadRequest(problem(400, f"invalid certificate name {name!r}: use {APP_ID_RULE}"))
         certificate = _certificate(name, await parse_body(request, CertificatePutBody))
-        created = await self.owner.routes.put_certificate(certificate)
+        created, applied = await _written(self.owner.routes.put_certificate(certificate))
         log.info("certificate %r %s", name, "added" if created else "replaced")
-        if created:
-            return _json(certificate_json(certificate), 201, {"Location": f"/certificates/{name}"})
-        return _json(certificate_json(certificate))
+        headers = {"Location": f"/certificates/{name}"} if created else None
+        return _answer(certificate_json(certificate), 201 if created else 200, applied, headers)
 
     async def delete_certificate(self, request: web.Request) -> web.Response:
         name = request.match_info["certificate"]
@@ -639,6 +639,14 @@ def _merge(settings: RouteSettings, body: RouteSettingsBody) -> RouteSettings:
     check = changes.get("health_check")
     if check is not None:
         changes["health_check"] = HealthCheck(**check.model_dump())
+    tls = changes.get("tls")
+    if tls is not None:
+        if tls.client_ca is not None:
+            check_ca_bundle(tls.client_ca, "tls.client_ca")
+        fields = tls.model_dump()
+        changes["tls"] = TlsSettings(
+            **{**fields, "certificates": tuple(tls.certificates), "alpn": tuple(tls.alpn)}
+        )
     return settings.replace(**changes)
 
 

@@ -149,6 +149,7 @@ _CHANGE_PROBLEMS = {
 _ROUTE_CREATE_PROBLEMS = {
     409: "the port is taken or cannot be bound, no port is left in the range, the app "
     "has --max-routes-per-app routes already, or another route of the app has its name",
+    422: "tls names a certificate not stored, or its client_ca does not parse",
     503: "Redis store: no live node serves the frontend IP",
 }
 _DUPLICATE = "another backend of the route has this ip and port"
@@ -235,7 +236,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "PATCH", ROUTE, "patch_route", "Change a route's settings", "app",
         (Reply(200, "the route as changed", RouteOut), _APPLYING),
         body=RouteSettingsBody,
-        problems={409: "another route of the app has this name", **_CHANGE_PROBLEMS},
+        problems={
+            409: "another route of the app has this name",
+            422: "tls names a certificate not stored, or its client_ca does not parse",
+            **_CHANGE_PROBLEMS,
+        },
     ),
     Endpoint(
         "DELETE", ROUTE, "delete_route", "Destroy a route; its port refuses at once", "app",
@@ -337,18 +342,24 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "PUT", CERTIFICATE, "put_certificate",
         "Replace a certificate (or add it): new handshakes use it at once", "admin",
-        (Reply(200, "the certificate as replaced", CertificateOut),
-         Reply(201, "the certificate, new", CertificateOut, headers=_CREATED)),
+        (Reply(200, "the certificate as replaced, served by every route that names it",
+               CertificateOut),
+         Reply(201, "the certificate, new", CertificateOut, headers=_CREATED),
+         Reply(202, "Redis store: stored, but a node serving a route that names it did not "
+                    "apply it within --provision-timeout: the certificate, with status: "
+                    "provisioning")),
         body=CertificatePutBody, body_required=True,
         problems={
             400: "an invalid certificate name",
             422: "a chain or key that does not parse, a key that is not the leaf's, an "
             "expired leaf",
+            503: "Redis store: no live node serves a route that names it (nothing stored)",
         },
     ),
     Endpoint(
         "DELETE", CERTIFICATE, "delete_certificate", "Remove a certificate", "admin",
         (_NO_CONTENT,),
+        problems={409: "a route's tls names it"},
     ),
     Endpoint(
         "POST", TOKENS, "create_token", "Create a token of an app", "admin",

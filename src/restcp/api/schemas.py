@@ -43,6 +43,7 @@ from restcp.model import (
     ProxyProtocol,
     SpliceMode,
     Stream,
+    TlsVersion,
     ToxicType,
     WhenAllDown,
     canonical_host,
@@ -199,6 +200,32 @@ class BackendPatchBody(_BackendFields):
     port: Port = 1
 
 
+# A certificate's name: the rule of an app id (a path segment), as a route's name.
+CertificateName = RouteName
+# PEM text; the body's 64 KiB bounds it.
+Pem = Annotated[StrictStr, Field(min_length=1)]
+# An ALPN protocol id as IANA lists them ("h2", "http/1.1"): 1-255 printable ASCII bytes.
+AlpnProtocol = Annotated[StrictStr, Field(pattern=r"^[!-~]{1,255}$")]
+
+
+class TlsBody(RequestBody):
+    """TLS termination (docs/tls.md): ``certificates`` by name, the first the default for
+    clients whose SNI matches none."""
+
+    certificates: list[CertificateName] = Field(min_length=1, max_length=64)
+    min_version: TlsVersion = "1.2"
+    alpn: list[AlpnProtocol] = Field(default_factory=list, max_length=16)
+    client_ca: Pem | None = None
+    handshake_timeout: PositiveSeconds = 10.0
+
+    @field_validator("certificates")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("names a certificate twice")
+        return value
+
+
 class RouteSettingsBody(RequestBody):
     """The settable fields of a route (PATCH); omitted ones keep their current value."""
 
@@ -217,6 +244,7 @@ class RouteSettingsBody(RequestBody):
     enabled: StrictBool = True
     seed: Seed | None = None
     name: RouteName | None = None
+    tls: TlsBody | None = None
 
 
 class RouteBody(RouteSettingsBody):
@@ -233,12 +261,6 @@ class RouteBody(RouteSettingsBody):
 
 class TokenBody(RequestBody):
     """Token creation takes no settings: an empty body, or ``{}``."""
-
-
-# A certificate's name: the rule of an app id (a path segment), as a route's name.
-CertificateName = RouteName
-# PEM text; the body's 64 KiB bounds it.
-Pem = Annotated[StrictStr, Field(min_length=1)]
 
 
 class CertificatePutBody(RequestBody):
@@ -313,6 +335,14 @@ class HealthCheckOut(_Out):
     initial: Health
 
 
+class TlsOut(_Out):
+    certificates: list[str]
+    min_version: TlsVersion
+    alpn: list[str]
+    client_ca: str | None
+    handshake_timeout: float
+
+
 class ToxicOut(_Out):
     """A toxic of a route (docs/toxics.md): every attribute of its type, defaults filled."""
 
@@ -348,6 +378,7 @@ class RouteOut(_Out):
     enabled: bool
     seed: int | None
     name: str | None
+    tls: TlsOut | None
     toxics: list[ToxicOut] = _read_only(description="in the order they were added")
 
 

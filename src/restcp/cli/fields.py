@@ -71,6 +71,8 @@ ROUTE_SETTINGS: Settings = [
     ("seed", Nullable(click.INT),
      "the seed of the route's random draws (toxics); none: the node's"),
     ("name", Nullable(click.STRING), "a name unique in its app (toxiproxy's proxy name)"),
+    ("tls", Nullable(JsonText()),
+     "terminate TLS, as JSON: '{\"certificates\": [\"web\"]}' (docs/tls.md); none: off"),
 ]  # fmt: skip
 
 # Route creation only (PUT): where it listens.

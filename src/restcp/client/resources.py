@@ -466,10 +466,12 @@ class Certificates(Resource[R]):
     @operation
     def put(self, name: str, cert: str, key: str) -> Plan[CertificateOut]:
         """Replace the certificate ``name`` (or add it): new handshakes use it at once, open
-        connections keep theirs."""
+        connections keep theirs. In a cluster, ``NotYetApplied`` (carrying the certificate)
+        if a node serving a route that names it did not apply it in time."""
         body = {"cert": cert, "key": key}
-        reply = yield from request("PUT", self._named(name), body, ok=(200, 201))
-        return reply.model(CertificateOut)
+        reply = yield from request("PUT", self._named(name), body, ok=(200, 201, 202))
+        answer = {k: v for k, v in reply.json().items() if k != "status"}
+        return applied(reply, CertificateOut.model_validate(answer))
 
     @operation
     def remove(self, name: str) -> Plan[None]:

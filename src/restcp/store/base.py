@@ -93,6 +93,11 @@ class Store(Protocol):
 
     async def delete_toxic(self, app: str, route_id: int, name: str) -> None: ...
 
+    async def touch_route(self, app: str, route_id: int) -> None:
+        """Something the route is served with changed outside it (a certificate it uses):
+        a shared store raises its version, so the node serving it applies it anew and says
+        so; NotFound if there is no such route."""
+
     async def ports_in_use(self, frontend_ip: str) -> set[int]: ...
 
     async def get_port_cursor(self, frontend_ip: str) -> int | None:

@@ -297,6 +297,10 @@ class SqliteStore:
                 (app, route_id, name),
             )
 
+    async def touch_route(self, app: str, route_id: int) -> None:
+        # No versions here: the one node applies what it reads.
+        self._require_route(app, route_id)
+
     async def set_port_cursor(self, frontend_ip: str, cursor: int) -> None:
         with self._write() as db:
             db.execute(

@@ -158,6 +158,15 @@ return read_route(ARGV[1], ARGV[2], ARGV[3])
 """
 )
 
+# KEYS: route. 1, or 0 if there is none.
+TOUCH_ROUTE: Final = _guarded(
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+return 1
+"""
+)
+
 # KEYS: route, app_routes, frontend_ips; ARGV: prefix, app, id. 1, or 0 if there is none.
 DELETE_ROUTE: Final = _guarded(
     """

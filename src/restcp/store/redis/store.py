@@ -107,6 +107,11 @@ class RedisStore:
             raise NotFound(f"route {route_id} of app {app!r} not found")
         return _route(record)
 
+    async def touch_route(self, app: str, route_id: int) -> None:
+        touched = await self._run(scripts.TOUCH_ROUTE, [self._keys.route(app, route_id)], [])
+        if not touched:
+            raise NotFound(f"route {route_id} of app {app!r} not found")
+
     async def delete_route(self, app: str, route_id: int) -> None:
         k = self._keys
         deleted = await self._run(
