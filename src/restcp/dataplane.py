@@ -79,19 +79,20 @@ class ToxicCounts:
 
 @dataclass(slots=True)
 class RouteCounts:
-    """One route's counters: clients refused, by reason, its backends', by id, and its
-    toxics', by name."""
+    """One route's counters: clients refused, by reason, its backends', by id, its
+    toxics', by name, and its failed TLS handshakes, by reason."""
 
     refused: dict[str, int] = field(default_factory=dict)
     backends: dict[int, BackendCounts] = field(default_factory=dict)
     toxics: dict[str, ToxicCounts] = field(default_factory=dict)
+    tls_failures: dict[str, int] = field(default_factory=dict)
 
     def __add__(self, other: RouteCounts) -> RouteCounts:
-        refused = dict(self.refused)
-        for reason, n in other.refused.items():
-            refused[reason] = refused.get(reason, 0) + n
         return RouteCounts(
-            refused, _sum(self.backends, other.backends), _sum(self.toxics, other.toxics)
+            _add(self.refused, other.refused),
+            _sum(self.backends, other.backends),
+            _sum(self.toxics, other.toxics),
+            _add(self.tls_failures, other.tls_failures),
         )
 
     def backend(self, backend_id: int) -> BackendCounts:
@@ -102,11 +103,19 @@ class RouteCounts:
             dict(self.refused),
             {b: c.ended() for b, c in self.backends.items()},
             {t: c.ended() for t, c in self.toxics.items()},
+            dict(self.tls_failures),
         )
 
 
 _K = TypeVar("_K")
 _C = TypeVar("_C", BackendCounts, ToxicCounts)
+
+
+def _add(ours: Mapping[str, int], theirs: Mapping[str, int]) -> dict[str, int]:
+    total = dict(ours)
+    for reason, n in theirs.items():
+        total[reason] = total.get(reason, 0) + n
+    return total
 
 
 def _sum(ours: Mapping[_K, _C], theirs: Mapping[_K, _C]) -> dict[_K, _C]:
@@ -209,7 +218,7 @@ class DataPlane:
             name: ToxicCounts(t.type, t.stream, t.connections, t.held, t.dropped)
             for name, t in runtime.tallies.items()
         }
-        return RouteCounts(dict(runtime.refused), backends, toxics)
+        return RouteCounts(dict(runtime.refused), backends, toxics, dict(runtime.tls_failures))
 
     async def shutdown(self, drain_timeout: float) -> None:
         """Stop accepting, let connections finish up to ``drain_timeout``, then reset them."""

@@ -13,7 +13,7 @@ the configuration, not by the traffic.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -65,6 +65,7 @@ class RouteSample:
     refused: dict[str, int]  # reason -> count
     backends: tuple[BackendSample, ...]
     toxics: tuple[ToxicSample, ...] = ()
+    tls_failures: dict[str, int] = field(default_factory=dict)  # reason -> count
 
 
 class StatsSource(Protocol):
@@ -109,10 +110,17 @@ class _DataPlaneCollector(Collector):
             "Bytes a toxic dropped (past a limit, held when a timeout or a reset came)",
             labels=toxic_labels,
         )
+        handshakes = CounterMetricFamily(
+            "restcp_tls_handshake_failures",
+            "TLS handshakes a route that terminates TLS failed, by reason (docs/tls.md)",
+            labels=["app", "route", "reason"],
+        )
         for route in self._source.samples():
             rid = str(route.route)
             for reason, count in sorted(route.refused.items()):
                 refused.add_metric([route.app, rid, reason], count)
+            for reason, count in sorted(route.tls_failures.items()):
+                handshakes.add_metric([route.app, rid, reason], count)
             for t in route.toxics:
                 key = [route.app, rid, t.toxic, t.type, t.stream]
                 met.add_metric(key, t.connections)
@@ -127,7 +135,7 @@ class _DataPlaneCollector(Collector):
                 failures.add_metric(key, b.connect_failures)
                 for state in HEALTH_STATES:
                     health.add_metric([*key, state], 1.0 if b.health == state else 0.0)
-        yield from (total, active, sent, failures, health, refused, met, held, dropped)
+        yield from (total, active, sent, failures, health, refused, met, held, dropped, handshakes)
 
 
 class Metrics:

@@ -36,8 +36,11 @@ ToxicType = Literal[
 ]
 # upstream: client -> backend; downstream: backend -> client (toxiproxy's words).
 Stream = Literal["upstream", "downstream"]
+# The oldest TLS version a terminating route accepts.
+TlsVersion = Literal["1.2", "1.3"]
 
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
 DEFAULT_IDLE_TIMEOUT: Final = 3600.0
 DEFAULT_HALF_CLOSE_TIMEOUT: Final = 60.0
 MAX_WEIGHT: Final = 256
@@ -81,6 +84,37 @@ class HealthCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class Certificate:
+    """A certificate chain and its private key, by name (docs/tls.md). Validated before it
+    is stored (core/certificates.py); the key never leaves the node's store but for the
+    data plane that terminates TLS with it."""
+
+    name: str
+    cert: str  # PEM: the leaf first, then its intermediates
+    key: str  # PEM
+
+    def __repr__(self) -> str:
+        # Never the key in a log line or a traceback.
+        return f"Certificate(name={self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """A route that terminates TLS (docs/tls.md): its clients' handshakes are answered with
+    one of ``certificates`` (by name; the one whose names match the client's SNI), and the
+    backends get the plain bytes."""
+
+    certificates: tuple[str, ...]
+    min_version: TlsVersion = "1.2"
+    # Protocols offered in ALPN, in the route's order of preference; () offers none.
+    alpn: tuple[str, ...] = ()
+    # PEM CA bundle: clients must present a certificate it issued (mTLS); None asks none.
+    client_ca: str | None = None
+    # Seconds a client has from accept to a finished handshake.
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSettings:
     """What a user may set on a route; everything but the address and the backends."""
 
@@ -121,6 +155,8 @@ class RouteSettings:
     # routing, docs/tls.md): exact names, "*.suffix" wildcards, "*" for the port's default;
     # canonical (core/sni.py). None: the route has its port to itself.
     sni: tuple[str, ...] | None = None
+    # Terminate TLS from clients (None: the bytes are relayed as they come).
+    tls: TlsSettings | None = None
 
     def replace(self, **changes: object) -> RouteSettings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -164,6 +200,10 @@ class Route:
     backends: tuple[Backend, ...] = ()
     # In the order they were added: a connection's bytes pass them in that order.
     toxics: tuple[Toxic, ...] = ()
+    # The certificates its ``settings.tls`` names, as stored when the route was read for
+    # serving (the route service fills them in; stores leave them empty): a replaced
+    # certificate makes the route served differently, so it is part of what a route is.
+    certificates: tuple[Certificate, ...] = ()
     # Bumped by every stored change of the route or its backends (a shared store's; 0 in an
     # embedded one): the node serving the route acknowledges the version it applied. Not
     # part of what a route is: two reads of one state compare equal whatever their version.

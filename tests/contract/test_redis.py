@@ -30,7 +30,7 @@ from restcp.errors import (
     NotFound,
     Unavailable,
 )
-from restcp.model import Backend, Route, RouteSettings, Toxic
+from restcp.model import Backend, Certificate, Route, RouteSettings, Toxic
 from restcp.store import AppInfo, Store, open_store
 from restcp.store.redis import Keys, RedisStore, RedisTarget, parse_url
 from tests.contract.conftest import SyncStore
@@ -120,6 +120,7 @@ def test_the_doc_table_covers_every_key_family() -> None:
         "tokens": "hash",
         "app:<app>:token_counter": "string",
         "app:<app>:tokens": "hash",
+        "certificates": "hash",
         "epoch": "string",
     }
 
@@ -148,6 +149,7 @@ def test_keys_types_and_values_are_as_documented(store: SyncStore, raw_redis: re
     store.create_token("web", web_hash, 1764181343.25)
     store.create_token("billing", billing_hash, 2.0)
     store.delete_token("web", 1)
+    store.create_certificate(Certificate("web", "CERT PEM", "KEY PEM"))
 
     keys = keyspace(raw_redis)
     found = classify(keys)
@@ -194,6 +196,9 @@ def test_keys_types_and_values_are_as_documented(store: SyncStore, raw_redis: re
     # Tokens do not make an app: "billing" is in apps for its route, not its token.
     assert "app:billing:tokens" in keys
     assert keys["epoch"] == ("string", "e1")
+    kind, certificates = keys["certificates"]
+    assert (kind, set(certificates)) == ("hash", {"web"})
+    assert json.loads(certificates["web"]) == {"cert": "CERT PEM", "key": "KEY PEM"}
     # delete_backend took its id out of the health lists too.
     assert keys["route:web:1:backends_live"] == ("list", ["1"])
     assert keys["route:web:1:backends_dead"] == ("list", ["3"])
@@ -315,13 +320,15 @@ ROUTE_WRITES: dict[str, Callable[[SyncStore], object]] = {
     "add_toxic": lambda s: s.add_toxic("web", 1, Toxic("thin", "bandwidth")),
     "update_toxic": lambda s: s.update_toxic("web", 1, SLOW.replace(toxicity=0.5)),
     "delete_toxic": lambda s: s.delete_toxic("web", 1, "slow"),
+    "touch_route": lambda s: s.touch_route("web", 1),
 }
 # The rest: reads, a route's creation (version 1) and deletion (acknowledged as gone), and
 # what is not a route.
 OTHER_METHODS = {
     "close", "list_apps", "list_routes", "all_routes", "get_route", "create_route",
     "delete_route", "ports_in_use", "get_port_cursor", "set_port_cursor", "create_token",
-    "list_tokens", "delete_token", "find_token",
+    "list_tokens", "delete_token", "find_token", "list_certificates", "get_certificate",
+    "create_certificate", "replace_certificate", "delete_certificate",
 }  # fmt: skip
 
 

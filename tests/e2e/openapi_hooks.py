@@ -19,6 +19,11 @@ document calls valid must still be one the API accepts, and the checks stay as s
   of one keeps the attributes of its type, in its type's ranges (the document gives each
   attribute the widest range any type does), and names its own type and stream. One node
   per run, so a toxic's path names it.
+- A certificate's ``cert`` and ``key`` are PEM text that must parse and belong together,
+  which no schema can say: a valid body gets a real pair, made once per run.
+- A route's ``tls`` names certificates that must be stored, and its ``client_ca`` is PEM
+  text that must parse: a valid body that has one is sent with ``tls: null`` (routes that
+  terminate TLS are tests/e2e/test_tls_termination.py's).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from hypothesis import strategies as st
 
 from restcp.core.toxics import SPECS
 from restcp.model import canonical_host, is_host_name
+from tests.certs import Authority, Pem
 
 
 def _networks(version: int) -> st.SearchStrategy[str]:
@@ -45,6 +51,15 @@ def _networks(version: int) -> st.SearchStrategy[str]:
 schemathesis.openapi.format(
     "cidr", st.one_of(_networks(4), _networks(6), st.ip_addresses().map(str))
 )
+
+_PAIR: list[Pem] = []
+
+
+def _pair() -> Pem:
+    if not _PAIR:
+        _PAIR.append(Authority().issue("openapi.example.com"))
+    return _PAIR[0]
+
 
 # The toxics seen in answers, by path (".../toxics/NAME").
 TOXICS: dict[str, dict[str, Any]] = {}
@@ -65,8 +80,12 @@ def before_call(context: schemathesis.HookContext, case: Any, kwargs: dict[str, 
         return
     if not _positive(case):
         return
+    if isinstance(body.get("tls"), dict):
+        case.body = body = {**body, "tls": None}
     path = case.operation.path
-    if path.endswith("/toxics") and body.get("type") == "slicer":
+    if path.startswith("/certificates") and "cert" in body and "key" in body:
+        case.body = {**body, "cert": _pair().cert, "key": _pair().key}
+    elif path.endswith("/toxics") and body.get("type") == "slicer":
         case.body = {**body, "attributes": _sliceable(body.get("attributes"), {})}
     elif path.endswith("/toxics/{toxic}") and case.method.upper() == "PATCH":
         known = TOXICS.get(case.formatted_path)

@@ -65,8 +65,8 @@ def test_help_and_usage_name_what_a_user_may_type(tmp_path: Path) -> None:
         assert "usage: restcp" in out.lower(), (argv, out)
         assert "_worker" not in out, (argv, out)
     visible = (
-        "'serve', 'cluster', 'apps', 'routes', 'backends', 'toxics', 'tokens', 'nodes', "
-        "'status', 'top', 'completion'."
+        "'serve', 'cluster', 'apps', 'routes', 'backends', 'toxics', 'tokens', 'certificates', "
+        "'nodes', 'status', 'top', 'completion'."
     )
     assert f"choose from {visible}" in run(["bogus"], tmp_path).stderr
 

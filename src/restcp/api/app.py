@@ -46,12 +46,15 @@ from restcp.api.schemas import (
     APP_ID_RULE,
     BackendBody,
     BackendPatchBody,
+    CertificateBody,
+    CertificatePutBody,
     RouteBody,
     RouteSettingsBody,
     TokenBody,
     is_app_id,
 )
 from restcp.api.toxics import ToxicBody, ToxicPatchBody
+from restcp.core.certificates import CertificateError, check_ca_bundle, describe, inspect
 from restcp.core.toxics import ToxicError
 from restcp.errors import (
     Conflict,
@@ -64,7 +67,16 @@ from restcp.errors import (
     RestcpError,
     Unavailable,
 )
-from restcp.model import Backend, BackendStatus, HealthCheck, Route, RouteSettings, Toxic
+from restcp.model import (
+    Backend,
+    BackendStatus,
+    Certificate,
+    HealthCheck,
+    Route,
+    RouteSettings,
+    TlsSettings,
+    Toxic,
+)
 from restcp.store import Store
 
 log = logging.getLogger("restcp.api")
@@ -137,6 +149,26 @@ def route_json(route: Route, statuses: Mapping[int, BackendStatus]) -> dict[str,
     }
 
 
+def certificate_json(certificate: Certificate) -> dict[str, Any]:
+    """A certificate as the API shows it: never its key."""
+    info = describe(certificate.cert)
+    return {
+        "name": certificate.name,
+        "names": list(info.names),
+        "subject": info.subject,
+        "issuer": info.issuer,
+        "not_before": _iso(info.not_before),
+        "not_after": _iso(info.not_after),
+        "fingerprint_sha256": info.fingerprint_sha256,
+        "chain": info.chain,
+        "cert": certificate.cert,
+    }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def dumps(data: Any) -> str:
     """A JSON answer's body; the newline puts a terminal's prompt back on a line of its own."""
     return json.dumps(data) + "\n"
@@ -199,8 +231,9 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         response = problem(err.status, err.detail)
         response.headers.update(err.headers)
         return response
-    except ToxicError as err:
-        # What core.toxics refuses in a toxic's body (or a change it may not make).
+    except (ToxicError, CertificateError) as err:
+        # What core.toxics refuses in a toxic's body (or a change it may not make), and
+        # what core.certificates finds wrong with a certificate.
         errors = [{"field": err.field, "message": err.message}]
         return problem(422, f"invalid request body: {err}", errors=errors)
     except RestcpError as err:
@@ -496,6 +529,37 @@ class Api:
         _, applied = await _written(self.owner.routes.delete_toxic(route.key, name))
         return _answer({"name": name}, 204, applied)
 
+    async def list_certificates(self, request: web.Request) -> web.Response:
+        return _json([certificate_json(c) for c in await self.store.list_certificates()])
+
+    async def get_certificate(self, request: web.Request) -> web.Response:
+        name = request.match_info["certificate"]
+        return _json(certificate_json(await self.store.get_certificate(name)))
+
+    async def create_certificate(self, request: web.Request) -> web.Response:
+        body = await parse_body(request, CertificateBody)
+        certificate = _certificate(body.name, body)
+        await self.owner.routes.create_certificate(certificate)
+        log.info("certificate %r added", certificate.name)
+        location = {"Location": f"/certificates/{certificate.name}"}
+        return _json(certificate_json(certificate), 201, location)
+
+    async def put_certificate(self, request: web.Request) -> web.Response:
+        name = request.match_info["certificate"]
+        if not is_app_id(name):
+            raise BadRequest(problem(400, f"invalid certificate name {name!r}: use {APP_ID_RULE}"))
+        certificate = _certificate(name, await parse_body(request, CertificatePutBody))
+        created, applied = await _written(self.owner.routes.put_certificate(certificate))
+        log.info("certificate %r %s", name, "added" if created else "replaced")
+        headers = {"Location": f"/certificates/{name}"} if created else None
+        return _answer(certificate_json(certificate), 201 if created else 200, applied, headers)
+
+    async def delete_certificate(self, request: web.Request) -> web.Response:
+        name = request.match_info["certificate"]
+        await self.owner.routes.delete_certificate(name)
+        log.info("certificate %r removed", name)
+        return web.Response(status=204)
+
     async def create_token(self, request: web.Request) -> web.Response:
         app = path_app(request)
         await parse_body(request, TokenBody)
@@ -562,6 +626,12 @@ def _answer(
     return _json(body, status, headers)
 
 
+def _certificate(name: str, body: CertificatePutBody) -> Certificate:
+    """The certificate of a body, once judged valid (CertificateError otherwise: a 422)."""
+    inspect(body.cert, body.key)
+    return Certificate(name, body.cert, body.key)
+
+
 def _merge(settings: RouteSettings, body: RouteSettingsBody) -> RouteSettings:
     changes = body.given()
     changes.pop("port", None)
@@ -569,11 +639,19 @@ def _merge(settings: RouteSettings, body: RouteSettingsBody) -> RouteSettings:
     check = changes.get("health_check")
     if check is not None:
         changes["health_check"] = HealthCheck(**check.model_dump())
+    tls = changes.get("tls")
+    if tls is not None:
+        if tls.client_ca is not None:
+            check_ca_bundle(tls.client_ca, "tls.client_ca")
+        fields = tls.model_dump()
+        changes["tls"] = TlsSettings(
+            **{**fields, "certificates": tuple(tls.certificates), "alpn": tuple(tls.alpn)}
+        )
     return settings.replace(**changes)
 
 
 def _timestamp(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return _iso(datetime.fromtimestamp(seconds, UTC))
 
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:

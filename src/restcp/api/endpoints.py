@@ -24,6 +24,9 @@ from restcp.api.schemas import (
     BackendCreated,
     BackendOut,
     BackendPatchBody,
+    CertificateBody,
+    CertificateOut,
+    CertificatePutBody,
     HealthOut,
     NodeOut,
     ReseedOut,
@@ -99,7 +102,7 @@ def problems_of(endpoint: Endpoint, auth: bool = True) -> dict[int, str]:
         add(400, "an invalid app id")
         if auth and endpoint.access == "app":
             add(404, "another app than the app token's")
-    for name in ("route", "backend", "toxic", "token"):
+    for name in ("route", "backend", "toxic", "token", "certificate"):
         if f"{{{name}}}" in endpoint.path:
             add(404, f"an unknown {name}")
     if endpoint.body is not None:
@@ -119,6 +122,8 @@ TOXICS = ROUTE + "/toxics"
 TOXIC = TOXICS + "/{toxic}"
 TOKENS = "/apps/{app}/tokens"
 TOKEN = TOKENS + "/{token}"
+CERTIFICATES = "/certificates"
+CERTIFICATE = CERTIFICATES + "/{certificate}"
 
 _CREATED = ("Location",)
 _NO_CONTENT = Reply(204, "done; no body")
@@ -144,6 +149,7 @@ _CHANGE_PROBLEMS = {
 _ROUTE_CREATE_PROBLEMS = {
     409: "the port is taken or cannot be bound, no port is left in the range, the app "
     "has --max-routes-per-app routes already, or another route of the app has its name",
+    422: "tls names a certificate not stored, or its client_ca does not parse",
     503: "Redis store: no live node serves the frontend IP",
 }
 _DUPLICATE = "another backend of the route has this ip and port"
@@ -230,7 +236,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "PATCH", ROUTE, "patch_route", "Change a route's settings", "app",
         (Reply(200, "the route as changed", RouteOut), _APPLYING),
         body=RouteSettingsBody,
-        problems={409: "another route of the app has this name", **_CHANGE_PROBLEMS},
+        problems={
+            409: "another route of the app has this name",
+            422: "tls names a certificate not stored, or its client_ca does not parse",
+            **_CHANGE_PROBLEMS,
+        },
     ),
     Endpoint(
         "DELETE", ROUTE, "delete_route", "Destroy a route; its port refuses at once", "app",
@@ -307,6 +317,49 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "DELETE", TOXIC, "delete_toxic", "Remove a toxic", "app",
         (_NO_CONTENT, _APPLYING),
         problems=_CHANGE_PROBLEMS,
+    ),
+    Endpoint(
+        "GET", CERTIFICATES, "list_certificates",
+        "List the TLS certificates (never their keys)", "admin",
+        (Reply(200, "every certificate, by name", CertificateOut, array=True),),
+    ),
+    Endpoint(
+        "POST", CERTIFICATES, "create_certificate", "Add a TLS certificate and its key",
+        "admin",
+        (Reply(201, "the certificate as stored (not its key)", CertificateOut,
+               headers=_CREATED),),
+        body=CertificateBody, body_required=True,
+        problems={
+            409: "a certificate of this name exists (PUT /certificates/{name} replaces it)",
+            422: "a chain or key that does not parse, a key that is not the leaf's, an "
+            "expired leaf",
+        },
+    ),
+    Endpoint(
+        "GET", CERTIFICATE, "get_certificate", "One certificate (never its key)", "admin",
+        (Reply(200, "the certificate", CertificateOut),),
+    ),
+    Endpoint(
+        "PUT", CERTIFICATE, "put_certificate",
+        "Replace a certificate (or add it): new handshakes use it at once", "admin",
+        (Reply(200, "the certificate as replaced, served by every route that names it",
+               CertificateOut),
+         Reply(201, "the certificate, new", CertificateOut, headers=_CREATED),
+         Reply(202, "Redis store: stored, but a node serving a route that names it did not "
+                    "apply it within --provision-timeout: the certificate, with status: "
+                    "provisioning")),
+        body=CertificatePutBody, body_required=True,
+        problems={
+            400: "an invalid certificate name",
+            422: "a chain or key that does not parse, a key that is not the leaf's, an "
+            "expired leaf",
+            503: "Redis store: no live node serves a route that names it (nothing stored)",
+        },
+    ),
+    Endpoint(
+        "DELETE", CERTIFICATE, "delete_certificate", "Remove a certificate", "admin",
+        (_NO_CONTENT,),
+        problems={409: "a route's tls names it"},
     ),
     Endpoint(
         "POST", TOKENS, "create_token", "Create a token of an app", "admin",

@@ -34,6 +34,11 @@ _PARAMETERS: dict[str, dict[str, Any]] = {
     "backend": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
     "toxic": NAME_SCHEMA,
     "token": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+    "certificate": {
+        "type": "string",
+        "pattern": f"^{APP_ID.pattern}$",
+        "not": {"enum": list(DOT_SEGMENTS)},
+    },
 }
 _HEADERS: dict[str, dict[str, Any]] = {
     "Location": {

@@ -1,7 +1,7 @@
 """What the API asks of the node it runs in (node.py implements ``Owner``).
 
-Reads of routes, backends, toxics and tokens go to the store directly, and so do token
-writes; routes, backends and toxics are written only through the node's route service
+Reads of routes, backends, toxics, certificates and tokens go to the store directly, and so do token
+writes; routes, backends, toxics and certificates are written only through the node's route service
 (``Routes``), which
 answers once a change is applied. The rest is what the node observes: health and load of
 backends, metrics, readiness, the cluster's nodes.
@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from restcp.model import Backend, BackendStatus, Route, RouteKey, RouteSettings, Toxic
+from restcp.model import (
+    Backend,
+    BackendStatus,
+    Certificate,
+    Route,
+    RouteKey,
+    RouteSettings,
+    Toxic,
+)
 
 
 class Routes(Protocol):
@@ -64,6 +72,14 @@ class Routes(Protocol):
         change of its type or stream) stores nothing."""
 
     async def delete_toxic(self, key: RouteKey, name: str) -> None: ...
+
+    async def create_certificate(self, certificate: Certificate) -> None:
+        """Store a new certificate (judged valid already); Conflict if its name is taken."""
+
+    async def put_certificate(self, certificate: Certificate) -> bool:
+        """Store ``certificate``, replacing the one of its name; whether it is new."""
+
+    async def delete_certificate(self, name: str) -> None: ...
 
     async def reseed(self) -> tuple[bool, dict[str, Any]]:
         """Write this node's snapshot back into the shared store: (done, report)."""

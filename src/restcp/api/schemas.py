@@ -43,6 +43,7 @@ from restcp.model import (
     ProxyProtocol,
     SpliceMode,
     Stream,
+    TlsVersion,
     ToxicType,
     WhenAllDown,
     canonical_host,
@@ -230,6 +231,32 @@ class BackendPatchBody(_BackendFields):
     port: Port = 1
 
 
+# A certificate's name: the rule of an app id (a path segment), as a route's name.
+CertificateName = RouteName
+# PEM text; the body's 64 KiB bounds it.
+Pem = Annotated[StrictStr, Field(min_length=1)]
+# An ALPN protocol id as IANA lists them ("h2", "http/1.1"): 1-255 printable ASCII bytes.
+AlpnProtocol = Annotated[StrictStr, Field(pattern=r"^[!-~]{1,255}$")]
+
+
+class TlsBody(RequestBody):
+    """TLS termination (docs/tls.md): ``certificates`` by name, the first the default for
+    clients whose SNI matches none."""
+
+    certificates: list[CertificateName] = Field(min_length=1, max_length=64)
+    min_version: TlsVersion = "1.2"
+    alpn: list[AlpnProtocol] = Field(default_factory=list, max_length=16)
+    client_ca: Pem | None = None
+    handshake_timeout: PositiveSeconds = 10.0
+
+    @field_validator("certificates")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("names a certificate twice")
+        return value
+
+
 class RouteSettingsBody(RequestBody):
     """The settable fields of a route (PATCH); omitted ones keep their current value."""
 
@@ -249,6 +276,7 @@ class RouteSettingsBody(RequestBody):
     seed: Seed | None = None
     name: RouteName | None = None
     sni: ServerNames | None = None
+    tls: TlsBody | None = None
 
 
 class RouteBody(RouteSettingsBody):
@@ -265,6 +293,20 @@ class RouteBody(RouteSettingsBody):
 
 class TokenBody(RequestBody):
     """Token creation takes no settings: an empty body, or ``{}``."""
+
+
+class CertificatePutBody(RequestBody):
+    """A certificate's chain and key (PUT /certificates/{name}): the leaf first, then its
+    intermediates; the key unencrypted (docs/tls.md)."""
+
+    cert: Pem
+    key: Pem
+
+
+class CertificateBody(CertificatePutBody):
+    """A new certificate (POST /certificates)."""
+
+    name: CertificateName
 
 
 # -- responses ------------------------------------------------------------------------------
@@ -325,6 +367,14 @@ class HealthCheckOut(_Out):
     initial: Health
 
 
+class TlsOut(_Out):
+    certificates: list[str]
+    min_version: TlsVersion
+    alpn: list[str]
+    client_ca: str | None
+    handshake_timeout: float
+
+
 class ToxicOut(_Out):
     """A toxic of a route (docs/toxics.md): every attribute of its type, defaults filled."""
 
@@ -361,6 +411,7 @@ class RouteOut(_Out):
     seed: int | None
     name: str | None
     sni: list[str] | None
+    tls: TlsOut | None
     toxics: list[ToxicOut] = _read_only(description="in the order they were added")
 
 
@@ -471,6 +522,22 @@ class TokenCreated(_Out):
 class TokenOut(_Out):
     id: int = _read_only()
     created_at: datetime = _read_only()
+
+
+class CertificateOut(_Out):
+    """A certificate as stored, never its key: the chain, and what its leaf says."""
+
+    name: str
+    names: list[str] = _read_only(
+        description="the leaf's DNS names and IP addresses (subjectAltName, else its CN)"
+    )
+    subject: str = _read_only(description="RFC 4514")
+    issuer: str = _read_only(description="RFC 4514")
+    not_before: datetime = _read_only()
+    not_after: datetime = _read_only()
+    fingerprint_sha256: str = _read_only(description="of the leaf's DER, hex")
+    chain: int = _read_only(description="certificates in cert, the leaf included")
+    cert: str = Field(description="PEM: the leaf first, then its intermediates")
 
 
 class FieldError(_Out):

@@ -87,6 +87,8 @@ ROUTE_SETTINGS: Settings = [
     ("name", Nullable(click.STRING), "a name unique in its app (toxiproxy's proxy name)"),
     ("sni", Nullable(_ServerNames()),
      "share the port by TLS server name: names, *.suffix, * (the default); none: alone"),
+    ("tls", Nullable(JsonText()),
+     "terminate TLS, as JSON: '{\"certificates\": [\"web\"]}' (docs/tls.md); none: off"),
 ]  # fmt: skip
 
 # Route creation only (PUT): where it listens.

@@ -9,6 +9,8 @@
     restcp routes down|up APP ROUTE               PATCH  .../routes/ROUTE {"enabled": ...}
     restcp toxics ...                             toxics.py: .../routes/ROUTE/toxics
     restcp tokens list|create APP, delete APP ID  /apps/APP/tokens
+    restcp certificates list, show|remove NAME   GET /certificates, GET|DELETE .../NAME
+    restcp certificates add|replace NAME --cert FILE --key FILE   POST|PUT /certificates
     restcp nodes                                  GET    /nodes
 
 Each is a few lines over the client (restcp.client): it makes the call, then shows the
@@ -39,7 +41,7 @@ from restcp.model import AdminState
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from restcp.api.schemas import BackendOut, RouteOut
+    from restcp.api.schemas import BackendOut, CertificateOut, RouteOut
     from restcp.client import Backend, Route
 
 APP = click.argument("app")
@@ -120,6 +122,7 @@ def register(root: click.Group) -> None:
     _backends(root)
     toxics.register(root)
     _tokens(root)
+    _certificates(root)
 
     @api_command(
         root,
@@ -405,3 +408,71 @@ def _tokens(root: click.Group) -> None:
     def delete(session: Session, app: str, token_id: int) -> None:
         session.client.tokens(app).delete(token_id)
         session.done(f"token {token_id} of app {app} deleted")
+
+
+def _certificates(root: click.Group) -> None:
+    certificates = group(
+        "certificates",
+        "TLS certificates, by name, for routes that terminate TLS (docs/tls.md); the admin "
+        "token manages them, and their keys are never shown.",
+        "TLS certificates: list, show, add, replace, remove",
+        root,
+    )
+    pem = click.Path(exists=True, dir_okay=False, readable=True)
+    cert_option = click.option(
+        "--cert", "cert_file", required=True, type=pem,
+        help="PEM file of the chain: the certificate first, then its intermediates.",
+    )  # fmt: skip
+    key_option = click.option(
+        "--key", "key_file", required=True, type=pem, help="PEM file of its private key."
+    )
+
+    def show(session: Session, info: CertificateOut) -> None:
+        data = info.model_dump(mode="json")
+        session.show(data, fields((k, v) for k, v in data.items() if k != "cert"))
+
+    @api_command(certificates, "list", help="Every certificate: its names and expiry.")
+    def list_certificates(session: Session) -> None:
+        found = session.client.certificates.list()
+        rows = [(c.name, ", ".join(c.names), c.not_after.isoformat(), c.issuer) for c in found]
+        session.show(
+            [c.model_dump(mode="json") for c in found],
+            table(("NAME", "NAMES", "NOT AFTER", "ISSUER"), rows),
+        )
+
+    @api_command(certificates, "show", help="One certificate (not its key).")
+    @click.argument("name")
+    def show_certificate(session: Session, name: str) -> None:
+        show(session, session.client.certificates.get(name))
+
+    @api_command(certificates, "add", help="Add a certificate and its key under NAME.")
+    @click.argument("name")
+    @cert_option
+    @key_option
+    def add(session: Session, name: str, cert_file: str, key_file: str) -> None:
+        cert, key = _read(cert_file), _read(key_file)
+        show(session, session.client.certificates.add(name, cert, key))
+
+    @api_command(
+        certificates,
+        "replace",
+        help="Replace the certificate NAME (or add it): new handshakes use it at once, open "
+        "connections keep theirs.",
+    )
+    @click.argument("name")
+    @cert_option
+    @key_option
+    def replace(session: Session, name: str, cert_file: str, key_file: str) -> None:
+        cert, key = _read(cert_file), _read(key_file)
+        show(session, session.client.certificates.put(name, cert, key))
+
+    @api_command(certificates, "remove", help="Remove a certificate no route uses.")
+    @click.argument("name")
+    def remove(session: Session, name: str) -> None:
+        session.client.certificates.remove(name)
+        session.done(f"certificate {name} removed")
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as file:
+        return file.read()

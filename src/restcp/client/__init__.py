@@ -26,6 +26,7 @@ from restcp.api.schemas import (
     AdoptOut,
     AppOut,
     BackendOut,
+    CertificateOut,
     FieldError,
     HealthOut,
     NodeOut,
@@ -49,7 +50,7 @@ from restcp.client.errors import (
 )
 from restcp.client.metrics import Metrics
 from restcp.client.plan import UnknownFields
-from restcp.client.resources import Api, Backend, Backends, Route, Routes, Tokens
+from restcp.client.resources import Api, Backend, Backends, Certificates, Route, Routes, Tokens
 from restcp.client.toxics import Toxic, Toxics
 from restcp.client.transport import AsyncTransport, SyncTransport
 
@@ -61,6 +62,8 @@ __all__ = [
     "Backend",
     "BackendOut",
     "Backends",
+    "CertificateOut",
+    "Certificates",
     "Client",
     "Conflict",
     "FieldError",

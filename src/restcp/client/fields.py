@@ -30,6 +30,16 @@ class HealthCheckFields(TypedDict, total=False):
     initial: Health
 
 
+class TlsFields(TypedDict, total=False):
+    """TLS termination (TlsBody, docs/tls.md): ``certificates`` by name is required."""
+
+    certificates: list[str]
+    min_version: Literal["1.2", "1.3"]
+    alpn: list[str]
+    client_ca: str | None
+    handshake_timeout: float
+
+
 class RouteFields(TypedDict, total=False):
     """A route's settings (RouteSettingsBody): those given change, the others keep theirs."""
 
@@ -49,6 +59,7 @@ class RouteFields(TypedDict, total=False):
     seed: int | None
     name: str | None
     sni: list[str] | None
+    tls: TlsFields | dict[str, Any] | None
 
 
 class BackendFields(TypedDict, total=False):

@@ -1,7 +1,8 @@
 """The API's resources as objects with behaviour, each method a plan (plan.py) written once
 and run by either client (operation.py).
 
-    Api             healthz, metrics, openapi, nodes, apps, reseed, adopt; routes(app), tokens(app)
+    Api             healthz, metrics, openapi, nodes, apps, reseed, adopt; routes(app), tokens(app),
+                    certificates
     Routes          an app's routes: list, create, get, [id]
     Route           refresh, update, delete, wait; backends, toxics; host, port, url;
                     toxic(type, **attributes), down() for a with block
@@ -10,6 +11,7 @@ and run by either client (operation.py).
     Toxics          a route's toxics: list, add, get, update, remove, [name]
     Toxic           refresh, update, remove
     Tokens          an app's tokens: create, list, delete
+    Certificates    the TLS certificates: list, get, add, put, remove
 
 A ``Route``, ``Backend`` or ``Toxic`` is a handle (its path) with ``info``, the API's own
 model of it as last read (``None`` for a handle made by ``[id]``, which sends nothing).
@@ -32,6 +34,7 @@ from restcp.api.schemas import (
     AppOut,
     BackendCreated,
     BackendOut,
+    CertificateOut,
     HealthOut,
     NodeOut,
     ReseedOut,
@@ -110,6 +113,11 @@ class Api(Resource[R]):
     def tokens(self, app: str) -> Tokens[R]:
         """The tokens of ``app``."""
         return Tokens(self._transport, app)
+
+    @property
+    def certificates(self) -> Certificates[R]:
+        """The TLS certificates (docs/tls.md; the admin token only)."""
+        return Certificates(self._transport)
 
 
 class Routes(Resource[R]):
@@ -427,6 +435,50 @@ class Tokens(Resource[R]):
     def delete(self, token_id: int) -> Plan[None]:
         """Revoke a token at once."""
         yield from request("DELETE", f"{self.path}/{token_id}", ok=(204,))
+
+
+class Certificates(Resource[R]):
+    """The node's TLS certificates, by name: the API never sends a key back."""
+
+    path = "/certificates"
+
+    def __repr__(self) -> str:
+        return "<Certificates>"
+
+    @operation
+    def list(self) -> Plan[list[CertificateOut]]:
+        reply = yield from request("GET", self.path)
+        return reply.models(CertificateOut)
+
+    @operation
+    def get(self, name: str) -> Plan[CertificateOut]:
+        reply = yield from request("GET", self._named(name))
+        return reply.model(CertificateOut)
+
+    @operation
+    def add(self, name: str, cert: str, key: str) -> Plan[CertificateOut]:
+        """A new certificate: ``cert`` the PEM chain (the leaf first), ``key`` its PEM key;
+        ``Conflict`` if one of the name exists."""
+        body = {"name": name, "cert": cert, "key": key}
+        reply = yield from request("POST", self.path, body, ok=(201,))
+        return reply.model(CertificateOut)
+
+    @operation
+    def put(self, name: str, cert: str, key: str) -> Plan[CertificateOut]:
+        """Replace the certificate ``name`` (or add it): new handshakes use it at once, open
+        connections keep theirs. In a cluster, ``NotYetApplied`` (carrying the certificate)
+        if a node serving a route that names it did not apply it in time."""
+        body = {"cert": cert, "key": key}
+        reply = yield from request("PUT", self._named(name), body, ok=(200, 201, 202))
+        answer = {k: v for k, v in reply.json().items() if k != "status"}
+        return applied(reply, CertificateOut.model_validate(answer))
+
+    @operation
+    def remove(self, name: str) -> Plan[None]:
+        yield from request("DELETE", self._named(name), ok=(204,))
+
+    def _named(self, name: str) -> str:
+        return f"{self.path}/{quote(name, safe='')}"
 
 
 H = TypeVar("H")

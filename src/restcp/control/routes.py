@@ -39,6 +39,7 @@ How a write goes::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, TypeVar
@@ -51,8 +52,23 @@ from restcp.core import ports
 from restcp.core.sni import clashes
 from restcp.core.toxics import ToxicError
 from restcp.dataplane import DataPlane
-from restcp.errors import Conflict, EpochMismatch, NotFound, NotYetApplied, Unavailable
-from restcp.model import Backend, BackendStatus, Route, RouteKey, RouteSettings, Toxic
+from restcp.errors import (
+    Conflict,
+    EpochMismatch,
+    InvalidSpec,
+    NotFound,
+    NotYetApplied,
+    Unavailable,
+)
+from restcp.model import (
+    Backend,
+    BackendStatus,
+    Certificate,
+    Route,
+    RouteKey,
+    RouteSettings,
+    Toxic,
+)
 from restcp.proxy.listener import is_address_taken
 from restcp.settings import Settings
 from restcp.store import Store
@@ -111,6 +127,7 @@ class RouteService:
         reserved (cluster provisioning). A route for an IP this node does not serve is the
         placement's: another node binds it."""
         ip = frontend_ip or self.placement.default_ip()
+        await self._certificates_stored(settings)
         if not self.placement.serves(ip):
             return await self.placement.create_elsewhere(
                 app, ip, port, settings, reserved=route_id is not None
@@ -124,6 +141,7 @@ class RouteService:
                 if sock is not None:
                     sock.close()  # the store refused (a conflict, unreachable): nothing left
                 raise
+            route = await self._served_as(route)
             await self.plane.serve(route, sock)
             # Backends of other routes pointing at the new address are refused now: their
             # probes stop too.
@@ -201,6 +219,8 @@ class RouteService:
                     and other.key != key
                 ]
                 _claimable(settings.sni, others, route)
+            if (settings.tls, settings.sni) != (route.settings.tls, route.settings.sni):
+                await self._certificates_stored(settings)
             return await self.store.update_route(*key, settings)
 
         return await self._change(key, write)
@@ -319,6 +339,117 @@ class RouteService:
         await self.placement.require_server(ip)
         return ip
 
+    # -- certificates ----------------------------------------------------------------------
+    # A certificate belongs to no route, but the routes that name it are served with it:
+    # replacing one is a change of each of them, applied (and in a cluster announced and
+    # waited for) as any other; removing one a route names is refused.
+
+    async def create_certificate(self, certificate: Certificate) -> None:
+        """Store a new certificate (valid: core.certificates judged it); Conflict if one of
+        its name exists. No route names it yet: nothing is applied."""
+        async with self._lock:
+            await self.store.create_certificate(certificate)
+
+    async def put_certificate(self, certificate: Certificate) -> bool:
+        """Store ``certificate`` under its name, replacing the one stored, and serve the
+        routes that name it with it (new handshakes get it; open connections keep theirs);
+        whether it is new. As every write of a route: Unavailable, nothing stored, if a node
+        serving one of them is not alive; NotYetApplied, carrying that, if one did not
+        apply it in time."""
+        users = await self._users(certificate.name)
+        elsewhere: dict[RouteKey, str] = {}
+        for key in users:
+            try:
+                ip = await self._served_elsewhere(key)
+            except NotFound:  # deleted meanwhile
+                continue
+            if ip is not None:
+                elsewhere[key] = ip
+        applied: dict[RouteKey, Route | None] = {}
+        async with self._lock:
+            try:
+                await self.store.replace_certificate(certificate)
+                created = False
+            except NotFound:
+                await self.store.create_certificate(certificate)
+                created = True
+            # Those that name it now (read under the lock: a route may have come since).
+            for key in await self._users(certificate.name):
+                try:
+                    await self.store.touch_route(*key)
+                except NotFound:
+                    continue
+                applied[key] = await self._apply(key)
+        for key, ip in elsewhere.items():
+            if key in applied and not await self.placement.announce(key, ip, applied[key]):
+                raise NotYetApplied(key, ip, created)
+        return created
+
+    async def delete_certificate(self, name: str) -> None:
+        """Remove a certificate no route names (Conflict, naming them, otherwise)."""
+        async with self._lock:
+            users = await self._users(name)
+            if users:
+                named = ", ".join(f"route {i} of app {a!r}" for a, i in users)
+                raise Conflict(
+                    f"certificate {name!r} is used by {named}: take it out of their tls "
+                    "first (PATCH), or replace it (PUT)"
+                )
+            await self.store.delete_certificate(name)
+
+    async def _users(self, name: str) -> list[RouteKey]:
+        """The stored routes whose tls names certificate ``name``."""
+        return [
+            route.key
+            for route in await self.store.all_routes()
+            if route.settings.tls is not None and name in route.settings.tls.certificates
+        ]
+
+    async def _certificates_stored(self, settings: RouteSettings) -> None:
+        """InvalidSpec (422) if ``settings.tls`` names a certificate not stored, or comes
+        with ``sni``: a shared port's listener relays the ClientHello it read as it came,
+        it does not terminate TLS."""
+        if settings.tls is None:
+            return
+        if settings.sni is not None:
+            raise InvalidSpec("tls: a route terminating TLS cannot share its port by sni")
+        stored = {c.name for c in await self.store.list_certificates()}
+        missing = [n for n in settings.tls.certificates if n not in stored]
+        if missing:
+            raise InvalidSpec(
+                f"tls.certificates: no certificate named {', '.join(map(repr, missing))}: "
+                "add it first (POST /certificates)"
+            )
+
+    async def _served_as(self, route: Route) -> Route:
+        """``route`` with the certificates its tls names, as stored now: what the data
+        plane serves. One removed meanwhile (by a node that did not see this route yet) is
+        left out; the route's first certificate that is left is its default."""
+        tls = route.settings.tls
+        if tls is None:
+            return route
+        found = []
+        for name in tls.certificates:
+            try:
+                found.append(await self.store.get_certificate(name))
+            except NotFound:
+                continue
+        return dataclasses.replace(route, certificates=tuple(found))
+
+    async def _all_served_as(self, routes: list[Route]) -> list[Route]:
+        if not any(r.settings.tls is not None for r in routes):
+            return routes
+        stored = {c.name: c for c in await self.store.list_certificates()}
+        return [
+            r
+            if r.settings.tls is None
+            else dataclasses.replace(
+                r,
+                certificates=tuple(stored[n] for n in r.settings.tls.certificates if n in stored),
+            )
+            for r in routes
+        ]
+
     # -- following the store -------------------------------------------------------------
 
     async def sync(self, key: RouteKey) -> Route | None:
@@ -331,7 +462,7 @@ class RouteService:
         """Make every listener match the store."""
         async with self._lock:
             try:
-                routes = await self.store.all_routes()
+                routes = await self._all_served_as(await self.store.all_routes())
             except Unavailable as err:
                 # The store cannot say (unreachable, or a Redis without this node's epoch):
                 # serve on what is known, minus the frontend IPs no longer held. An epoch
@@ -365,7 +496,7 @@ class RouteService:
     async def _apply(self, key: RouteKey) -> Route | None:
         """Serve ``key`` as stored now (under the lock); the route, None if not stored."""
         try:
-            route: Route | None = await self.store.get_route(*key)
+            route: Route | None = await self._served_as(await self.store.get_route(*key))
         except NotFound:
             route = None
         except EpochMismatch as err:

@@ -69,4 +69,6 @@ class NodeStats:
                 for name in here.toxics
                 for t in (total.toxics[name],)
             )
-            yield RouteSample(app, route_id, total.refused, tuple(backends), toxics)
+            yield RouteSample(
+                app, route_id, total.refused, tuple(backends), toxics, total.tls_failures
+            )

@@ -67,7 +67,7 @@ import enum
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from restcp.model import Backend, SpliceMode
 from restcp.proxy.connector import Connector
@@ -78,6 +78,7 @@ from restcp.proxy.splice import SplicePipe
 from restcp.proxy.splicer import CAN_SPLICE
 from restcp.proxy.staged_pipe import StagedPipe
 from restcp.proxy.stages import Meeting, Staging
+from restcp.proxy.tls import HalfCloseless, describe_session
 from restcp.proxy.transport_pipe import BackendEnd, TransportPipe
 from restcp.sockets import reset_transport
 
@@ -510,7 +511,8 @@ class Connection:
             self._log_access()
         route.finished(self)
 
-    def _log_access(self) -> None:
+    def _log_access(self, tls: tuple[str, str, str | None] | None = None) -> None:
+        """The access line; ``tls``: (version, cipher, SNI) of a terminated connection."""
         route, backend = self.route, self.backend
         client = f"{self.client_addr[0]}:{self.client_addr[1]}" if self.client_addr else "-"
         met = list(self.meeting.met) if self.meeting is not None else []
@@ -530,6 +532,11 @@ class Connection:
             "spliced": self.spliced,
             "toxics": met,
         }
+        suffix = f" toxics={','.join(met)}" if met else ""
+        if tls is not None:
+            version, cipher, sni = tls
+            fields.update(tls_version=version, tls_cipher=cipher, sni=sni)
+            suffix += f" tls={version} cipher={cipher} sni={sni or '-'}"
         # The same fields twice: in the text line, and as "fields" for --log-format json.
         access_log.info(
             "app=%s route=%s client=%s backend=%s bytes_up=%d bytes_down=%d duration=%.3f end=%s%s",
@@ -541,10 +548,29 @@ class Connection:
             self.bytes_down,
             duration,
             self.end_reason,
-            # Only on a connection that met toxics: the line of others is as it was.
-            f" toxics={','.join(met)}" if met else "",
+            # Only on a connection that met toxics, or terminated TLS: the line of others is
+            # as it was.
+            suffix,
             extra={"fields": fields},
         )
+
+
+class TlsConnection(Connection):
+    """A connection whose TLS the proxy terminates (proxy/tls.py): made once the handshake
+    is done, it relays the plain bytes as any other does, through a transport that turns a
+    FIN towards the client into the end of its session, and its access line names the TLS
+    version, cipher and SNI. A route without TLS never makes one."""
+
+    __slots__ = ("_session",)
+
+    def client_made(self, transport: asyncio.Transport) -> None:
+        self._session = describe_session(transport)
+        wrapped = cast(asyncio.Transport, HalfCloseless(transport))
+        self.transports.transport = wrapped
+        super().client_made(wrapped)
+
+    def _log_access(self, tls: tuple[str, str, str | None] | None = None) -> None:
+        super()._log_access(self._session)
 
 
 def client_protocol(
@@ -552,3 +578,11 @@ def client_protocol(
 ) -> TransportPipe:
     """The protocol of one accepted client, whose address accept() gave already."""
     return Connection(route, loop, client_addr).transports
+
+
+def tls_client_protocol(
+    route: RouteRuntime, loop: asyncio.AbstractEventLoop, client_addr: tuple[str, int] | None
+) -> TransportPipe:
+    """As client_protocol, for a route that terminates TLS: the protocol the TLS transport
+    gets once the handshake is done."""
+    return TlsConnection(route, loop, client_addr).transports

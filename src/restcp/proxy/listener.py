@@ -17,9 +17,10 @@ import logging
 import socket
 
 from restcp.model import Route
-from restcp.proxy.connection import client_protocol
+from restcp.proxy.connection import client_protocol, tls_client_protocol
 from restcp.proxy.runtime import RouteRuntime
 from restcp.proxy.stepping import drive
+from restcp.proxy.tls import Handshake
 from restcp.sockets import OUT_OF_RESOURCES
 
 log = logging.getLogger("restcp.proxy")
@@ -114,6 +115,7 @@ class Listener:
     def _accept(self) -> None:
         loop = self._loop
         assert loop is not None
+        tls = self.runtime.tls
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, addr = self._sock.accept()
@@ -136,8 +138,20 @@ class Listener:
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # No task either (one per client was a good part of its cost): the coroutine
             # makes the transport at its first step and only waits for connection_made.
-            protocol = client_protocol(self.runtime, loop, (addr[0], addr[1]))
-            drive(loop.connect_accepted_socket(functools.partial(_same, protocol), conn))
+            if tls is None:
+                protocol = client_protocol(self.runtime, loop, (addr[0], addr[1]))
+                drive(loop.connect_accepted_socket(functools.partial(_same, protocol), conn))
+                continue
+            # TLS terminated here (proxy/tls.py): connection_made comes after the handshake.
+            protocol = tls_client_protocol(self.runtime, loop, (addr[0], addr[1]))
+            Handshake(self.runtime.tls_failures).run(
+                loop.connect_accepted_socket(
+                    functools.partial(_same, protocol),
+                    conn,
+                    ssl=tls.context,
+                    ssl_handshake_timeout=tls.handshake_timeout,
+                )
+            )
 
     def release(self) -> socket.socket:
         """Stop accepting and hand the listening socket over (to the SniListener of the

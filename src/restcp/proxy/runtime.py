@@ -31,6 +31,7 @@ from restcp.core.balancer import Picker, make_picker
 from restcp.model import Backend, BackendStatus, ReplacedAddress, Route, Toxic
 from restcp.proxy.members import Member
 from restcp.proxy.stages import Tally
+from restcp.proxy.tls import Termination
 from restcp.proxy.traffic import Tracked, Traffic
 from restcp.sockets import out_of_resources
 
@@ -108,6 +109,10 @@ class RouteRuntime:
         self.accepted = 0
         self.toxics: tuple[Toxic, ...] = ()
         self.tallies: dict[str, Tally] = {}  # each toxic's counters, by name
+        # TLS termination (proxy/tls.py): None for a route that relays the bytes as they
+        # come; the listener reads it at each accept.
+        self.tls: Termination | None = None
+        self.tls_failures: Counter[str] = Counter()  # failed handshakes, by reason
         self._apply(route, first=True)
 
     # -- configuration -------------------------------------------------------------------
@@ -124,8 +129,17 @@ class RouteRuntime:
         self.connect_timeout = settings.connect_timeout
         self.idle_timeout = settings.idle_timeout
         self.half_close_timeout = settings.half_close_timeout
-        # Read by each new connection: a change applies to new connections.
-        self.splice = settings.splice
+        # Read by each new connection: a change applies to new connections. A terminated
+        # connection's plain bytes are in no socket: never spliced.
+        self.splice = settings.splice if settings.tls is None else False
+        if (
+            first
+            or settings.tls != old_route.settings.tls
+            or (route.certificates != old_route.certificates)
+        ):
+            # New handshakes use it; open connections keep their SSL objects.
+            tls = settings.tls
+            self.tls = None if tls is None else Termination(tls, route.certificates)
         self.max_connect_attempts = settings.max_connect_attempts
         # The route's own seed, or the node's: what every draw of its toxics starts from.
         self.seed = settings.seed if settings.seed is not None else self.traffic.seed

@@ -13,6 +13,10 @@ Every implementation keeps these rules, and tests/contract runs one suite agains
 - a route's toxics are kept in the order they were added, each under a name of its own
   (``add_toxic`` raises DuplicateToxic, a Conflict); they go with the route when it is
   deleted;
+- certificates (docs/tls.md) are kept by name, their chain and key as given; a name is
+  created once (``create_certificate`` raises Conflict) and replaced or deleted only while
+  it exists (NotFound). A store never judges one (the route service does) and never tells
+  which routes use one;
 - API tokens are kept as hashes only (the API hashes; a store never sees a token), with
   ids per app that count from 1 and are never reused; tokens do not make an app exist.
 """
@@ -23,7 +27,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from restcp.model import Backend, Route, RouteKey, RouteSettings, Toxic
+from restcp.model import Backend, Certificate, Route, RouteKey, RouteSettings, Toxic
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +93,30 @@ class Store(Protocol):
 
     async def delete_toxic(self, app: str, route_id: int, name: str) -> None: ...
 
+    async def touch_route(self, app: str, route_id: int) -> None:
+        """Something the route is served with changed outside it (a certificate it uses):
+        a shared store raises its version, so the node serving it applies it anew and says
+        so; NotFound if there is no such route."""
+
     async def ports_in_use(self, frontend_ip: str) -> set[int]: ...
 
     async def get_port_cursor(self, frontend_ip: str) -> int | None:
         """Where the owner of ``frontend_ip`` resumes handing out ports; None at first."""
 
     async def set_port_cursor(self, frontend_ip: str, cursor: int) -> None: ...
+
+    async def list_certificates(self) -> list[Certificate]:
+        """Every certificate, by name."""
+
+    async def get_certificate(self, name: str) -> Certificate: ...
+
+    async def create_certificate(self, certificate: Certificate) -> None:
+        """Store a new certificate; Conflict if one of its name is stored."""
+
+    async def replace_certificate(self, certificate: Certificate) -> None:
+        """Replace the certificate of its name; NotFound if there is none."""
+
+    async def delete_certificate(self, name: str) -> None: ...
 
     async def create_token(self, app: str, token_hash: str, created_at: float) -> TokenInfo:
         """Store a token of ``app`` by its hash under the app's next token id; Conflict if

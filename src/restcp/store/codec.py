@@ -11,10 +11,11 @@ import json
 from typing import Any
 
 from restcp.core.toxics import SPECS
-from restcp.model import Backend, HealthCheck, RouteSettings, Toxic
+from restcp.model import Backend, HealthCheck, RouteSettings, TlsSettings, Toxic
 
 _ROUTE_FIELDS = {f.name for f in dataclasses.fields(RouteSettings)}
 _CHECK_FIELDS = {f.name for f in dataclasses.fields(HealthCheck)}
+_TLS_FIELDS = {f.name for f in dataclasses.fields(TlsSettings)}
 # A backend's address and id live in their own columns/keys; the rest is its settings.
 _BACKEND_SETTINGS = {f.name for f in dataclasses.fields(Backend)} - {"id", "ip", "port"}
 # A toxic's name is its key (a column, a hash field); the rest is its settings.
@@ -32,6 +33,12 @@ def load_route_settings(text: str) -> RouteSettings:
         data["health_check"] = HealthCheck(**{k: v for k, v in check.items() if k in _CHECK_FIELDS})
     if isinstance(data.get("sni"), list):
         data["sni"] = tuple(data["sni"])
+    tls = data.get("tls")
+    if isinstance(tls, dict):
+        fields = {k: v for k, v in tls.items() if k in _TLS_FIELDS}
+        fields["certificates"] = tuple(fields.get("certificates", ()))
+        fields["alpn"] = tuple(fields.get("alpn", ()))
+        data["tls"] = TlsSettings(**fields)
     return RouteSettings(**data)
 
 

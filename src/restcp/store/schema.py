@@ -59,6 +59,13 @@ CREATE TABLE IF NOT EXISTS meta (
     key    TEXT PRIMARY KEY,
     value  TEXT NOT NULL
 );
+-- TLS certificates by name: the PEM chain and its private key (the reason the file is
+-- made readable by its owner only: store/sqlite.py).
+CREATE TABLE IF NOT EXISTS certificates (
+    name  TEXT PRIMARY KEY,
+    cert  TEXT NOT NULL,
+    key   TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tokens (
     app         TEXT NOT NULL,
     id          INTEGER NOT NULL,

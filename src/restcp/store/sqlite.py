@@ -9,7 +9,9 @@ concurrent API requests. Another process on the same file waits up to ``busy_tim
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from restcp.errors import Conflict, DuplicateBackend, DuplicateToxic, InvalidSpec, NotFound
-from restcp.model import Backend, Route, RouteKey, RouteSettings, Toxic
+from restcp.model import Backend, Certificate, Route, RouteKey, RouteSettings, Toxic
 from restcp.store.base import AppInfo, SnapshotData, TokenInfo
 from restcp.store.codec import (
     dump_backend_settings,
@@ -47,6 +49,7 @@ class SqliteStore:
     def __init__(self, path: str) -> None:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _owner_only(path)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # The busy timeout first: switching to WAL waits for other connections too.
         self._db.execute("PRAGMA busy_timeout=5000")
@@ -56,6 +59,11 @@ class SqliteStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         with self._write() as db:
             create_schema(db)
+        if path != ":memory:":
+            # The write-ahead log and its index exist now; SQLite gives them the mode of
+            # the database file, and this makes sure of it.
+            for suffix in ("-wal", "-shm"):
+                _owner_only(path + suffix, create=False)
 
     async def close(self) -> None:
         self._db.close()
@@ -299,6 +307,10 @@ class SqliteStore:
                 (app, route_id, name),
             )
 
+    async def touch_route(self, app: str, route_id: int) -> None:
+        # No versions here: the one node applies what it reads.
+        self._require_route(app, route_id)
+
     async def set_port_cursor(self, frontend_ip: str, cursor: int) -> None:
         with self._write() as db:
             db.execute(
@@ -306,6 +318,44 @@ class SqliteStore:
                 "ON CONFLICT (frontend_ip) DO UPDATE SET cursor = excluded.cursor",
                 (frontend_ip, cursor),
             )
+
+    # -- certificates ----------------------------------------------------------------------
+
+    async def list_certificates(self) -> list[Certificate]:
+        rows = self._db.execute("SELECT name, cert, key FROM certificates ORDER BY name")
+        return [Certificate(*row) for row in rows]
+
+    async def get_certificate(self, name: str) -> Certificate:
+        row = self._db.execute(
+            "SELECT name, cert, key FROM certificates WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"certificate {name!r} not found")
+        return Certificate(*row)
+
+    async def create_certificate(self, certificate: Certificate) -> None:
+        with self._write() as db:
+            try:
+                db.execute(
+                    "INSERT INTO certificates (name, cert, key) VALUES (?, ?, ?)",
+                    (certificate.name, certificate.cert, certificate.key),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"a certificate named {certificate.name!r} exists") from None
+
+    async def replace_certificate(self, certificate: Certificate) -> None:
+        with self._write() as db:
+            changed = db.execute(
+                "UPDATE certificates SET cert = ?, key = ? WHERE name = ?",
+                (certificate.cert, certificate.key, certificate.name),
+            ).rowcount
+            if not changed:
+                raise NotFound(f"certificate {certificate.name!r} not found")
+
+    async def delete_certificate(self, name: str) -> None:
+        with self._write() as db:
+            if not db.execute("DELETE FROM certificates WHERE name = ?", (name,)).rowcount:
+                raise NotFound(f"certificate {name!r} not found")
 
     # -- API tokens ------------------------------------------------------------------------
 
@@ -474,6 +524,24 @@ class SqliteStore:
         ).fetchone()
         if row is not None:
             raise DuplicateBackend(app, route_id, row[0], backend.ip, backend.port)
+
+
+def _owner_only(path: str, *, create: bool = True) -> None:
+    """Make ``path`` readable and writable by its owner alone: the file holds the private
+    keys of certificates (and token hashes). A new file is created so, before SQLite opens
+    it; an existing one loses its group and other bits."""
+    if create:
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            return
+        except FileExistsError:
+            pass
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        os.chmod(path, mode & 0o700)
 
 
 def _enable_wal(db: sqlite3.Connection) -> None:

@@ -41,6 +41,7 @@ class Keys:
         self.frontend_ips = f"{prefix}frontend_ips"
         self.port_cursors = f"{prefix}port_cursors"
         self.tokens = f"{prefix}tokens"
+        self.certificates = f"{prefix}certificates"
         self.nodes = f"{prefix}nodes"
         self.epoch = f"{prefix}epoch"
 

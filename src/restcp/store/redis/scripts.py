@@ -212,6 +212,15 @@ return read_route(ARGV[1], ARGV[2], ARGV[3])
 """
 )
 
+# KEYS: route. 1, or 0 if there is none.
+TOUCH_ROUTE: Final = _guarded(
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+return 1
+"""
+)
+
 # KEYS: route, app_routes, frontend_ips; ARGV: prefix, app, id. 1, or 0 if there is none.
 DELETE_ROUTE: Final = _guarded(
     _ADDRESS
@@ -374,6 +383,45 @@ local app, id = string.match(member, '^(.*):(%d+)$')
 local record = redis.call('HGET', ARGV[1] .. 'app:' .. app .. ':tokens', id)
 if not record then return false end
 return {app, id, record}
+"""
+)
+
+# KEYS: certificates; ARGV: name, record. 1, or 0 if one of that name is stored.
+CREATE_CERTIFICATE: Final = _guarded(
+    """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+)
+
+# KEYS: certificates; ARGV: name, record. 1, or 0 if there is none of that name.
+REPLACE_CERTIFICATE: Final = _guarded(
+    """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+)
+
+# KEYS: certificates; ARGV: name. 1, or 0 if there is none.
+DELETE_CERTIFICATE: Final = _guarded(
+    """
+return redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+)
+
+# KEYS: certificates; ARGV: name. The record, or false. A script for the epoch guard.
+GET_CERTIFICATE: Final = _guarded(
+    """
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+)
+
+# KEYS: certificates. Flat: name, record, name, record, ...
+LIST_CERTIFICATES: Final = _guarded(
+    """
+return redis.call('HGETALL', KEYS[1])
 """
 )
 

@@ -8,7 +8,7 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 from restcp.errors import Conflict, DuplicateBackend, DuplicateToxic, NotFound
-from restcp.model import Backend, Route, RouteSettings, Toxic
+from restcp.model import Backend, Certificate, Route, RouteSettings, Toxic
 from restcp.store.base import AppInfo, TokenInfo
 from restcp.store.codec import (
     dump_backend_settings,
@@ -107,6 +107,11 @@ class RedisStore:
             raise NotFound(f"route {route_id} of app {app!r} not found")
         return _route(record)
 
+    async def touch_route(self, app: str, route_id: int) -> None:
+        touched = await self._run(scripts.TOUCH_ROUTE, [self._keys.route(app, route_id)], [])
+        if not touched:
+            raise NotFound(f"route {route_id} of app {app!r} not found")
+
     async def delete_route(self, app: str, route_id: int) -> None:
         k = self._keys
         deleted = await self._run(
@@ -194,6 +199,42 @@ class RedisStore:
     async def set_port_cursor(self, frontend_ip: str, cursor: int) -> None:
         await self._run(scripts.SET_PORT_CURSOR, [self._keys.port_cursors], [frontend_ip, cursor])
 
+    # -- certificates ----------------------------------------------------------------------
+
+    async def list_certificates(self) -> list[Certificate]:
+        flat = await self._run(scripts.LIST_CERTIFICATES, [self._keys.certificates], [])
+        pairs = zip(flat[0::2], flat[1::2], strict=True)
+        return sorted((_certificate(name, record) for name, record in pairs), key=_by_name)
+
+    async def get_certificate(self, name: str) -> Certificate:
+        record = await self._run(scripts.GET_CERTIFICATE, [self._keys.certificates], [name])
+        if record is None:
+            raise NotFound(f"certificate {name!r} not found")
+        return _certificate(name, record)
+
+    async def create_certificate(self, certificate: Certificate) -> None:
+        created = await self._run(
+            scripts.CREATE_CERTIFICATE,
+            [self._keys.certificates],
+            [certificate.name, _certificate_record(certificate)],
+        )
+        if not created:
+            raise Conflict(f"a certificate named {certificate.name!r} exists")
+
+    async def replace_certificate(self, certificate: Certificate) -> None:
+        replaced = await self._run(
+            scripts.REPLACE_CERTIFICATE,
+            [self._keys.certificates],
+            [certificate.name, _certificate_record(certificate)],
+        )
+        if not replaced:
+            raise NotFound(f"certificate {certificate.name!r} not found")
+
+    async def delete_certificate(self, name: str) -> None:
+        deleted = await self._run(scripts.DELETE_CERTIFICATE, [self._keys.certificates], [name])
+        if not deleted:
+            raise NotFound(f"certificate {name!r} not found")
+
     # -- API tokens --------------------------------------------------------------------------
 
     async def create_token(self, app: str, token_hash: str, created_at: float) -> TokenInfo:
@@ -275,6 +316,19 @@ def _route(record: list[Any]) -> Route:
         toxics=tuple(load_toxic(name, t_settings) for name, t_settings in toxics),
         version=int(version),
     )
+
+
+def _certificate(name: str, record: str) -> Certificate:
+    fields = json.loads(record)
+    return Certificate(name, fields["cert"], fields["key"])
+
+
+def _certificate_record(certificate: Certificate) -> str:
+    return json.dumps({"cert": certificate.cert, "key": certificate.key})
+
+
+def _by_name(certificate: Certificate) -> str:
+    return certificate.name
 
 
 def _token(app: str, token_id: str | int, record: str) -> TokenInfo:
