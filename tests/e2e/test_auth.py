@@ -68,6 +68,7 @@ def path_of(endpoint: Endpoint, app: str, ids: int = 1) -> str:
         .replace("{backend}", str(ids))
         .replace("{token}", str(ids))
         .replace("{toxic}", f"t{ids}")
+        .replace("{asset}", "app.js")
     )
 
 

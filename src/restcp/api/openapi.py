@@ -34,6 +34,8 @@ _PARAMETERS: dict[str, dict[str, Any]] = {
     "backend": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
     "toxic": NAME_SCHEMA,
     "token": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+    # A file name of the dashboard's: no directories.
+    "asset": {"type": "string", "pattern": r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"},
 }
 _HEADERS: dict[str, dict[str, Any]] = {
     "Location": {
