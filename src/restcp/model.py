@@ -324,3 +324,7 @@ class BackendStatus:
     active_connections: int = 0
     # Earlier addresses of it that still have open connections, until their last ends.
     replaced: tuple[ReplacedAddress, ...] = ()
+    # The last active check (None: none yet, or no checks): Unix seconds, passed, why not.
+    checked_at: float | None = None
+    check_ok: bool | None = None
+    check_reason: str = ""

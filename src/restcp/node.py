@@ -23,7 +23,8 @@ import dataclasses
 import logging
 import secrets
 import signal
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -41,7 +42,7 @@ from restcp.control.routes import RouteService
 from restcp.control.stats import NodeStats
 from restcp.dataplane import DataPlane
 from restcp.errors import InvalidSpec, RestcpError, Unavailable
-from restcp.metrics import CONTENT_TYPE_LATEST, Metrics, generate_latest
+from restcp.metrics import CONTENT_TYPE_LATEST, Metrics, RouteSample, generate_latest
 from restcp.model import BackendStatus, Route, RouteKey, format_host
 from restcp.proxy.listener import bind
 from restcp.settings import Settings, read_token_file
@@ -91,6 +92,8 @@ class Node:
         # Health transitions go to Redis, for the other nodes' APIs.
         self.probes.on_health = self.placement.health_changed
         self._started = False
+        # Unix seconds, for the uptime GET /stats shows.
+        self._started_at = time.time()
         self._runner: web.AppRunner | None = None
         # toxiproxy's API (--toxiproxy-api): another door to the same route service.
         self.toxiproxy = Proxies(
@@ -121,6 +124,13 @@ class Node:
             if remote is not None:
                 return remote
         return self.stats.backend_status(route.key)
+
+    @property
+    def started_at(self) -> float:
+        return self._started_at
+
+    def samples(self) -> Iterable[RouteSample]:
+        return self.stats.samples()
 
     def metrics_text(self) -> tuple[bytes, str]:
         return generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST

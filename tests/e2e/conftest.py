@@ -38,6 +38,7 @@ STATUS_FIELDS = (
     "health_reason",
     "active_connections",
     "replaced",
+    "last_check",
 )
 
 

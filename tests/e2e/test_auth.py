@@ -69,6 +69,7 @@ def path_of(endpoint: Endpoint, app: str, ids: int = 1) -> str:
         .replace("{token}", str(ids))
         .replace("{toxic}", f"t{ids}")
         .replace("{certificate}", f"c{ids}")
+        .replace("{asset}", "app.js")
     )
 
 

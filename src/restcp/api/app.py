@@ -22,12 +22,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
+from importlib import resources
 from typing import Any, TypeVar, cast
 
 from aiohttp import HttpVersion11, web
 from aiohttp.web import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
+from restcp import __version__
+from restcp.api import events
 from restcp.api.auth import (
     ENDPOINTS,
     PRINCIPAL,
@@ -53,6 +56,7 @@ from restcp.api.schemas import (
     TokenBody,
     is_app_id,
 )
+from restcp.api.stats import StatsHistory, node_totals
 from restcp.api.toxics import ToxicBody, ToxicPatchBody
 from restcp.core.certificates import CertificateError, check_ca_bundle, describe, inspect
 from restcp.core.toxics import ToxicError
@@ -120,6 +124,9 @@ def backend_json(backend: Backend, status: BackendStatus | None = None) -> dict[
             {"ip": r.ip, "port": r.port, "active_connections": r.active_connections}
             for r in status.replaced
         ],
+        "last_check": None
+        if status.checked_at is None
+        else {"at": status.checked_at, "ok": bool(status.check_ok), "reason": status.check_reason},
     }
 
 
@@ -352,6 +359,86 @@ class Api:
         # route service, under its lock.
         self._quota = asyncio.Lock()
         self._spec = dumps(build_spec(config.auth_on, config.frontend_ips))
+        self.history = StatsHistory(lambda: owner.samples())
+        # Set when the API shuts down: event streams end, so they never hold a stopping node.
+        self.closing = asyncio.Event()
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        return _asset("index.html")
+
+    async def dashboard_asset(self, request: web.Request) -> web.Response:
+        return _asset(request.match_info["asset"])
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return _json(self._stats(None))
+
+    async def app_stats(self, request: web.Request) -> web.Response:
+        return _json(self._stats(path_app(request)))
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        return await self._stream(request, None)
+
+    async def app_events(self, request: web.Request) -> web.StreamResponse:
+        return await self._stream(request, path_app(request))
+
+    def _stats(self, app: str | None) -> dict[str, Any]:
+        routes, measured = self.history.routes_json(app)
+        listed = [routes[key] for key in sorted(routes)]
+        return {"node": self._node_json(listed, measured), "routes": listed}
+
+    def _node_json(self, routes: list[dict[str, Any]], measured: bool) -> dict[str, Any]:
+        ready, details = self.owner.readiness()
+        started = self.owner.started_at
+        return {
+            "version": __version__,
+            "started_at": started,
+            "uptime": round(max(0.0, self.clock() - started), 3),
+            # As /healthz says it (ok, degraded, standby, ...).
+            "status": details.get("status", "ok" if ready else "starting"),
+            "routes": len(routes),
+            **node_totals(routes, measured),
+        }
+
+    async def _stream(self, request: web.Request, app: str | None) -> web.StreamResponse:
+        accept = request.headers.get("Accept", "")
+        if "text/event-stream" not in accept:
+            return problem(
+                406,
+                "this endpoint streams Server-Sent Events: send 'Accept: text/event-stream' "
+                "(GET /stats answers once, as JSON)",
+            )
+        principal: Principal = request[PRINCIPAL]
+        admin_token = self.config.admin_token_sha256
+
+        async def view() -> events.View:
+            if app is None:
+                stored = await self.store.all_routes()
+            else:
+                try:
+                    stored = await self.store.list_routes(app)
+                except NotFound:
+                    stored = []
+            stats, measured = self.history.routes_json(app)
+            routes = {}
+            for route in sorted(stored, key=lambda r: r.key):
+                shown = self._route_json(route)
+                # null: served by another node of the cluster (its counters are there).
+                shown["stats"] = stats.get(route.key)
+                routes[f"{route.app}/{route.id}"] = shown
+            node = self._node_json(list(stats.values()), measured)
+            if app is None:
+                node["nodes"] = await self.owner.nodes()
+            return node, routes
+
+        async def allowed() -> bool:
+            # A stream outlives its request's check: revoking its token, or rotating the
+            # admin token, ends it within a second.
+            if principal.token_id is not None and principal.app is not None:
+                tokens = await self.store.list_tokens(principal.app)
+                return any(t.id == principal.token_id for t in tokens)
+            return self.config.admin_token_sha256 == admin_token
+
+        return await events.stream(request, view, allowed, self.closing)
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=self._spec, content_type="application/json")
@@ -605,6 +692,45 @@ class Api:
         return toxic
 
 
+# The dashboard's files (docs/dashboard.md), shipped in the package: no CDN, works offline.
+_UI = resources.files("restcp.api").joinpath("ui")
+_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+    ".txt": "text/plain",
+}
+# The page loads nothing but its own files, talks to this API only, and may not be framed
+# (a framed page could be clicked into actions by another site).
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def _asset(name: str) -> web.Response:
+    """One of the dashboard's files, by its name (no directories: nothing else is reachable)."""
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    if "/" in name or name.startswith(".") or suffix not in _TYPES:
+        raise NotFound(f"no dashboard file {name!r}")
+    entry = _UI.joinpath(name)
+    if not entry.is_file():
+        raise NotFound(f"no dashboard file {name!r}")
+    charset = None if suffix == ".svg" else "utf-8"
+    return web.Response(
+        body=entry.read_bytes(),
+        content_type=_TYPES[suffix],
+        charset=charset,
+        headers=_PAGE_HEADERS,
+    )
+
+
 async def _written(write: Awaitable[T]) -> tuple[T, bool]:
     """What a change through the route service returned, and whether it is applied where
     its route is served (False: stored, but the node serving it has not applied it yet)."""
@@ -683,6 +809,11 @@ def build_app(
         client_max_size=MAX_BODY,
     )
     app[REQUEST_TIMEOUT] = config.request_timeout
+
+    async def _closing(_: web.Application) -> None:
+        api.closing.set()
+
+    app.on_shutdown.append(_closing)
     app.on_response_prepare.append(_server_header)
     registered: dict[web.AbstractRoute, Endpoint] = {}
     resources: dict[str, web.Resource] = {}

@@ -46,7 +46,14 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # RFC 6750's b64token; anything else in the header is not a token we could have issued.
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{1,512}=*")
 _REALM = 'Bearer realm="restcp"'
-_PUBLIC_PATHS = frozenset(e.path for e in TABLE if e.access == "public")
+# The public paths, a template's {name} standing for one segment (/ui/{asset}).
+_PUBLIC_PATHS = re.compile(
+    "|".join(
+        re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(e.path))
+        for e in TABLE
+        if e.access == "public"
+    )
+)
 
 
 def hash_token(token: str) -> str:
@@ -284,7 +291,7 @@ def authenticator(config: ApiConfig, store: Store) -> Middleware:
             return await handler(request)
         endpoint = endpoint_of(request)
         access = "app" if endpoint is None else endpoint.access
-        if endpoint is None and request.path in _PUBLIC_PATHS:
+        if endpoint is None and _PUBLIC_PATHS.fullmatch(request.path):
             # A method a public path does not have: its 405 tells nothing the public
             # document does not (it lists every path and method).
             access = "public"

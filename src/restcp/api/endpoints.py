@@ -33,6 +33,7 @@ from restcp.api.schemas import (
     RouteBody,
     RouteOut,
     RouteSettingsBody,
+    StatsOut,
     TokenBody,
     TokenCreated,
     TokenOut,
@@ -168,6 +169,14 @@ _ADD_TOXIC_PROBLEMS = {
     **_CHANGE_PROBLEMS,
 }
 _TOXIC_CREATED = Reply(201, "the toxic, applied", ToxicOut, headers=_CREATED)
+_PAGE = Reply(200, "the dashboard's page (docs/dashboard.md)", media_type="text/html")
+_EVENTS = Reply(
+    200,
+    "Server-Sent Events: a snapshot (the node; every route, its stats), then an update "
+    "about every second (the node; the routes that changed; the ones removed)",
+    media_type="text/event-stream",
+)
+_NOT_A_STREAM = {406: "the request does not accept text/event-stream"}
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
@@ -180,6 +189,28 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET", "/openapi.json", "openapi", "This document", "public",
         (Reply(200, "the OpenAPI 3.1 document of this API"),),
+    ),
+    Endpoint(
+        "GET", "/", "dashboard", "The dashboard (its page asks for a token)", "public",
+        (_PAGE,),
+    ),
+    Endpoint(
+        "GET", "/ui/", "dashboard", "The dashboard (as /)", "public",
+        (_PAGE,),
+    ),
+    Endpoint(
+        "GET", "/ui/{asset}", "dashboard_asset", "A file of the dashboard", "public",
+        (Reply(200, "a script, style sheet or license of the page", media_type="text/plain"),),
+        problems={404: "no such file"},
+    ),
+    Endpoint(
+        "GET", "/stats", "stats", "This node's counters and rates, per route and backend",
+        "admin",
+        (Reply(200, "this node, and each route it serves", StatsOut),),
+    ),
+    Endpoint(
+        "GET", "/events", "events", "Every route and its counters, live (Server-Sent Events)",
+        "admin", (_EVENTS,), problems=_NOT_A_STREAM,
     ),
     Endpoint(
         "GET", "/metrics", "metrics", "Metrics in the Prometheus text format", "metrics",
@@ -210,6 +241,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET", "/apps", "list_apps", "List apps with their route counts", "admin",
         (Reply(200, "every app that ever had a route", AppOut, array=True),),
+    ),
+    Endpoint(
+        "GET", "/apps/{app}/stats", "app_stats", "The app's routes' counters on this node",
+        "app",
+        (Reply(200, "this node, and each route of the app it serves", StatsOut),),
+    ),
+    Endpoint(
+        "GET", "/apps/{app}/events", "app_events",
+        "The app's routes and their counters, live (Server-Sent Events)", "app",
+        (_EVENTS,), problems=_NOT_A_STREAM,
     ),
     Endpoint(
         "GET", ROUTES, "list_routes", "List an app's routes", "app",

@@ -39,6 +39,8 @@ _PARAMETERS: dict[str, dict[str, Any]] = {
         "pattern": f"^{APP_ID.pattern}$",
         "not": {"enum": list(DOT_SEGMENTS)},
     },
+    # A file name of the dashboard's: no directories.
+    "asset": {"type": "string", "pattern": r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"},
 }
 _HEADERS: dict[str, dict[str, Any]] = {
     "Location": {

@@ -9,7 +9,7 @@ backends, metrics, readiness, the cluster's nodes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from restcp.model import (
@@ -21,6 +21,37 @@ from restcp.model import (
     RouteSettings,
     Toxic,
 )
+
+
+class BackendCounters(Protocol):
+    """One backend's counters as the node's processes count them (metrics.BackendSample)."""
+
+    @property
+    def backend(self) -> int: ...
+    @property
+    def connections_total(self) -> int: ...
+    @property
+    def connections_active(self) -> int: ...
+    @property
+    def bytes_in(self) -> int: ...
+    @property
+    def bytes_out(self) -> int: ...
+    @property
+    def connect_failures(self) -> int: ...
+
+
+class RouteCounters(Protocol):
+    """One served route's counters (metrics.RouteSample): refused clients by reason, and
+    its backends'."""
+
+    @property
+    def app(self) -> str: ...
+    @property
+    def route(self) -> int: ...
+    @property
+    def refused(self) -> Mapping[str, int]: ...
+    @property
+    def backends(self) -> Sequence[BackendCounters]: ...
 
 
 class Routes(Protocol):
@@ -100,6 +131,13 @@ class Owner(Protocol):
     async def backend_statuses(self, route: Route) -> Mapping[int, BackendStatus]:
         """As backend_status, and for a route another node serves, the health that node
         wrote to the shared store."""
+
+    @property
+    def started_at(self) -> float:
+        """Unix seconds at which the node started."""
+
+    def samples(self) -> Iterable[RouteCounters]:
+        """The counters of every route this node serves, read now."""
 
     def metrics_text(self) -> tuple[bytes, str]:
         """The node's metrics in the Prometheus text format, and its content type."""

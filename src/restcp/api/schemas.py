@@ -333,6 +333,14 @@ class ReplacedOut(_Out):
     active_connections: int
 
 
+class LastCheckOut(_Out):
+    """A backend's last active health check, as the node serving its route ran it."""
+
+    at: float = Field(description="Unix seconds")
+    ok: bool
+    reason: str = Field(description="why it failed; empty when it passed")
+
+
 class BackendOut(_Out):
     """A backend: the seed's ``ip``, ``port`` and ``id`` first, then its settings, then what
     the node serving its route observes of it (read-only)."""
@@ -354,6 +362,10 @@ class BackendOut(_Out):
     replaced: list[ReplacedOut] = _read_only(
         description="addresses it had before a replace that still have open connections "
         "(they stay there until they end); empty most of the time"
+    )
+    last_check: LastCheckOut | None = _read_only(
+        default=None,
+        description="the last active health check; null without checks or before the first",
     )
 
 
@@ -479,6 +491,66 @@ class NodeOut(_Out):
     routes_serving: int = Field(description="routes it has bound")
     started_at: float | None = None
     last_seen: float | None = Field(None, description="seconds since its last heartbeat")
+
+
+class RatesOut(_Out):
+    """Per second, between the last two readings of the counters (GET /stats, the event
+    stream: at most one reading a second, shared by every reader)."""
+
+    connections: float
+    bytes_in: float
+    bytes_out: float
+    connect_failures: float
+
+
+class RouteRatesOut(RatesOut):
+    refused: float
+    errors: float = Field(description="connect failures and refused clients")
+
+
+class BackendStatsOut(_Out):
+    id: int
+    connections_active: int
+    connections_total: int
+    bytes_in: int = Field(description="client to backend")
+    bytes_out: int = Field(description="backend to client")
+    connect_failures: int
+    rates: RatesOut | None = Field(description="null on the first reading")
+
+
+class RouteStatsOut(_Out):
+    """A route's counters on this node (open connections' bytes included)."""
+
+    app: str
+    id: int
+    connections_active: int
+    connections_total: int
+    bytes_in: int
+    bytes_out: int
+    connect_failures: int
+    refused: dict[str, int] = Field(description="clients closed without a backend, by reason")
+    errors: int = Field(description="connect failures and refused clients")
+    rates: RouteRatesOut | None = Field(description="null on the first reading")
+    backends: list[BackendStatsOut]
+
+
+class NodeStatsOut(_Out):
+    """This node: its version, since when it runs, and its sums over the routes shown."""
+
+    version: str
+    started_at: float = Field(description="Unix seconds")
+    uptime: float = Field(description="seconds")
+    status: str = Field(description="as GET /healthz says it")
+    routes: int = Field(description="routes shown that this node serves")
+    connections_active: int
+    rates: RouteRatesOut | None = Field(description="null on the first reading")
+
+
+class StatsOut(_Out):
+    """What GET /stats answers: this node, and each route it serves."""
+
+    node: NodeStatsOut
+    routes: list[RouteStatsOut]
 
 
 class ReseedRoute(_Out):

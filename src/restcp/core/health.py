@@ -30,6 +30,10 @@ class BackendHealth:
     passive_failures: int = 0  # consecutive failed connects of real clients
     changed_at: float | None = None
     reason: str = ""
+    # The last active check: when (Unix seconds), whether it passed, and why it failed.
+    checked_at: float | None = None
+    check_ok: bool | None = None
+    check_reason: str = ""
 
     @property
     def usable(self) -> bool:
@@ -53,14 +57,29 @@ def _to(health: BackendHealth, state: Health, now: float, reason: str) -> Step:
 
 
 def check_passed(health: BackendHealth, now: float, rise: int) -> Step:
-    health = replace(health, successes=health.successes + 1, failures=0, passive_failures=0)
+    health = replace(
+        health,
+        successes=health.successes + 1,
+        failures=0,
+        passive_failures=0,
+        checked_at=now,
+        check_ok=True,
+        check_reason="",
+    )
     if health.state == "unknown" or (health.state == "down" and health.successes >= rise):
         return _to(health, "up", now, f"{health.successes} check(s) passed")
     return Step(health, False)
 
 
 def check_failed(health: BackendHealth, now: float, fall: int, reason: str) -> Step:
-    health = replace(health, failures=health.failures + 1, successes=0)
+    health = replace(
+        health,
+        failures=health.failures + 1,
+        successes=0,
+        checked_at=now,
+        check_ok=False,
+        check_reason=reason,
+    )
     if health.state == "unknown" or (health.state == "up" and health.failures >= fall):
         return _to(health, "down", now, f"check failed: {reason}")
     return Step(health, False)

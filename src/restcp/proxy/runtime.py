@@ -487,6 +487,9 @@ class RouteRuntime:
                 health_reason=m.health.reason,
                 active_connections=m.active,
                 replaced=tuple(replaced.get(m.id, ())),
+                checked_at=m.health.checked_at,
+                check_ok=m.health.check_ok,
+                check_reason=m.health.check_reason,
             )
             for m in self.members.values()
         }

@@ -168,7 +168,7 @@ def test_401_documents_the_challenge_and_201_the_location() -> None:
 def test_public_endpoints_need_no_token_and_others_do() -> None:
     assert SPEC["security"] == [{"bearer": []}]
     public = {p for p, ops in SPEC["paths"].items() for op in ops.values() if "security" in op}
-    assert public == {"/healthz", "/openapi.json"}
+    assert public == {"/healthz", "/openapi.json", "/", "/ui/", "/ui/{asset}"}
 
 
 def test_request_bodies_are_the_models_that_validate_them() -> None:
@@ -183,7 +183,8 @@ def test_request_bodies_are_the_models_that_validate_them() -> None:
     # Read-only fields are marked so in responses.
     backend = SPEC["components"]["schemas"]["BackendOut"]["properties"]
     assert {n for n, p in backend.items() if p.get("readOnly")} == {
-        "id", "health", "health_changed_at", "health_reason", "active_connections", "replaced"
+        "id", "health", "health_changed_at", "health_reason", "active_connections", "replaced",
+        "last_check",
     }  # fmt: skip
 
 
