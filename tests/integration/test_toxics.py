@@ -391,8 +391,10 @@ def test_slicer_cuts_chunks_into_pieces_of_the_drawn_sizes(loop: str) -> None:
 
 def test_slicer_keeps_its_pace_over_many_pieces(loop: str) -> None:
     """2,000 bytes in 10-byte pieces 5 ms apart: 199 gaps, 0.995 s from the first piece to
-    the last (±10%), not 199 gaps each stretched by the loop's timer rounding (about a
-    millisecond each, a quarter more in all); the whole exact."""
+    the last, not 199 gaps each stretched by the loop's timer rounding (about a millisecond
+    each: 1.24 s in all, measured). The bound, 15% over, lies between the two: a slicer
+    catches up at most 2 ms, so a loaded machine's longer stalls add to the time; the whole
+    exact."""
     data = payload(2000)
 
     async def main() -> None:
@@ -410,7 +412,7 @@ def test_slicer_keeps_its_pace_over_many_pieces(loop: str) -> None:
             writer.close()
             assert received == data
             expected = 199 * 0.005
-            assert expected - 2 * MS <= took <= 1.1 * expected, took
+            assert expected - 2 * MS <= took <= 1.15 * expected, took
 
     run(loop, main())
 
