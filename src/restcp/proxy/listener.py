@@ -66,16 +66,16 @@ def is_address_taken(err: OSError) -> bool:
     return err.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
 
 
-class Listener:
-    """Accepts clients of one route and starts a Connection for each.
+class Acceptor:
+    """A listening socket's accept loop, shared by a route's Listener and a shared port's
+    SniListener (sni_listener.py), which say what becomes of each client (``accepted``).
 
-    The accept loop is ours, not the event loop's server: out of file descriptors (EMFILE),
-    uvloop's server stops accepting for good, while here the listener only pauses, retries
-    every ACCEPT_RETRY seconds, and resumes once descriptors are free again.
+    The loop is ours, not the event loop's server: out of file descriptors (EMFILE),
+    uvloop's server stops accepting for good, while an Acceptor only pauses, retries every
+    ACCEPT_RETRY seconds, and resumes once descriptors are free again.
     """
 
-    def __init__(self, runtime: RouteRuntime, sock: socket.socket) -> None:
-        self.runtime = runtime
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._loop: asyncio.AbstractEventLoop | None = None
         # uvloop sets TCP_NODELAY on the sockets its transports take; asyncio does not on
@@ -85,9 +85,15 @@ class Listener:
         self._retry: asyncio.TimerHandle | None = None
         self.paused_by: str | None = None
 
-    @property
-    def route(self) -> Route:
-        return self.runtime.route
+    def describe(self) -> str:
+        """Who accepts, for the log lines of a pause and a resume."""
+        raise NotImplementedError
+
+    def accepted(
+        self, conn: socket.socket, addr: tuple[str, int], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Take a new client's socket (its owner from now on)."""
+        raise NotImplementedError
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -106,8 +112,8 @@ class Listener:
         self._reading = False
         if self.paused_by is None:
             log.error(
-                "accept paused app=%s route=%s: %s; retrying every %gs",
-                self.runtime.app, self.runtime.route_id, err.strerror, ACCEPT_RETRY,
+                "accept paused %s: %s; retrying every %gs",
+                self.describe(), err.strerror, ACCEPT_RETRY,
             )  # fmt: skip
         self.paused_by = err.strerror
         self._retry = self._loop.call_later(ACCEPT_RETRY, self._resume)
@@ -115,7 +121,7 @@ class Listener:
     def _accept(self) -> None:
         loop = self._loop
         assert loop is not None
-        tls = self.runtime.tls
+        accepted = self.accepted
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, addr = self._sock.accept()
@@ -128,41 +134,20 @@ class Listener:
                 # ECONNABORTED and the like: that one client gave up; the next may not.
                 continue
             if self.paused_by is not None:
-                log.warning(
-                    "accept resumed app=%s route=%s", self.runtime.app, self.runtime.route_id
-                )
+                log.warning("accept resumed %s", self.describe())
                 self.paused_by = None
-            # No setblocking(False): both loops make the socket non-blocking themselves.
-            if self._set_nodelay:
-                with contextlib.suppress(OSError):
-                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # No task either (one per client was a good part of its cost): the coroutine
-            # makes the transport at its first step and only waits for connection_made.
-            if tls is None:
-                protocol = client_protocol(self.runtime, loop, (addr[0], addr[1]))
-                drive(loop.connect_accepted_socket(functools.partial(_same, protocol), conn))
-                continue
-            # TLS terminated here (proxy/tls.py): connection_made comes after the handshake.
-            protocol = tls_client_protocol(self.runtime, loop, (addr[0], addr[1]))
-            Handshake(self.runtime.tls_failures).run(
-                loop.connect_accepted_socket(
-                    functools.partial(_same, protocol),
-                    conn,
-                    ssl=tls.context,
-                    ssl_handshake_timeout=tls.handshake_timeout,
-                )
-            )
+            accepted(conn, (addr[0], addr[1]), loop)
 
     def release(self) -> socket.socket:
-        """Stop accepting and hand the listening socket over (to the SniListener of the
-        route, which gained server names): no client is refused meanwhile."""
+        """Stop accepting and hand the listening socket over (a route that gained or lost
+        server names moves between a Listener and an SniListener): no client is refused
+        meanwhile."""
         self._stop_accepting()
         return self._sock
 
     def stop(self) -> None:
         """Stop accepting now: the socket is closed before this returns, so the next connect
-        is refused. Connections already running go on until their peers end them (the route's
-        runtime is its owner's to close)."""
+        is refused."""
         self._stop_accepting()
         self._sock.close()
 
@@ -173,6 +158,48 @@ class Listener:
         if self._reading and self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
             self._reading = False
+
+
+class Listener(Acceptor):
+    """Accepts clients of one route and starts a Connection for each. Connections already
+    running when it stops go on until their peers end them (the route's runtime is its
+    owner's to close)."""
+
+    def __init__(self, runtime: RouteRuntime, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.runtime = runtime
+
+    @property
+    def route(self) -> Route:
+        return self.runtime.route
+
+    def describe(self) -> str:
+        return f"app={self.runtime.app} route={self.runtime.route_id}"
+
+    def accepted(
+        self, conn: socket.socket, addr: tuple[str, int], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        # No setblocking(False): both loops make the socket non-blocking themselves.
+        if self._set_nodelay:
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # No task either (one per client was a good part of its cost): the coroutine
+        # makes the transport at its first step and only waits for connection_made.
+        tls = self.runtime.tls
+        if tls is None:
+            protocol = client_protocol(self.runtime, loop, addr)
+            drive(loop.connect_accepted_socket(functools.partial(_same, protocol), conn))
+            return
+        # TLS terminated here (proxy/tls.py): connection_made comes after the handshake.
+        protocol = tls_client_protocol(self.runtime, loop, addr)
+        Handshake(self.runtime.tls_failures).run(
+            loop.connect_accepted_socket(
+                functools.partial(_same, protocol),
+                conn,
+                ssl=tls.context,
+                ssl_handshake_timeout=tls.handshake_timeout,
+            )
+        )
 
 
 def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:

@@ -30,26 +30,20 @@ from restcp.core.client_hello import DEFAULT_LIMIT, peek
 from restcp.core.sni import SniTable
 from restcp.model import RouteKey
 from restcp.proxy.connection import Connection
-from restcp.proxy.listener import ACCEPT_BATCH, ACCEPT_RETRY
+from restcp.proxy.listener import Acceptor
 from restcp.proxy.runtime import RouteRuntime
 from restcp.proxy.stepping import drive
-from restcp.sockets import OUT_OF_RESOURCES
 
 log = logging.getLogger("restcp.proxy")
 
 
-class SniListener:
+class SniListener(Acceptor):
     """Accepts the clients of one shared address and hands each to the route its
     ClientHello names (see the module)."""
 
     def __init__(self, address: tuple[str, int], sock: socket.socket) -> None:
+        super().__init__(sock)
         self.address = address
-        self._sock = sock
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._set_nodelay = True
-        self._reading = False
-        self._retry: asyncio.TimerHandle | None = None
-        self.paused_by: str | None = None
         self.runtimes: dict[RouteKey, RouteRuntime] = {}  # the enabled routes it serves
         self.table: SniTable[RouteRuntime] = SniTable()
         self.timeout = 0.0
@@ -75,69 +69,20 @@ class SniListener:
 
     # -- accepting -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._set_nodelay = not type(self._loop).__module__.startswith("uvloop")
-        self._resume()
+    def describe(self) -> str:
+        return f"address={self.address[0]}:{self.address[1]}"
 
-    def _resume(self) -> None:
-        self._retry = None
-        if self._loop is not None and self._sock.fileno() >= 0 and not self._reading:
-            self._loop.add_reader(self._sock.fileno(), self._accept)
-            self._reading = True
-
-    def _pause(self, err: OSError) -> None:
-        assert self._loop is not None
-        self._loop.remove_reader(self._sock.fileno())
-        self._reading = False
-        if self.paused_by is None:
-            log.error(
-                "accept paused address=%s:%d: %s; retrying every %gs",
-                *self.address, err.strerror, ACCEPT_RETRY,
-            )  # fmt: skip
-        self.paused_by = err.strerror
-        self._retry = self._loop.call_later(ACCEPT_RETRY, self._resume)
-
-    def _accept(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, addr = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as err:
-                if err.errno in OUT_OF_RESOURCES:
-                    self._pause(err)
-                    return
-                continue
-            if self.paused_by is not None:
-                log.warning("accept resumed address=%s:%d", *self.address)
-                self.paused_by = None
-            conn.setblocking(False)
-            hello = Hello(self, loop, conn, (addr[0], addr[1]))
-            self._hellos.add(hello)
-            hello.start()
-
-    def release(self) -> socket.socket:
-        """Stop accepting and hand the listening socket over (to the Listener of the one
-        route left, whose server names are gone): no client is refused meanwhile."""
-        self._stop_accepting()
-        return self._sock
-
-    def stop(self) -> None:
-        """Stop accepting now (the socket closed before this returns) and close the
-        clients still being read from; connections handed to routes go on."""
-        self._stop_accepting()
-        self._sock.close()
+    def accepted(
+        self, conn: socket.socket, addr: tuple[str, int], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        conn.setblocking(False)
+        hello = Hello(self, loop, conn, addr)
+        self._hellos.add(hello)
+        hello.start()
 
     def _stop_accepting(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-        if self._reading and self._loop is not None:
-            self._loop.remove_reader(self._sock.fileno())
-            self._reading = False
+        # The clients still being read from are closed too; those handed to routes go on.
+        super()._stop_accepting()
         for hello in list(self._hellos):
             hello.close("stopped")
 
