@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.cli import restcp
 from tests.e2e.conftest import StartNode, serve_args, snapshot, wait_until
 from tests.e2e.peers import Backend, attach, connect, echo, recv_all
 from tests.e2e.tls_peers import (
@@ -372,3 +373,22 @@ def test_silent_clients_leave_nothing_behind(node: Node, backends: dict[str, Tls
             sock.close()
     wait_until(lambda: node.open_fds() <= base - 1, "the listener and the clients closed")
     assert "CLOSE_WAIT" not in tcp_states(node.proc.pid)
+
+
+def test_the_command_line_shares_a_port_and_reports_a_clash(
+    node: Node, backends: dict[str, TlsBackend]
+) -> None:
+    first = restcp(node, "routes", "create", "tls", "--sni", "db1.example.com", "-o", "json")
+    port = first.json()["port"]
+    names = "*.Staging.example.com,*"
+    second = restcp(
+        node, "routes", "create", "tls", "--port", str(port), "--sni", names, "-o", "json"
+    ).json()
+    assert (second["port"], second["sni"]) == (port, ["*.staging.example.com", "*"])
+    clash = restcp(node, "routes", "create", "tls", "--port", str(port), "--sni", "*")
+    assert clash.code == 1
+    assert "'*'" in clash.err
+    attach(node, "tls", second["id"], backends["staging"].port)
+    assert ask(port, "b.staging.example.com").startswith(b"staging|")
+    alone = restcp(node, "routes", "update", "tls", str(second["id"]), "--sni", "none")
+    assert alone.code == 1  # the port is shared: a route there must name its own
