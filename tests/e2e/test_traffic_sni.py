@@ -358,12 +358,12 @@ def test_a_chosen_route_counts_its_clients_and_applies_its_toxics(
 
 def test_silent_clients_leave_nothing_behind(node: Node, backends: dict[str, TlsBackend]) -> None:
     """Clients still being read from hold a socket each; deleting the port's routes closes
-    them, and the node's descriptors come back to where they were."""
+    them, and the node holds no socket of the port any more."""
     port = shared_port(node, backends, default=False)
-    base = node.open_fds()
+    pid = node.proc.pid
     silent = [connect(port) for _ in range(50)]
     try:
-        wait_until(lambda: node.open_fds() >= base + 50, "50 clients accepted")
+        wait_until(lambda: tcp_states(pid, port).count("ESTABLISHED") == 50, "50 clients accepted")
         for route in ((1, "tls"), (2, "tls"), (1, "other-app")):
             assert node.call("DELETE", f"/apps/{route[1]}/routes/{route[0]}").status == 204
         for sock in silent:
@@ -371,7 +371,8 @@ def test_silent_clients_leave_nothing_behind(node: Node, backends: dict[str, Tls
     finally:
         for sock in silent:
             sock.close()
-    wait_until(lambda: node.open_fds() <= base - 1, "the listener and the clients closed")
+    # Not a socket of the node on the port any more: the listener and every client closed.
+    wait_until(lambda: tcp_states(pid, port) == [], "the listener and the clients closed")
     assert "CLOSE_WAIT" not in tcp_states(node.proc.pid)
 
 
