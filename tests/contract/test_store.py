@@ -445,3 +445,20 @@ def test_a_route_alone_on_its_port_may_gain_and_lose_server_names(store: SyncSto
         create(store, "c", 9443, sni=("*",))
     store.delete_route("a", route.id)
     assert store.ports_in_use(IP) == set()
+
+
+def test_a_change_of_server_names_that_clashes_is_refused_in_the_write(
+    store: SyncStore,
+) -> None:
+    """The store refuses it in the write itself, so two nodes' changes cannot both land."""
+    create(store, "a", 9443, sni=("db1.example.com",))
+    create(store, "b", 9443, sni=("*.staging.example.com", "*"))
+    before = snapshot(store)
+    with pytest.raises(Conflict, match=r"db1\.example\.com"):
+        store.update_route("b", 1, DEFAULT.replace(sni=("db1.example.com",)))
+    with pytest.raises(Conflict, match="server names"):
+        store.update_route("b", 1, DEFAULT)  # no names while another shares the port
+    assert snapshot(store) == before
+    changed = store.update_route("b", 1, DEFAULT.replace(sni=("db2.example.com", "*")))
+    assert changed.settings.sni == ("db2.example.com", "*")
+    assert store.update_route("a", 1, DEFAULT.replace(sni=("db1.example.com",), seed=7))

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.cli import restcp
 from tests.e2e.conftest import StartNode, serve_args, snapshot, wait_until
 from tests.e2e.peers import Backend, attach, connect, echo, recv_all
 from tests.e2e.tls_peers import (
@@ -357,17 +358,12 @@ def test_a_chosen_route_counts_its_clients_and_applies_its_toxics(
 
 def test_silent_clients_leave_nothing_behind(node: Node, backends: dict[str, TlsBackend]) -> None:
     """Clients still being read from hold a socket each; deleting the port's routes closes
-    them, and the node's descriptors come back to where they were."""
+    them, and the node holds no socket of the port any more."""
     port = shared_port(node, backends, default=False)
-    base = node.open_fds()
+    pid = node.proc.pid
     silent = [connect(port) for _ in range(50)]
     try:
-        # Counted on the port, not in descriptors: the API's side of the last call may
-        # still be closing.
-        wait_until(
-            lambda: tcp_states(node.proc.pid, port).count("ESTABLISHED") == 50,
-            "50 clients accepted",
-        )
+        wait_until(lambda: tcp_states(pid, port).count("ESTABLISHED") == 50, "50 clients accepted")
         for route in ((1, "tls"), (2, "tls"), (1, "other-app")):
             assert node.call("DELETE", f"/apps/{route[1]}/routes/{route[0]}").status == 204
         for sock in silent:
@@ -375,8 +371,25 @@ def test_silent_clients_leave_nothing_behind(node: Node, backends: dict[str, Tls
     finally:
         for sock in silent:
             sock.close()
-    wait_until(
-        lambda: tcp_states(node.proc.pid, port) == [] and node.open_fds() <= base - 1,
-        "the listener and the clients closed",
-    )
+    # Not a socket of the node on the port any more: the listener and every client closed.
+    wait_until(lambda: tcp_states(pid, port) == [], "the listener and the clients closed")
     assert "CLOSE_WAIT" not in tcp_states(node.proc.pid)
+
+
+def test_the_command_line_shares_a_port_and_reports_a_clash(
+    node: Node, backends: dict[str, TlsBackend]
+) -> None:
+    first = restcp(node, "routes", "create", "tls", "--sni", "db1.example.com", "-o", "json")
+    port = first.json()["port"]
+    names = "*.Staging.example.com,*"
+    second = restcp(
+        node, "routes", "create", "tls", "--port", str(port), "--sni", names, "-o", "json"
+    ).json()
+    assert (second["port"], second["sni"]) == (port, ["*.staging.example.com", "*"])
+    clash = restcp(node, "routes", "create", "tls", "--port", str(port), "--sni", "*")
+    assert clash.code == 1
+    assert "'*'" in clash.err
+    attach(node, "tls", second["id"], backends["staging"].port)
+    assert ask(port, "b.staging.example.com").startswith(b"staging|")
+    alone = restcp(node, "routes", "update", "tls", str(second["id"]), "--sni", "none")
+    assert alone.code == 1  # the port is shared: a route there must name its own

@@ -215,12 +215,43 @@ class SqliteStore:
     async def update_route(self, app: str, route_id: int, settings: RouteSettings) -> Route:
         with self._write() as db:
             self._require_route(app, route_id)
+            self._check_claims(db, app, route_id, settings)
             db.execute(
                 "UPDATE routes SET settings = ? WHERE app = ? AND id = ?",
                 (dump_route_settings(settings), app, route_id),
             )
             # Read back in the same transaction: another process may delete it right after.
             return self._routes(app, route_id)[0]
+
+    @staticmethod
+    def _check_claims(
+        db: sqlite3.Connection, app: str, route_id: int, settings: RouteSettings
+    ) -> None:
+        """Conflict if the route's new server names clash with another route's on its
+        address, or it loses them while others share it: in the write's transaction, so
+        two processes' changes cannot both pass (the route service checks first, for its
+        message; this is the guarantee)."""
+        (ip, port) = db.execute(
+            "SELECT frontend_ip, port FROM routes WHERE app = ? AND id = ?", (app, route_id)
+        ).fetchone()
+        others = db.execute(
+            "SELECT app, id, settings FROM routes WHERE frontend_ip = ? AND port = ? "
+            "AND NOT (app = ? AND id = ?)",
+            (ip, port, app, route_id),
+        ).fetchall()
+        claimed = set(settings.sni or ())
+        for other_app, other_id, text in others:
+            theirs = load_route_settings(text).sni
+            if settings.sni is None or theirs is None:
+                raise Conflict(
+                    f"port {port} of {ip} is shared with route {other_id} of app "
+                    f"{other_app!r}: only routes with their own server names (sni) share it"
+                )
+            for name in claimed.intersection(theirs):
+                raise Conflict(
+                    f"server name {name!r} on port {port} of {ip} is claimed by route "
+                    f"{other_id} of app {other_app!r} already"
+                )
 
     async def delete_route(self, app: str, route_id: int) -> None:
         with self._write() as db:

@@ -205,6 +205,30 @@ UPDATE_ROUTE: Final = _guarded(
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local r = redis.call('HMGET', KEYS[1], 'ip', 'port')
+local member = ARGV[2] .. ':' .. ARGV[3]
+-- Server names clash with another route's on the address, or are lost while others share
+-- it: {0, name ('' when lost), the other's member}, nothing written.
+local ip_key = ARGV[1] .. 'ip:' .. r[1]
+if redis.call('HGET', ip_key .. ':ports', r[2]) == SHARED then
+  local new = cjson.decode(ARGV[4]).sni
+  if new == cjson.null then new = nil end
+  for _, other in ipairs(redis.call('SMEMBERS', ip_key .. ':routes')) do
+    if other ~= member then
+      local o = redis.call('HMGET', ARGV[1] .. 'route:' .. other, 'port', 'settings')
+      if o[1] == r[2] then
+        if new == nil then return {0, '', other} end
+        local theirs = cjson.decode(o[2]).sni
+        if theirs ~= nil and theirs ~= cjson.null then
+          local seen = {}
+          for _, name in ipairs(theirs) do seen[name] = true end
+          for _, name in ipairs(new) do
+            if seen[name] then return {0, name, other} end
+          end
+        end
+      end
+    end
+  end
+end
 readdress(ARGV[1] .. 'ip:' .. r[1] .. ':ports', r[2], ARGV[2] .. ':' .. ARGV[3], ARGV[4])
 redis.call('HSET', KEYS[1], 'settings', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'version', 1)

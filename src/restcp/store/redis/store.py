@@ -21,7 +21,7 @@ from restcp.store.codec import (
 from restcp.store.redis import scripts
 from restcp.store.redis.connection import RedisConnection
 from restcp.store.redis.coordination import RedisCoordination
-from restcp.store.redis.keys import address_taken, app_segment
+from restcp.store.redis.keys import address_taken, app_segment, describe_member
 from restcp.store.redis.url import RedisTarget
 
 
@@ -105,6 +105,14 @@ class RedisStore:
         )
         if record is None:
             raise NotFound(f"route {route_id} of app {app!r} not found")
+        if record[0] == 0:  # scripts.UPDATE_ROUTE: a server name clash, nothing written
+            name, other = str(record[1]), describe_member(str(record[2]))
+            if not name:
+                raise Conflict(
+                    f"its port is shared with {other}: only routes with their own server "
+                    "names (sni) share it"
+                )
+            raise Conflict(f"server name {name!r} on its port is claimed by {other} already")
         return _route(record)
 
     async def touch_route(self, app: str, route_id: int) -> None:
