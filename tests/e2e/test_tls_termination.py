@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -317,3 +318,33 @@ def test_a_route_does_not_both_terminate_and_share_its_port_by_sni(
     shared = node.call("PATCH", "/apps/web/routes/1", {"sni": ["web.example.com"]})
     assert shared.status == 200, shared
     assert shared.json()["sni"] == ["web.example.com"]
+
+
+def test_workers_terminate_with_the_nodes_certificates(
+    start_node: StartNode, backend: Backend, ca: Authority, tmp_path: Path
+) -> None:
+    lo, hi = free_port_range()
+    node = start_node(*serve_args(tmp_path / "restcp.db", lo, hi, "--workers", "2"))
+    add_certificate(node, "web", ca.issue("web.example.com"))
+    port = tls_route(node, backend, certificates=["web"])
+    context = client_context(ca, tmp_path)
+    # Enough clients that the kernel gives some to each process of the port's group.
+    for n in range(20):
+        with handshake(port, context, "web.example.com") as tls:
+            tls.sendall(b"%d" % n)
+            assert recv_exactly(tls, len(b"%d" % n)) == b"%d" % n
+    renewed = ca.issue("renewed.example.com", ("web.example.com",))
+    put = node.call("PUT", "/certificates/web", {"cert": renewed.cert, "key": renewed.key})
+    assert put.status == 200, put
+    for _ in range(20):
+        with handshake(port, context, "web.example.com") as tls:
+            assert served_cn(tls) == "renewed.example.com"
+    # Failures in every process are summed in the node's metrics.
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
+            plain.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            plain.recv(100)
+    deadline = time.monotonic() + 5  # workers send their counters every second
+    while failures(node).get("not_tls") != 20 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert failures(node).get("not_tls") == 20, failures(node)

@@ -157,7 +157,8 @@ class Snapshot(Protocol):
         self, epoch: str | None, upserts: Iterable[Route], deletes: Iterable[RouteKey]
     ) -> None:
         """In one transaction: store ``epoch`` (None keeps the one stored), replace each
-        route of ``upserts`` with its backends and toxics, remove ``deletes``. Counters
-        only grow."""
+        route of ``upserts`` with its backends and toxics, and the certificates it is
+        served with, remove ``deletes``. Counters only grow. ``load_snapshot`` gives each
+        route back with the certificates its tls names."""
 
     async def close(self) -> None: ...

@@ -9,6 +9,7 @@ concurrent API requests. Another process on the same file waits up to ``busy_tim
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -433,7 +434,7 @@ class SqliteStore:
         ips = set(frontend_ips)
         with self._read() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-            routes = [r for r in self._routes() if r.frontend_ip in ips]
+            routes = self._with_certificates([r for r in self._routes() if r.frontend_ip in ips])
             route_counters = dict(db.execute("SELECT app, last_route_id FROM apps").fetchall())
             keys = {r.key for r in routes}
             backend_counters = {
@@ -508,6 +509,31 @@ class SqliteStore:
                 for position, t in enumerate(route.toxics, 1)
             ],
         )
+        # The certificates it is served with, so that it is served with them again from
+        # the snapshot alone (Redis down).
+        db.executemany(
+            "INSERT INTO certificates (name, cert, key) VALUES (?, ?, ?) ON CONFLICT (name) "
+            "DO UPDATE SET cert = excluded.cert, key = excluded.key",
+            [(c.name, c.cert, c.key) for c in route.certificates],
+        )
+
+    def _with_certificates(self, routes: list[Route]) -> list[Route]:
+        """Routes read from a snapshot, with the certificates their tls names."""
+        if not any(r.settings.tls is not None for r in routes):
+            return routes
+        stored = {
+            name: Certificate(name, cert, key)
+            for name, cert, key in self._db.execute("SELECT name, cert, key FROM certificates")
+        }
+        return [
+            r
+            if r.settings.tls is None
+            else dataclasses.replace(
+                r,
+                certificates=tuple(stored[n] for n in r.settings.tls.certificates if n in stored),
+            )
+            for r in routes
+        ]
 
     def _require_route(self, app: str, route_id: int) -> None:
         row = self._db.execute(
