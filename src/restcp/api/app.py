@@ -43,6 +43,7 @@ from restcp.api.auth import (
 )
 from restcp.api.endpoints import ENDPOINTS as TABLE
 from restcp.api.endpoints import Endpoint
+from restcp.api.events import View
 from restcp.api.openapi import build_spec
 from restcp.api.owner import Owner
 from restcp.api.schemas import (
@@ -90,6 +91,9 @@ log = logging.getLogger("restcp.api")
 ID = re.compile(r"[0-9]{1,19}")
 MAX_ID = 2**63 - 1
 MAX_BODY = 64 * 1024
+
+# Streams of one scope closer together than this (seconds) share one view of the routes.
+SHARED = 0.5
 
 # The Server header of every answer: not aiohttp's, which names its version and Python's.
 SERVER = "restcp"
@@ -362,6 +366,8 @@ class Api:
         self.history = StatsHistory(lambda: owner.samples())
         # Set when the API shuts down: event streams end, so they never hold a stopping node.
         self.closing = asyncio.Event()
+        # The last view of each scope the streams show (an app, or None: every app).
+        self._views: dict[str | None, tuple[float, View]] = {}
 
     async def dashboard(self, request: web.Request) -> web.Response:
         return _asset("index.html")
@@ -410,25 +416,8 @@ class Api:
         principal: Principal = request[PRINCIPAL]
         admin_token = self.config.admin_token_sha256
 
-        async def view() -> events.View:
-            if app is None:
-                stored = await self.store.all_routes()
-            else:
-                try:
-                    stored = await self.store.list_routes(app)
-                except NotFound:
-                    stored = []
-            stats, measured = self.history.routes_json(app)
-            routes = {}
-            for route in sorted(stored, key=lambda r: r.key):
-                shown = self._route_json(route)
-                # null: served by another node of the cluster (its counters are there).
-                shown["stats"] = stats.get(route.key)
-                routes[f"{route.app}/{route.id}"] = shown
-            node = self._node_json(list(stats.values()), measured)
-            if app is None:
-                node["nodes"] = await self.owner.nodes()
-            return node, routes
+        async def view() -> View:
+            return await self._view(app)
 
         async def allowed() -> bool:
             # A stream outlives its request's check: revoking its token, or rotating the
@@ -439,6 +428,37 @@ class Api:
             return self.config.admin_token_sha256 == admin_token
 
         return await events.stream(request, view, allowed, self.closing)
+
+    async def _view(self, app: str | None) -> View:
+        """What a stream of ``app``'s routes (every app's: None) shows now. Streams of one
+        scope share a view taken less than SHARED seconds ago: ten open dashboards cost
+        the node one reading of the store a second, not ten."""
+        now = time.monotonic()
+        for scope in [k for k, (at, _) in self._views.items() if now - at > 5 * SHARED]:
+            del self._views[scope]
+        cached = self._views.get(app)
+        if cached is not None and now - cached[0] < SHARED:
+            return cached[1]
+        if app is None:
+            stored = await self.store.all_routes()
+        else:
+            try:
+                stored = await self.store.list_routes(app)
+            except NotFound:
+                stored = []
+        stats, measured = self.history.routes_json(app)
+        routes = {}
+        for route in sorted(stored, key=lambda r: r.key):
+            shown = self._route_json(route)
+            # null: served by another node of the cluster (its counters are there).
+            shown["stats"] = stats.get(route.key)
+            routes[f"{route.app}/{route.id}"] = shown
+        node = self._node_json(list(stats.values()), measured)
+        if app is None:
+            node["nodes"] = await self.owner.nodes()
+        view = (node, routes)
+        self._views[app] = (now, view)
+        return view
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=self._spec, content_type="application/json")
