@@ -122,6 +122,9 @@ class Subscriber:
                     log.exception("bug: the cluster listener failed")
                 if self.connected:
                     log.warning("lost Redis pub/sub (%s): reconnecting", err)
+                    # Redis went away (restarted, failed over): the pool's idle
+                    # connections went with it; new ones are made as commands need them.
+                    await self._bus.drop_idle_connections()
                 self.connected, self.problem = False, str(err)
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(2 * backoff, BACKOFF_MAX)

@@ -9,9 +9,12 @@ are given and returned without the prefix, which they carry in Redis like every 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, cast
+
+import redis.exceptions
 
 from restcp.errors import Conflict, EpochMismatch, Unavailable
 from restcp.model import Route, RouteSettings
@@ -35,6 +38,15 @@ class RedisCoordination:
         self._keys = connection.keys
         self._run = connection.run
         self._client = connection.client
+
+    async def drop_idle_connections(self) -> None:
+        # A connection idle for under HEALTH_CHECK_INTERVAL is not PINGed before use
+        # (connection.py): one Redis closed by restarting would fail a write with a 503.
+        # Closing a dead connection may fail as it died: nothing is left to release then.
+        with contextlib.suppress(
+            redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError
+        ):
+            await self._client.connection_pool.disconnect(inuse_connections=False)
 
     # -- pub/sub ---------------------------------------------------------------------------
 
