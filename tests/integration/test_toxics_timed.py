@@ -70,6 +70,17 @@ def within(at: float, window: tuple[float, float], after: float) -> None:
     )
 
 
+# The three timed toxics, the attribute holding their time, and how they end a connection.
+each_timed_toxic = pytest.mark.parametrize(
+    ("type_", "attribute", "outcome"),
+    [
+        ("timeout", "timeout", "eof"),
+        ("limit_time", "time", "eof"),
+        ("reset_peer", "timeout", "reset"),
+    ],
+)
+
+
 @pytest.mark.parametrize("stream", ["downstream", "upstream"])
 def test_a_timeout_added_under_an_open_connection_counts_from_its_addition(
     loop: str, stream: str
@@ -130,14 +141,7 @@ def test_reset_peer_added_under_an_open_connection_counts_from_its_addition(loop
     run(loop, main())
 
 
-@pytest.mark.parametrize(
-    ("type_", "attribute", "outcome"),
-    [
-        ("timeout", "timeout", "eof"),
-        ("limit_time", "time", "eof"),
-        ("reset_peer", "timeout", "reset"),
-    ],
-)
+@each_timed_toxic
 def test_a_timed_toxic_on_the_route_counts_from_the_connect(
     loop: str, type_: str, attribute: str, outcome: str
 ) -> None:
@@ -160,14 +164,7 @@ def test_a_timed_toxic_on_the_route_counts_from_the_connect(
     run(loop, main())
 
 
-@pytest.mark.parametrize(
-    ("type_", "attribute", "outcome"),
-    [
-        ("timeout", "timeout", "eof"),
-        ("limit_time", "time", "eof"),
-        ("reset_peer", "timeout", "reset"),
-    ],
-)
+@each_timed_toxic
 def test_a_patch_of_a_timed_toxic_counts_from_its_start_not_from_the_patch(
     loop: str, type_: str, attribute: str, outcome: str
 ) -> None:
@@ -195,14 +192,7 @@ def test_a_patch_of_a_timed_toxic_counts_from_its_start_not_from_the_patch(
     run(loop, main())
 
 
-@pytest.mark.parametrize(
-    ("type_", "attribute", "outcome"),
-    [
-        ("timeout", "timeout", "eof"),
-        ("limit_time", "time", "eof"),
-        ("reset_peer", "timeout", "reset"),
-    ],
-)
+@each_timed_toxic
 def test_a_patch_to_a_time_already_past_ends_the_connection_at_once(
     loop: str, type_: str, attribute: str, outcome: str
 ) -> None:
