@@ -21,8 +21,8 @@ import pytest
 
 from restcp.client.metrics import Metrics
 from tests.certs import Authority, Pem
-from tests.e2e.conftest import StartNode, serve_args
-from tests.e2e.peers import Backend, echo, recv_exactly
+from tests.e2e.conftest import StartNode, serve_args, wait_until
+from tests.e2e.peers import Backend, dial, echo, held_and_reset, recv_exactly
 from tests.helpers import Node, free_port_range
 
 HOSTS = ("web.example.com", "api.example.com")
@@ -348,3 +348,68 @@ def test_workers_terminate_with_the_nodes_certificates(
     while failures(node).get("not_tls") != 20 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert failures(node).get("not_tls") == 20, failures(node)
+
+
+def refusals(node: Node, route: int) -> dict[str, float]:
+    metrics = Metrics.parse(node.call("GET", "/metrics").body.decode())
+    return {
+        s.labels["reason"]: s.value
+        for s in metrics.samples("restcp_refused_connections_total")
+        if s.labels["route"] == str(route)
+    }
+
+
+def handshakes_failed(node: Node) -> float:
+    """Failed handshakes of every route, for every reason."""
+    metrics = Metrics.parse(node.call("GET", "/metrics").body.decode())
+    return sum(s.value for s in metrics.samples("restcp_tls_handshake_failures_total"))
+
+
+def test_clients_in_their_handshake_count_against_the_limits(
+    start_node: StartNode, backend: Backend, ca: Authority, tmp_path: Path
+) -> None:
+    """Silent clients of a terminating route hold a place each, under the route's
+    max_connections and the node's --max-connections: a flood of them is reset past the
+    limit and counted, and a client that finishes its handshake takes its own place."""
+    lo, hi = free_port_range()
+    node = start_node(*serve_args(tmp_path / "r.db", lo, hi, "--max-connections", "6"))
+    add_certificate(node, "web", ca.issue("web.example.com"))
+    limited = node.call(
+        "PUT", "/apps/web/routes", {"tls": {"certificates": ["web"], "handshake_timeout": 60}}
+    ).json()
+    node.call("PATCH", f"/apps/web/routes/{limited['id']}", {"max_connections": 3})
+    node.call(
+        "PUT",
+        f"/apps/web/routes/{limited['id']}/backends",
+        {"ip": "127.0.0.1", "port": backend.port},
+    )
+    context = client_context(ca, tmp_path)
+    silent = [dial(limited["port"]) for _ in range(2)]
+    assert held_and_reset(silent) == (2, 0)
+    try:
+        # Two silent clients and one that finishes: three places, the limit, all served.
+        with handshake(limited["port"], context, "web.example.com") as tls:
+            tls.sendall(b"third")
+            assert recv_exactly(tls, 5) == b"third"
+            # The route is full: the next clients are reset at accept.
+            more = [dial(limited["port"]) for _ in range(8)]
+            silent += more
+            wait_until(lambda: refusals(node, limited["id"]) == {"route_limit": 8}, "8 refused")
+            assert held_and_reset(more) == (0, 8)
+        # The node's cap (6) on another route: 3 places left of it.
+        other = node.call(
+            "PUT", "/apps/web/routes", {"tls": {"certificates": ["web"], "handshake_timeout": 60}}
+        ).json()
+        flood = [dial(other["port"]) for _ in range(10)]
+        silent += flood
+        wait_until(lambda: refusals(node, other["id"]) == {"node_limit": 6}, "6 refused")
+        assert held_and_reset(flood) == (4, 6)
+    finally:
+        for sock in silent:
+            if sock is not None:
+                sock.close()
+    # Once they are gone, clients are served again.
+    wait_until(lambda: handshakes_failed(node) == 6, "the silent clients' handshakes ended")
+    with handshake(limited["port"], context, "web.example.com") as tls:
+        tls.sendall(b"again")
+        assert recv_exactly(tls, 5) == b"again"

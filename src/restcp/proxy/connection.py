@@ -78,7 +78,7 @@ from restcp.proxy.splice import SplicePipe
 from restcp.proxy.splicer import CAN_SPLICE
 from restcp.proxy.staged_pipe import StagedPipe
 from restcp.proxy.stages import Meeting, Staging
-from restcp.proxy.tls import HalfCloseless, describe_session
+from restcp.proxy.tls import HalfCloseless, Handshake, describe_session
 from restcp.proxy.transport_pipe import BackendEnd, TransportPipe
 from restcp.sockets import reset_transport
 
@@ -561,9 +561,14 @@ class TlsConnection(Connection):
     FIN towards the client into the end of its session, and its access line names the TLS
     version, cipher and SNI. A route without TLS never makes one."""
 
-    __slots__ = ("_session",)
+    __slots__ = ("_session", "handshake")
+
+    handshake: Handshake  # its handshake (set by tls_client_protocol)
 
     def client_made(self, transport: asyncio.Transport) -> None:
+        # Its handshake's place under the limits is given back first: admit() judges the
+        # Connection as it judges any other.
+        self.handshake.done()
         self._session = describe_session(transport)
         wrapped = cast(asyncio.Transport, HalfCloseless(transport))
         self.transports.transport = wrapped
@@ -581,8 +586,13 @@ def client_protocol(
 
 
 def tls_client_protocol(
-    route: RouteRuntime, loop: asyncio.AbstractEventLoop, client_addr: tuple[str, int] | None
+    route: RouteRuntime,
+    loop: asyncio.AbstractEventLoop,
+    client_addr: tuple[str, int] | None,
+    handshake: Handshake,
 ) -> TransportPipe:
     """As client_protocol, for a route that terminates TLS: the protocol the TLS transport
-    gets once the handshake is done."""
-    return TlsConnection(route, loop, client_addr).transports
+    gets once ``handshake`` is done."""
+    connection = TlsConnection(route, loop, client_addr)
+    connection.handshake = handshake
+    return connection.transports

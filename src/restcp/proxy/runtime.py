@@ -113,6 +113,9 @@ class RouteRuntime:
         # come; the listener reads it at each accept.
         self.tls: Termination | None = None
         self.tls_failures: Counter[str] = Counter()  # failed handshakes, by reason
+        # Clients in their TLS handshake: not Connections yet, counted against the limits
+        # all the same (``hold``), so a flood of clients that never finish cannot pass them.
+        self.handshaking = 0
         self._apply(route, first=True)
 
     # -- configuration -------------------------------------------------------------------
@@ -303,7 +306,7 @@ class RouteRuntime:
             self.traffic.discard(connection)
         limit = self.route.settings.max_connections
         refusal: str | None = None
-        if limit is not None and len(self.connections) >= limit:
+        if limit is not None and len(self.connections) + self.handshaking >= limit:
             refusal = "route_limit"
         elif self.traffic.full():
             refusal = "node_limit"
@@ -313,6 +316,30 @@ class RouteRuntime:
             self.connections.add(connection)
             self.traffic.add(connection, self.app)
         return refusal
+
+    def hold(self) -> str | None:
+        """A client of a route that terminates TLS, accepted, takes a place under the limits
+        for its handshake (``release`` gives it back, before its Connection is admitted),
+        or is refused: why (counted as ``admit`` counts it)."""
+        limit = self.route.settings.max_connections
+        refusal: str | None = None
+        if limit is not None and len(self.connections) + self.handshaking >= limit:
+            refusal = "route_limit"
+        elif self.traffic.full():
+            refusal = "node_limit"
+        elif self.traffic.app_full(self.app):
+            refusal = "app_limit"
+        if refusal is not None:
+            self.refused[refusal] += 1
+            return refusal
+        self.handshaking += 1
+        self.traffic.hold(self.app)
+        return None
+
+    def release(self) -> None:
+        """A handshake held by ``hold`` is over (done, failed or abandoned)."""
+        self.handshaking -= 1
+        self.traffic.unhold(self.app)
 
     def pick(self, tried: Collection[int], key: bytes) -> Member | None:
         """The member for a client's next connect. Each pick is counted in its

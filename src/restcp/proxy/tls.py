@@ -23,7 +23,7 @@ import logging
 import ssl
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,15 +165,25 @@ def describe_session(transport: asyncio.BaseTransport) -> tuple[str, str, str | 
 class Handshake(Stepper):
     """Runs one client's ``connect_accepted_socket`` with TLS: a failure is counted on its
     route under its reason (``failures``); a success is the Connection's from
-    ``connection_made`` on."""
+    ``connection_made`` on. The client's place under the route's limits, taken at accept,
+    is given back (``release``) once: when its Connection is made (``done``, which then is
+    judged as any other), or when the handshake fails."""
 
-    __slots__ = ("_failures",)
+    __slots__ = ("_failures", "_release")
 
-    def __init__(self, failures: Counter[str]) -> None:
+    def __init__(self, failures: Counter[str], release: Callable[[], None]) -> None:
         super().__init__()
         self._failures = failures
+        self._release: Callable[[], None] | None = release
+
+    def done(self) -> None:
+        """The handshake is over: the client's place is given back (once)."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
     def finished(self, err: BaseException | None) -> None:
+        self.done()
         if err is None or isinstance(err, asyncio.CancelledError):
             return
         reason = failure_reason(err)
