@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from proxyprotocol.result import ProxyResult, ProxyResultIPv4
+from proxyprotocol.v2 import ProxyProtocolV2
 
 from restcp.client.metrics import Metrics
 from tests.certs import Authority, Pem
 from tests.e2e.conftest import StartNode, serve_args, wait_until
-from tests.e2e.peers import Backend, dial, echo, held_and_reset, recv_exactly
+from tests.e2e.peers import Backend, attach, dial, echo, held_and_reset, recv_exactly
 from tests.helpers import Node, free_port_range
 
 HOSTS = ("web.example.com", "api.example.com")
@@ -413,3 +415,86 @@ def test_clients_in_their_handshake_count_against_the_limits(
     with handshake(limited["port"], context, "web.example.com") as tls:
         tls.sendall(b"again")
         assert recv_exactly(tls, 5) == b"again"
+
+
+class HeaderReader:
+    """A backend that reads a PROXY v2 header with the proxy-protocol package (an
+    implementation independent of restcp), keeps the header and what it says, then
+    answers the client's first bytes with ``ok``."""
+
+    def __init__(self) -> None:
+        self.headers: list[bytes] = []
+        self.results: list[ProxyResult] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, conn: socket.socket) -> None:
+        fixed = recv_exactly(conn, 16)
+        header = fixed + recv_exactly(conn, int.from_bytes(fixed[14:16], "big"))
+        result = ProxyProtocolV2().unpack(header)
+        with self._lock:
+            self.headers.append(header)
+            self.results.append(result)
+        assert recv_exactly(conn, 5) == b"hello"
+        conn.sendall(b"ok")
+
+
+def test_proxy_v2_tells_the_backend_the_client_certificate_and_the_sni(
+    node: Node, ca: Authority, tmp_path: Path
+) -> None:
+    """A route that terminates TLS with PROXY protocol v2: the header carries the SNI
+    (PP2_TYPE_AUTHORITY) and the TLS (PP2_TYPE_SSL: version, cipher, and with mTLS the
+    client certificate's CN, its flags and its verification), as HAProxy sends them; a
+    route without client certificates says there was none; a plain route sends none."""
+    clients = Authority("client CA")
+    add_certificate(node, "web", ca.issue("web.example.com"))
+    reader = HeaderReader()
+    with Backend(reader) as server:
+        mutual = node.call(
+            "PUT",
+            "/apps/web/routes",
+            {"tls": {"certificates": ["web"], "client_ca": clients.pem}, "proxy_protocol": "v2"},
+        ).json()
+        attach(node, "web", mutual["id"], server.port)
+        cert, key = clients.issue("alice", client=True).write(tmp_path, "alice")
+        context = client_context(ca, tmp_path)
+        context.load_cert_chain(cert, key)
+        with handshake(mutual["port"], context, "web.example.com") as tls:
+            tls.sendall(b"hello")
+            assert recv_exactly(tls, 2) == b"ok"
+            version, cipher = tls.version(), tls.cipher()[0]
+        (result,) = reader.results
+        assert isinstance(result, ProxyResultIPv4)
+        assert result.dest[1] == mutual["port"]
+        assert result.tlv.authority == "web.example.com"
+        ssl_tlv = result.tlv.ssl
+        assert (ssl_tlv.has_ssl, ssl_tlv.has_cert_conn, ssl_tlv.has_cert_sess) == (True,) * 3
+        assert ssl_tlv.verified
+        assert (ssl_tlv.version, ssl_tlv.cipher, ssl_tlv.cn) == (version, cipher, "alice")
+
+        # TLS without client certificates, and a client that sends no SNI.
+        plain_tls = node.call(
+            "PUT", "/apps/web/routes", {"tls": {"certificates": ["web"]}, "proxy_protocol": "v2"}
+        ).json()
+        attach(node, "web", plain_tls["id"], server.port)
+        anonymous = client_context(ca, tmp_path, check_hostname=False)
+        with handshake(plain_tls["port"], anonymous, None) as tls:
+            tls.sendall(b"hello")
+            assert recv_exactly(tls, 2) == b"ok"
+        result = reader.results[1]
+        assert result.tlv.authority is None
+        ssl_tlv = result.tlv.ssl
+        assert (ssl_tlv.has_ssl, ssl_tlv.has_cert_conn, ssl_tlv.has_cert_sess) == (
+            True, False, False,
+        )  # fmt: skip
+        assert not ssl_tlv.verified
+        assert ssl_tlv.cn is None
+        assert ssl_tlv.version == "TLSv1.3"
+
+        # A route without TLS: the addresses alone, no TLV.
+        plain = node.call("PUT", "/apps/web/routes", {"proxy_protocol": "v2"}).json()
+        attach(node, "web", plain["id"], server.port)
+        with socket.create_connection(("127.0.0.1", plain["port"]), timeout=5) as sock:
+            sock.sendall(b"hello")
+            assert recv_exactly(sock, 2) == b"ok"
+        assert len(reader.headers[2]) == 16 + 12
+        assert not reader.results[2].tlv

@@ -49,6 +49,13 @@ class Counted(Tracked, Protocol):
     bytes_up: int
     bytes_down: int
     refused: str | None  # why it was closed without reaching a backend
+    client_addr: tuple[str, int] | None
+
+    def frontend(self) -> tuple[str, int] | None:
+        """The address the client connected to."""
+
+    def tls_info(self) -> proxy_protocol.TlsInfo | None:
+        """What its TLS handshake said, if the proxy terminated its TLS."""
 
     def toxics_changed(self) -> None:
         """The route's toxics changed: meet the ones aimed at it now."""
@@ -379,18 +386,15 @@ class RouteRuntime:
         member.connecting = max(0, member.connecting - 1)
         self._forget_if_done(member)
 
-    def proxy_header(
-        self,
-        backend: Backend,
-        client: tuple[str, int] | None,
-        frontend: Callable[[], tuple[str, int] | None],
-    ) -> bytes | None:
-        """The PROXY header to send first, or None; ``frontend`` is asked only when one is
-        sent (it costs the connection a getsockname conversion)."""
+    def proxy_header(self, backend: Backend, connection: Counted) -> bytes | None:
+        """The PROXY header to send ``backend`` first, or None. The connection is asked its
+        frontend address (a getsockname conversion) and its TLS (a v2 header's TLVs) only
+        when a header is sent."""
         version = backend.proxy_protocol or self.route.settings.proxy_protocol
         if version is None or version == "none":
             return None
-        return proxy_protocol.header(version, client, frontend())
+        tls = connection.tls_info() if version == "v2" else None
+        return proxy_protocol.header(version, connection.client_addr, connection.frontend(), tls)
 
     # -- what connections report --------------------------------------------------------
 

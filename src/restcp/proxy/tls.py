@@ -25,9 +25,10 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from restcp.core.certificates import CertificateError, describe
+from restcp.core.proxy_protocol import TlsInfo
 from restcp.model import Certificate, TlsSettings
 from restcp.proxy.stepping import Stepper
 
@@ -160,6 +161,30 @@ def describe_session(transport: asyncio.BaseTransport) -> tuple[str, str, str | 
         # The client's own text, bound for a log line: nothing that could split or fake one.
         sni = "".join(c if c.isprintable() and not c.isspace() else "?" for c in sni[:255])
     return (ssl_object.version() or "-", cipher[0] if cipher else "-", sni)
+
+
+def session_info(ssl_object: ssl.SSLObject) -> TlsInfo:
+    """What a terminated connection's handshake said, for a PROXY v2 header's TLVs: the
+    SNI exactly as sent, and the client certificate's common name (mTLS: a certificate
+    the client presents has verified, or the handshake failed)."""
+    cipher = ssl_object.cipher()
+    peer = ssl_object.getpeercert() if ssl_object.context.verify_mode != ssl.CERT_NONE else None
+    certificate: Literal["connection", "session"] | None = None
+    cn: str | None = None
+    if peer:
+        certificate = "session" if ssl_object.session_reused else "connection"
+        subject = cast(tuple[tuple[tuple[str, str], ...], ...], peer.get("subject", ()))
+        for rdn in subject:
+            for key, value in rdn:
+                if key == "commonName":
+                    cn = value
+    return TlsInfo(
+        version=ssl_object.version() or "-",
+        cipher=cipher[0] if cipher else "-",
+        sni=getattr(ssl_object, "restcp_sni", None),
+        client_certificate=certificate,
+        client_cn=cn,
+    )
 
 
 class Handshake(Stepper):
