@@ -25,7 +25,7 @@ from restcp.client.metrics import Metrics
 from tests.certs import Authority, Pem
 from tests.e2e.conftest import StartNode, serve_args, wait_until
 from tests.e2e.peers import Backend, attach, dial, echo, held_and_reset, recv_exactly
-from tests.helpers import Node, free_port_range
+from tests.helpers import Node, free_port_range, tcp_states
 
 HOSTS = ("web.example.com", "api.example.com")
 
@@ -498,3 +498,64 @@ def test_proxy_v2_tells_the_backend_the_client_certificate_and_the_sni(
             assert recv_exactly(sock, 2) == b"ok"
         assert len(reader.headers[2]) == 16 + 12
         assert not reader.results[2].tlv
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path, backend: Backend) -> Iterator[tuple[int, Path]]:
+    """HAProxy reading PROXY headers (``accept-proxy``) in front of the echo backend: its
+    port, and its log, one line per connection with the authority TLV it read and the
+    addresses of the header. It drops a connection whose header does not parse."""
+    port, _ = free_port_range(1)
+    log = tmp_path / "haproxy.log"
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(f"""\
+global
+    log stdout format raw local0
+defaults
+    mode tcp
+    log global
+    timeout connect 5s
+    timeout client 10s
+    timeout server 10s
+frontend fe
+    bind 127.0.0.1:{port} accept-proxy
+    log-format "pp authority=%[fc_pp_authority] client=%ci:%cp frontend=%fi:%fp"
+    default_backend be
+backend be
+    server echo 127.0.0.1:{backend.port}
+""")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=out, stderr=out)
+    try:
+        wait_until(lambda: "LISTEN" in tcp_states(proc.pid, port), "haproxy listening")
+        yield port, log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_haproxy_reads_the_proxy_v2_header_of_a_terminated_connection(
+    node: Node, haproxy: tuple[int, Path], ca: Authority, tmp_path: Path
+) -> None:
+    """HAProxy, the protocol's reference, takes the header with its TLVs (it would drop
+    the connection if one ran past the header) and reads the SNI from PP2_TYPE_AUTHORITY."""
+    port, log = haproxy
+    clients = Authority("client CA")
+    add_certificate(node, "web", ca.issue("web.example.com"))
+    route = node.call(
+        "PUT",
+        "/apps/web/routes",
+        {"tls": {"certificates": ["web"], "client_ca": clients.pem}, "proxy_protocol": "v2"},
+    ).json()
+    attach(node, "web", route["id"], port)
+    cert, key = clients.issue("alice", client=True).write(tmp_path, "alice")
+    context = client_context(ca, tmp_path)
+    context.load_cert_chain(cert, key)
+    with handshake(route["port"], context, "web.example.com") as tls:
+        client_port = tls.getsockname()[1]
+        tls.sendall(b"through haproxy")
+        assert recv_exactly(tls, 15) == b"through haproxy"
+    line = f"pp authority=web.example.com client=127.0.0.1:{client_port}"
+    wait_until(lambda: line in log.read_text(), "haproxy logged the connection")
+    (logged,) = [entry for entry in log.read_text().splitlines() if entry.startswith("pp ")]
+    assert logged == f"{line} frontend=127.0.0.1:{route['port']}"
