@@ -220,6 +220,11 @@ class DataPlane:
         }
         return RouteCounts(dict(runtime.refused), backends, toxics, dict(runtime.tls_failures))
 
+    def sni_closes(self) -> dict[tuple[str, int], dict[str, int]]:
+        """Per address shared by SNI, its clients closed before a route was chosen, by
+        reason (proxy/sni_listener.py)."""
+        return self.proxy.sni_closes()
+
     async def shutdown(self, drain_timeout: float) -> None:
         """Stop accepting, let connections finish up to ``drain_timeout``, then reset them."""
         await self.proxy.shutdown(drain_timeout)

@@ -27,6 +27,7 @@ __all__ = [
     "CONTENT_TYPE_LATEST",
     "BackendSample",
     "Metrics",
+    "PortSample",
     "RouteSample",
     "ToxicSample",
     "generate_latest",
@@ -68,15 +69,29 @@ class RouteSample:
     tls_failures: dict[str, int] = field(default_factory=dict)  # reason -> count
 
 
+@dataclass(frozen=True, slots=True)
+class PortSample:
+    """An address shared by routes with server names (docs/tls.md)."""
+
+    ip: str
+    port: int
+    sni_closed: dict[str, int]  # clients closed before a route was chosen: reason -> count
+
+
 class StatsSource(Protocol):
     def samples(self) -> Iterable[RouteSample]: ...
+
+
+class PortSource(Protocol):
+    def ports(self) -> Iterable[PortSample]: ...
 
 
 class _DataPlaneCollector(Collector):
     """Reads the data plane's counters at each scrape, so serving costs no metric updates."""
 
-    def __init__(self, source: StatsSource) -> None:
+    def __init__(self, source: StatsSource, ports: PortSource | None = None) -> None:
         self._source = source
+        self._ports = ports
 
     def collect(self) -> Iterator[Metric]:
         labels = ["app", "route", "backend"]
@@ -115,6 +130,15 @@ class _DataPlaneCollector(Collector):
             "TLS handshakes a route that terminates TLS failed, by reason (docs/tls.md)",
             labels=["app", "route", "reason"],
         )
+        sni_closed = CounterMetricFamily(
+            "restcp_sni_closed",
+            "Clients of a port shared by SNI closed before a route was chosen, by reason"
+            " (docs/tls.md)",
+            labels=["ip", "port", "reason"],
+        )
+        for shared in self._ports.ports() if self._ports is not None else ():
+            for reason, count in sorted(shared.sni_closed.items()):
+                sni_closed.add_metric([shared.ip, str(shared.port), reason], count)
         for route in self._source.samples():
             rid = str(route.route)
             for reason, count in sorted(route.refused.items()):
@@ -135,16 +159,19 @@ class _DataPlaneCollector(Collector):
                 failures.add_metric(key, b.connect_failures)
                 for state in HEALTH_STATES:
                     health.add_metric([*key, state], 1.0 if b.health == state else 0.0)
-        yield from (total, active, sent, failures, health, refused, met, held, dropped, handshakes)
+        yield from (
+            total, active, sent, failures, health, refused, met, held, dropped, handshakes,
+            sni_closed,
+        )  # fmt: skip
 
 
 class Metrics:
     """One node's registry: data-plane counters, health-check latency, and the process's
     CPU, memory, descriptors and garbage collection."""
 
-    def __init__(self, source: StatsSource) -> None:
+    def __init__(self, source: StatsSource, ports: PortSource | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_DataPlaneCollector(source))
+        self.registry.register(_DataPlaneCollector(source, ports))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)

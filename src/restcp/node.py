@@ -80,7 +80,7 @@ class Node:
         self.workers: Workers = WorkerPool(settings) if settings.workers > 1 else NoWorkers()
         self.plane = DataPlane(settings, share=settings.workers > 1)
         self.stats = NodeStats(self.plane, self.workers)
-        self.metrics = Metrics(self.stats)
+        self.metrics = Metrics(self.stats, self.stats)
         self.probes = Probes(self.plane, self.metrics, self.workers)
         # A cluster node keeps what it serves in a local snapshot (--snapshot).
         snapshot = settings.snapshot if is_shared(store) else None

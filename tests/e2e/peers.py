@@ -146,6 +146,33 @@ def connect(port: int, timeout: float = 5.0, host: str = "127.0.0.1") -> socket.
     return socket.create_connection((host, port), timeout=timeout)
 
 
+def dial(port: int) -> socket.socket | None:
+    """A connection to ``port``, or None: reset as soon as accepted (connect() itself may
+    see a reset that comes that fast)."""
+    try:
+        return connect(port)
+    except ConnectionResetError:
+        return None
+
+
+def held_and_reset(clients: list[socket.socket | None]) -> tuple[int, int]:
+    """How many of ``clients`` (dialled, none has sent anything) the peer still holds
+    (nothing came, nothing closed), and how many it reset."""
+    held = reset = 0
+    for sock in clients:
+        if sock is None:
+            reset += 1
+            continue
+        sock.setblocking(False)
+        try:
+            sock.recv(1)
+        except BlockingIOError:
+            held += 1
+        except ConnectionResetError:
+            reset += 1
+    return held, reset
+
+
 def recv_all(sock: socket.socket, bufsize: int = 1 << 20) -> bytes:
     """Everything until EOF."""
     chunks = bytearray()

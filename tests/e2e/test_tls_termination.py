@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from proxyprotocol.result import ProxyResult, ProxyResultIPv4
+from proxyprotocol.v2 import ProxyProtocolV2
 
 from restcp.client.metrics import Metrics
 from tests.certs import Authority, Pem
-from tests.e2e.conftest import StartNode, serve_args
-from tests.e2e.peers import Backend, echo, recv_exactly
-from tests.helpers import Node, free_port_range
+from tests.e2e.conftest import StartNode, serve_args, wait_until
+from tests.e2e.peers import Backend, attach, dial, echo, held_and_reset, recv_exactly
+from tests.helpers import Node, free_port_range, tcp_states
 
 HOSTS = ("web.example.com", "api.example.com")
 
@@ -348,3 +350,212 @@ def test_workers_terminate_with_the_nodes_certificates(
     while failures(node).get("not_tls") != 20 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert failures(node).get("not_tls") == 20, failures(node)
+
+
+def refusals(node: Node, route: int) -> dict[str, float]:
+    metrics = Metrics.parse(node.call("GET", "/metrics").body.decode())
+    return {
+        s.labels["reason"]: s.value
+        for s in metrics.samples("restcp_refused_connections_total")
+        if s.labels["route"] == str(route)
+    }
+
+
+def handshakes_failed(node: Node) -> float:
+    """Failed handshakes of every route, for every reason."""
+    metrics = Metrics.parse(node.call("GET", "/metrics").body.decode())
+    return sum(s.value for s in metrics.samples("restcp_tls_handshake_failures_total"))
+
+
+def test_clients_in_their_handshake_count_against_the_limits(
+    start_node: StartNode, backend: Backend, ca: Authority, tmp_path: Path
+) -> None:
+    """Silent clients of a terminating route hold a place each, under the route's
+    max_connections and the node's --max-connections: a flood of them is reset past the
+    limit and counted, and a client that finishes its handshake takes its own place."""
+    lo, hi = free_port_range()
+    node = start_node(*serve_args(tmp_path / "r.db", lo, hi, "--max-connections", "6"))
+    add_certificate(node, "web", ca.issue("web.example.com"))
+    limited = node.call(
+        "PUT", "/apps/web/routes", {"tls": {"certificates": ["web"], "handshake_timeout": 60}}
+    ).json()
+    node.call("PATCH", f"/apps/web/routes/{limited['id']}", {"max_connections": 3})
+    node.call(
+        "PUT",
+        f"/apps/web/routes/{limited['id']}/backends",
+        {"ip": "127.0.0.1", "port": backend.port},
+    )
+    context = client_context(ca, tmp_path)
+    silent = [dial(limited["port"]) for _ in range(2)]
+    assert held_and_reset(silent) == (2, 0)
+    try:
+        # Two silent clients and one that finishes: three places, the limit, all served.
+        with handshake(limited["port"], context, "web.example.com") as tls:
+            tls.sendall(b"third")
+            assert recv_exactly(tls, 5) == b"third"
+            # The route is full: the next clients are reset at accept.
+            more = [dial(limited["port"]) for _ in range(8)]
+            silent += more
+            wait_until(lambda: refusals(node, limited["id"]) == {"route_limit": 8}, "8 refused")
+            assert held_and_reset(more) == (0, 8)
+        # The node's cap (6) on another route: 3 places left of it.
+        other = node.call(
+            "PUT", "/apps/web/routes", {"tls": {"certificates": ["web"], "handshake_timeout": 60}}
+        ).json()
+        flood = [dial(other["port"]) for _ in range(10)]
+        silent += flood
+        wait_until(lambda: refusals(node, other["id"]) == {"node_limit": 6}, "6 refused")
+        assert held_and_reset(flood) == (4, 6)
+    finally:
+        for sock in silent:
+            if sock is not None:
+                sock.close()
+    # Once they are gone, clients are served again.
+    wait_until(lambda: handshakes_failed(node) == 6, "the silent clients' handshakes ended")
+    with handshake(limited["port"], context, "web.example.com") as tls:
+        tls.sendall(b"again")
+        assert recv_exactly(tls, 5) == b"again"
+
+
+class HeaderReader:
+    """A backend that reads a PROXY v2 header with the proxy-protocol package (an
+    implementation independent of restcp), keeps the header and what it says, then
+    answers the client's first bytes with ``ok``."""
+
+    def __init__(self) -> None:
+        self.headers: list[bytes] = []
+        self.results: list[ProxyResult] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, conn: socket.socket) -> None:
+        fixed = recv_exactly(conn, 16)
+        header = fixed + recv_exactly(conn, int.from_bytes(fixed[14:16], "big"))
+        result = ProxyProtocolV2().unpack(header)
+        with self._lock:
+            self.headers.append(header)
+            self.results.append(result)
+        assert recv_exactly(conn, 5) == b"hello"
+        conn.sendall(b"ok")
+
+
+def test_proxy_v2_tells_the_backend_the_client_certificate_and_the_sni(
+    node: Node, ca: Authority, tmp_path: Path
+) -> None:
+    """A route that terminates TLS with PROXY protocol v2: the header carries the SNI
+    (PP2_TYPE_AUTHORITY) and the TLS (PP2_TYPE_SSL: version, cipher, and with mTLS the
+    client certificate's CN, its flags and its verification), as HAProxy sends them; a
+    route without client certificates says there was none; a plain route sends none."""
+    clients = Authority("client CA")
+    add_certificate(node, "web", ca.issue("web.example.com"))
+    reader = HeaderReader()
+    with Backend(reader) as server:
+        mutual = node.call(
+            "PUT",
+            "/apps/web/routes",
+            {"tls": {"certificates": ["web"], "client_ca": clients.pem}, "proxy_protocol": "v2"},
+        ).json()
+        attach(node, "web", mutual["id"], server.port)
+        cert, key = clients.issue("alice", client=True).write(tmp_path, "alice")
+        context = client_context(ca, tmp_path)
+        context.load_cert_chain(cert, key)
+        with handshake(mutual["port"], context, "web.example.com") as tls:
+            tls.sendall(b"hello")
+            assert recv_exactly(tls, 2) == b"ok"
+            version, cipher = tls.version(), tls.cipher()[0]
+        (result,) = reader.results
+        assert isinstance(result, ProxyResultIPv4)
+        assert result.dest[1] == mutual["port"]
+        assert result.tlv.authority == "web.example.com"
+        ssl_tlv = result.tlv.ssl
+        assert (ssl_tlv.has_ssl, ssl_tlv.has_cert_conn, ssl_tlv.has_cert_sess) == (True,) * 3
+        assert ssl_tlv.verified
+        assert (ssl_tlv.version, ssl_tlv.cipher, ssl_tlv.cn) == (version, cipher, "alice")
+
+        # TLS without client certificates, and a client that sends no SNI.
+        plain_tls = node.call(
+            "PUT", "/apps/web/routes", {"tls": {"certificates": ["web"]}, "proxy_protocol": "v2"}
+        ).json()
+        attach(node, "web", plain_tls["id"], server.port)
+        anonymous = client_context(ca, tmp_path, check_hostname=False)
+        with handshake(plain_tls["port"], anonymous, None) as tls:
+            tls.sendall(b"hello")
+            assert recv_exactly(tls, 2) == b"ok"
+        result = reader.results[1]
+        assert result.tlv.authority is None
+        ssl_tlv = result.tlv.ssl
+        assert (ssl_tlv.has_ssl, ssl_tlv.has_cert_conn, ssl_tlv.has_cert_sess) == (
+            True, False, False,
+        )  # fmt: skip
+        assert not ssl_tlv.verified
+        assert ssl_tlv.cn is None
+        assert ssl_tlv.version == "TLSv1.3"
+
+        # A route without TLS: the addresses alone, no TLV.
+        plain = node.call("PUT", "/apps/web/routes", {"proxy_protocol": "v2"}).json()
+        attach(node, "web", plain["id"], server.port)
+        with socket.create_connection(("127.0.0.1", plain["port"]), timeout=5) as sock:
+            sock.sendall(b"hello")
+            assert recv_exactly(sock, 2) == b"ok"
+        assert len(reader.headers[2]) == 16 + 12
+        assert not reader.results[2].tlv
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path, backend: Backend) -> Iterator[tuple[int, Path]]:
+    """HAProxy reading PROXY headers (``accept-proxy``) in front of the echo backend: its
+    port, and its log, one line per connection with the authority TLV it read and the
+    addresses of the header. It drops a connection whose header does not parse."""
+    port, _ = free_port_range(1)
+    log = tmp_path / "haproxy.log"
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(f"""\
+global
+    log stdout format raw local0
+defaults
+    mode tcp
+    log global
+    timeout connect 5s
+    timeout client 10s
+    timeout server 10s
+frontend fe
+    bind 127.0.0.1:{port} accept-proxy
+    log-format "pp authority=%[fc_pp_authority] client=%ci:%cp frontend=%fi:%fp"
+    default_backend be
+backend be
+    server echo 127.0.0.1:{backend.port}
+""")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=out, stderr=out)
+    try:
+        wait_until(lambda: "LISTEN" in tcp_states(proc.pid, port), "haproxy listening")
+        yield port, log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_haproxy_reads_the_proxy_v2_header_of_a_terminated_connection(
+    node: Node, haproxy: tuple[int, Path], ca: Authority, tmp_path: Path
+) -> None:
+    """HAProxy, the protocol's reference, takes the header with its TLVs (it would drop
+    the connection if one ran past the header) and reads the SNI from PP2_TYPE_AUTHORITY."""
+    port, log = haproxy
+    clients = Authority("client CA")
+    add_certificate(node, "web", ca.issue("web.example.com"))
+    route = node.call(
+        "PUT",
+        "/apps/web/routes",
+        {"tls": {"certificates": ["web"], "client_ca": clients.pem}, "proxy_protocol": "v2"},
+    ).json()
+    attach(node, "web", route["id"], port)
+    cert, key = clients.issue("alice", client=True).write(tmp_path, "alice")
+    context = client_context(ca, tmp_path)
+    context.load_cert_chain(cert, key)
+    with handshake(route["port"], context, "web.example.com") as tls:
+        client_port = tls.getsockname()[1]
+        tls.sendall(b"through haproxy")
+        assert recv_exactly(tls, 15) == b"through haproxy"
+    line = f"pp authority=web.example.com client=127.0.0.1:{client_port}"
+    wait_until(lambda: line in log.read_text(), "haproxy logged the connection")
+    (logged,) = [entry for entry in log.read_text().splitlines() if entry.startswith("pp ")]
+    assert logged == f"{line} frontend=127.0.0.1:{route['port']}"

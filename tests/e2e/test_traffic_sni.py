@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +14,19 @@ from typing import Any
 
 import pytest
 
+from restcp.client.metrics import Metrics
 from tests.e2e.cli import restcp
 from tests.e2e.conftest import StartNode, serve_args, snapshot, wait_until
-from tests.e2e.peers import Backend, attach, connect, echo, recv_all
+from tests.e2e.peers import (
+    Backend,
+    attach,
+    closed_by_peer,
+    connect,
+    dial,
+    echo,
+    held_and_reset,
+    recv_all,
+)
 from tests.e2e.tls_peers import (
     Certificate,
     HttpsBackend,
@@ -319,6 +330,10 @@ def test_shared_ports_with_workers_on_a_memory_store(
         assert ask(port, "db1.example.com").startswith(b"db1|")
         assert ask(port, "q.staging.example.com").startswith(b"staging|")
         assert ask(port, "none.example.org").startswith(b"default|")
+    # Clients closed before their route is chosen are counted by every process, summed.
+    for _ in range(20):
+        connect(port).close()
+    wait_until(lambda: sni_closed(node, port) == {"client_closed": 20}, "20 closes counted")
     assert node.call("DELETE", "/apps/tls/routes/1").status == 204
     assert ask(port, "db1.example.com").startswith(b"default|")
 
@@ -393,3 +408,106 @@ def test_the_command_line_shares_a_port_and_reports_a_clash(
     assert ask(port, "b.staging.example.com").startswith(b"staging|")
     alone = restcp(node, "routes", "update", "tls", str(second["id"]), "--sni", "none")
     assert alone.code == 1  # the port is shared: a route there must name its own
+
+
+def sni_closed(node: Node, port: int) -> dict[str, float]:
+    """restcp_sni_closed_total of the shared port, by reason."""
+    metrics = Metrics.parse(node.call("GET", "/metrics").body.decode())
+    return {
+        s.labels["reason"]: s.value
+        for s in metrics.samples("restcp_sni_closed_total")
+        if s.labels["ip"] == "127.0.0.1" and s.labels["port"] == str(port)
+    }
+
+
+def hello_refused(port: int, server_name: str | None) -> bool:
+    """Whether the proxy closes a client that sends a ClientHello with ``server_name``
+    rather than pass it to a backend (which would answer with its ServerHello)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context().wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    try:
+        with connect(port) as sock:
+            sock.sendall(outgoing.read())
+            return closed_by_peer(sock)
+    except ConnectionError:  # reset at accept, or while sending
+        return True
+
+
+def test_clients_closed_before_a_route_is_chosen_are_counted_by_reason(
+    node: Node, backends: dict[str, TlsBackend]
+) -> None:
+    first = node.call(
+        "PUT", "/apps/tls/routes", {"sni": ["db1.example.com"], "connect_timeout": 0.5}
+    ).json()
+    port = first["port"]
+    attach(node, "tls", first["id"], backends["db1"].port)
+    assert sni_closed(node, port) == {}
+    expected: dict[str, float] = {}
+
+    def closed(reason: str) -> None:
+        expected[reason] = expected.get(reason, 0) + 1
+        wait_until(lambda: sni_closed(node, port) == expected, f"{reason} counted: {expected}")
+
+    with connect(port) as sock:  # says nothing
+        assert recv_all(sock) == b""
+    closed("timeout")
+    with connect(port) as sock:  # a ClientHello that says it is over 16 KiB
+        sock.sendall(b"\x16\x03\x01\x40\x00\x01\x00\xff\xff" + bytes(100))
+        assert closed_by_peer(sock)
+    closed("too_big")
+    with connect(port) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert closed_by_peer(sock)
+    closed("not_tls")
+    with connect(port) as sock:  # a handshake record, but a ServerHello
+        sock.sendall(b"\x16\x03\x01\x00\x04\x02\x00\x00\x00")
+        assert closed_by_peer(sock)
+    closed("malformed")
+    assert hello_refused(port, None)
+    closed("no_name")
+    assert hello_refused(port, "nobody.example.org")
+    closed("unknown_name")
+    with connect(port) as sock:
+        sock.sendall(b"\x16\x03")
+    closed("client_closed")
+    sock = connect(port)
+    sock.sendall(b"\x16\x03")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    closed("client_reset")
+    # A client routed is none of them; nor is one the default takes.
+    assert ask(port, "db1.example.com").startswith(b"db1|")
+    fallback = sni_route(node, "tls", port, ["*"])
+    attach(node, "tls", fallback, backends["default"].port)
+    assert ask(port, "nobody.example.org").startswith(b"default|")
+    assert sni_closed(node, port) == expected
+
+
+def test_clients_reading_their_client_hello_count_against_max_connections(
+    start_node: StartNode, backends: dict[str, TlsBackend], tmp_path: Path
+) -> None:
+    """A flood of silent clients on a shared port holds no more sockets than the node's
+    cap: past it, each is reset at once and counted; once they go, clients are served."""
+    lo, hi = free_port_range()
+    node = start_node(*serve_args(tmp_path / "r.db", lo, hi, "--max-connections", "5"))
+    first = node.call(
+        "PUT", "/apps/tls/routes", {"sni": ["db1.example.com"], "connect_timeout": 60}
+    ).json()
+    port = first["port"]
+    attach(node, "tls", first["id"], backends["db1"].port)
+    silent = [dial(port) for _ in range(20)]
+    try:
+        wait_until(lambda: sni_closed(node, port) == {"node_limit": 15}, "15 refused")
+        assert held_and_reset(silent) == (5, 15)
+        assert tcp_states(node.proc.pid, port).count("ESTABLISHED") == 5
+        # The node is full: a client with a ClientHello is refused too.
+        assert hello_refused(port, "db1.example.com")
+        assert sni_closed(node, port) == {"node_limit": 16}
+    finally:
+        for sock in silent:
+            if sock is not None:
+                sock.close()
+    wait_until(lambda: sni_closed(node, port).get("client_closed") == 5, "the 5 closes seen")
+    assert ask(port, "db1.example.com").startswith(b"db1|")

@@ -7,10 +7,11 @@ bumps plain integers (``DataPlane.counts`` reads them), and nothing is summed in
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterator, Mapping
 
 from restcp.dataplane import DataPlane
-from restcp.metrics import BackendSample, RouteSample, ToxicSample
+from restcp.metrics import BackendSample, PortSample, RouteSample, ToxicSample
 from restcp.model import BackendStatus, RouteKey
 from restcp.workers import Workers
 
@@ -35,6 +36,14 @@ class NodeStats:
             )
             for backend_id, s in status.items()
         }
+
+    def ports(self) -> Iterator[PortSample]:
+        """Every address shared by SNI that this node serves: the clients it closed before
+        a route was chosen, by reason, in every process."""
+        for (ip, port), closes in self._plane.sni_closes().items():
+            total = Counter(closes)
+            total.update(self._workers.sni_closes((ip, port)))
+            yield PortSample(ip, port, dict(total))
 
     def samples(self) -> Iterator[RouteSample]:
         """Every served route's counters, for the metrics collector (at scrape time)."""

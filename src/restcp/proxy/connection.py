@@ -69,6 +69,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+from restcp.core.proxy_protocol import TlsInfo
 from restcp.model import Backend, SpliceMode
 from restcp.proxy.connector import Connector
 from restcp.proxy.members import Member
@@ -78,7 +79,7 @@ from restcp.proxy.splice import SplicePipe
 from restcp.proxy.splicer import CAN_SPLICE
 from restcp.proxy.staged_pipe import StagedPipe
 from restcp.proxy.stages import Meeting, Staging
-from restcp.proxy.tls import HalfCloseless, describe_session
+from restcp.proxy.tls import HalfCloseless, Handshake, describe_session, session_info
 from restcp.proxy.transport_pipe import BackendEnd, TransportPipe
 from restcp.sockets import reset_transport
 
@@ -237,7 +238,7 @@ class Connection:
         transports = self.transports
         transports.attach(end)
         # Before any client byte: the backend reads the header first.
-        header = self.route.proxy_header(backend, self.client_addr, self._frontend)
+        header = self.route.proxy_header(backend, self)
         held = Held(up=header) if header is not None else _NOTHING
         if self.route.toxics:
             up, down = self._staging()
@@ -270,10 +271,16 @@ class Connection:
         self.connector = None  # nothing of it is needed any more
         self._maybe_report()
 
-    def _frontend(self) -> tuple[str, int] | None:
+    def frontend(self) -> tuple[str, int] | None:
+        """The address the client connected to (for a PROXY header)."""
         transport = self.client_transport
         sock = transport.get_extra_info("sockname") if transport is not None else None
         return (sock[0], sock[1]) if sock else None
+
+    def tls_info(self) -> TlsInfo | None:
+        """What its TLS handshake said (for a PROXY v2 header): none, the proxy did not
+        terminate its TLS."""
+        return None
 
     # -- what pipes report (PipeOwner) ---------------------------------------------------
 
@@ -561,9 +568,14 @@ class TlsConnection(Connection):
     FIN towards the client into the end of its session, and its access line names the TLS
     version, cipher and SNI. A route without TLS never makes one."""
 
-    __slots__ = ("_session",)
+    __slots__ = ("_session", "handshake")
+
+    handshake: Handshake  # its handshake (set by tls_client_protocol)
 
     def client_made(self, transport: asyncio.Transport) -> None:
+        # Its handshake's place under the limits is given back first: admit() judges the
+        # Connection as it judges any other.
+        self.handshake.done()
         self._session = describe_session(transport)
         wrapped = cast(asyncio.Transport, HalfCloseless(transport))
         self.transports.transport = wrapped
@@ -571,6 +583,13 @@ class TlsConnection(Connection):
 
     def _log_access(self, tls: tuple[str, str, str | None] | None = None) -> None:
         super()._log_access(self._session)
+
+    def tls_info(self) -> TlsInfo | None:
+        transport = self.client_transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        if ssl_object is None:
+            return None
+        return session_info(ssl_object)
 
 
 def client_protocol(
@@ -581,8 +600,13 @@ def client_protocol(
 
 
 def tls_client_protocol(
-    route: RouteRuntime, loop: asyncio.AbstractEventLoop, client_addr: tuple[str, int] | None
+    route: RouteRuntime,
+    loop: asyncio.AbstractEventLoop,
+    client_addr: tuple[str, int] | None,
+    handshake: Handshake,
 ) -> TransportPipe:
     """As client_protocol, for a route that terminates TLS: the protocol the TLS transport
-    gets once the handshake is done."""
-    return TlsConnection(route, loop, client_addr).transports
+    gets once ``handshake`` is done."""
+    connection = TlsConnection(route, loop, client_addr)
+    connection.handshake = handshake
+    return connection.transports

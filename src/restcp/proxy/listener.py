@@ -21,7 +21,7 @@ from restcp.proxy.connection import client_protocol, tls_client_protocol
 from restcp.proxy.runtime import RouteRuntime
 from restcp.proxy.stepping import drive
 from restcp.proxy.tls import Handshake
-from restcp.sockets import OUT_OF_RESOURCES
+from restcp.sockets import OUT_OF_RESOURCES, arm_reset
 
 log = logging.getLogger("restcp.proxy")
 
@@ -190,9 +190,16 @@ class Listener(Acceptor):
             protocol = client_protocol(self.runtime, loop, addr)
             drive(loop.connect_accepted_socket(functools.partial(_same, protocol), conn))
             return
-        # TLS terminated here (proxy/tls.py): connection_made comes after the handshake.
-        protocol = tls_client_protocol(self.runtime, loop, addr)
-        Handshake(self.runtime.tls_failures).run(
+        # TLS terminated here (proxy/tls.py): connection_made comes after the handshake,
+        # which takes a place under the limits meanwhile, or is refused at once.
+        runtime = self.runtime
+        if runtime.hold() is not None:
+            arm_reset(conn)
+            conn.close()
+            return
+        handshake = Handshake(runtime.tls_failures, runtime.release)
+        protocol = tls_client_protocol(runtime, loop, addr, handshake)
+        handshake.run(
             loop.connect_accepted_socket(
                 functools.partial(_same, protocol),
                 conn,

@@ -84,6 +84,10 @@ class ProxyManager:
         """Whether ``route`` would join a listener already there (no socket to bind)."""
         return route.settings.sni is not None and (route.frontend_ip, route.port) in self._shared
 
+    def sni_closes(self) -> dict[tuple[str, int], dict[str, int]]:
+        """The clients each shared address closed before choosing a route, by reason."""
+        return {address: dict(shared.closes) for address, shared in self._shared.items()}
+
     def backends_on(self, port: int) -> set[RouteKey]:
         """The served routes with a backend on ``port``."""
         return set(self._by_backend_port.get(port, ()))
@@ -147,7 +151,7 @@ class ProxyManager:
         shared = self._shared.get(address)
         if shared is None:
             assert sock is not None
-            shared = SniListener(address, sock)
+            shared = SniListener(address, sock, self.traffic)
             await shared.start()
             self._shared[address] = shared
         elif sock is not None:

@@ -49,6 +49,13 @@ class Counted(Tracked, Protocol):
     bytes_up: int
     bytes_down: int
     refused: str | None  # why it was closed without reaching a backend
+    client_addr: tuple[str, int] | None
+
+    def frontend(self) -> tuple[str, int] | None:
+        """The address the client connected to."""
+
+    def tls_info(self) -> proxy_protocol.TlsInfo | None:
+        """What its TLS handshake said, if the proxy terminated its TLS."""
 
     def toxics_changed(self) -> None:
         """The route's toxics changed: meet the ones aimed at it now."""
@@ -113,6 +120,9 @@ class RouteRuntime:
         # come; the listener reads it at each accept.
         self.tls: Termination | None = None
         self.tls_failures: Counter[str] = Counter()  # failed handshakes, by reason
+        # Clients in their TLS handshake: not Connections yet, counted against the limits
+        # all the same (``hold``), so a flood of clients that never finish cannot pass them.
+        self.handshaking = 0
         self._apply(route, first=True)
 
     # -- configuration -------------------------------------------------------------------
@@ -303,7 +313,7 @@ class RouteRuntime:
             self.traffic.discard(connection)
         limit = self.route.settings.max_connections
         refusal: str | None = None
-        if limit is not None and len(self.connections) >= limit:
+        if limit is not None and len(self.connections) + self.handshaking >= limit:
             refusal = "route_limit"
         elif self.traffic.full():
             refusal = "node_limit"
@@ -313,6 +323,30 @@ class RouteRuntime:
             self.connections.add(connection)
             self.traffic.add(connection, self.app)
         return refusal
+
+    def hold(self) -> str | None:
+        """A client of a route that terminates TLS, accepted, takes a place under the limits
+        for its handshake (``release`` gives it back, before its Connection is admitted),
+        or is refused: why (counted as ``admit`` counts it)."""
+        limit = self.route.settings.max_connections
+        refusal: str | None = None
+        if limit is not None and len(self.connections) + self.handshaking >= limit:
+            refusal = "route_limit"
+        elif self.traffic.full():
+            refusal = "node_limit"
+        elif self.traffic.app_full(self.app):
+            refusal = "app_limit"
+        if refusal is not None:
+            self.refused[refusal] += 1
+            return refusal
+        self.handshaking += 1
+        self.traffic.hold(self.app)
+        return None
+
+    def release(self) -> None:
+        """A handshake held by ``hold`` is over (done, failed or abandoned)."""
+        self.handshaking -= 1
+        self.traffic.unhold(self.app)
 
     def pick(self, tried: Collection[int], key: bytes) -> Member | None:
         """The member for a client's next connect. Each pick is counted in its
@@ -352,18 +386,15 @@ class RouteRuntime:
         member.connecting = max(0, member.connecting - 1)
         self._forget_if_done(member)
 
-    def proxy_header(
-        self,
-        backend: Backend,
-        client: tuple[str, int] | None,
-        frontend: Callable[[], tuple[str, int] | None],
-    ) -> bytes | None:
-        """The PROXY header to send first, or None; ``frontend`` is asked only when one is
-        sent (it costs the connection a getsockname conversion)."""
+    def proxy_header(self, backend: Backend, connection: Counted) -> bytes | None:
+        """The PROXY header to send ``backend`` first, or None. The connection is asked its
+        frontend address (a getsockname conversion) and its TLS (a v2 header's TLVs) only
+        when a header is sent."""
         version = backend.proxy_protocol or self.route.settings.proxy_protocol
         if version is None or version == "none":
             return None
-        return proxy_protocol.header(version, client, frontend())
+        tls = connection.tls_info() if version == "v2" else None
+        return proxy_protocol.header(version, connection.client_addr, connection.frontend(), tls)
 
     # -- what connections report --------------------------------------------------------
 

@@ -11,7 +11,10 @@ what it asks for; nothing is written to it. The route then takes the client as i
 listener had accepted it: a Connection (its admission, balancing, health, toxics, timeouts,
 counters and access line as for any client) whose client end already holds the bytes read,
 which go to the backend first, unchanged. A client with no route (no default, an unknown
-name), and one that says nothing whole before the timeout, is closed.
+name), and one that says nothing whole before the timeout, is closed, and counted by
+reason (``closes``: restcp_sni_closed_total). A client being read from holds a place under
+the node's cap (``Traffic.hold``) until it is routed or closed; past the cap it is reset
+at accept.
 
 The read timeout is the longest ``connect_timeout`` of the port's routes; the size limit
 ``client_hello.DEFAULT_LIMIT``. Routes without server names never come here: their
@@ -25,6 +28,7 @@ import contextlib
 import functools
 import logging
 import socket
+from collections import Counter
 
 from restcp.core.client_hello import DEFAULT_LIMIT, peek
 from restcp.core.sni import SniTable
@@ -33,21 +37,43 @@ from restcp.proxy.connection import Connection
 from restcp.proxy.listener import Acceptor
 from restcp.proxy.runtime import RouteRuntime
 from restcp.proxy.stepping import drive
+from restcp.proxy.traffic import Traffic
+from restcp.sockets import arm_reset
 
 log = logging.getLogger("restcp.proxy")
+
+# Why a client of a shared port is closed before a route is chosen: the label values of
+# restcp_sni_closed_total (docs/tls.md). A client closed because its port stopped is not
+# counted: the port and its counters go with it.
+CLOSE_REASONS = (
+    "timeout",  # no whole ClientHello before the read timeout
+    "too_big",  # over client_hello.DEFAULT_LIMIT, and no default route
+    "not_tls",  # its first byte is not a TLS handshake, and no default route
+    "malformed",  # a ClientHello that does not parse, and no default route
+    "no_name",  # a ClientHello without a server name, and no default route
+    "unknown_name",  # a name no route takes, and no default route
+    "client_closed",  # the client closed before its ClientHello was whole
+    "client_reset",  # ... or reset
+    "node_limit",  # --max-connections reached: refused at accept
+)
 
 
 class SniListener(Acceptor):
     """Accepts the clients of one shared address and hands each to the route its
     ClientHello names (see the module)."""
 
-    def __init__(self, address: tuple[str, int], sock: socket.socket) -> None:
+    def __init__(self, address: tuple[str, int], sock: socket.socket, traffic: Traffic) -> None:
         super().__init__(sock)
         self.address = address
         self.runtimes: dict[RouteKey, RouteRuntime] = {}  # the enabled routes it serves
         self.table: SniTable[RouteRuntime] = SniTable()
         self.timeout = 0.0
         self._hellos: set[Hello] = set()  # clients whose ClientHello is being read
+        # The node's connections and caps: a client being read from holds a place.
+        self.traffic = traffic
+        # Clients closed before a route was chosen, by reason (CLOSE_REASONS): the port's
+        # restcp_sni_closed_total.
+        self.closes: Counter[str] = Counter()
 
     # -- its routes ----------------------------------------------------------------------
 
@@ -75,6 +101,14 @@ class SniListener(Acceptor):
     def accepted(
         self, conn: socket.socket, addr: tuple[str, int], loop: asyncio.AbstractEventLoop
     ) -> None:
+        traffic = self.traffic
+        if traffic.full():
+            # Its ClientHello would hold a socket past the node's cap: refused at once.
+            self.closes["node_limit"] += 1
+            arm_reset(conn)
+            conn.close()
+            return
+        traffic.hold(None)  # the route, and so the app, is not known yet
         conn.setblocking(False)
         hello = Hello(self, loop, conn, addr)
         self._hellos.add(hello)
@@ -91,6 +125,8 @@ class SniListener(Acceptor):
     def route(self, hello: Hello, runtime: RouteRuntime) -> None:
         """``hello``'s client goes to ``runtime``'s route, with the bytes read from it."""
         self._hellos.discard(hello)
+        # Its place is given back to be judged again, as the route's (admit()).
+        self.traffic.unhold(None)
         loop = self._loop
         assert loop is not None
         conn = hello.sock
@@ -104,8 +140,11 @@ class SniListener(Acceptor):
         protocol = connection.transports
         drive(loop.connect_accepted_socket(functools.partial(_same, protocol), conn))
 
-    def closed(self, hello: Hello) -> None:
+    def closed(self, hello: Hello, reason: str) -> None:
         self._hellos.discard(hello)
+        self.traffic.unhold(None)
+        if reason in CLOSE_REASONS:
+            self.closes[reason] += 1
 
 
 class Hello:
@@ -153,7 +192,12 @@ class Hello:
             return True
         runtime = self.listener.table.lookup(seen.name)
         if runtime is None:
-            self.close("no_route", seen.name or seen.outcome, watched=not first)
+            # No default route: why it found none is the reason it is closed.
+            if seen.outcome == "hello":
+                reason = "no_name" if seen.name is None else "unknown_name"
+            else:
+                reason = seen.outcome  # not_tls, malformed, too_big
+            self.close(reason, seen.name, watched=not first)
             return False
         if not first:
             self._quiet()
@@ -162,7 +206,7 @@ class Hello:
 
     def _timed_out(self) -> None:
         self.timer = None
-        self.close("client_hello_timeout")
+        self.close("timeout")
 
     def _quiet(self) -> None:
         """No more reading nor deadline: the socket is the Connection's from now on."""
@@ -175,7 +219,7 @@ class Hello:
     def close(self, reason: str, name: str | None = None, *, watched: bool = True) -> None:
         if watched:
             self._quiet()
-        self.listener.closed(self)
+        self.listener.closed(self, reason)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "sni closed address=%s:%d client=%s:%d reason=%s name=%s",

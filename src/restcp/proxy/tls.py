@@ -23,11 +23,12 @@ import logging
 import ssl
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from restcp.core.certificates import CertificateError, describe
+from restcp.core.proxy_protocol import TlsInfo
 from restcp.model import Certificate, TlsSettings
 from restcp.proxy.stepping import Stepper
 
@@ -162,18 +163,52 @@ def describe_session(transport: asyncio.BaseTransport) -> tuple[str, str, str | 
     return (ssl_object.version() or "-", cipher[0] if cipher else "-", sni)
 
 
+def session_info(ssl_object: ssl.SSLObject) -> TlsInfo:
+    """What a terminated connection's handshake said, for a PROXY v2 header's TLVs: the
+    SNI exactly as sent, and the client certificate's common name (mTLS: a certificate
+    the client presents has verified, or the handshake failed)."""
+    cipher = ssl_object.cipher()
+    peer = ssl_object.getpeercert() if ssl_object.context.verify_mode != ssl.CERT_NONE else None
+    certificate: Literal["connection", "session"] | None = None
+    cn: str | None = None
+    if peer:
+        certificate = "session" if ssl_object.session_reused else "connection"
+        subject = cast(tuple[tuple[tuple[str, str], ...], ...], peer.get("subject", ()))
+        for rdn in subject:
+            for key, value in rdn:
+                if key == "commonName":
+                    cn = value
+    return TlsInfo(
+        version=ssl_object.version() or "-",
+        cipher=cipher[0] if cipher else "-",
+        sni=getattr(ssl_object, "restcp_sni", None),
+        client_certificate=certificate,
+        client_cn=cn,
+    )
+
+
 class Handshake(Stepper):
     """Runs one client's ``connect_accepted_socket`` with TLS: a failure is counted on its
     route under its reason (``failures``); a success is the Connection's from
-    ``connection_made`` on."""
+    ``connection_made`` on. The client's place under the route's limits, taken at accept,
+    is given back (``release``) once: when its Connection is made (``done``, which then is
+    judged as any other), or when the handshake fails."""
 
-    __slots__ = ("_failures",)
+    __slots__ = ("_failures", "_release")
 
-    def __init__(self, failures: Counter[str]) -> None:
+    def __init__(self, failures: Counter[str], release: Callable[[], None]) -> None:
         super().__init__()
         self._failures = failures
+        self._release: Callable[[], None] | None = release
+
+    def done(self) -> None:
+        """The handshake is over: the client's place is given back (once)."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
     def finished(self, err: BaseException | None) -> None:
+        self.done()
         if err is None or isinstance(err, asyncio.CancelledError):
             return
         reason = failure_reason(err)

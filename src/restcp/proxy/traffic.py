@@ -38,6 +38,10 @@ class Traffic:
         self.limit = limit
         self.app_limit = app_limit
         self._per_app: Counter[str] = Counter()
+        # Clients accepted that are not Connections yet: their ClientHello is being read
+        # (a port shared by SNI) or their TLS handshake is under way. They hold a socket
+        # each, so they count against the caps as connections do (``hold``).
+        self.waiting = 0
         # The epoll set and kernel pipes of the splice pipes (proxy/splicer.py).
         self.splicer = Splicer()
         # The connect, half-close and idle deadlines of every connection, on one loop timer.
@@ -53,7 +57,7 @@ class Traffic:
         return iter(list(self._connections))
 
     def full(self) -> bool:
-        return self.limit is not None and len(self._connections) >= self.limit
+        return self.limit is not None and len(self._connections) + self.waiting >= self.limit
 
     def app_full(self, app: str) -> bool:
         return self.app_limit is not None and self._per_app[app] >= self.app_limit
@@ -61,6 +65,20 @@ class Traffic:
     def add(self, connection: Tracked, app: str) -> None:
         self._connections[connection] = app
         self._per_app[app] += 1
+
+    def hold(self, app: str | None) -> None:
+        """A client not yet a Connection takes a place under the caps (of its app's, if
+        its route is known already), until ``unhold``."""
+        self.waiting += 1
+        if app is not None:
+            self._per_app[app] += 1
+
+    def unhold(self, app: str | None) -> None:
+        self.waiting -= 1
+        if app is not None:
+            self._per_app[app] -= 1
+            if not self._per_app[app]:
+                del self._per_app[app]
 
     def discard(self, connection: Tracked) -> None:
         app = self._connections.pop(connection, None)

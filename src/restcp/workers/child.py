@@ -53,6 +53,7 @@ class Worker:
         self.desired: dict[RouteKey, Route] = {}
         self._applying = asyncio.Lock()
         self._counted: dict[RouteKey, RouteCounts] = {}
+        self._sni_closes: dict[tuple[str, int], dict[str, int]] = {}
         # Health transitions of forwarded probes are the node's process's to log.
         self._health_log = logging.getLogger("restcp.health")
 
@@ -98,7 +99,14 @@ class Worker:
         gone = tuple(key for key in self._counted if key not in running)
         for key in gone:
             del self._counted[key]
-        return Counted(changed, gone) if changed or gone else None
+        closes: dict[tuple[str, int], dict[str, int]] | None = self.plane.sni_closes()
+        if closes == self._sni_closes:
+            closes = None
+        else:
+            self._sni_closes = closes or {}
+        if changed or gone or closes is not None:
+            return Counted(changed, gone, closes)
+        return None
 
 
 def _die_with_parent(parent: int) -> None:

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -73,6 +74,10 @@ class Workers(Protocol):
     def counts(self, key: RouteKey) -> RouteCounts:
         """The workers' counters of one route, summed."""
 
+    def sni_closes(self, address: tuple[str, int]) -> dict[str, int]:
+        """The workers' closes of clients of a shared address before a route was chosen,
+        by reason, summed."""
+
     def readiness(self) -> dict[str, Any]:
         """What /healthz shows of the workers (nothing when there are none)."""
 
@@ -107,6 +112,9 @@ class NoWorkers:
     def counts(self, key: RouteKey) -> RouteCounts:
         return RouteCounts()
 
+    def sni_closes(self, address: tuple[str, int]) -> dict[str, int]:
+        return {}
+
     def readiness(self) -> dict[str, Any]:
         return {}
 
@@ -130,6 +138,7 @@ class _Worker:
     first: int = 0  # sequence number of its snapshot: acked, the worker serves
     changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     counts: dict[RouteKey, RouteCounts] = dataclasses.field(default_factory=dict)
+    sni_closes: dict[tuple[str, int], dict[str, int]] = dataclasses.field(default_factory=dict)
     task: asyncio.Task[None] | None = None
 
     @property
@@ -164,6 +173,7 @@ class WorkerPool:
         self._stopping = asyncio.Event()
         # Counters of workers that exited, so that the sums never go down.
         self._retired: dict[RouteKey, RouteCounts] = {}
+        self._retired_closes: dict[tuple[str, int], Counter[str]] = {}
 
     async def start(self, routes: Mapping[RouteKey, Route]) -> None:
         """Start every worker; return once each serves ``routes``. Unavailable if one exits
@@ -190,6 +200,7 @@ class WorkerPool:
             if self._routes.pop(key, None) is None:
                 return
             self._retired.pop(key, None)
+            self._forget_closes()
         elif self._routes.get(key) == route:
             return
         else:
@@ -204,6 +215,7 @@ class WorkerPool:
         self._routes = dict(routes)
         for key in [k for k in self._retired if k not in self._routes]:
             del self._retired[key]
+        self._forget_closes()
         for worker in self._workers:
             worker.send_routes(Serve, self._routes)
 
@@ -247,6 +259,22 @@ class WorkerPool:
             if counted is not None:
                 total = total + counted
         return total
+
+    def _forget_closes(self) -> None:
+        """Exited workers' closes of addresses no longer shared by SNI are dropped."""
+        if self._retired_closes:
+            shared = self._shared()
+            for address in [a for a in self._retired_closes if a not in shared]:
+                del self._retired_closes[address]
+
+    def _shared(self) -> set[tuple[str, int]]:
+        return {(r.frontend_ip, r.port) for r in self._routes.values() if r.settings.sni}
+
+    def sni_closes(self, address: tuple[str, int]) -> dict[str, int]:
+        total = Counter(self._retired_closes.get(address, ()))
+        for worker in self._workers:
+            total.update(worker.sni_closes.get(address, {}))
+        return dict(total)
 
     def readiness(self) -> dict[str, Any]:
         # A worker being restarted leaves the others serving: informative, not unready.
@@ -337,10 +365,12 @@ class WorkerPool:
                             log.info("worker %d serving pid=%d", worker.index, proc.pid)
                             if not ready.done():
                                 ready.set_result(None)
-                    case Counted(changed, gone):
+                    case Counted(changed, gone, closes):
                         worker.counts.update(changed)
                         for key in gone:
                             worker.counts.pop(key, None)
+                        if closes is not None:
+                            worker.sni_closes = closes
         finally:
             worker.writer = None
             worker.wake()
@@ -358,6 +388,11 @@ class WorkerPool:
             had = self._retired.get(key) or RouteCounts()
             self._retired[key] = had + counted.ended()
         worker.counts = {}
+        shared = self._shared()
+        for address, closes in worker.sni_closes.items():
+            if address in shared:
+                self._retired_closes.setdefault(address, Counter()).update(closes)
+        worker.sni_closes = {}
 
     def begin_stop(self) -> None:
         """SIGTERM every worker: each stops accepting at once and drains its connections."""

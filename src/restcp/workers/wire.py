@@ -94,11 +94,14 @@ class Applied:
 
 @dataclass(frozen=True)
 class Counted:
-    """The worker's counters of the routes whose counters changed, and the routes it no
-    longer serves."""
+    """The worker's counters of the routes whose counters changed, the routes it no longer
+    serves, and the closes of its shared addresses if they changed."""
 
     changed: dict[RouteKey, RouteCounts] = field(default_factory=dict)
     gone: tuple[RouteKey, ...] = ()
+    # Every address it shares by SNI, its clients closed before a route was chosen, by
+    # reason; None: unchanged since the last Counted.
+    sni_closes: dict[tuple[str, int], dict[str, int]] | None = None
 
 
 FromWorker = Applied | Counted

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import re
 import socket
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from proxyprotocol.result import ProxyResultIPv4
+from proxyprotocol.v2 import ProxyProtocolV2
 
-from restcp.core.proxy_protocol import V2_SIGNATURE, header, v1, v2
+from restcp.core.proxy_protocol import V2_SIGNATURE, TlsInfo, header, v1, v2
 
 # Section 2.2: "\x0D \x0A \x0D \x0A \x00 \x0D \x0A \x51 \x55 \x49 \x54 \x0A"
 SIGNATURE = bytes([0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A])
@@ -239,3 +242,105 @@ def test_header_dispatches_on_version() -> None:
     src, dst = ("192.0.2.7", 50000), ("198.51.100.1", 443)
     assert header("v1", src, dst) == b"PROXY TCP4 192.0.2.7 198.51.100.1 50000 443\r\n"
     assert header("v2", src, dst).startswith(SIGNATURE + b"\x21\x11")
+
+
+# Version 2's TLVs: a terminated connection's TLS (spec 2.2, 2.2.2, 2.2.6) ---------------
+
+
+def test_v2_tls_without_a_client_certificate_byte_by_byte() -> None:
+    tls = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", sni="web.example.com")
+    addresses = bytes([127, 0, 0, 1, 127, 0, 0, 2]) + (40000).to_bytes(2, "big") + bytes([1, 187])
+    authority = b"\x02" + (15).to_bytes(2, "big") + b"web.example.com"
+    ssl = (
+        b"\x01"  # client: PP2_CLIENT_SSL only
+        + (1).to_bytes(4, "big")  # verify: non-zero, no certificate was verified
+        + b"\x21" + (7).to_bytes(2, "big") + b"TLSv1.3"
+        + b"\x23" + (22).to_bytes(2, "big") + b"TLS_AES_256_GCM_SHA384"
+    )  # fmt: skip
+    body = addresses + authority + b"\x20" + len(ssl).to_bytes(2, "big") + ssl
+    expected = SIGNATURE + b"\x21\x11" + len(body).to_bytes(2, "big") + body
+    assert v2(("127.0.0.1", 40000), ("127.0.0.2", 443), tls) == expected
+    assert header("v2", ("127.0.0.1", 40000), ("127.0.0.2", 443), tls) == expected
+
+
+def test_v2_tls_with_a_client_certificate_byte_by_byte() -> None:
+    tls = TlsInfo("TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256", None, "connection", "alice")
+    got = v2(("10.0.0.1", 1), ("10.0.0.2", 2), tls)
+    ssl = (
+        b"\x07"  # PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS
+        + bytes(4)  # verify: 0, the certificate verified
+        + b"\x21" + (7).to_bytes(2, "big") + b"TLSv1.2"
+        + b"\x22" + (5).to_bytes(2, "big") + b"alice"
+        + b"\x23" + (27).to_bytes(2, "big") + b"ECDHE-RSA-AES128-GCM-SHA256"
+    )  # fmt: skip
+    # No SNI, no AUTHORITY: the addresses, then the SSL TLV alone.
+    assert got[16 + 12 :] == b"\x20" + len(ssl).to_bytes(2, "big") + ssl
+    assert int.from_bytes(got[14:16], "big") == 12 + 3 + len(ssl)
+    # A resumed session: the certificate is the session's, not this connection's.
+    resumed = v2(("10.0.0.1", 1), ("10.0.0.2", 2), replace(tls, client_certificate="session"))
+    assert resumed[16 + 12 + 3] == 0x05
+
+
+def test_v2_tls_texts_too_long_are_left_out_and_v1_and_local_carry_no_tlvs() -> None:
+    tls = TlsInfo("TLSv1.3", "x" * 256, sni="a" * 256, client_certificate="connection")
+    got = v2(("10.0.0.1", 1), ("10.0.0.2", 2), tls)
+    # The SSL TLV alone, with the version only: no AUTHORITY, no CN, no cipher.
+    assert got[28:] == b"\x20\x00\x0f\x07" + bytes(4) + b"\x21\x00\x07TLSv1.3"
+    assert header("v1", ("10.0.0.1", 1), ("10.0.0.2", 2), tls) == v1(
+        ("10.0.0.1", 1), ("10.0.0.2", 2)
+    )
+    assert v2(None, None, tls) == SIGNATURE + b"\x20\x00\x00\x00"
+
+
+def _walk(data: bytes) -> dict[int, bytes]:
+    """TLVs, strictly: each one whole, nothing left over, no type twice."""
+    found: dict[int, bytes] = {}
+    at = 0
+    while at < len(data):
+        assert at + 3 <= len(data), "a TLV's header is cut"
+        kind, length = data[at], int.from_bytes(data[at + 1 : at + 3], "big")
+        assert at + 3 + length <= len(data), "a TLV's value is cut"
+        assert kind not in found
+        found[kind] = data[at + 3 : at + 3 + length]
+        at += 3 + length
+    return found
+
+
+texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=120)
+tls_infos = st.builds(
+    TlsInfo,
+    version=st.sampled_from(["TLSv1.2", "TLSv1.3"]),
+    cipher=st.from_regex(r"[A-Z0-9_-]{1,60}", fullmatch=True),
+    sni=st.none() | st.from_regex(r"[a-z0-9.-]{1,253}", fullmatch=True),
+    client_certificate=st.sampled_from([None, "connection", "session"]),
+    client_cn=st.none() | texts.filter(bool),
+)
+
+
+@given(ipv4s, ipv4s, ports, ports, tls_infos)
+def test_v2_tlvs_round_trip_through_an_independent_parser(
+    src: str, dst: str, sport: int, dport: int, tls: TlsInfo
+) -> None:
+    """The proxy-protocol package (not restcp's code) reads back every field; the strict
+    walk above finds each TLV whole and nothing else."""
+    data = v2((src, sport), (dst, dport), tls)
+    assert int.from_bytes(data[14:16], "big") == len(data) - 16
+    result = ProxyProtocolV2().unpack(data)
+    assert isinstance(result, ProxyResultIPv4)
+    assert (str(result.source[0]), result.source[1]) == (src, sport)
+    assert (str(result.dest[0]), result.dest[1]) == (dst, dport)
+    top = _walk(data[28:])
+    assert set(top) == ({0x02, 0x20} if tls.sni else {0x20})
+    assert result.tlv.authority == tls.sni
+    ssl = result.tlv.ssl
+    assert ssl.has_ssl
+    assert ssl.has_cert_sess == (tls.client_certificate is not None)
+    assert ssl.has_cert_conn == (tls.client_certificate == "connection")
+    assert ssl.verified == (tls.client_certificate is not None)
+    assert ssl.version == tls.version
+    assert ssl.cipher == tls.cipher
+    assert ssl.cn == (tls.client_cn if tls.client_certificate else None)
+    subs = _walk(top[0x20][5:])
+    assert set(subs) == {0x21, 0x23} | (
+        {0x22} if tls.client_certificate and tls.client_cn else set()
+    )

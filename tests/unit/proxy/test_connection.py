@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import pytest
 
 from restcp.proxy.connection import State
 from restcp.proxy.pipes import Held
+from restcp.proxy.tls import Handshake
 from tests.unit.proxy.fakes import Dialer, FakeTransport, accept, route_of, scene, turns
 
 
@@ -289,4 +291,44 @@ def test_a_switch_hands_over_and_back(caplog: pytest.LogCaptureFixture) -> None:
         assert not conn.client_eof
 
     caplog.set_level(logging.INFO)
+    run(main())
+
+
+def test_a_handshake_holds_a_place_until_its_connection_is_admitted() -> None:
+    """A client in its TLS handshake counts against the route's, the app's and the node's
+    limits (``hold``); its Connection, once made, is judged without its own hold
+    (``Handshake.done`` gives it back first, once), and a failed handshake gives it back."""
+
+    async def main() -> None:
+        runtime = route_of(1, max_connections=2)
+        runtime.traffic.limit, runtime.traffic.app_limit = 3, 10
+        dialer = Dialer()
+        assert runtime.hold() is None
+        assert runtime.hold() is None
+        assert runtime.hold() == "route_limit"  # two handshakes fill the route
+        assert (runtime.handshaking, runtime.traffic.waiting) == (2, 2)
+        # One finishes: released before its Connection is judged, so it is admitted.
+        done = Handshake(runtime.tls_failures, runtime.release)
+        done.done()
+        done.done()  # once only
+        assert (runtime.handshaking, runtime.traffic.waiting) == (1, 1)
+        first, _ = accept(runtime, dialer)
+        assert first.state is State.CONNECTING
+        # The other fails: its place is free again.
+        failed = Handshake(runtime.tls_failures, runtime.release)
+        failed.finished(ConnectionResetError())
+        assert runtime.tls_failures["reset"] == 1
+        assert (runtime.handshaking, runtime.traffic.waiting) == (0, 0)
+        # The node's cap counts handshakes of any route, and clients read by SNI.
+        runtime.traffic.hold(None)
+        assert runtime.hold() is None
+        assert runtime.hold() == "route_limit"
+        unlimited = replace(runtime.route.settings, max_connections=None)
+        runtime.update(replace(runtime.route, settings=unlimited))
+        assert runtime.hold() == "node_limit"  # 1 connection + 1 handshake + 1 SNI client
+        runtime.traffic.app_limit = 2
+        runtime.traffic.limit = None
+        assert runtime.hold() == "app_limit"  # the connection and the handshake are the app's
+        assert runtime.refused == {"route_limit": 2, "node_limit": 1, "app_limit": 1}
+
     run(main())
