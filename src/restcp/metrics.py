@@ -66,6 +66,7 @@ class RouteSample:
     backends: tuple[BackendSample, ...]
     toxics: tuple[ToxicSample, ...] = ()
     tls_failures: dict[str, int] = field(default_factory=dict)  # reason -> count
+    backend_tls_failures: dict[str, int] = field(default_factory=dict)  # reason -> count
 
 
 class StatsSource(Protocol):
@@ -115,8 +116,16 @@ class _DataPlaneCollector(Collector):
             "TLS handshakes a route that terminates TLS failed, by reason (docs/tls.md)",
             labels=["app", "route", "reason"],
         )
+        backend_handshakes = CounterMetricFamily(
+            "restcp_backend_tls_handshake_failures",
+            "TLS handshakes with the backends of a route with backend_tls that failed, by "
+            "reason (docs/tls.md); each is also a connect failure of its backend",
+            labels=["app", "route", "reason"],
+        )
         for route in self._source.samples():
             rid = str(route.route)
+            for reason, count in sorted(route.backend_tls_failures.items()):
+                backend_handshakes.add_metric([route.app, rid, reason], count)
             for reason, count in sorted(route.refused.items()):
                 refused.add_metric([route.app, rid, reason], count)
             for reason, count in sorted(route.tls_failures.items()):
@@ -136,6 +145,7 @@ class _DataPlaneCollector(Collector):
                 for state in HEALTH_STATES:
                     health.add_metric([*key, state], 1.0 if b.health == state else 0.0)
         yield from (total, active, sent, failures, health, refused, met, held, dropped, handshakes)
+        yield backend_handshakes
 
 
 class Metrics:

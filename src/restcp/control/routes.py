@@ -219,7 +219,11 @@ class RouteService:
                     and other.key != key
                 ]
                 _claimable(settings.sni, others, route)
-            if (settings.tls, settings.sni) != (route.settings.tls, route.settings.sni):
+            if (settings.tls, settings.backend_tls, settings.sni) != (
+                route.settings.tls,
+                route.settings.backend_tls,
+                route.settings.sni,
+            ):
                 await self._certificates_stored(settings)
             return await self.store.update_route(*key, settings)
 
@@ -398,38 +402,50 @@ class RouteService:
             await self.store.delete_certificate(name)
 
     async def _users(self, name: str) -> list[RouteKey]:
-        """The stored routes whose tls names certificate ``name``."""
+        """The stored routes whose tls or backend_tls names certificate ``name``."""
         return [
             route.key
             for route in await self.store.all_routes()
-            if route.settings.tls is not None and name in route.settings.tls.certificates
+            if name in route.settings.certificate_names()
         ]
 
     async def _certificates_stored(self, settings: RouteSettings) -> None:
-        """InvalidSpec (422) if ``settings.tls`` names a certificate not stored, or comes
-        with ``sni``: a shared port's listener relays the ClientHello it read as it came,
-        it does not terminate TLS."""
-        if settings.tls is None:
-            return
+        """InvalidSpec (422) if ``settings`` name a certificate not stored, or ``tls`` or
+        ``backend_tls`` come with ``sni``: a shared port's listener relays the ClientHello
+        it read as it came, it neither terminates TLS nor starts its own."""
         if settings.sni is not None:
-            raise InvalidSpec("tls: a route terminating TLS cannot share its port by sni")
+            if settings.tls is not None:
+                raise InvalidSpec("tls: a route terminating TLS cannot share its port by sni")
+            if settings.backend_tls is not None:
+                raise InvalidSpec(
+                    "backend_tls: a route sharing its port by sni passes its clients' TLS "
+                    "through to the backends unchanged; it cannot wrap it in TLS of its own"
+                )
+        names = settings.certificate_names()
+        if not names:
+            return
         stored = {c.name for c in await self.store.list_certificates()}
-        missing = [n for n in settings.tls.certificates if n not in stored]
+        missing = [n for n in names if n not in stored]
         if missing:
+            field = (
+                "backend_tls.certificate"
+                if settings.tls is None or not set(missing) & set(settings.tls.certificates)
+                else "tls.certificates"
+            )
             raise InvalidSpec(
-                f"tls.certificates: no certificate named {', '.join(map(repr, missing))}: "
+                f"{field}: no certificate named {', '.join(map(repr, missing))}: "
                 "add it first (POST /certificates)"
             )
 
     async def _served_as(self, route: Route) -> Route:
-        """``route`` with the certificates its tls names, as stored now: what the data
+        """``route`` with the certificates its settings name, as stored now: what the data
         plane serves. One removed meanwhile (by a node that did not see this route yet) is
         left out; the route's first certificate that is left is its default."""
-        tls = route.settings.tls
-        if tls is None:
+        names = route.settings.certificate_names()
+        if not names:
             return route
         found = []
-        for name in tls.certificates:
+        for name in names:
             try:
                 found.append(await self.store.get_certificate(name))
             except NotFound:
@@ -437,16 +453,18 @@ class RouteService:
         return dataclasses.replace(route, certificates=tuple(found))
 
     async def _all_served_as(self, routes: list[Route]) -> list[Route]:
-        if not any(r.settings.tls is not None for r in routes):
+        if not any(r.settings.certificate_names() for r in routes):
             return routes
         stored = {c.name: c for c in await self.store.list_certificates()}
         return [
-            r
-            if r.settings.tls is None
-            else dataclasses.replace(
+            dataclasses.replace(
                 r,
-                certificates=tuple(stored[n] for n in r.settings.tls.certificates if n in stored),
+                certificates=tuple(
+                    stored[n] for n in r.settings.certificate_names() if n in stored
+                ),
             )
+            if r.settings.certificate_names()
+            else r
             for r in routes
         ]
 

@@ -232,6 +232,9 @@ class Connection:
         if end.gone:  # lost between its connection_made and the connect's return
             self._end("backend_reset" if end.error else "backend_closed", reset=bool(end.error))
             return
+        if end.tls and end.transport is not None:
+            # TLS to the backend: a FIN towards it ends its session (proxy/origination.py).
+            end.transport = cast(asyncio.Transport, HalfCloseless(end.transport))
         self.backend_transport = end.transport
         self._enter(State.RELAYING)
         transports = self.transports
@@ -567,6 +570,7 @@ class TlsConnection(Connection):
         self._session = describe_session(transport)
         wrapped = cast(asyncio.Transport, HalfCloseless(transport))
         self.transports.transport = wrapped
+        self.transports.tls = True
         super().client_made(wrapped)
 
     def _log_access(self, tls: tuple[str, str, str | None] | None = None) -> None:

@@ -114,7 +114,7 @@ class Termination:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = _VERSIONS[settings.min_version]
         if certificate is not None:
-            _load_chain(context, certificate)
+            load_chain(context, certificate)
         if settings.alpn:
             context.set_alpn_protocols(list(settings.alpn))
         if settings.client_ca is not None:
@@ -138,7 +138,7 @@ class Termination:
             ssl_object.context = chosen
 
 
-def _load_chain(context: ssl.SSLContext, certificate: Certificate) -> None:
+def load_chain(context: ssl.SSLContext, certificate: Certificate) -> None:
     """OpenSSL reads a chain and key from files only: they are written to a directory only
     this process's user can enter, and removed as soon as they are read."""
     with tempfile.TemporaryDirectory(prefix="restcp-tls-") as directory:

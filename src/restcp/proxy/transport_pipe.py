@@ -59,7 +59,7 @@ class _End(asyncio.Protocol):
     ``data_received`` is written out in each end, one per counter: the hot path of the
     relay takes no branch on the direction and makes no call but the write."""
 
-    __slots__ = ("bulk_at", "eof", "full", "held", "loop", "owner", "peer", "transport")
+    __slots__ = ("bulk_at", "eof", "full", "held", "loop", "owner", "peer", "tls", "transport")
 
     UP: ClassVar[bool]  # whether this end reads the client (its bytes go up)
 
@@ -73,6 +73,9 @@ class _End(asyncio.Protocol):
         self.held = b""  # read before the pipe started
         self.eof = False  # this end's peer sent its FIN
         self.full = False  # this end's transport is above its high-water mark
+        # Its transport is a TLS session (terminated, or to the backend): one that ends at
+        # the peer's close_notify, whatever eof_received says.
+        self.tls = False
 
     def hold(self, data: bytes) -> None:
         self.held += data
@@ -84,7 +87,9 @@ class _End(asyncio.Protocol):
         if self.peer is not None:
             self.peer.write_eof()
             self.owner.eof(self.UP)
-        return True
+        # Kept open for the other way, but a TLS transport (asyncio would log that keeping
+        # one open has no effect).
+        return not self.tls
 
     # This end's write buffer is full: stop reading the other peer until it drains.
     def pause_writing(self) -> None:
