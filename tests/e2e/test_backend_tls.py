@@ -14,18 +14,18 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from restcp.client.metrics import Metrics
-from tests.certs import Authority, Pem
+from tests.certs import Authority
 from tests.e2e.conftest import StartNode, assert_clean_log, serve_args, wait_until
 from tests.e2e.peers import Backend, echo, recv_all, recv_exactly
 from tests.e2e.tls_peers import Certificate as CertFiles
-from tests.e2e.tls_peers import HttpsBackend, make_certificate
+from tests.e2e.tls_peers import HttpsBackend, TlsServer, make_certificate, tls_echo
 from tests.helpers import Node, free_port_range
 
 
@@ -44,59 +44,6 @@ def node(start_node: StartNode, tmp_path: Path, request: pytest.FixtureRequest) 
     assert_clean_log(node)
     # Nothing asyncio had to complain of (an SSL transport kept open past close_notify).
     assert not [ln for ln in node.lines if " ERROR " in ln or "WARNING asyncio" in ln]
-
-
-class TlsServer:
-    """A TLS backend (Python's ssl) that runs ``serve(tls)`` per connection once the
-    handshake is done, and keeps what each handshake saw: the SNI and the client's
-    certificate subject."""
-
-    def __init__(
-        self,
-        pem: Pem,
-        tmp_path: Path,
-        serve: Callable[[ssl.SSLSocket], None],
-        client_ca: Authority | None = None,
-    ) -> None:
-        self.names: list[str | None] = []
-        self.peers: list[dict[str, Any] | None] = []
-        self.handshakes = 0
-        self._lock = threading.Lock()
-        cert, key = pem.write(tmp_path, f"srv-{id(self)}")
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(cert, key)
-        if client_ca is not None:
-            self.context.verify_mode = ssl.CERT_REQUIRED
-            self.context.load_verify_locations(cadata=client_ca.pem)
-        self._seen: dict[int, str | None] = {}
-        self.context.sni_callback = self._on_sni
-        self._serve = serve
-        self.backend = Backend(self._handle)
-        self.port = self.backend.port
-
-    def _on_sni(self, tls: Any, name: str | None, _context: ssl.SSLContext) -> None:
-        with self._lock:
-            self._seen[id(tls)] = name
-
-    def _handle(self, conn: socket.socket) -> None:
-        conn.settimeout(10)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.context.wrap_socket(conn, server_side=True) as tls:
-            with self._lock:
-                self.handshakes += 1
-                self.names.append(self._seen.pop(id(tls), None))
-                self.peers.append(tls.getpeercert() or None)
-            self._serve(tls)
-
-    def close(self) -> None:
-        self.backend.close()
-
-
-def tls_echo(tls: ssl.SSLSocket) -> None:
-    """Echo until the client's close_notify, then answer it with ours."""
-    while chunk := tls.recv(65536):
-        tls.sendall(chunk)
-    tls.unwrap()
 
 
 @pytest.fixture
