@@ -392,3 +392,35 @@ def test_bad_backend_tls_is_422_and_changes_nothing(
     created = node.call("PUT", "/apps/web/routes", body)
     assert created.status == 422, created
     assert len(node.call("GET", "/apps/web/routes").json()) == 1
+
+
+def test_a_backend_proxy_protocol_and_backend_tls_exclude_each_other(node: Node) -> None:
+    tls_route = create(node, backend_tls={})
+    answer = node.call(
+        "PUT",
+        f"/apps/web/routes/{tls_route['id']}/backends",
+        {"ip": "127.0.0.1", "port": 9, "proxy_protocol": "v2"},
+    )
+    assert answer.status == 422, answer
+    assert "PROXY protocol" in answer.body.decode()
+    backend = attach(node, tls_route["id"], 9)
+    patch = node.call(
+        "PATCH", f"/apps/web/routes/{tls_route['id']}/backends/{backend}", {"proxy_protocol": "v1"}
+    )
+    assert patch.status == 422, patch
+    assert (
+        node.call("GET", f"/apps/web/routes/{tls_route['id']}/backends/{backend}").json()[
+            "proxy_protocol"
+        ]
+        is None
+    )
+    plain = create(node)
+    sent = node.call(
+        "PUT",
+        f"/apps/web/routes/{plain['id']}/backends",
+        {"ip": "127.0.0.1", "port": 9, "proxy_protocol": "v2"},
+    )
+    assert sent.status == 201, sent
+    refused = node.call("PATCH", f"/apps/web/routes/{plain['id']}", {"backend_tls": {}})
+    assert refused.status == 422, refused
+    assert node.call("GET", f"/apps/web/routes/{plain['id']}").json()["backend_tls"] is None

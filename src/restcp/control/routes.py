@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from restcp.control.backends import check_backend
@@ -225,6 +225,7 @@ class RouteService:
                 route.settings.sni,
             ):
                 await self._certificates_stored(settings)
+            _no_proxy_over_tls(settings, route.backends)
             return await self.store.update_route(*key, settings)
 
         return await self._change(key, write)
@@ -241,6 +242,8 @@ class RouteService:
         await check_backend(self.plane.refusal, backend.ip, backend.port)
 
         async def write() -> Backend:
+            if backend.proxy_protocol in ("v1", "v2"):
+                _no_proxy_over_tls((await self.store.get_route(*key)).settings, [backend])
             if limit is not None:
                 route = await self.store.get_route(*key)
                 if len(route.backends) >= limit:
@@ -263,7 +266,9 @@ class RouteService:
         await check_backend(self.plane.refusal, wanted.ip, wanted.port)
 
         async def write() -> Backend:
-            changed = edit(_backend(await self.store.get_route(*key), backend_id))
+            route = await self.store.get_route(*key)
+            changed = edit(_backend(route, backend_id))
+            _no_proxy_over_tls(route.settings, [changed])
             if (changed.ip, changed.port) != (wanted.ip, wanted.port):
                 # Another write moved it meanwhile: judged again (rare: under the lock).
                 await check_backend(self.plane.refusal, changed.ip, changed.port)
@@ -631,3 +636,17 @@ def _backend(route: Route, backend_id: int) -> Backend:
     if backend is None:
         raise NotFound(f"backend {backend_id} of route {route.id} of app {route.app!r} not found")
     return backend
+
+
+def _no_proxy_over_tls(settings: RouteSettings, backends: Sequence[Backend]) -> None:
+    """InvalidSpec (422) if a backend of a route with ``backend_tls`` would be sent a PROXY
+    header: it would go inside the TLS session, which no backend reads (docs/tls.md)."""
+    if settings.backend_tls is None:
+        return
+    sent = [b for b in backends if b.proxy_protocol in ("v1", "v2")]
+    if sent:
+        raise InvalidSpec(
+            "backend_tls: a route speaking TLS to its backends cannot send them a PROXY "
+            f"protocol header (backend {sent[0].id or 'new'} has proxy_protocol "
+            f'{sent[0].proxy_protocol!r}: set it to null or "none")'
+        )

@@ -131,7 +131,7 @@ def _describe(err: OSError) -> str:
         return f"TLS: the backend's certificate is refused: {err.verify_message}"
     if isinstance(err, ssl.SSLError):
         # Its errno is OpenSSL's, not the system's: the reason says what went wrong.
-        return f"TLS handshake failed: {err.reason or err}"
+        return f"TLS handshake failed: {getattr(err, 'reason', None) or err}"
     # asyncio's connect errors read "Connect call failed ('10.0.0.1', 80)": the address the
     # user already knows, not why. The errno says why ("Connection refused").
     if isinstance(err, socket.gaierror) or err.errno == errno.EACCES:

@@ -76,7 +76,8 @@ def failure_reason(err: BaseException) -> str:
     if isinstance(err, ssl.SSLEOFError | ssl.SSLZeroReturnError | ConnectionAbortedError):
         return "eof"
     if isinstance(err, ssl.SSLError):
-        return _LABELS.get(str(err.reason), "other")
+        # An SSLError made by the loop, not OpenSSL, has no reason.
+        return _LABELS.get(str(getattr(err, "reason", None)), "other")
     if isinstance(err, ConnectionResetError | BrokenPipeError):
         return "reset"
     if isinstance(err, ConnectionError | EOFError):
