@@ -67,7 +67,7 @@ import enum
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from restcp.model import Backend, SpliceMode
 from restcp.proxy.connector import Connector
@@ -79,7 +79,7 @@ from restcp.proxy.splicer import CAN_SPLICE
 from restcp.proxy.staged_pipe import StagedPipe
 from restcp.proxy.stages import Meeting, Staging
 from restcp.proxy.tls import HalfCloseless, describe_session
-from restcp.proxy.transport_pipe import BackendEnd, TransportPipe
+from restcp.proxy.transport_pipe import BackendEnd, TlsTransportPipe, TransportPipe
 from restcp.sockets import reset_transport
 
 log = logging.getLogger("restcp.proxy")
@@ -116,6 +116,9 @@ _NOTHING = Held()
 class Connection:
     """One client's connection: its state machine, timers, counters, ending and access
     line; its bytes are its current pipe's to move (see the module)."""
+
+    # The client transport's protocol class (TlsConnection's knows its transport is TLS).
+    _client_end: ClassVar[type[TransportPipe]] = TransportPipe
 
     __slots__ = (
         "_connect_deadline",
@@ -160,7 +163,7 @@ class Connection:
         self._splice: SpliceMode = route.splice if CAN_SPLICE else False
         # The transport pipe exists from the start: its client end is the client
         # transport's protocol, from accept to the end.
-        self.transports = TransportPipe(self, loop, bulk=self._splice == "auto")
+        self.transports = self._client_end(self, loop, bulk=self._splice == "auto")
         self.pipe: Pipe | None = None  # the pipe moving the bytes (RELAYING)
         self.connector: Connector | None = None  # while connecting, or still busy
         self.client_transport: asyncio.Transport | None = None  # until lost
@@ -565,12 +568,12 @@ class TlsConnection(Connection):
     version, cipher and SNI. A route without TLS never makes one."""
 
     __slots__ = ("_session",)
+    _client_end = TlsTransportPipe
 
     def client_made(self, transport: asyncio.Transport) -> None:
         self._session = describe_session(transport)
         wrapped = cast(asyncio.Transport, HalfCloseless(transport))
         self.transports.transport = wrapped
-        self.transports.tls = True
         super().client_made(wrapped)
 
     def _log_access(self, tls: tuple[str, str, str | None] | None = None) -> None:

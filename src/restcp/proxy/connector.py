@@ -28,7 +28,7 @@ from typing import Protocol
 
 from restcp.model import Backend, is_host_name
 from restcp.proxy.members import Member
-from restcp.proxy.origination import backend_failure_reason
+from restcp.proxy.origination import Origination, backend_failure_reason
 from restcp.proxy.runtime import RouteRuntime
 from restcp.proxy.stepping import Stepper
 from restcp.proxy.transport_pipe import BackendEnd, TransportPipe
@@ -106,38 +106,40 @@ class Connector(Stepper):
             return
         self.tried += (member.id,)
         backend = member.backend
-        end = self._attempt = self._pipe.attempt(self)
+        # Read once: an update meanwhile does not change what this attempt speaks.
+        origination = self._route.origination
+        end = self._attempt = self._pipe.attempt(self, origination is not None)
         self._member, self._backend = member, backend
         self._owner.attempting()
         if is_host_name(backend.ip):
-            self.run(self._resolve_and_connect(end, backend))
-        elif self._route.origination is not None:
-            self.run(self._connect_tls(end, backend, backend.ip))
+            self.run(self._resolve_and_connect(end, backend, origination))
+        elif origination is not None:
+            self.run(self._connect_tls(end, backend, backend.ip, origination))
         else:
             self.run(self._loop.create_connection(end.itself, backend.ip, backend.port))
 
-    async def _resolve_and_connect(self, end: BackendEnd, backend: Backend) -> None:
+    async def _resolve_and_connect(
+        self, end: BackendEnd, backend: Backend, origination: Origination | None
+    ) -> None:
         ip = await self._route.resolve(backend.ip, backend.port)
-        if self._route.origination is not None:
-            await self._connect_tls(end, backend, ip)
+        if origination is not None:
+            await self._connect_tls(end, backend, ip, origination)
         else:
             await self._loop.create_connection(end.itself, ip, backend.port)
 
-    async def _connect_tls(self, end: BackendEnd, backend: Backend, ip: str) -> None:
+    async def _connect_tls(
+        self, end: BackendEnd, backend: Backend, ip: str, origination: Origination
+    ) -> None:
         """Connect, then handshake (proxy/origination.py): ``end`` is made once both are
         done. The Connection's connect deadline covers both; the loop's own handshake
         timeout is a backstop."""
-        route = self._route
-        origination = route.origination
-        assert origination is not None
-        end.tls = True
         await self._loop.create_connection(
             end.itself,
             ip,
             backend.port,
             ssl=origination.context,
             server_hostname=origination.server_hostname(backend.ip),
-            ssl_handshake_timeout=route.connect_timeout + 1,
+            ssl_handshake_timeout=self._route.connect_timeout + 1,
         )
 
     def timed_out(self) -> None:

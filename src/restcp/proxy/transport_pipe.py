@@ -59,9 +59,13 @@ class _End(asyncio.Protocol):
     ``data_received`` is written out in each end, one per counter: the hot path of the
     relay takes no branch on the direction and makes no call but the write."""
 
-    __slots__ = ("bulk_at", "eof", "full", "held", "loop", "owner", "peer", "tls", "transport")
+    __slots__ = ("bulk_at", "eof", "full", "held", "loop", "owner", "peer", "transport")
 
     UP: ClassVar[bool]  # whether this end reads the client (its bytes go up)
+    # Its transport is a TLS session (terminated, or to the backend): one that ends at the
+    # peer's close_notify, whatever eof_received says. A class's, not a slot: an idle
+    # connection holds two ends, and a slot each is bytes on every one.
+    tls: ClassVar[bool] = False
 
     def __init__(self, owner: PipeOwner, loop: asyncio.AbstractEventLoop, bulk_at: int) -> None:
         self.owner = owner
@@ -73,9 +77,6 @@ class _End(asyncio.Protocol):
         self.held = b""  # read before the pipe started
         self.eof = False  # this end's peer sent its FIN
         self.full = False  # this end's transport is above its high-water mark
-        # Its transport is a TLS session (terminated, or to the backend): one that ends at
-        # the peer's close_notify, whatever eof_received says.
-        self.tls = False
 
     def hold(self, data: bytes) -> None:
         self.held += data
@@ -154,6 +155,13 @@ class BackendEnd(_End):
             self.owner.backend_lost(exc)
 
 
+class TlsBackendEnd(BackendEnd):
+    """The end of a connect attempt that speaks TLS to the backend (proxy/origination.py)."""
+
+    __slots__ = ()
+    tls = True
+
+
 class TransportPipe(_End):
     """Relays through the two transports (see the module's docstring). It is the client
     transport's protocol, from accept to the end of the connection; ``attach`` gives it
@@ -199,9 +207,9 @@ class TransportPipe(_End):
 
     # -- its backend end -----------------------------------------------------------------
 
-    def attempt(self, connector: Attempts) -> BackendEnd:
-        """The protocol of a new connect attempt."""
-        return BackendEnd(self, connector)
+    def attempt(self, connector: Attempts, tls: bool = False) -> BackendEnd:
+        """The protocol of a new connect attempt (``tls``: one over TLS)."""
+        return TlsBackendEnd(self, connector) if tls else BackendEnd(self, connector)
 
     def attach(self, end: BackendEnd) -> None:
         """The backend connected through ``end``: the pipe's from now on."""
@@ -297,3 +305,10 @@ class TransportPipe(_End):
                 b.pause_reading()
             else:
                 b.resume_reading()
+
+
+class TlsTransportPipe(TransportPipe):
+    """The TransportPipe of a connection whose client's TLS the proxy terminates."""
+
+    __slots__ = ()
+    tls = True
