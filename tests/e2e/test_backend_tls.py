@@ -226,6 +226,14 @@ def test_client_certificate_shown_to_a_backend_that_asks(
     peer = server.peers[0]
     assert peer is not None
     assert dict(x[0] for x in peer["subject"])["commonName"] == "restcp-client"
+    # Replaced: the next connect shows the new one.
+    renewed = ca.issue("restcp-client-renewed", client=True)
+    put = node.call("PUT", "/certificates/client", {"cert": renewed.cert, "key": renewed.key})
+    assert put.status == 200, put
+    assert exchange(route["port"], b"again") == b"again"
+    peer = server.peers[-1]
+    assert peer is not None
+    assert dict(x[0] for x in peer["subject"])["commonName"] == "restcp-client-renewed"
     # In use: not removable.
     assert node.call("DELETE", "/certificates/client").status == 409
 
