@@ -86,6 +86,8 @@ class RouteCounts:
     backends: dict[int, BackendCounts] = field(default_factory=dict)
     toxics: dict[str, ToxicCounts] = field(default_factory=dict)
     tls_failures: dict[str, int] = field(default_factory=dict)
+    # Failed TLS handshakes with its backends, by reason (proxy/origination.py).
+    backend_tls_failures: dict[str, int] = field(default_factory=dict)
 
     def __add__(self, other: RouteCounts) -> RouteCounts:
         return RouteCounts(
@@ -93,6 +95,7 @@ class RouteCounts:
             _sum(self.backends, other.backends),
             _sum(self.toxics, other.toxics),
             _add(self.tls_failures, other.tls_failures),
+            _add(self.backend_tls_failures, other.backend_tls_failures),
         )
 
     def backend(self, backend_id: int) -> BackendCounts:
@@ -104,6 +107,7 @@ class RouteCounts:
             {b: c.ended() for b, c in self.backends.items()},
             {t: c.ended() for t, c in self.toxics.items()},
             dict(self.tls_failures),
+            dict(self.backend_tls_failures),
         )
 
 
@@ -218,7 +222,13 @@ class DataPlane:
             name: ToxicCounts(t.type, t.stream, t.connections, t.held, t.dropped)
             for name, t in runtime.tallies.items()
         }
-        return RouteCounts(dict(runtime.refused), backends, toxics, dict(runtime.tls_failures))
+        return RouteCounts(
+            dict(runtime.refused),
+            backends,
+            toxics,
+            dict(runtime.tls_failures),
+            dict(runtime.backend_tls_failures),
+        )
 
     def sni_closes(self) -> dict[tuple[str, int], dict[str, int]]:
         """Per address shared by SNI, its clients closed before a route was chosen, by

@@ -67,6 +67,7 @@ class RouteSample:
     backends: tuple[BackendSample, ...]
     toxics: tuple[ToxicSample, ...] = ()
     tls_failures: dict[str, int] = field(default_factory=dict)  # reason -> count
+    backend_tls_failures: dict[str, int] = field(default_factory=dict)  # reason -> count
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +140,16 @@ class _DataPlaneCollector(Collector):
         for shared in self._ports.ports() if self._ports is not None else ():
             for reason, count in sorted(shared.sni_closed.items()):
                 sni_closed.add_metric([shared.ip, str(shared.port), reason], count)
+        backend_handshakes = CounterMetricFamily(
+            "restcp_backend_tls_handshake_failures",
+            "TLS handshakes with the backends of a route with backend_tls that failed, by "
+            "reason (docs/tls.md); each is also a connect failure of its backend",
+            labels=["app", "route", "reason"],
+        )
         for route in self._source.samples():
             rid = str(route.route)
+            for reason, count in sorted(route.backend_tls_failures.items()):
+                backend_handshakes.add_metric([route.app, rid, reason], count)
             for reason, count in sorted(route.refused.items()):
                 refused.add_metric([route.app, rid, reason], count)
             for reason, count in sorted(route.tls_failures.items()):
@@ -161,7 +170,7 @@ class _DataPlaneCollector(Collector):
                     health.add_metric([*key, state], 1.0 if b.health == state else 0.0)
         yield from (
             total, active, sent, failures, health, refused, met, held, dropped, handshakes,
-            sni_closed,
+            sni_closed, backend_handshakes,
         )  # fmt: skip
 
 

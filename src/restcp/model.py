@@ -115,6 +115,24 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BackendTls:
+    """TLS towards a route's backends (docs/tls.md): each connect, and each health probe, is
+    a TLS handshake with the backend, and the bytes go encrypted."""
+
+    # Check the backend's certificate: issued by ``ca`` (None: the system's CA store) for
+    # ``server_name``. False takes any certificate (a self-signed backend, on trust).
+    verify: bool = True
+    # PEM CA bundle the backend's certificate must come from; None: the system's store.
+    ca: str | None = None
+    # The name sent as SNI and checked in the backend's certificate; None: the backend's
+    # host when it is a DNS name (an IP literal is checked against the certificate's IP
+    # addresses, and no SNI is sent).
+    server_name: str | None = None
+    # A stored certificate (by name) presented to backends that ask for one (mTLS).
+    certificate: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSettings:
     """What a user may set on a route; everything but the address and the backends."""
 
@@ -157,6 +175,21 @@ class RouteSettings:
     sni: tuple[str, ...] | None = None
     # Terminate TLS from clients (None: the bytes are relayed as they come).
     tls: TlsSettings | None = None
+    # Speak TLS to the backends (None: plain TCP, or whatever the client sent).
+    backend_tls: BackendTls | None = None
+
+    def certificate_names(self) -> tuple[str, ...]:
+        """The stored certificates the route is served with: its tls's, then the client
+        certificate it shows its backends."""
+        names = self.tls.certificates if self.tls is not None else ()
+        backend = self.backend_tls
+        if (
+            backend is not None
+            and backend.certificate is not None
+            and backend.certificate not in names
+        ):
+            names = (*names, backend.certificate)
+        return names
 
     def replace(self, **changes: object) -> RouteSettings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -200,8 +233,8 @@ class Route:
     backends: tuple[Backend, ...] = ()
     # In the order they were added: a connection's bytes pass them in that order.
     toxics: tuple[Toxic, ...] = ()
-    # The certificates its ``settings.tls`` names, as stored when the route was read for
-    # serving (the route service fills them in; stores leave them empty): a replaced
+    # The certificates its ``settings`` name (certificate_names), as stored when the route
+    # was read for serving (the route service fills them in; stores leave them empty): a replaced
     # certificate makes the route served differently, so it is part of what a route is.
     certificates: tuple[Certificate, ...] = ()
     # Bumped by every stored change of the route or its backends (a shared store's; 0 in an

@@ -22,7 +22,8 @@ from tests.cluster.conftest import (
     ready,
     wait_lines,
 )
-from tests.e2e.peers import Backend
+from tests.e2e.peers import Backend, recv_exactly
+from tests.e2e.tls_peers import TlsServer, tls_echo
 from tests.helpers import Node
 
 A, C = "127.0.0.2", "127.0.0.3"
@@ -124,3 +125,51 @@ def test_a_node_started_with_redis_down_terminates_tls_from_its_snapshot(
     redis_server.start()
     wait_lines(c, "Redis is back: resynced", 1)
     assert served(C, route["port"], context, "web.example.com")[0] == "renewed.example.com"
+
+
+def test_tls_to_backends_through_another_node_and_from_the_snapshot(
+    start_node: StartNode, redis_server: PinnedRedisServer, tmp_path: Path
+) -> None:
+    """``backend_tls`` written through A is applied by C, which serves the route: its
+    backend (mTLS) gets C's handshake with the client certificate stored through A; C
+    restarted with Redis down still re-encrypts from its snapshot, client certificate
+    included."""
+    ca = Authority()
+    backend = TlsServer(ca.issue("db.internal"), tmp_path, tls_echo, client_ca=ca)
+    try:
+        snapshot = tmp_path / "c.db"
+        a, c = ready(
+            start_node(A, ready=False),
+            start_node(C, "--lease-ttl", "1", ready=False, snapshot=snapshot),
+        )
+        assert put_certificate(a, "client", ca.issue("restcp-client", client=True)) == 201
+        route = create(a, "db", frontend_ip=C)
+        attach(a, "db", route["id"], backend.port)
+        tls = {"ca": ca.pem, "server_name": "db.internal", "certificate": "client"}
+        patched = a.call("PATCH", f"/apps/db/routes/{route['id']}", {"backend_tls": tls})
+        assert patched.status == 200, patched
+        assert c.call("GET", f"/apps/db/routes/{route['id']}").json()["backend_tls"] == {
+            "verify": True,
+            **tls,
+        }
+        assert _echo(C, route["port"], b"through C") == b"through C"
+        assert backend.names == ["db.internal"]
+        peer = backend.peers[-1]
+        assert peer is not None
+        assert dict(x[0] for x in peer["subject"])["commonName"] == "restcp-client"
+
+        assert c.stop() == 0
+        redis_server.kill()
+        c = start_node(C, "--lease-ttl", "1", snapshot=snapshot)
+        assert c.call("GET", "/healthz").json()["cluster"]["redis"] == "unreachable"
+        assert _echo(C, route["port"], b"from the snapshot") == b"from the snapshot"
+        assert backend.handshakes == 2
+        assert "Traceback" not in "\n".join(c.lines)
+    finally:
+        backend.close()
+
+
+def _echo(ip: str, port: int, message: bytes) -> bytes:
+    with socket.create_connection((ip, port), timeout=5) as sock:
+        sock.sendall(message)
+        return recv_exactly(sock, len(message))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from restcp.errors import Conflict, DuplicateBackend, NotFound
-from restcp.model import Backend, HealthCheck, Route, RouteSettings
+from restcp.model import Backend, BackendTls, HealthCheck, Route, RouteSettings
 from restcp.store import AppInfo
 from tests.contract.conftest import SyncStore
 
@@ -162,6 +162,16 @@ def test_update_route_settings_round_trip(store: SyncStore) -> None:
     for settings in (
         RouteSettings(balance="round_robin", connect_timeout=0.25, idle_timeout=0.0),
         RouteSettings(balance="random", connect_timeout=3600.0, idle_timeout=86400.5),
+        # TLS to the backends, every field set, then its defaults.
+        RouteSettings(
+            backend_tls=BackendTls(
+                verify=True,
+                ca="-----BEGIN CERTIFICATE-----\n...",
+                server_name="db.internal",
+                certificate="client",
+            )
+        ),
+        RouteSettings(backend_tls=BackendTls(verify=False)),
         DEFAULT,
     ):
         updated = store.update_route("a", 1, settings)

@@ -23,7 +23,9 @@ document calls valid must still be one the API accepts, and the checks stay as s
   which no schema can say: a valid body gets a real pair, made once per run.
 - A route's ``tls`` names certificates that must be stored, and its ``client_ca`` is PEM
   text that must parse: a valid body that has one is sent with ``tls: null`` (routes that
-  terminate TLS are tests/e2e/test_tls_termination.py's).
+  terminate TLS are tests/e2e/test_tls_termination.py's). Likewise ``backend_tls``: its
+  ``ca`` must parse, its ``certificate`` be stored, and it goes with neither ``sni`` nor
+  ``proxy_protocol`` (tests/e2e/test_backend_tls.py has those routes).
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ def before_call(context: schemathesis.HookContext, case: Any, kwargs: dict[str, 
         return
     if isinstance(body.get("tls"), dict):
         case.body = body = {**body, "tls": None}
+    if isinstance(body.get("backend_tls"), dict):
+        case.body = body = {**body, "backend_tls": None}
     path = case.operation.path
     if path.startswith("/certificates") and "cert" in body and "key" in body:
         case.body = {**body, "cert": _pair().cert, "key": _pair().key}

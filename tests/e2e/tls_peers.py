@@ -1,6 +1,7 @@
 """TLS ends for the SNI tests: a self-signed certificate made by ``openssl req`` for the
 test, TLS backends on Python's ssl module that tell which backend a client reached and
-which server name it saw, and clients (Python's ssl, ``openssl s_client``, ``curl``)."""
+which server name it saw, and clients (Python's ssl, ``openssl s_client``, ``curl``); and a
+TLS backend for the tests of TLS towards backends (``TlsServer``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from tests.certs import Authority, Pem
 from tests.e2e.peers import Backend
 
 NAMES = ["*.example.com", "*.staging.example.com", "example.com", "xn--bcher-kva.example"]
@@ -171,3 +175,56 @@ def curl(port: int, name: str) -> str:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+class TlsServer:
+    """A TLS backend (Python's ssl) that runs ``serve(tls)`` per connection once the
+    handshake is done, and keeps what each handshake saw: the SNI and the client's
+    certificate subject."""
+
+    def __init__(
+        self,
+        pem: Pem,
+        tmp_path: Path,
+        serve: Callable[[ssl.SSLSocket], None],
+        client_ca: Authority | None = None,
+    ) -> None:
+        self.names: list[str | None] = []
+        self.peers: list[dict[str, Any] | None] = []
+        self.handshakes = 0
+        self._lock = threading.Lock()
+        cert, key = pem.write(tmp_path, f"srv-{id(self)}")
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        if client_ca is not None:
+            self.context.verify_mode = ssl.CERT_REQUIRED
+            self.context.load_verify_locations(cadata=client_ca.pem)
+        self._seen: dict[int, str | None] = {}
+        self.context.sni_callback = self._on_sni
+        self._serve = serve
+        self.backend = Backend(self._handle)
+        self.port = self.backend.port
+
+    def _on_sni(self, tls: Any, name: str | None, _context: ssl.SSLContext) -> None:
+        with self._lock:
+            self._seen[id(tls)] = name
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.context.wrap_socket(conn, server_side=True) as tls:
+            with self._lock:
+                self.handshakes += 1
+                self.names.append(self._seen.pop(id(tls), None))
+                self.peers.append(tls.getpeercert() or None)
+            self._serve(tls)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def tls_echo(tls: ssl.SSLSocket) -> None:
+    """Echo until the client's close_notify, then answer it with ours."""
+    while chunk := tls.recv(65536):
+        tls.sendall(chunk)
+    tls.unwrap()

@@ -75,6 +75,7 @@ from restcp.errors import (
 from restcp.model import (
     Backend,
     BackendStatus,
+    BackendTls,
     Certificate,
     HealthCheck,
     Route,
@@ -793,7 +794,20 @@ def _merge(settings: RouteSettings, body: RouteSettingsBody) -> RouteSettings:
         changes["tls"] = TlsSettings(
             **{**fields, "certificates": tuple(tls.certificates), "alpn": tuple(tls.alpn)}
         )
-    return settings.replace(**changes)
+    backend_tls = changes.get("backend_tls")
+    if backend_tls is not None:
+        if backend_tls.ca is not None:
+            check_ca_bundle(backend_tls.ca, "backend_tls.ca")
+        changes["backend_tls"] = BackendTls(**backend_tls.model_dump())
+    merged = settings.replace(**changes)
+    if merged.backend_tls is not None and merged.proxy_protocol is not None:
+        # The header goes before the backend's first byte, and that is a TLS ClientHello:
+        # a PROXY header inside the session is no backend's protocol.
+        raise InvalidSpec(
+            "backend_tls: a route speaking TLS to its backends cannot send them a PROXY "
+            "protocol header (set proxy_protocol to null, or backend_tls to null)"
+        )
+    return merged
 
 
 def _timestamp(seconds: float) -> str:

@@ -150,18 +150,22 @@ _CHANGE_PROBLEMS = {
 _ROUTE_CREATE_PROBLEMS = {
     409: "the port is taken or cannot be bound, no port is left in the range, the app "
     "has --max-routes-per-app routes already, or another route of the app has its name",
-    422: "tls names a certificate not stored, or its client_ca does not parse",
+    422: "tls names a certificate not stored, or its client_ca does not parse; "
+    "backend_tls names a certificate not stored, its ca does not parse, or it comes with "
+    "sni or proxy_protocol",
     503: "Redis store: no live node serves the frontend IP",
 }
 _DUPLICATE = "another backend of the route has this ip and port"
 _ADD_BACKEND_PROBLEMS = {
     403: "the backend's address is in a network the node's policy denies",
     409: f"the route has --max-backends-per-route backends already, or {_DUPLICATE}",
+    422: "a proxy_protocol on a route with backend_tls",
     **_CHANGE_PROBLEMS,
 }
 _SET_BACKEND_PROBLEMS = {
     403: "the backend's address is in a network the node's policy denies",
     409: _DUPLICATE,
+    422: "a proxy_protocol on a route with backend_tls",
     **_CHANGE_PROBLEMS,
 }
 _ADD_TOXIC_PROBLEMS = {
@@ -279,7 +283,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body=RouteSettingsBody,
         problems={
             409: "another route of the app has this name",
-            422: "tls names a certificate not stored, or its client_ca does not parse",
+            422: "tls names a certificate not stored, or its client_ca does not parse; "
+            "backend_tls names a certificate not stored, its ca does not parse, or it comes "
+            "with sni or proxy_protocol (the route's, or a backend's)",
             **_CHANGE_PROBLEMS,
         },
     ),

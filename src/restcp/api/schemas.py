@@ -28,6 +28,7 @@ from pydantic import (
     StrictStr,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 # The app id's rule is the model's (the CLI checks it without pydantic); the API's modules
@@ -257,6 +258,41 @@ class TlsBody(RequestBody):
         return value
 
 
+class BackendTlsBody(RequestBody):
+    """TLS towards the backends (docs/tls.md): verified against ``ca`` (none: the system's
+    CA store) for ``server_name`` (none: the backend's host name), unless ``verify`` is
+    false; ``certificate`` (by name) shown to backends that ask for one."""
+
+    verify: StrictBool = True
+    ca: Pem | None = None
+    server_name: (
+        Annotated[
+            StrictStr,
+            Field(
+                max_length=253,
+                json_schema_extra={
+                    "anyOf": [{"format": "hostname"}, {"format": "ipv4"}, {"format": "ipv6"}],
+                    "description": "sent as SNI (a DNS name) and checked in the backend's "
+                    "certificate",
+                },
+            ),
+        ]
+        | None
+    ) = None
+    certificate: CertificateName | None = None
+
+    @field_validator("server_name")
+    @classmethod
+    def _server_name(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_host(value)
+
+    @model_validator(mode="after")
+    def _verified(self) -> BackendTlsBody:
+        if not self.verify and self.ca is not None:
+            raise ValueError("ca is what verify checks against: with verify false, leave it out")
+        return self
+
+
 class RouteSettingsBody(RequestBody):
     """The settable fields of a route (PATCH); omitted ones keep their current value."""
 
@@ -277,6 +313,7 @@ class RouteSettingsBody(RequestBody):
     name: RouteName | None = None
     sni: ServerNames | None = None
     tls: TlsBody | None = None
+    backend_tls: BackendTlsBody | None = None
 
 
 class RouteBody(RouteSettingsBody):
@@ -387,6 +424,13 @@ class TlsOut(_Out):
     handshake_timeout: float
 
 
+class BackendTlsOut(_Out):
+    verify: bool
+    ca: str | None
+    server_name: str | None
+    certificate: str | None
+
+
 class ToxicOut(_Out):
     """A toxic of a route (docs/toxics.md): every attribute of its type, defaults filled."""
 
@@ -424,6 +468,7 @@ class RouteOut(_Out):
     name: str | None
     sni: list[str] | None
     tls: TlsOut | None
+    backend_tls: BackendTlsOut | None
     toxics: list[ToxicOut] = _read_only(description="in the order they were added")
 
 

@@ -89,6 +89,9 @@ ROUTE_SETTINGS: Settings = [
      "share the port by TLS server name: names, *.suffix, * (the default); none: alone"),
     ("tls", Nullable(JsonText()),
      "terminate TLS, as JSON: '{\"certificates\": [\"web\"]}' (docs/tls.md); none: off"),
+    ("backend_tls", Nullable(JsonText()),
+     "speak TLS to the backends, as JSON: '{}' (verified by the system's CAs), "
+     "'{\"ca\": \"PEM\", \"server_name\": \"db.internal\"}' (docs/tls.md); none: off"),
 ]  # fmt: skip
 
 # Route creation only (PUT): where it listens.

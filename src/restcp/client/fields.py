@@ -40,6 +40,16 @@ class TlsFields(TypedDict, total=False):
     handshake_timeout: float
 
 
+class BackendTlsFields(TypedDict, total=False):
+    """TLS towards the backends (BackendTlsBody, docs/tls.md): ``{}`` verifies them against
+    the system's CA store."""
+
+    verify: bool
+    ca: str | None
+    server_name: str | None
+    certificate: str | None
+
+
 class RouteFields(TypedDict, total=False):
     """A route's settings (RouteSettingsBody): those given change, the others keep theirs."""
 
@@ -60,6 +70,7 @@ class RouteFields(TypedDict, total=False):
     name: str | None
     sni: list[str] | None
     tls: TlsFields | dict[str, Any] | None
+    backend_tls: BackendTlsFields | dict[str, Any] | None
 
 
 class BackendFields(TypedDict, total=False):

@@ -73,7 +73,8 @@ class Probes:
                     for b in route.backends
                     if b.state != "disabled" and self._plane.refusal(b.ip, b.port) is None
                 ]
-                entry[1].update(route.settings.health_check, probed)
+                tls = runtime.origination if runtime is not None else None
+                entry[1].update(route.settings.health_check, probed, tls)
 
     def _health_changed(self, key: RouteKey) -> None:
         self.on_health(key)

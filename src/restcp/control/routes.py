@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from restcp.control.backends import check_backend
@@ -219,8 +219,13 @@ class RouteService:
                     and other.key != key
                 ]
                 _claimable(settings.sni, others, route)
-            if (settings.tls, settings.sni) != (route.settings.tls, route.settings.sni):
+            if (settings.tls, settings.backend_tls, settings.sni) != (
+                route.settings.tls,
+                route.settings.backend_tls,
+                route.settings.sni,
+            ):
                 await self._certificates_stored(settings)
+            _no_proxy_over_tls(settings, route.backends)
             return await self.store.update_route(*key, settings)
 
         return await self._change(key, write)
@@ -237,6 +242,8 @@ class RouteService:
         await check_backend(self.plane.refusal, backend.ip, backend.port)
 
         async def write() -> Backend:
+            if backend.proxy_protocol in ("v1", "v2"):
+                _no_proxy_over_tls((await self.store.get_route(*key)).settings, [backend])
             if limit is not None:
                 route = await self.store.get_route(*key)
                 if len(route.backends) >= limit:
@@ -259,7 +266,9 @@ class RouteService:
         await check_backend(self.plane.refusal, wanted.ip, wanted.port)
 
         async def write() -> Backend:
-            changed = edit(_backend(await self.store.get_route(*key), backend_id))
+            route = await self.store.get_route(*key)
+            changed = edit(_backend(route, backend_id))
+            _no_proxy_over_tls(route.settings, [changed])
             if (changed.ip, changed.port) != (wanted.ip, wanted.port):
                 # Another write moved it meanwhile: judged again (rare: under the lock).
                 await check_backend(self.plane.refusal, changed.ip, changed.port)
@@ -398,38 +407,50 @@ class RouteService:
             await self.store.delete_certificate(name)
 
     async def _users(self, name: str) -> list[RouteKey]:
-        """The stored routes whose tls names certificate ``name``."""
+        """The stored routes whose tls or backend_tls names certificate ``name``."""
         return [
             route.key
             for route in await self.store.all_routes()
-            if route.settings.tls is not None and name in route.settings.tls.certificates
+            if name in route.settings.certificate_names()
         ]
 
     async def _certificates_stored(self, settings: RouteSettings) -> None:
-        """InvalidSpec (422) if ``settings.tls`` names a certificate not stored, or comes
-        with ``sni``: a shared port's listener relays the ClientHello it read as it came,
-        it does not terminate TLS."""
-        if settings.tls is None:
-            return
+        """InvalidSpec (422) if ``settings`` name a certificate not stored, or ``tls`` or
+        ``backend_tls`` come with ``sni``: a shared port's listener relays the ClientHello
+        it read as it came, it neither terminates TLS nor starts its own."""
         if settings.sni is not None:
-            raise InvalidSpec("tls: a route terminating TLS cannot share its port by sni")
+            if settings.tls is not None:
+                raise InvalidSpec("tls: a route terminating TLS cannot share its port by sni")
+            if settings.backend_tls is not None:
+                raise InvalidSpec(
+                    "backend_tls: a route sharing its port by sni passes its clients' TLS "
+                    "through to the backends unchanged; it cannot wrap it in TLS of its own"
+                )
+        names = settings.certificate_names()
+        if not names:
+            return
         stored = {c.name for c in await self.store.list_certificates()}
-        missing = [n for n in settings.tls.certificates if n not in stored]
+        missing = [n for n in names if n not in stored]
         if missing:
+            field = (
+                "backend_tls.certificate"
+                if settings.tls is None or not set(missing) & set(settings.tls.certificates)
+                else "tls.certificates"
+            )
             raise InvalidSpec(
-                f"tls.certificates: no certificate named {', '.join(map(repr, missing))}: "
+                f"{field}: no certificate named {', '.join(map(repr, missing))}: "
                 "add it first (POST /certificates)"
             )
 
     async def _served_as(self, route: Route) -> Route:
-        """``route`` with the certificates its tls names, as stored now: what the data
+        """``route`` with the certificates its settings name, as stored now: what the data
         plane serves. One removed meanwhile (by a node that did not see this route yet) is
         left out; the route's first certificate that is left is its default."""
-        tls = route.settings.tls
-        if tls is None:
+        names = route.settings.certificate_names()
+        if not names:
             return route
         found = []
-        for name in tls.certificates:
+        for name in names:
             try:
                 found.append(await self.store.get_certificate(name))
             except NotFound:
@@ -437,16 +458,18 @@ class RouteService:
         return dataclasses.replace(route, certificates=tuple(found))
 
     async def _all_served_as(self, routes: list[Route]) -> list[Route]:
-        if not any(r.settings.tls is not None for r in routes):
+        if not any(r.settings.certificate_names() for r in routes):
             return routes
         stored = {c.name: c for c in await self.store.list_certificates()}
         return [
-            r
-            if r.settings.tls is None
-            else dataclasses.replace(
+            dataclasses.replace(
                 r,
-                certificates=tuple(stored[n] for n in r.settings.tls.certificates if n in stored),
+                certificates=tuple(
+                    stored[n] for n in r.settings.certificate_names() if n in stored
+                ),
             )
+            if r.settings.certificate_names()
+            else r
             for r in routes
         ]
 
@@ -613,3 +636,17 @@ def _backend(route: Route, backend_id: int) -> Backend:
     if backend is None:
         raise NotFound(f"backend {backend_id} of route {route.id} of app {route.app!r} not found")
     return backend
+
+
+def _no_proxy_over_tls(settings: RouteSettings, backends: Sequence[Backend]) -> None:
+    """InvalidSpec (422) if a backend of a route with ``backend_tls`` would be sent a PROXY
+    header: it would go inside the TLS session, which no backend reads (docs/tls.md)."""
+    if settings.backend_tls is None:
+        return
+    sent = [b for b in backends if b.proxy_protocol in ("v1", "v2")]
+    if sent:
+        raise InvalidSpec(
+            "backend_tls: a route speaking TLS to its backends cannot send them a PROXY "
+            f"protocol header (backend {sent[0].id or 'new'} has proxy_protocol "
+            f'{sent[0].proxy_protocol!r}: set it to null or "none")'
+        )

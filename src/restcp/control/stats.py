@@ -79,5 +79,11 @@ class NodeStats:
                 for t in (total.toxics[name],)
             )
             yield RouteSample(
-                app, route_id, total.refused, tuple(backends), toxics, total.tls_failures
+                app,
+                route_id,
+                total.refused,
+                tuple(backends),
+                toxics,
+                total.tls_failures,
+                total.backend_tls_failures,
             )

@@ -4,10 +4,11 @@ One task per backend, owned by ``RouteChecks`` and cancelled by it. A task probe
 then waits out the rest of the interval, so probes of one backend never overlap and never
 pile up behind a backend that hangs: each probe is cut at the check's ``timeout``.
 
-A probe is a TCP connect, and, when the check has ``send``/``expect``, a request and the
-start of its reply: ``expect`` is a prefix of the reply, or, written ``re:PATTERN``, a regular
-expression searched in the first bytes of it (enough for Redis ``PING`` -> ``+PONG`` or an
-HTTP status line).
+A probe is a TCP connect (and a TLS handshake, for a route with ``backend_tls``: the
+route's own context and server name), and, when the check has ``send``/``expect``, a
+request and the start of its reply: ``expect`` is a prefix of the reply, or, written
+``re:PATTERN``, a regular expression searched in the first bytes of it (enough for Redis
+``PING`` -> ``+PONG`` or an HTTP status line).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import errno
 import os
 import re
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
@@ -36,6 +38,15 @@ async def _no_names(host: str, port: int) -> str:
 MAX_REPLY = 4096
 
 
+class ProbeTls(Protocol):
+    """How a route speaks TLS to its backends (proxy.origination.Origination)."""
+
+    @property
+    def context(self) -> ssl.SSLContext: ...
+
+    def server_hostname(self, host: str) -> str | None: ...
+
+
 class HealthSink(Protocol):
     """Where results go: the route's runtime feeds them to core.health."""
 
@@ -48,18 +59,35 @@ def reply_matches(expect: str, reply: bytes) -> bool:
     return reply.startswith(expect.encode("latin-1"))
 
 
-async def probe(ip: str, port: int, check: HealthCheck, resolve: Resolve = _no_names) -> str | None:
+async def probe(
+    ip: str,
+    port: int,
+    check: HealthCheck,
+    resolve: Resolve = _no_names,
+    tls: ProbeTls | None = None,
+) -> str | None:
     """None if the backend passes, else why it failed. An OSError that says this node is
     out of resources (restcp.sockets) is raised instead: the probe could not be made, which
     says nothing of the backend. A host
-    name is resolved through ``resolve`` within the check's timeout."""
+    name is resolved through ``resolve`` within the check's timeout. With ``tls``, the
+    connect is a TLS handshake too, and what is sent and expected goes inside it."""
     writer: asyncio.StreamWriter | None = None
     reply = b""
+    host = ip
     try:
         async with asyncio.timeout(check.timeout):
             if is_host_name(ip):
                 ip = await resolve(ip, port)
-            reader, writer = await asyncio.open_connection(ip, port)
+            if tls is None:
+                reader, writer = await asyncio.open_connection(ip, port)
+            else:
+                reader, writer = await asyncio.open_connection(
+                    ip,
+                    port,
+                    ssl=tls.context,
+                    server_hostname=tls.server_hostname(host),
+                    ssl_handshake_timeout=check.timeout + 1,  # the timeout above comes first
+                )
             if check.send:
                 writer.write(check.send.encode("latin-1"))
                 await writer.drain()
@@ -99,6 +127,11 @@ def _may_still_match(expect: str, reply: bytes) -> bool:
 
 
 def _describe(err: OSError) -> str:
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return f"TLS: the backend's certificate is refused: {err.verify_message}"
+    if isinstance(err, ssl.SSLError):
+        # Its errno is OpenSSL's, not the system's: the reason says what went wrong.
+        return f"TLS handshake failed: {getattr(err, 'reason', None) or err}"
     # asyncio's connect errors read "Connect call failed ('10.0.0.1', 80)": the address the
     # user already knows, not why. The errno says why ("Connection refused").
     if isinstance(err, socket.gaierror) or err.errno == errno.EACCES:
@@ -116,15 +149,20 @@ class RouteChecks:
         self._sink = sink
         self._resolve = resolve
         self._check: HealthCheck | None = None
+        self._tls: ProbeTls | None = None
         self._tasks: dict[int, tuple[Backend, asyncio.Task[None]]] = {}
         # Cancelled tasks not yet finished: close() awaits them too.
         self._retired: set[asyncio.Task[None]] = set()
 
-    def update(self, check: HealthCheck | None, backends: Sequence[Backend]) -> None:
-        """Probe exactly ``backends`` with ``check`` (None: no probes at all)."""
-        if check != self._check:
+    def update(
+        self, check: HealthCheck | None, backends: Sequence[Backend], tls: ProbeTls | None = None
+    ) -> None:
+        """Probe exactly ``backends`` with ``check`` (None: no probes at all), over ``tls``
+        if not None."""
+        if check != self._check or tls is not self._tls:
             self._cancel(list(self._tasks))
             self._check = check
+            self._tls = tls
         if check is None:
             return
         wanted = {b.id: b for b in backends}
@@ -132,7 +170,7 @@ class RouteChecks:
         self._cancel([bid for bid, (b, _) in self._tasks.items() if wanted.get(bid) != b])
         for backend_id, backend in wanted.items():
             if backend_id not in self._tasks:
-                task = asyncio.get_running_loop().create_task(self._run(backend, check))
+                task = asyncio.get_running_loop().create_task(self._run(backend, check, tls))
                 self._tasks[backend_id] = (backend, task)
 
     def _cancel(self, backend_ids: Sequence[int]) -> None:
@@ -148,13 +186,13 @@ class RouteChecks:
         # return_exceptions: one task that died of an error must not leave the rest unawaited.
         await asyncio.gather(*retired, return_exceptions=True)
 
-    async def _run(self, backend: Backend, check: HealthCheck) -> None:
+    async def _run(self, backend: Backend, check: HealthCheck, tls: ProbeTls | None) -> None:
         while True:
             # perf_counter, not the loop's clock: uvloop's ticks in milliseconds, and a
             # sub-millisecond probe belongs in the histogram's lowest bucket, not at 0 or 1 ms.
             started = time.perf_counter()
             try:
-                reason = await probe(backend.ip, backend.port, check, self._resolve)
+                reason = await probe(backend.ip, backend.port, check, self._resolve, tls)
             except OSError as err:
                 if out_of_resources(err):
                     # No verdict: a node out of descriptors must not mark its backends

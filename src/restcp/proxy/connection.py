@@ -67,7 +67,7 @@ import enum
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from restcp.core.proxy_protocol import TlsInfo
 from restcp.model import Backend, SpliceMode
@@ -80,7 +80,7 @@ from restcp.proxy.splicer import CAN_SPLICE
 from restcp.proxy.staged_pipe import StagedPipe
 from restcp.proxy.stages import Meeting, Staging
 from restcp.proxy.tls import HalfCloseless, Handshake, describe_session, session_info
-from restcp.proxy.transport_pipe import BackendEnd, TransportPipe
+from restcp.proxy.transport_pipe import BackendEnd, TlsTransportPipe, TransportPipe
 from restcp.sockets import reset_transport
 
 log = logging.getLogger("restcp.proxy")
@@ -117,6 +117,9 @@ _NOTHING = Held()
 class Connection:
     """One client's connection: its state machine, timers, counters, ending and access
     line; its bytes are its current pipe's to move (see the module)."""
+
+    # The client transport's protocol class (TlsConnection's knows its transport is TLS).
+    _client_end: ClassVar[type[TransportPipe]] = TransportPipe
 
     __slots__ = (
         "_connect_deadline",
@@ -161,7 +164,7 @@ class Connection:
         self._splice: SpliceMode = route.splice if CAN_SPLICE else False
         # The transport pipe exists from the start: its client end is the client
         # transport's protocol, from accept to the end.
-        self.transports = TransportPipe(self, loop, bulk=self._splice == "auto")
+        self.transports = self._client_end(self, loop, bulk=self._splice == "auto")
         self.pipe: Pipe | None = None  # the pipe moving the bytes (RELAYING)
         self.connector: Connector | None = None  # while connecting, or still busy
         self.client_transport: asyncio.Transport | None = None  # until lost
@@ -233,6 +236,9 @@ class Connection:
         if end.gone:  # lost between its connection_made and the connect's return
             self._end("backend_reset" if end.error else "backend_closed", reset=bool(end.error))
             return
+        if end.tls and end.transport is not None:
+            # TLS to the backend: a FIN towards it ends its session (proxy/origination.py).
+            end.transport = cast(asyncio.Transport, HalfCloseless(end.transport))
         self.backend_transport = end.transport
         self._enter(State.RELAYING)
         transports = self.transports
@@ -569,6 +575,7 @@ class TlsConnection(Connection):
     version, cipher and SNI. A route without TLS never makes one."""
 
     __slots__ = ("_session", "handshake")
+    _client_end = TlsTransportPipe
 
     handshake: Handshake  # its handshake (set by tls_client_protocol)
 

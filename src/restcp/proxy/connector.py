@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Protocol
 
 from restcp.model import Backend, is_host_name
 from restcp.proxy.members import Member
+from restcp.proxy.origination import Origination, backend_failure_reason
 from restcp.proxy.runtime import RouteRuntime
 from restcp.proxy.stepping import Stepper
 from restcp.proxy.transport_pipe import BackendEnd, TransportPipe
@@ -104,17 +106,41 @@ class Connector(Stepper):
             return
         self.tried += (member.id,)
         backend = member.backend
-        end = self._attempt = self._pipe.attempt(self)
+        # Read once: an update meanwhile does not change what this attempt speaks.
+        origination = self._route.origination
+        end = self._attempt = self._pipe.attempt(self, origination is not None)
         self._member, self._backend = member, backend
         self._owner.attempting()
         if is_host_name(backend.ip):
-            self.run(self._resolve_and_connect(end, backend))
+            self.run(self._resolve_and_connect(end, backend, origination))
+        elif origination is not None:
+            self.run(self._connect_tls(end, backend, backend.ip, origination))
         else:
             self.run(self._loop.create_connection(end.itself, backend.ip, backend.port))
 
-    async def _resolve_and_connect(self, end: BackendEnd, backend: Backend) -> None:
+    async def _resolve_and_connect(
+        self, end: BackendEnd, backend: Backend, origination: Origination | None
+    ) -> None:
         ip = await self._route.resolve(backend.ip, backend.port)
-        await self._loop.create_connection(end.itself, ip, backend.port)
+        if origination is not None:
+            await self._connect_tls(end, backend, ip, origination)
+        else:
+            await self._loop.create_connection(end.itself, ip, backend.port)
+
+    async def _connect_tls(
+        self, end: BackendEnd, backend: Backend, ip: str, origination: Origination
+    ) -> None:
+        """Connect, then handshake (proxy/origination.py): ``end`` is made once both are
+        done. The Connection's connect deadline covers both; the loop's own handshake
+        timeout is a backstop."""
+        await self._loop.create_connection(
+            end.itself,
+            ip,
+            backend.port,
+            ssl=origination.context,
+            server_hostname=origination.server_hostname(backend.ip),
+            ssl_handshake_timeout=self._route.connect_timeout + 1,
+        )
 
     def timed_out(self) -> None:
         """The connect deadline passed: give this attempt up and try the next backend."""
@@ -195,11 +221,22 @@ class Connector(Stepper):
                 owner.broke()
             self._check_settled()
             return
-        log.warning(
-            "connect failed app=%s route=%s backend=%s addr=%s:%s error=%s",
-            route.app, route.route_id, backend.id, backend.ip, backend.port,
-            str(err) or "timeout",
-        )  # fmt: skip
+        if isinstance(err, ssl.SSLError):
+            # The TCP connect worked; the backend's TLS did not (its certificate refused,
+            # not TLS at all): a failed connect of that backend all the same.
+            reason = backend_failure_reason(err)
+            route.backend_tls_failures[reason] += 1
+            log.warning(
+                "connect failed app=%s route=%s backend=%s addr=%s:%s error=TLS handshake "
+                "with the backend failed (%s): %s",
+                route.app, route.route_id, backend.id, backend.ip, backend.port, reason, err,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "connect failed app=%s route=%s backend=%s addr=%s:%s error=%s",
+                route.app, route.route_id, backend.id, backend.ip, backend.port,
+                str(err) or "timeout",
+            )  # fmt: skip
         route.connect_failed(member, err)
         if owner.end_reason is None:
             self.next()

@@ -30,6 +30,7 @@ from restcp.core import proxy_protocol
 from restcp.core.balancer import Picker, make_picker
 from restcp.model import Backend, BackendStatus, ReplacedAddress, Route, Toxic
 from restcp.proxy.members import Member
+from restcp.proxy.origination import Origination
 from restcp.proxy.stages import Tally
 from restcp.proxy.tls import Termination
 from restcp.proxy.traffic import Tracked, Traffic
@@ -123,6 +124,10 @@ class RouteRuntime:
         # Clients in their TLS handshake: not Connections yet, counted against the limits
         # all the same (``hold``), so a flood of clients that never finish cannot pass them.
         self.handshaking = 0
+        # TLS towards the backends (proxy/origination.py): None for plain connects; the
+        # Connector reads it at each attempt, the route's probes at each probe.
+        self.origination: Origination | None = None
+        self.backend_tls_failures: Counter[str] = Counter()  # by reason, as tls_failures
         self._apply(route, first=True)
 
     # -- configuration -------------------------------------------------------------------
@@ -140,16 +145,24 @@ class RouteRuntime:
         self.idle_timeout = settings.idle_timeout
         self.half_close_timeout = settings.half_close_timeout
         # Read by each new connection: a change applies to new connections. A terminated
-        # connection's plain bytes are in no socket: never spliced.
-        self.splice = settings.splice if settings.tls is None else False
-        if (
-            first
-            or settings.tls != old_route.settings.tls
-            or (route.certificates != old_route.certificates)
-        ):
+        # connection's plain bytes are in no socket, nor are those of one that speaks TLS
+        # to its backend: never spliced.
+        plain = settings.tls is None and settings.backend_tls is None
+        self.splice = settings.splice if plain else False
+        changed = first or route.certificates != old_route.certificates
+        if changed or settings.tls != old_route.settings.tls:
             # New handshakes use it; open connections keep their SSL objects.
             tls = settings.tls
-            self.tls = None if tls is None else Termination(tls, route.certificates)
+            self.tls = (
+                None
+                if tls is None
+                else Termination(tls, [c for c in route.certificates if c.name in tls.certificates])
+            )
+        if changed or settings.backend_tls != old_route.settings.backend_tls:
+            backend_tls = settings.backend_tls
+            self.origination = (
+                None if backend_tls is None else Origination(backend_tls, route.certificates)
+            )
         self.max_connect_attempts = settings.max_connect_attempts
         # The route's own seed, or the node's: what every draw of its toxics starts from.
         self.seed = settings.seed if settings.seed is not None else self.traffic.seed
@@ -391,7 +404,9 @@ class RouteRuntime:
         frontend address (a getsockname conversion) and its TLS (a v2 header's TLVs) only
         when a header is sent."""
         version = backend.proxy_protocol or self.route.settings.proxy_protocol
-        if version is None or version == "none":
+        if version is None or version == "none" or self.origination is not None:
+            # Over TLS the header would be inside the session (the API refuses the route's
+            # own; a backend's is not sent): docs/tls.md.
             return None
         tls = connection.tls_info() if version == "v2" else None
         return proxy_protocol.header(version, connection.client_addr, connection.frontend(), tls)

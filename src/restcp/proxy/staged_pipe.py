@@ -211,7 +211,8 @@ class _Side(asyncio.Protocol):
         way = self.way
         if not self.pipe.stopped and not way.eof:
             way.fin(self.pipe.loop.time())
-        return True
+        # A TLS session ends at the peer's close_notify whatever this says.
+        return not self.tracks.tls
 
     def pause_writing(self) -> None:
         self.tracks.full = True

@@ -77,7 +77,8 @@ def failure_reason(err: BaseException) -> str:
     if isinstance(err, ssl.SSLEOFError | ssl.SSLZeroReturnError | ConnectionAbortedError):
         return "eof"
     if isinstance(err, ssl.SSLError):
-        return _LABELS.get(str(err.reason), "other")
+        # An SSLError made by the loop, not OpenSSL, has no reason.
+        return _LABELS.get(str(getattr(err, "reason", None)), "other")
     if isinstance(err, ConnectionResetError | BrokenPipeError):
         return "reset"
     if isinstance(err, ConnectionError | EOFError):
@@ -115,7 +116,7 @@ class Termination:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = _VERSIONS[settings.min_version]
         if certificate is not None:
-            _load_chain(context, certificate)
+            load_chain(context, certificate)
         if settings.alpn:
             context.set_alpn_protocols(list(settings.alpn))
         if settings.client_ca is not None:
@@ -139,7 +140,7 @@ class Termination:
             ssl_object.context = chosen
 
 
-def _load_chain(context: ssl.SSLContext, certificate: Certificate) -> None:
+def load_chain(context: ssl.SSLContext, certificate: Certificate) -> None:
     """OpenSSL reads a chain and key from files only: they are written to a directory only
     this process's user can enter, and removed as soon as they are read."""
     with tempfile.TemporaryDirectory(prefix="restcp-tls-") as directory:

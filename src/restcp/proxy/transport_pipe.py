@@ -62,6 +62,10 @@ class _End(asyncio.Protocol):
     __slots__ = ("bulk_at", "eof", "full", "held", "loop", "owner", "peer", "transport")
 
     UP: ClassVar[bool]  # whether this end reads the client (its bytes go up)
+    # Its transport is a TLS session (terminated, or to the backend): one that ends at the
+    # peer's close_notify, whatever eof_received says. A class's, not a slot: an idle
+    # connection holds two ends, and a slot each is bytes on every one.
+    tls: ClassVar[bool] = False
 
     def __init__(self, owner: PipeOwner, loop: asyncio.AbstractEventLoop, bulk_at: int) -> None:
         self.owner = owner
@@ -84,7 +88,9 @@ class _End(asyncio.Protocol):
         if self.peer is not None:
             self.peer.write_eof()
             self.owner.eof(self.UP)
-        return True
+        # Kept open for the other way, but a TLS transport (asyncio would log that keeping
+        # one open has no effect).
+        return not self.tls
 
     # This end's write buffer is full: stop reading the other peer until it drains.
     def pause_writing(self) -> None:
@@ -149,6 +155,13 @@ class BackendEnd(_End):
             self.owner.backend_lost(exc)
 
 
+class TlsBackendEnd(BackendEnd):
+    """The end of a connect attempt that speaks TLS to the backend (proxy/origination.py)."""
+
+    __slots__ = ()
+    tls = True
+
+
 class TransportPipe(_End):
     """Relays through the two transports (see the module's docstring). It is the client
     transport's protocol, from accept to the end of the connection; ``attach`` gives it
@@ -194,9 +207,9 @@ class TransportPipe(_End):
 
     # -- its backend end -----------------------------------------------------------------
 
-    def attempt(self, connector: Attempts) -> BackendEnd:
-        """The protocol of a new connect attempt."""
-        return BackendEnd(self, connector)
+    def attempt(self, connector: Attempts, tls: bool = False) -> BackendEnd:
+        """The protocol of a new connect attempt (``tls``: one over TLS)."""
+        return TlsBackendEnd(self, connector) if tls else BackendEnd(self, connector)
 
     def attach(self, end: BackendEnd) -> None:
         """The backend connected through ``end``: the pipe's from now on."""
@@ -292,3 +305,10 @@ class TransportPipe(_End):
                 b.pause_reading()
             else:
                 b.resume_reading()
+
+
+class TlsTransportPipe(TransportPipe):
+    """The TransportPipe of a connection whose client's TLS the proxy terminates."""
+
+    __slots__ = ()
+    tls = True

@@ -11,11 +11,12 @@ import json
 from typing import Any
 
 from restcp.core.toxics import SPECS
-from restcp.model import Backend, HealthCheck, RouteSettings, TlsSettings, Toxic
+from restcp.model import Backend, BackendTls, HealthCheck, RouteSettings, TlsSettings, Toxic
 
 _ROUTE_FIELDS = {f.name for f in dataclasses.fields(RouteSettings)}
 _CHECK_FIELDS = {f.name for f in dataclasses.fields(HealthCheck)}
 _TLS_FIELDS = {f.name for f in dataclasses.fields(TlsSettings)}
+_BACKEND_TLS_FIELDS = {f.name for f in dataclasses.fields(BackendTls)}
 # A backend's address and id live in their own columns/keys; the rest is its settings.
 _BACKEND_SETTINGS = {f.name for f in dataclasses.fields(Backend)} - {"id", "ip", "port"}
 # A toxic's name is its key (a column, a hash field); the rest is its settings.
@@ -39,6 +40,11 @@ def load_route_settings(text: str) -> RouteSettings:
         fields["certificates"] = tuple(fields.get("certificates", ()))
         fields["alpn"] = tuple(fields.get("alpn", ()))
         data["tls"] = TlsSettings(**fields)
+    backend_tls = data.get("backend_tls")
+    if isinstance(backend_tls, dict):
+        data["backend_tls"] = BackendTls(
+            **{k: v for k, v in backend_tls.items() if k in _BACKEND_TLS_FIELDS}
+        )
     return RouteSettings(**data)
 
 

@@ -518,20 +518,22 @@ class SqliteStore:
         )
 
     def _with_certificates(self, routes: list[Route]) -> list[Route]:
-        """Routes read from a snapshot, with the certificates their tls names."""
-        if not any(r.settings.tls is not None for r in routes):
+        """Routes read from a snapshot, with the certificates their settings name."""
+        if not any(r.settings.certificate_names() for r in routes):
             return routes
         stored = {
             name: Certificate(name, cert, key)
             for name, cert, key in self._db.execute("SELECT name, cert, key FROM certificates")
         }
         return [
-            r
-            if r.settings.tls is None
-            else dataclasses.replace(
+            dataclasses.replace(
                 r,
-                certificates=tuple(stored[n] for n in r.settings.tls.certificates if n in stored),
+                certificates=tuple(
+                    stored[n] for n in r.settings.certificate_names() if n in stored
+                ),
             )
+            if r.settings.certificate_names()
+            else r
             for r in routes
         ]
 
