@@ -564,7 +564,8 @@ def markdown(report: Report, chart_dir_name: str, written: Sequence[tuple[str, s
             "`https://localhost:PORT/`: each request a full handshake, sending `localhost` as "
             "its server name) through a proxy that reads the ClientHello, picks the backend "
             "by name and relays the bytes unchanged to an nginx terminating TLS (no session "
-            "reuse). HAProxy: `tcp-request inspect-delay 5s`, `req.ssl_hello_type 1`, "
+            "reuse; nginx's default `ssl_protocols`, which stop at TLS 1.2 before nginx "
+            "1.23.4). HAProxy: `tcp-request inspect-delay 5s`, `req.ssl_hello_type 1`, "
             "`use_backend … if { req.ssl_sni -i localhost }`, a default backend. restcp: "
             'routes `"sni": ["localhost"]` and `["*"]` on one port'
             + (f"; *{routes}*: as many on the port" if routes else "")
@@ -590,8 +591,9 @@ def markdown(report: Report, chart_dir_name: str, written: Sequence[tuple[str, s
             "neither proxy picks a certificate by SNI. HAProxy: `nbthread 1`, `bind … ssl "
             'crt <pem>`, `mode tcp`; restcp: one process, a route with `"tls": '
             '{"certificates": ["bench"]}`, the certificate stored through '
-            "`POST /certificates`. *none*: s_time straight to an nginx terminating TLS. Both "
-            "TLS ends of the client side run on the load core, which bounds the rates: the "
+            "`POST /certificates`. *none*: s_time straight to an nginx terminating TLS. The "
+            "clients' half of every handshake runs on the load core, which bounds the "
+            "rates: the "
             "proxy's CPU per connection is the figure to compare. `uv run python -m "
             "bench.termination` runs it alone.",
             "",
