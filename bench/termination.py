@@ -26,8 +26,9 @@ process, no ``--workers``):
 - ``haproxy``: ``bind 127.0.0.1:PORT ssl crt <pem>``, ``mode tcp``, the nginx behind;
 - ``restcp``: a route with ``"tls": {"certificates": ["bench"]}``, the nginx behind.
 
-CPU-µs/conn is the proxy's own CPU over the connections made: the figure the load core
-does not bound. It prints a table and the restcp/HAProxy ratios.
+The figure to compare is CPU-µs/conn, the CPU time of the proxy's process group divided
+by the handshakes made: the load core bounds the rates, not that. Prints the medians and,
+per version, restcp's rate and CPU over HAProxy's.
 """
 
 from __future__ import annotations
@@ -42,21 +43,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.peers import _start_nginx, api, api_base, http_backend_config, start_restcp
-from bench.procs import LOAD_CORE, BenchError, Proc, free_port, pinned, wait_accepting
-from bench.sni import (
-    Load,
-    Row,
-    Starter,
-    add_route,
-    check_tls,
-    haproxy_starter,
-    https_backend_config,
-    make_certificate,
-    measure,
-    repeat,
-    standalone,
+from bench import sni
+from bench.peers import (
+    _start_nginx,
+    api,
+    api_base,
+    haproxy_config,
+    http_backend_config,
+    start_restcp,
 )
+from bench.procs import LOAD_CORE, BenchError, Proc, free_port, pinned, wait_accepting
 
 CONNS = 8
 VERSIONS = ("1.3", "1.2")
@@ -85,7 +81,7 @@ def check_negotiated(version: str) -> Callable[[int], object]:
     (for 1.3, one the server chose among the client's: s_time offers only that one)."""
 
     def check(port: int) -> tuple[str, str]:
-        got = check_tls(port, client_context(version))
+        got = sni.check_tls(port, client_context(version))
         want = (f"TLSv{version}", CIPHERS[version][1])
         if version == "1.2" and got != want:
             raise BenchError(f"port {port} negotiated {got}, not {want}")
@@ -97,28 +93,11 @@ def check_negotiated(version: str) -> Callable[[int], object]:
 
 
 def haproxy_termination_config(pem: Path) -> Callable[[int, int], str]:
-    def render(listen: int, backend: int) -> str:
-        return f"""\
-global
-    nbthread 1
-    maxconn 7000
-defaults
-    mode tcp
-    maxconn 7000
-    timeout connect 5s
-    timeout client 10m
-    timeout server 10m
-frontend fe
-    bind 127.0.0.1:{listen} ssl crt {pem}
-    default_backend be
-backend be
-    server s1 127.0.0.1:{backend}
-"""
-
-    return render
+    """The suite's HAProxy (peers.haproxy_config), terminating TLS with ``pem``."""
+    return functools.partial(haproxy_config, splice=False, bind_options=f" ssl crt {pem}")
 
 
-def restcp_starter(cert: Path, key: Path) -> Starter:
+def restcp_starter(cert: Path, key: Path) -> sni.Starter:
     """restcp with the certificate stored through its API and one route terminating TLS."""
 
     def start_it(backend: int, work: Path, logs: Path) -> tuple[Proc | None, int]:
@@ -131,7 +110,7 @@ def restcp_starter(cert: Path, key: Path) -> Starter:
         }
         api("POST", f"{base}certificates", body)
         listen = free_port()
-        add_route(base, {"port": listen, "tls": {"certificates": ["bench"]}}, backend)
+        sni.add_route(base, {"port": listen, "tls": {"certificates": ["bench"]}}, backend)
         return proc, listen
 
     return start_it
@@ -140,10 +119,10 @@ def restcp_starter(cert: Path, key: Path) -> Starter:
 _DONE = re.compile(r"^(\d+) connections in [\d.]+s;", re.M)
 
 
-def s_time_load(version: str, seconds: int, conns: int) -> Callable[[int], Load]:
+def s_time_load(version: str, seconds: int, conns: int) -> Callable[[int], sni.Load]:
     """``conns`` ``openssl s_time -new`` at once on the load core, for ``seconds``."""
 
-    def run(port: int) -> Load:
+    def run(port: int) -> sni.Load:
         option, cipher = CIPHERS[version]
         argv = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new"]
         argv += [f"-tls{version.replace('.', '_')}", option, cipher]
@@ -176,16 +155,16 @@ def s_time_load(version: str, seconds: int, conns: int) -> Callable[[int], Load]
         # s_time prints "*" per new session and "r" per resumed one: -new asks for none.
         marks = [line for out in outputs for line in out.splitlines() if set(line) <= {"*", "r"}]
         resumed = sum(line.count("r") for line in marks)
-        return Load(total / wall, total, None, f"{resumed} resumed" if resumed else "")
+        return sni.Load(total / wall, total, None, f"{resumed} resumed" if resumed else "")
 
     return run
 
 
-def starters(cert: Path, key: Path, pem: Path, https: int) -> dict[str, Starter | None]:
+def starters(cert: Path, key: Path, pem: Path, https: int) -> dict[str, sni.Starter | None]:
     """Each row's proxy, in the order measured; ``none`` goes to the HTTPS nginx."""
     return {
         "none": lambda _backend, _work, _logs: (None, https),
-        "haproxy": haproxy_starter("haproxy-tls", haproxy_termination_config(pem)),
+        "haproxy": sni.haproxy_starter("haproxy-tls", haproxy_termination_config(pem)),
         "restcp": restcp_starter(cert, key),
     }
 
@@ -206,14 +185,14 @@ def run_rows(
     logs: Path,
     settle: Callable[[str], None],
     versions: tuple[str, ...] = VERSIONS,
-) -> list[Row]:
+) -> list[sni.Row]:
     """Every row of every version, ``reps`` times, in front of one plain nginx (and an
     HTTPS one for ``none``) started here; BenchError when something does not run."""
-    cert, key = make_certificate(work)
+    cert, key = sni.make_certificate(work)
     pem = work / "haproxy.pem"  # HAProxy takes the chain and key in one file
     pem.write_text(cert.read_text() + key.read_text())
     http, https = free_port(), free_port()
-    https_config = https_backend_config(
+    https_config = sni.https_backend_config(
         work / "nginx-https", https, cert, key, protocols="TLSv1.2 TLSv1.3"
     )
     nginx = [
@@ -224,12 +203,12 @@ def run_rows(
     try:
         wait_accepting(http, proc=nginx[0])
         wait_accepting(https, proc=nginx[1])
-        return repeat(
+        return sni.repeat(
             reps,
             "tls",
             lambda: {
                 label(proxy, version): functools.partial(
-                    measure,
+                    sni.measure,
                     starter=starter,
                     backend=http,
                     load=s_time_load(version, seconds, conns),
@@ -262,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     for version in versions:
         if version not in CIPHERS:
             parser.error(f"unknown TLS version {version!r}; choose from {', '.join(CIPHERS)}")
-    return standalone(
+    return sni.standalone(
         "bench.termination",
         ("openssl", "nginx", "haproxy", "taskset", "uv"),
         lambda work, logs, settle: run_rows(
