@@ -156,7 +156,9 @@ class RunningProxy:
             self.proc.stop()
 
 
-def haproxy_config(listen: int, backend: int, splice: bool) -> str:
+def haproxy_config(listen: int, backend: int, splice: bool, bind_options: str = "") -> str:
+    """HAProxy ``mode tcp``, one thread; ``bind_options`` follow the bind's address (such
+    as ``ssl crt PEM``: TLS terminated)."""
     splice_lines = "    option splice-request\n    option splice-response\n" if splice else ""
     return f"""\
 global
@@ -169,7 +171,7 @@ defaults
     timeout client 10m
     timeout server 10m
 {splice_lines}frontend fe
-    bind 127.0.0.1:{listen}
+    bind 127.0.0.1:{listen}{bind_options}
     default_backend be
 backend be
     server s1 127.0.0.1:{backend}

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench import sni as sni_bench
+from bench import termination as tls_bench
 from bench import workers as workers_bench
 from bench.control import ROUTES_PER_APP, ControlResult
 from bench.workloads import WORKLOADS, Sample
@@ -72,6 +73,8 @@ class Report:
     workers: list[workers_bench.Row] = field(default_factory=list)
     # New TLS connections through SNI passthrough, restcp vs HAProxy (bench/sni.py).
     sni: list[sni_bench.Row] = field(default_factory=list)
+    # New TLS connections through TLS termination, restcp vs HAProxy (bench/termination.py).
+    tls: list[sni_bench.Row] = field(default_factory=list)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -309,6 +312,8 @@ def console(report: Report) -> str:
         parts += ["", text_table(workers_table(report.workers))]
     if report.sni:
         parts += ["", *sni_bench.table(report.sni)]
+    if report.tls:
+        parts += ["", *sni_bench.table(report.tls, tls_bench.pairs(tls_bench.VERSIONS))]
     if report.failures:
         parts += ["", "FAILED:", *(f"  {f}" for f in report.failures)]
     return "\n".join(parts)
@@ -559,7 +564,8 @@ def markdown(report: Report, chart_dir_name: str, written: Sequence[tuple[str, s
             "`https://localhost:PORT/`: each request a full handshake, sending `localhost` as "
             "its server name) through a proxy that reads the ClientHello, picks the backend "
             "by name and relays the bytes unchanged to an nginx terminating TLS (no session "
-            "reuse). HAProxy: `tcp-request inspect-delay 5s`, `req.ssl_hello_type 1`, "
+            "reuse; nginx's default `ssl_protocols`, which stop at TLS 1.2 before nginx "
+            "1.23.4). HAProxy: `tcp-request inspect-delay 5s`, `req.ssl_hello_type 1`, "
             "`use_backend … if { req.ssl_sni -i localhost }`, a default backend. restcp: "
             'routes `"sni": ["localhost"]` and `["*"]` on one port'
             + (f"; *{routes}*: as many on the port" if routes else "")
@@ -569,6 +575,29 @@ def markdown(report: Report, chart_dir_name: str, written: Sequence[tuple[str, s
             "alone.",
             "",
             *sni_bench.table(report.sni),
+            "",
+        ]
+    if report.tls:
+        out += [
+            "### TLS termination: restcp / HAProxy",
+            "",
+            f"New TLS connections, each a full handshake ({tls_bench.CONNS} `openssl s_time "
+            "-new -www /` at once: connect, handshake without resuming, `GET / HTTP/1.0`, "
+            "read the answer, close), through a proxy that terminates TLS with one ECDSA "
+            "P-256 certificate (the same file for both) and relays the plain bytes to the "
+            "nginx of the workloads above. Per version the client offers one cipher: TLS 1.3 "
+            "`TLS_AES_128_GCM_SHA256`, TLS 1.2 `ECDHE-ECDSA-AES128-GCM-SHA256`; X25519 "
+            "(checked through each proxy before its load). s_time sends no server name, so "
+            "neither proxy picks a certificate by SNI. HAProxy: `nbthread 1`, `bind … ssl "
+            'crt <pem>`, `mode tcp`; restcp: one process, a route with `"tls": '
+            '{"certificates": ["bench"]}`, the certificate stored through '
+            "`POST /certificates`. *none*: s_time straight to an nginx terminating TLS. The "
+            "clients' half of every handshake runs on the load core, which bounds the "
+            "rates: the "
+            "proxy's CPU per connection is the figure to compare. `uv run python -m "
+            "bench.termination` runs it alone.",
+            "",
+            *sni_bench.table(report.tls, tls_bench.pairs(tls_bench.VERSIONS)),
             "",
         ]
     if report.failures:

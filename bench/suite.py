@@ -27,6 +27,7 @@ from types import FrameType
 
 from bench import report
 from bench import sni as sni_bench
+from bench import termination as tls_bench
 from bench import workers as workers_bench
 from bench.control import ControlResult, run_control
 from bench.peers import (
@@ -238,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-sni", action="store_true", help="skip TLS passthrough by SNI, restcp vs HAProxy"
     )
+    parser.add_argument(
+        "--no-tls", action="store_true", help="skip TLS termination, restcp vs HAProxy"
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the peers' logs and configs")
     args = parser.parse_args(argv)
 
@@ -270,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     control: ControlResult | None = None
     worker_rows: list[workers_bench.Row] = []
     sni_rows: list[sni_bench.Row] = []
+    tls_rows: list[sni_bench.Row] = []
     settler = Settler(budget_s=0.0 if args.quick else 900.0, attempts=1 if args.quick else 3)
     work = Path(tempfile.mkdtemp(prefix="restcp-bench-"))
     logs = work / "logs"
@@ -349,6 +354,14 @@ def main(argv: list[str] | None = None) -> int:
             except BenchError as err:
                 failures.append(f"sni: {err}")
                 print(f"sni FAILED: {err}", flush=True)
+        if {"restcp", "haproxy"} <= set(proxies) and not args.no_tls:
+            try:
+                tls_rows = tls_bench.run_rows(
+                    plan.reps, plan.seconds, tls_bench.CONNS, work, logs, settler.settle
+                )
+            except BenchError as err:
+                failures.append(f"tls: {err}")
+                print(f"tls FAILED: {err}", flush=True)
     finally:
         cleanup()
 
@@ -366,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         control=control,
         workers=worker_rows,
         sni=sni_rows,
+        tls=tls_rows,
     )
     print(report.console(result))
     page = report.write(result, out_dir, samples)
