@@ -511,6 +511,10 @@ class RouteRatesOut(RatesOut):
 class BackendStatsOut(_Out):
     id: int
     connections_active: int
+    connections_max: int = Field(
+        description="the most connections open at once to it since its route started "
+        "(HAProxy's smax; its address's: a new address starts from 0)"
+    )
     connections_total: int
     bytes_in: int = Field(description="client to backend")
     bytes_out: int = Field(description="backend to client")
@@ -524,6 +528,9 @@ class RouteStatsOut(_Out):
     app: str
     id: int
     connections_active: int
+    connections_max: int = Field(
+        description="the most clients open at once since the route started (HAProxy's smax)"
+    )
     connections_total: int
     bytes_in: int
     bytes_out: int

@@ -61,6 +61,7 @@ class NodeStats:
                         bytes_out=counts.bytes_out,
                         connect_failures=counts.connect_failures,
                         health=status[backend_id].health,
+                        connections_max=counts.active_max,
                     )
                 )
             # Likewise, the toxics this process serves.
@@ -70,5 +71,11 @@ class NodeStats:
                 for t in (total.toxics[name],)
             )
             yield RouteSample(
-                app, route_id, total.refused, tuple(backends), toxics, total.tls_failures
+                app,
+                route_id,
+                total.refused,
+                tuple(backends),
+                toxics,
+                total.tls_failures,
+                total.connections_max,
             )

@@ -51,7 +51,7 @@ export function routeView(ctx, app, id) {
     "table",
     { class: "grid", id: "backends-table" },
     h("caption", {}, "Backends"),
-    h("thead", {}, h("tr", {}, ["Id", "Address", "State", "Health", "Last check", "Weight", "Active", "Total", "Failures", "Bytes in/out", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
+    h("thead", {}, h("tr", {}, ["Id", "Address", "State", "Health", "Last check", "Weight", "Active", "Max", "Total", "Failures", "Bytes in/out", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
     backendsBody,
   );
   const backendForm = h(
@@ -261,6 +261,7 @@ export function routeView(ctx, app, id) {
     summary.replaceChildren(
       ...fig("URL", route.url), ...fig("Balance", route.balance),
       ...fig("Sessions now", s ? String(s.connections_active) : "–"),
+      ...fig("Max", s ? String(s.connections_max) : "–"),
       ...fig("Limit", route.max_connections ?? "none"),
       ...fig("Total", s ? String(s.connections_total) : "–"),
       ...fig("Conn/s", rate(s?.rates?.connections)),
@@ -281,13 +282,14 @@ export function routeView(ctx, app, id) {
           h("td", {}, lastCheck(b)),
           h("td", { class: "num", "data-field": "weight" }, String(b.weight)),
           h("td", { class: "num" }, String(b.active_connections)),
+          h("td", { class: "num" }, c ? String(c.connections_max) : "–"),
           h("td", { class: "num" }, c ? String(c.connections_total) : "–"),
           h("td", { class: "num" }, c ? String(c.connect_failures) : "–"),
           h("td", { class: "num" }, c ? `${bytes(c.bytes_in)} / ${bytes(c.bytes_out)}` : "–"),
           h("td", { class: "actions" }, backendActions(b)));
       }),
     );
-    if (!route.backends.length) backendsBody.replaceChildren(h("tr", {}, h("td", { colspan: 11, class: "muted" }, "No backends yet.")));
+    if (!route.backends.length) backendsBody.replaceChildren(h("tr", {}, h("td", { colspan: 12, class: "muted" }, "No backends yet.")));
     toxicsBody.replaceChildren(...route.toxics.map(toxicRow));
     if (!route.toxics.length) toxicsBody.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No toxics.")));
   }
