@@ -272,3 +272,31 @@ def test_sessions_max_is_the_most_open_at_once(node: Node, echo_backend: Backend
     metrics = node.call("GET", "/metrics", headers=bearer(ADMIN)).body.decode()
     assert 'restcp_connections_max{app="web",backend="1",route="1"} 3.0' in metrics
     assert 'restcp_route_connections_max{app="web",route="1"} 3.0' in metrics
+
+
+def test_the_history_has_the_last_seconds_of_a_route(node: Node, echo_backend: Backend) -> None:
+    route = call(node, "PUT", "/apps/web/routes")
+    call(node, "PUT", "/apps/web/routes/1/backends", {"ip": "127.0.0.1", "port": echo_backend.port})
+    for _ in range(5):
+        round_trip(route["port"], b"x" * 100)
+
+    def sampled() -> bool:
+        nonlocal history
+        history = call(node, "GET", "/apps/web/routes/1/stats/history")
+        return sum(history["connections"]) > 0 and sum(history["bytes_in"]) > 0
+
+    history: Any = None
+    wait_until(sampled, "the connections in the history", 10)
+    assert (history["app"], history["id"], history["interval"]) == ("web", 1, 1.0)
+    fields = ("connections", "bytes_in", "bytes_out", "errors")
+    assert all(len(history[f]) == len(history["at"]) for f in fields)
+    assert history["at"] == sorted(history["at"])
+    assert abs(history["at"][-1] - time.time()) < 5
+    assert all(value >= 0 for f in fields for value in history[f])
+    # A sample a second, whoever looks: about one per second since the route began.
+    assert len(history["at"]) <= 2 + history["at"][-1] - history["at"][0]
+    # An app token reads its own app's; a route that does not exist is a 404.
+    token = call(node, "POST", "/apps/web/tokens")["token"]
+    assert node.call("GET", "/apps/web/routes/1/stats/history", headers=bearer(token)).status == 200
+    assert node.call("GET", "/apps/web/routes/9/stats/history", headers=bearer(ADMIN)).status == 404
+    assert node.call("GET", "/apps/no/routes/1/stats/history", headers=bearer(ADMIN)).status == 404

@@ -163,3 +163,11 @@ def node_totals(routes: Iterable[Mapping[str, Any]], measured: bool) -> dict[str
             for name in _RATE_FIELDS:
                 rates[name] = round(rates[name] + route["rates"][name], 3)
     return {"connections_active": active, "rates": rates}
+
+
+def ring_rates(shown: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
+    """What the rate ring keeps of route_stats_json's ``shown`` (api/history.py's FIELDS)."""
+    rates = shown.get("rates")
+    if rates is None:
+        return None
+    return (rates["connections"], rates["bytes_in"], rates["bytes_out"], rates["errors"])
