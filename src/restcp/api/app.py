@@ -429,28 +429,33 @@ class Api:
         return shown
 
     async def _sample(self) -> None:
-        """One sample: read this node's counters, publish them to the other nodes of a
-        cluster and read theirs, and record every route's rates in the ring."""
+        """One sample: read this node's counters and record every route's rates in the ring
+        (the other nodes' as they published them last), then publish this node's to the
+        other nodes of a cluster and read theirs for the next sample."""
         local, _ = self._local(None, self._sampled)
+        self.ring.record(
+            self.clock(),
+            {key: ring_rates(shown) for key, shown in self._everywhere(local, None).items()},
+        )
         try:
-            published = await self.owner.exchange_stats(lambda: json.dumps(list(local.values())))
-        except Unavailable:
+            # Bounded: a Redis that does not answer must not hold up the next sample.
+            async with asyncio.timeout(SAMPLE_INTERVAL):
+                published = await self.owner.exchange_stats(
+                    lambda: json.dumps(list(local.values()))
+                )
+        except (Unavailable, TimeoutError):
             # Redis is away: the other nodes' counters are unknown until it is back.
             published = {}
         elsewhere: dict[RouteKey, dict[str, Any]] = {}
         for node_id, text in sorted(published.items()):
             try:
-                routes = json.loads(text)
-                for shown in routes:
+                for shown in json.loads(text):
                     shown["node"] = node_id
+                    ring_rates(shown)  # it has what the ring keeps
                     elsewhere[(str(shown["app"]), int(shown["id"]))] = shown
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, AttributeError):
                 log.warning("node %s published counters this node cannot read", node_id)
         self.elsewhere = elsewhere
-        self.ring.record(
-            self.clock(),
-            {key: ring_rates(shown) for key, shown in self._everywhere(local, None).items()},
-        )
 
     async def _sample_forever(self) -> None:
         loop = asyncio.get_running_loop()
