@@ -38,6 +38,9 @@ class BackendCounts:
     bytes_in: int = 0  # client -> backend
     bytes_out: int = 0  # backend -> client
     connect_failures: int = 0
+    # The most connections open at once. Summed over processes, it is the sum of each one's
+    # most (an upper bound of the node's: their peaks need not have been at the same time).
+    active_max: int = 0
 
     def __add__(self, other: BackendCounts) -> BackendCounts:
         return BackendCounts(
@@ -46,6 +49,7 @@ class BackendCounts:
             self.bytes_in + other.bytes_in,
             self.bytes_out + other.bytes_out,
             self.connect_failures + other.connect_failures,
+            self.active_max + other.active_max,
         )
 
     def ended(self) -> BackendCounts:
@@ -88,6 +92,8 @@ class RouteCounts:
     tls_failures: dict[str, int] = field(default_factory=dict)
     # Failed TLS handshakes with its backends, by reason (proxy/origination.py).
     backend_tls_failures: dict[str, int] = field(default_factory=dict)
+    # The most clients open at once (summed over processes like BackendCounts.active_max).
+    connections_max: int = 0
 
     def __add__(self, other: RouteCounts) -> RouteCounts:
         return RouteCounts(
@@ -96,6 +102,7 @@ class RouteCounts:
             _sum(self.toxics, other.toxics),
             _add(self.tls_failures, other.tls_failures),
             _add(self.backend_tls_failures, other.backend_tls_failures),
+            self.connections_max + other.connections_max,
         )
 
     def backend(self, backend_id: int) -> BackendCounts:
@@ -108,6 +115,7 @@ class RouteCounts:
             {t: c.ended() for t, c in self.toxics.items()},
             dict(self.tls_failures),
             dict(self.backend_tls_failures),
+            self.connections_max,
         )
 
 
@@ -216,7 +224,12 @@ class DataPlane:
         for m in runtime.members.values():
             up, down = live.get(m.id, (0, 0))
             backends[m.id] = BackendCounts(
-                m.connections, m.active, m.bytes_up + up, m.bytes_down + down, m.connect_failures
+                m.connections,
+                m.active,
+                m.bytes_up + up,
+                m.bytes_down + down,
+                m.connect_failures,
+                m.active_max,
             )
         toxics = {
             name: ToxicCounts(t.type, t.stream, t.connections, t.held, t.dropped)
@@ -228,6 +241,7 @@ class DataPlane:
             toxics,
             dict(runtime.tls_failures),
             dict(runtime.backend_tls_failures),
+            runtime.connections_max,
         )
 
     def sni_closes(self) -> dict[tuple[str, int], dict[str, int]]:

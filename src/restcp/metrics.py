@@ -47,6 +47,7 @@ class BackendSample:
     bytes_out: int  # backend -> client
     connect_failures: int
     health: str
+    connections_max: int = 0  # the most open at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class RouteSample:
     toxics: tuple[ToxicSample, ...] = ()
     tls_failures: dict[str, int] = field(default_factory=dict)  # reason -> count
     backend_tls_failures: dict[str, int] = field(default_factory=dict)  # reason -> count
+    connections_max: int = 0  # the most clients open at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,16 @@ class _DataPlaneCollector(Collector):
         )
         active = GaugeMetricFamily(
             "restcp_connections_active", "Connections open now", labels=labels
+        )
+        most = GaugeMetricFamily(
+            "restcp_connections_max",
+            "The most connections open at once to the backend since its route started",
+            labels=labels,
+        )
+        route_most = GaugeMetricFamily(
+            "restcp_route_connections_max",
+            "The most clients open at once on the route since it started",
+            labels=["app", "route"],
         )
         sent = CounterMetricFamily("restcp_bytes", "Bytes relayed", labels=[*labels, "direction"])
         failures = CounterMetricFamily(
@@ -150,6 +162,7 @@ class _DataPlaneCollector(Collector):
             rid = str(route.route)
             for reason, count in sorted(route.backend_tls_failures.items()):
                 backend_handshakes.add_metric([route.app, rid, reason], count)
+            route_most.add_metric([route.app, rid], route.connections_max)
             for reason, count in sorted(route.refused.items()):
                 refused.add_metric([route.app, rid, reason], count)
             for reason, count in sorted(route.tls_failures.items()):
@@ -163,14 +176,15 @@ class _DataPlaneCollector(Collector):
                 key = [b.app, rid, str(b.backend)]
                 total.add_metric(key, b.connections_total)
                 active.add_metric(key, b.connections_active)
+                most.add_metric(key, b.connections_max)
                 sent.add_metric([*key, "in"], b.bytes_in)
                 sent.add_metric([*key, "out"], b.bytes_out)
                 failures.add_metric(key, b.connect_failures)
                 for state in HEALTH_STATES:
                     health.add_metric([*key, state], 1.0 if b.health == state else 0.0)
         yield from (
-            total, active, sent, failures, health, refused, met, held, dropped, handshakes,
-            sni_closed, backend_handshakes,
+            total, active, most, route_most, sent, failures, health, refused, met, held,
+            dropped, handshakes, sni_closed, backend_handshakes,
         )  # fmt: skip
 
 

@@ -24,7 +24,7 @@ import logging
 import secrets
 import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -140,6 +140,13 @@ class Node:
 
     async def nodes(self) -> list[dict[str, Any]]:
         return await self.placement.nodes()
+
+    @property
+    def node_id(self) -> str:
+        return self.placement.node_id
+
+    async def exchange_stats(self, text: Callable[[], str]) -> dict[str, str]:
+        return await self.placement.exchange_stats(text)
 
     # -- lifecycle -----------------------------------------------------------------------
 

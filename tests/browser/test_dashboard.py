@@ -5,6 +5,7 @@ and an accessibility check with axe-core. Screenshots of each view go to docs/da
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from typing import Any
@@ -92,6 +93,36 @@ def round_trip(port: int, payload: bytes) -> None:
             chunk = sock.recv(65536)
             assert chunk, "closed early"
             got += chunk
+
+
+def test_a_route_page_opened_now_shows_the_traffic_before_it(page: Page, node: Node) -> None:
+    with Backend(echo) as peer:
+        route = api(node, "PUT", "/apps/past/routes")
+        api(node, "PUT", "/apps/past/routes/1/backends", {"ip": "127.0.0.1", "port": peer.port})
+        for _ in range(30):
+            round_trip(route["port"], b"x" * 500)
+
+        # The node has the traffic in its history, and its rates are back to 0: the page's
+        # own points (the stream's) show none of it.
+        def past() -> bool:
+            history = api(node, "GET", "/apps/past/routes/1/stats/history")
+            # A reading shared with other readers may be from before the route existed.
+            listed = api(node, "GET", "/apps/past/stats")["routes"]
+            rates = (listed[0]["rates"] if listed else None) or {}
+            return max(history["connections"], default=0) > 0 and rates.get("connections") == 0
+
+        eventually(past, "the traffic in the history, and over", 10)
+        sign_in(page, node)
+        page.goto(node.api + "/#/route/past/1")
+        # Within 2 s of opening, before the stream could have brought any of it.
+        summary = page.locator("#route-chart-summary")
+        # A peak of new connections per second above 0 ("0" is all the stream brings).
+        expect(summary).to_have_attribute(
+            "data-peak-connections",
+            re.compile(r"^(0\.[0-9]*[1-9][0-9]*|[1-9][0-9.]*)$"),
+            timeout=2000,
+        )
+        expect(summary).to_contain_text("samples over")
 
 
 def confirm(page: Page) -> None:

@@ -1,5 +1,6 @@
 """The dashboard on a cluster of two real nodes on a real Redis: the overview lists the
-nodes and their leases, and a write through a node that does not serve the route, whose
+nodes and their leases, the routes table shows through one node the counters of a route the
+other serves, and a write through a node that does not serve the route, whose
 serving node does not answer in time (stopped), shows as pending (the API's 202), then
 applies once that node runs again."""
 
@@ -40,6 +41,12 @@ def test_nodes_and_a_pending_write(context: BrowserContext, start_node: StartNod
     expect(nodes.locator("tbody tr")).to_have_count(2)
     expect(nodes).to_contain_text(f"{A} (")
     expect(nodes).to_contain_text(f"{C} (")
+
+    # C serves the route; A's page shows its counters all the same (published through Redis).
+    page.goto(a.api + "/#/routes")
+    row = page.locator('#routes-table tbody tr[data-key="web/1"]')
+    sessions_now = row.locator("td").nth(3)
+    expect(sessions_now).to_have_text("0", timeout=5000)
 
     page.goto(a.api + "/#/route/web/1")
     expect(page.get_by_role("heading", name="Route web/1")).to_be_visible()

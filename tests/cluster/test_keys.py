@@ -28,6 +28,7 @@ def test_the_coordination_table_is_apart_from_the_data_model() -> None:
     assert coordination_keys() == {
         "lease:<ip>": "string",
         "node:<node>": "string",
+        "stats:<node>": "string",
         "nodes": "set",
         "changes:<ip>": "stream",
         "applied:<ip>": "stream",
@@ -62,6 +63,7 @@ def test_a_live_cluster_writes_the_documented_keys_only(
     assert 0 < raw_redis.pttl(f"{PREFIX}lease:127.0.0.3") <= 10_000
     assert 0 < raw_redis.pttl(f"{PREFIX}node:{c_id}") <= 30_000
     assert raw_redis.smembers(f"{PREFIX}nodes") == {c_id, a_id}
+    assert 0 < raw_redis.pttl(f"{PREFIX}stats:{c_id}") <= 5_000
     record = json.loads(raw_redis.get(f"{PREFIX}node:{c_id}"))
     assert set(record) == {
         "id", "api", "frontend_ips", "leases", "routes_serving", "started_at", "heartbeat_at"
@@ -85,4 +87,5 @@ def test_a_live_cluster_writes_the_documented_keys_only(
     assert c.stop() == 0
     assert raw_redis.get(f"{PREFIX}lease:127.0.0.3") is None
     assert raw_redis.get(f"{PREFIX}node:{c_id}") is None
+    assert raw_redis.get(f"{PREFIX}stats:{c_id}") is None
     assert raw_redis.smembers(f"{PREFIX}nodes") == {a_id}

@@ -65,6 +65,6 @@ def test_st_run_checks_all_finds_nothing(
     for phase in ("Coverage", "Fuzzing", "Stateful"):
         assert f"✅ {phase}" in out, out
     # Every operation of the document: the endpoints' table, HEAD aside.
-    assert "Tested: 39" in out, out
+    assert "Tested: 40" in out, out
     assert node.stop() == 0
     assert_clean_log(node)

@@ -252,6 +252,11 @@ def test_counters_match_known_traffic_exactly(start_node: StartNode, tmp_path: P
                 ("bytes_total", 3, b1 | down, 4),
                 ("refused_connections_total", 3, {"reason": "route_limit"}, 3),
                 ("refused_connections_total", 4, {"reason": "no_backend"}, 2),
+                # The most open at once: clients turned away at the limit never count.
+                ("connections_max", 3, b1, 2),
+                ("route_connections_max", 3, {}, 2),
+                # Admitted one at a time, then closed for want of a backend.
+                ("route_connections_max", 4, {}, 1),
             ]
 
             def mismatches() -> list[tuple[str, int, dict[str, str | int], float, float | None]]:
@@ -277,7 +282,10 @@ def test_counters_match_known_traffic_exactly(start_node: StartNode, tmp_path: P
             assert reasons == {("2", "no_backend"), ("3", "route_limit"), ("4", "no_backend")}
             # Route 4 has no backend, so no backend series.
             route4 = [s for s in scrape.samples if s.labels.get("route") == "4"]
-            assert {s.name for s in route4} == {"restcp_refused_connections_total"}
+            assert {s.name for s in route4} == {
+                "restcp_refused_connections_total",
+                "restcp_route_connections_max",
+            }
         finally:
             for sock in held:
                 sock.close()

@@ -236,3 +236,67 @@ def test_the_page_is_served_with_its_headers(node: Node) -> None:
         assert response.status == 404, (name, response)
     # A dot segment is resolved away before the request: an unknown path, which needs a token.
     assert node.call("GET", "/ui/../app.py").status == 401
+
+
+def test_sessions_max_is_the_most_open_at_once(node: Node, echo_backend: Backend) -> None:
+    route = call(node, "PUT", "/apps/web/routes")
+    call(node, "PUT", "/apps/web/routes/1/backends", {"ip": "127.0.0.1", "port": echo_backend.port})
+    clients = [socket.create_connection(("127.0.0.1", route["port"]), timeout=5) for _ in range(3)]
+    try:
+        for client in clients:
+            # An echoed byte: the connection reached its backend, so it counts there too.
+            client.sendall(b"x")
+            assert client.recv(1) == b"x"
+    finally:
+        for client in clients:
+            client.close()
+
+    def all_closed() -> bool:
+        nonlocal shown
+        shown = call(node, "GET", "/stats")["routes"][0]
+        return shown["connections_active"] == 0
+
+    shown: Any = None
+    wait_until(all_closed, "the three connections closed", 5)
+    # One more alone: the most stays three.
+    round_trip(route["port"], b"y")
+
+    def counted() -> bool:
+        nonlocal shown
+        shown = call(node, "GET", "/apps/web/stats")["routes"][0]
+        return shown["connections_total"] == 4
+
+    wait_until(counted, "the fourth connection counted", 5)
+    assert shown["connections_max"] == 3
+    assert shown["backends"][0]["connections_max"] == 3
+    metrics = node.call("GET", "/metrics", headers=bearer(ADMIN)).body.decode()
+    assert 'restcp_connections_max{app="web",backend="1",route="1"} 3.0' in metrics
+    assert 'restcp_route_connections_max{app="web",route="1"} 3.0' in metrics
+
+
+def test_the_history_has_the_last_seconds_of_a_route(node: Node, echo_backend: Backend) -> None:
+    route = call(node, "PUT", "/apps/web/routes")
+    call(node, "PUT", "/apps/web/routes/1/backends", {"ip": "127.0.0.1", "port": echo_backend.port})
+    for _ in range(5):
+        round_trip(route["port"], b"x" * 100)
+
+    def sampled() -> bool:
+        nonlocal history
+        history = call(node, "GET", "/apps/web/routes/1/stats/history")
+        return sum(history["connections"]) > 0 and sum(history["bytes_in"]) > 0
+
+    history: Any = None
+    wait_until(sampled, "the connections in the history", 10)
+    assert (history["app"], history["id"], history["interval"]) == ("web", 1, 1.0)
+    fields = ("connections", "bytes_in", "bytes_out", "errors")
+    assert all(len(history[f]) == len(history["at"]) for f in fields)
+    assert history["at"] == sorted(history["at"])
+    assert abs(history["at"][-1] - time.time()) < 5
+    assert all(value >= 0 for f in fields for value in history[f])
+    # A sample a second, whoever looks: about one per second since the route began.
+    assert len(history["at"]) <= 2 + history["at"][-1] - history["at"][0]
+    # An app token reads its own app's; a route that does not exist is a 404.
+    token = call(node, "POST", "/apps/web/tokens")["token"]
+    assert node.call("GET", "/apps/web/routes/1/stats/history", headers=bearer(token)).status == 200
+    assert node.call("GET", "/apps/web/routes/9/stats/history", headers=bearer(ADMIN)).status == 404
+    assert node.call("GET", "/apps/no/routes/1/stats/history", headers=bearer(ADMIN)).status == 404

@@ -19,7 +19,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
 from importlib import resources
@@ -44,6 +44,7 @@ from restcp.api.auth import (
 from restcp.api.endpoints import ENDPOINTS as TABLE
 from restcp.api.endpoints import Endpoint
 from restcp.api.events import View
+from restcp.api.history import RateRing
 from restcp.api.openapi import build_spec
 from restcp.api.owner import Owner
 from restcp.api.schemas import (
@@ -57,7 +58,7 @@ from restcp.api.schemas import (
     TokenBody,
     is_app_id,
 )
-from restcp.api.stats import StatsHistory, node_totals
+from restcp.api.stats import StatsHistory, node_totals, ring_rates
 from restcp.api.toxics import ToxicBody, ToxicPatchBody
 from restcp.core.certificates import CertificateError, check_ca_bundle, describe, inspect
 from restcp.core.toxics import ToxicError
@@ -79,11 +80,13 @@ from restcp.model import (
     Certificate,
     HealthCheck,
     Route,
+    RouteKey,
     RouteSettings,
     TlsSettings,
     Toxic,
 )
 from restcp.store import Store
+from restcp.tasks import cancel_and_wait
 
 log = logging.getLogger("restcp.api")
 
@@ -95,6 +98,9 @@ MAX_BODY = 64 * 1024
 
 # Streams of one scope closer together than this (seconds) share one view of the routes.
 SHARED = 0.5
+# How often the sampler reads the counters into the rate ring and, in a cluster, publishes
+# them and reads the other nodes' (Api._sample).
+SAMPLE_INTERVAL = 1.0
 
 # The Server header of every answer: not aiohttp's, which names its version and Python's.
 SERVER = "restcp"
@@ -365,6 +371,14 @@ class Api:
         self._quota = asyncio.Lock()
         self._spec = dumps(build_spec(config.auth_on, config.frontend_ips))
         self.history = StatsHistory(lambda: owner.samples())
+        # The sampler's own readings: a reader's GET /stats must not be handed one the
+        # sampler took up to a second ago (a route created since would be missing).
+        self._sampled = StatsHistory(lambda: owner.samples())
+        # Five minutes of each route's rates, a sample a second (api/history.py).
+        self.ring = RateRing()
+        # The stats of the routes other nodes of the cluster serve, as they published them
+        # at the last sample, each naming its node.
+        self.elsewhere: dict[RouteKey, dict[str, Any]] = {}
         # Set when the API shuts down: event streams end, so they never hold a stopping node.
         self.closing = asyncio.Event()
         # The last view of each scope the streams show (an app, or None: every app).
@@ -388,10 +402,80 @@ class Api:
     async def app_events(self, request: web.Request) -> web.StreamResponse:
         return await self._stream(request, path_app(request))
 
+    async def route_stats_history(self, request: web.Request) -> web.Response:
+        app, route_id = path_app(request), path_id(request, "route", "route")
+        await self.store.get_route(app, route_id)  # NotFound: 404
+        return _json(
+            {"app": app, "id": route_id, "interval": SAMPLE_INTERVAL}
+            | self.ring.series((app, route_id))
+        )
+
+    def _local(
+        self, app: str | None, history: StatsHistory | None = None
+    ) -> tuple[dict[RouteKey, dict[str, Any]], bool]:
+        """The stats of the routes this node serves (of ``app``'s), each naming this node,
+        and whether they have rates yet."""
+        routes, measured = (history or self.history).routes_json(app)
+        node_id = self.owner.node_id
+        for shown in routes.values():
+            shown["node"] = node_id
+        return routes, measured
+
+    def _everywhere(
+        self, local: Mapping[RouteKey, dict[str, Any]], app: str | None
+    ) -> dict[RouteKey, dict[str, Any]]:
+        """``local`` and the routes other nodes serve (of ``app``'s), as they published them."""
+        shown = {k: v for k, v in self.elsewhere.items() if app is None or k[0] == app}
+        shown.update(local)
+        return shown
+
+    async def _sample(self) -> None:
+        """One sample: read this node's counters and record every route's rates in the ring
+        (the other nodes' as they published them last), then publish this node's to the
+        other nodes of a cluster and read theirs for the next sample."""
+        local, _ = self._local(None, self._sampled)
+        self.ring.record(
+            self.clock(),
+            {key: ring_rates(shown) for key, shown in self._everywhere(local, None).items()},
+        )
+        try:
+            # Bounded: a Redis that does not answer must not hold up the next sample.
+            async with asyncio.timeout(SAMPLE_INTERVAL):
+                published = await self.owner.exchange_stats(
+                    lambda: json.dumps(list(local.values()))
+                )
+        except (Unavailable, TimeoutError):
+            # Redis is away: the other nodes' counters are unknown until it is back.
+            published = {}
+        elsewhere: dict[RouteKey, dict[str, Any]] = {}
+        for node_id, text in sorted(published.items()):
+            try:
+                for shown in json.loads(text):
+                    shown["node"] = node_id
+                    ring_rates(shown)  # it has what the ring keeps
+                    elsewhere[(str(shown["app"]), int(shown["id"]))] = shown
+            except (ValueError, TypeError, KeyError, AttributeError):
+                log.warning("node %s published counters this node cannot read", node_id)
+        self.elsewhere = elsewhere
+
+    async def _sample_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            try:
+                await self._sample()
+            except Exception:
+                # A bug: say so, and keep the dashboard's charts going.
+                log.exception("bug: taking a sample of the counters failed")
+            # On a fixed beat, so that samples stay a second apart however long one took.
+            next_at = max(next_at + SAMPLE_INTERVAL, loop.time())
+            await asyncio.sleep(next_at - loop.time())
+
     def _stats(self, app: str | None) -> dict[str, Any]:
-        routes, measured = self.history.routes_json(app)
+        local, measured = self._local(app)
+        routes = self._everywhere(local, app)
         listed = [routes[key] for key in sorted(routes)]
-        return {"node": self._node_json(listed, measured), "routes": listed}
+        return {"node": self._node_json(list(local.values()), measured), "routes": listed}
 
     def _node_json(self, routes: list[dict[str, Any]], measured: bool) -> dict[str, Any]:
         ready, details = self.owner.readiness()
@@ -447,14 +531,15 @@ class Api:
                 stored = await self.store.list_routes(app)
             except NotFound:
                 stored = []
-        stats, measured = self.history.routes_json(app)
+        local, measured = self._local(app)
+        stats = self._everywhere(local, app)
         routes = {}
         for route in sorted(stored, key=lambda r: r.key):
             shown = self._route_json(route)
-            # null: served by another node of the cluster (its counters are there).
+            # null: served by no node whose counters this node has (none live, Redis away).
             shown["stats"] = stats.get(route.key)
             routes[f"{route.app}/{route.id}"] = shown
-        node = self._node_json(list(stats.values()), measured)
+        node = self._node_json(list(local.values()), measured)
         if app is None:
             node["nodes"] = await self.owner.nodes()
         view = (node, routes)
@@ -847,7 +932,14 @@ def build_app(
     async def _closing(_: web.Application) -> None:
         api.closing.set()
 
+    async def _sampler(_: web.Application) -> AsyncIterator[None]:
+        # Owned by the application: started with it, cancelled and awaited when it stops.
+        task = asyncio.create_task(api._sample_forever(), name="stats-sampler")
+        yield
+        await cancel_and_wait([task], 5.0, log)
+
     app.on_shutdown.append(_closing)
+    app.cleanup_ctx.append(_sampler)
     app.on_response_prepare.append(_server_header)
     registered: dict[web.AbstractRoute, Endpoint] = {}
     resources: dict[str, web.Resource] = {}

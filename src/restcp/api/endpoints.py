@@ -33,6 +33,7 @@ from restcp.api.schemas import (
     RouteBody,
     RouteOut,
     RouteSettingsBody,
+    StatsHistoryOut,
     StatsOut,
     TokenBody,
     TokenCreated,
@@ -276,6 +277,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET", ROUTE, "get_route", "One route", "app",
         (Reply(200, "the route", RouteOut),),
+    ),
+    Endpoint(
+        "GET", ROUTE + "/stats/history", "route_stats_history",
+        "The route's rates over the last five minutes, a sample a second", "app",
+        (Reply(200, "the samples, oldest first, as columns", StatsHistoryOut),),
     ),
     Endpoint(
         "PATCH", ROUTE, "patch_route", "Change a route's settings", "app",

@@ -33,6 +33,8 @@ class BackendCounters(Protocol):
     @property
     def connections_active(self) -> int: ...
     @property
+    def connections_max(self) -> int: ...
+    @property
     def bytes_in(self) -> int: ...
     @property
     def bytes_out(self) -> int: ...
@@ -48,6 +50,8 @@ class RouteCounters(Protocol):
     def app(self) -> str: ...
     @property
     def route(self) -> int: ...
+    @property
+    def connections_max(self) -> int: ...
     @property
     def refused(self) -> Mapping[str, int]: ...
     @property
@@ -147,3 +151,13 @@ class Owner(Protocol):
 
     async def nodes(self) -> list[dict[str, Any]]:
         """The live nodes sharing the store (this one alone with an embedded store)."""
+
+    @property
+    def node_id(self) -> str:
+        """This node's id, as ``nodes()`` lists it."""
+
+    async def exchange_stats(self, text: Callable[[], str]) -> dict[str, str]:
+        """Publish this node's route counters (JSON, made by ``text`` only in a cluster:
+        alone, nobody reads them) to the other nodes of its cluster and read theirs: node
+        id -> the JSON it published last ({} alone; Unavailable when the shared store is
+        away)."""

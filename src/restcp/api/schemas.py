@@ -556,6 +556,10 @@ class RouteRatesOut(RatesOut):
 class BackendStatsOut(_Out):
     id: int
     connections_active: int
+    connections_max: int = Field(
+        description="the most connections open at once to it since its route started "
+        "(HAProxy's smax; its address's: a new address starts from 0)"
+    )
     connections_total: int
     bytes_in: int = Field(description="client to backend")
     bytes_out: int = Field(description="backend to client")
@@ -564,11 +568,18 @@ class BackendStatsOut(_Out):
 
 
 class RouteStatsOut(_Out):
-    """A route's counters on this node (open connections' bytes included)."""
+    """A route's counters on the node that serves it (open connections' bytes included)."""
 
     app: str
     id: int
+    node: str = Field(
+        description="the node that serves it and counted these (its id in GET /nodes; "
+        "'local' with an embedded store)"
+    )
     connections_active: int
+    connections_max: int = Field(
+        description="the most clients open at once since the route started (HAProxy's smax)"
+    )
     connections_total: int
     bytes_in: int
     bytes_out: int
@@ -589,6 +600,20 @@ class NodeStatsOut(_Out):
     routes: int = Field(description="routes shown that this node serves")
     connections_active: int
     rates: RouteRatesOut | None = Field(description="null on the first reading")
+
+
+class StatsHistoryOut(_Out):
+    """The last five minutes of a route's rates, kept by the node (wherever the route is
+    served in its cluster) from a sample of the counters each second."""
+
+    app: str
+    id: int
+    interval: float = Field(description="seconds between samples")
+    at: list[float] = Field(description="each sample's time, Unix seconds, oldest first")
+    connections: list[float] = Field(description="new connections per second")
+    bytes_in: list[float] = Field(description="bytes per second, client to backend")
+    bytes_out: list[float] = Field(description="bytes per second, backend to client")
+    errors: list[float] = Field(description="connect failures and refused clients per second")
 
 
 class StatsOut(_Out):

@@ -103,6 +103,7 @@ def route_stats_json(
             {
                 "id": b.backend,
                 "connections_active": b.connections_active,
+                "connections_max": b.connections_max,
                 "connections_total": b.connections_total,
                 "bytes_in": b.bytes_in,
                 "bytes_out": b.bytes_out,
@@ -136,6 +137,7 @@ def route_stats_json(
         "app": route.app,
         "id": route.route,
         "connections_active": sum(b.connections_active for b in route.backends),
+        "connections_max": route.connections_max,
         "connections_total": total[0],
         "bytes_in": total[1],
         "bytes_out": total[2],
@@ -161,3 +163,11 @@ def node_totals(routes: Iterable[Mapping[str, Any]], measured: bool) -> dict[str
             for name in _RATE_FIELDS:
                 rates[name] = round(rates[name] + route["rates"][name], 3)
     return {"connections_active": active, "rates": rates}
+
+
+def ring_rates(shown: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
+    """What the rate ring keeps of route_stats_json's ``shown`` (api/history.py's FIELDS)."""
+    rates = shown.get("rates")
+    if rates is None:
+        return None
+    return (rates["connections"], rates["bytes_in"], rates["bytes_out"], rates["errors"])

@@ -30,6 +30,11 @@ log = logging.getLogger("restcp.cluster")
 STOP_TIMEOUT = 5.0
 
 
+# How long a node's published counters outlive it: a few of its once-a-second writes, so
+# that a missed write does not hide its routes' counters, and a stopped node's vanish soon.
+STATS_TTL = 5.0
+
+
 class Cluster:
     """What the node asks of the cluster, and the three tasks that keep its part going: the
     subscriber (notices and requests), the lease renewal, the health writer."""
@@ -238,6 +243,14 @@ class Cluster:
         elif self._leases.standby:
             details["status"] = "standby"
         return not self._leases.standby and not self._leases.settling, details
+
+    async def exchange_stats(self, text: str) -> dict[str, str]:
+        """Publish this node's counters (JSON ``text``) for the others, and read theirs:
+        node id -> what it published last (docs/cluster.md, "Counters")."""
+        await self._bus.put_stats(self.node_id, text, STATS_TTL)
+        published = await self._bus.list_stats()
+        published.pop(self.node_id, None)
+        return published
 
     async def nodes(self) -> list[dict[str, Any]]:
         """The live nodes, as they registered in Redis, with their leases' ages."""

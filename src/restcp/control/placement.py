@@ -90,6 +90,14 @@ class Placement(Protocol):
 
     async def nodes(self) -> list[dict[str, Any]]: ...
 
+    @property
+    def node_id(self) -> str:
+        """This node's id in ``nodes()``."""
+
+    async def exchange_stats(self, text: Callable[[], str]) -> dict[str, str]:
+        """Publish this node's counters (JSON, made by ``text`` only if they are published)
+        and read the other nodes': node id -> theirs (Unavailable without the shared store)."""
+
 
 def is_shared(store: Store) -> bool:
     """Whether nodes share ``store`` (Redis): then they form a cluster."""
@@ -174,6 +182,14 @@ class LocalPlacement:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         return True, {}
+
+    @property
+    def node_id(self) -> str:
+        return "local"
+
+    async def exchange_stats(self, text: Callable[[], str]) -> dict[str, str]:
+        # Alone: every route is this node's.
+        return {}
 
     async def nodes(self) -> list[dict[str, Any]]:
         api = self._controller.api_address
@@ -271,3 +287,10 @@ class ClusterPlacement:
 
     async def nodes(self) -> list[dict[str, Any]]:
         return await self.cluster.nodes()
+
+    @property
+    def node_id(self) -> str:
+        return self.cluster.node_id
+
+    async def exchange_stats(self, text: Callable[[], str]) -> dict[str, str]:
+        return await self.cluster.exchange_stats(text())

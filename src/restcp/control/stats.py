@@ -70,6 +70,7 @@ class NodeStats:
                         bytes_out=counts.bytes_out,
                         connect_failures=counts.connect_failures,
                         health=status[backend_id].health,
+                        connections_max=counts.active_max,
                     )
                 )
             # Likewise, the toxics this process serves.
@@ -86,4 +87,5 @@ class NodeStats:
                 toxics,
                 total.tls_failures,
                 total.backend_tls_failures,
+                total.connections_max,
             )

@@ -3,7 +3,8 @@
 A *member* is one address of a backend: the stored Backend, its health (core.health), its
 drain and cool-down timers, and two kinds of numbers:
 
-- what follows the *address*: the connections open to it (``active``) and the connects in
+- what follows the *address*: the connections open to it (``active``, and the most at once,
+  ``active_max``) and the connects in
   flight to it (``connecting``). They feed ``least_conn``, a backend's ``max_connections``
   and draining, so they belong to the address a connection is connected to until it ends.
   When a backend is replaced (same id, new address), its member is *retired*: it keeps
@@ -26,6 +27,7 @@ class Member:
 
     __slots__ = (
         "active",
+        "active_max",
         "backend",
         "bytes_down",
         "bytes_up",
@@ -45,6 +47,8 @@ class Member:
         self.health = health
         # Open connections to this address.
         self.active = 0
+        # The most connections open to it at once (HAProxy's "smax"): one compare per connect.
+        self.active_max = 0
         # Clients picked for this address whose connect is still in flight: a burst picks
         # many before the first connects, and they count against max_connections.
         self.connecting = 0

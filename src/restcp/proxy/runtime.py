@@ -115,6 +115,8 @@ class RouteRuntime:
         self.on_health: Callable[[tuple[str, int]], None] | None = None
         # Clients accepted so far: a connection's number, of which its toxics' draws are.
         self.accepted = 0
+        # The most clients admitted and open at once (HAProxy's "smax"), since it started.
+        self.connections_max = 0
         self.toxics: tuple[Toxic, ...] = ()
         self.tallies: dict[str, Tally] = {}  # each toxic's counters, by name
         # TLS termination (proxy/tls.py): None for a route that relays the bytes as they
@@ -335,6 +337,8 @@ class RouteRuntime:
         if refusal is None and connection is not None:
             self.connections.add(connection)
             self.traffic.add(connection, self.app)
+            if len(self.connections) > self.connections_max:
+                self.connections_max = len(self.connections)
         return refusal
 
     def hold(self) -> str | None:
@@ -429,6 +433,8 @@ class RouteRuntime:
             return
         member.connecting = max(0, member.connecting - 1)
         member.active += 1
+        if member.active > member.active_max:
+            member.active_max = member.active
         current = self.members.get(member.backend.id)
         if current is not None:
             current.connections += 1

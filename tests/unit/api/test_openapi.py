@@ -233,7 +233,7 @@ def test_an_app_id_is_never_a_dot_segment() -> None:
 CREATIONS = {
     "create_route": ("route", {"get_route", "patch_route", "delete_route", "list_backends",
                                "add_backend", "add_backend_post", "list_toxics", "create_toxic",
-                               "create_toxic_post"}),
+                               "create_toxic_post", "route_stats_history"}),
     "add_backend": ("backend", {"get_backend", "replace_backend", "replace_backend_put",
                                 "patch_backend", "delete_backend"}),
     "create_toxic": ("toxic", {"get_toxic", "patch_toxic", "delete_toxic"}),

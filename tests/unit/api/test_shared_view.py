@@ -25,6 +25,7 @@ class Store:
 
 class Owner:
     started_at = 0.0
+    node_id = "local"
 
     def samples(self) -> list[Any]:
         return []

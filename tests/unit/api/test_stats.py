@@ -15,6 +15,7 @@ class B:
     bytes_in: int = 0
     bytes_out: int = 0
     connect_failures: int = 0
+    connections_max: int = 0
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class R:
     route: int
     backends: tuple[B, ...] = ()
     refused: dict[str, int] = field(default_factory=dict)
+    connections_max: int = 0
 
 
 class Clock:

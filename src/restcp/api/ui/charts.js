@@ -1,5 +1,5 @@
-// Five minutes of rates, kept by the page from the stream's updates (one point a second),
-// drawn with uPlot (vendored: uplot.esm.js, its license in uplot.LICENSE.txt).
+// Five minutes of rates: what the node kept before the page opened (GET .../stats/history),
+// then what the stream's updates bring (one point a second), drawn with uPlot (vendored: uplot.esm.js, its license in uplot.LICENSE.txt).
 import uPlot from "./uplot.esm.js";
 
 export const WINDOW = 300; // seconds kept
@@ -18,6 +18,18 @@ export class Series {
       this.t.shift();
       this.values.forEach((column) => column.shift());
     }
+  }
+
+  // Samples from before the first point the page has (oldest first): the node's history.
+  prepend(t, columns) {
+    const first = this.t.length ? this.t[0] : Infinity;
+    const newest = this.t.length ? this.t[this.t.length - 1] : Infinity;
+    let n = 0;
+    while (n < t.length && t[n] < first - 0.5) n += 1;
+    const keep = [];
+    for (let i = 0; i < n; i += 1) if (t[i] >= newest - WINDOW || newest === Infinity) keep.push(i);
+    this.t = keep.map((i) => t[i]).concat(this.t);
+    this.values = this.values.map((column, k) => keep.map((i) => columns[k][i]).concat(column));
   }
 
   data() {

@@ -1,6 +1,6 @@
 // One route: its settings, its backends (status colours, last check, weight, connections,
 // failures) with their actions, five minutes of charts, and its toxics with their forms.
-import { chart } from "./charts.js";
+import { Series, chart } from "./charts.js";
 import { ago, byteRate, bytes, confirmAction, h, rate, reportError, reportWrite } from "./dom.js";
 import { TOXICS } from "./toxics.js";
 
@@ -43,7 +43,25 @@ export function routeView(ctx, app, id) {
   const connBox = h("div", { class: "chart" });
   const bytesBox = h("div", { class: "chart" });
   const errBox = h("div", { class: "chart" });
+  // The charts in words (a canvas says nothing to a screen reader): how far back, the peaks.
+  const chartSummary = h("p", { class: "muted", id: "route-chart-summary" });
   let charts = null;
+  let closed = false;
+
+  // What the node kept of the last five minutes, so a page opened now shows them at once;
+  // the stream's updates go on from there.
+  api
+    .call("GET", `${base}/stats/history`)
+    .then(({ body: past }) => {
+      if (closed) return;
+      let series = state.history.get(key);
+      if (!series) state.history.set(key, (series = new Series(["conn/s", "in B/s", "out B/s", "errors/s"])));
+      series.prepend(past.at, [past.connections, past.bytes_in, past.bytes_out, past.errors]);
+      update({ kind: "history", changed: new Set(), removed: [] });
+    })
+    .catch(() => {
+      // No history (the route is gone, or the token cannot read it): the page's own points.
+    });
 
   // -- backends -----------------------------------------------------------------------
   const backendsBody = h("tbody");
@@ -51,7 +69,7 @@ export function routeView(ctx, app, id) {
     "table",
     { class: "grid", id: "backends-table" },
     h("caption", {}, "Backends"),
-    h("thead", {}, h("tr", {}, ["Id", "Address", "State", "Health", "Last check", "Weight", "Active", "Total", "Failures", "Bytes in/out", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
+    h("thead", {}, h("tr", {}, ["Id", "Address", "State", "Health", "Last check", "Weight", "Active", "Max", "Total", "Failures", "Bytes in/out", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
     backendsBody,
   );
   const backendForm = h(
@@ -227,7 +245,7 @@ export function routeView(ctx, app, id) {
   const body = h("div", {},
     h("div", { class: "route-actions" }, h("label", { for: "route-enabled", class: "switch" }, enabled, " Enabled"), deleteButton),
     summary,
-    h("h3", {}, "Last 5 minutes"), h("div", { class: "charts" }, connBox, bytesBox, errBox),
+    h("h3", {}, "Last 5 minutes"), h("div", { class: "charts" }, connBox, bytesBox, errBox), chartSummary,
     h("div", { class: "scroll" }, backendsTable), backendForm,
     h("div", { class: "scroll" }, toxicsTable), toxicForm);
   const el = h("article", { "aria-labelledby": "route-title" }, h("p", {}, h("a", { href: "#/routes" }, "← Routes")), title, gone, body);
@@ -253,6 +271,13 @@ export function routeView(ctx, app, id) {
       charts[0].setData(conn);
       charts[1].setData(byteData);
       charts[2].setData(errs);
+      const peak = (column) => column.reduce((m, v) => (v !== null && v > m ? v : m), 0);
+      const span = series.t.length ? Math.round(series.t[series.t.length - 1] - series.t[0]) : 0;
+      chartSummary.textContent =
+        `${series.t.length} samples over ${span} s; peaks: ${rate(peak(series.values[0]), " conn/s")}, ` +
+        `${byteRate(peak(series.values[1]))} in, ${byteRate(peak(series.values[2]))} out, ` +
+        `${rate(peak(series.values[3]), " errors/s")}`;
+      chartSummary.dataset.peakConnections = String(peak(series.values[0]));
     }
     if (!event.changed.has(key) && event.kind !== "snapshot") return;
     title.textContent = `Route ${key}${route.name ? ` (${route.name})` : ""}`;
@@ -261,6 +286,7 @@ export function routeView(ctx, app, id) {
     summary.replaceChildren(
       ...fig("URL", route.url), ...fig("Balance", route.balance),
       ...fig("Sessions now", s ? String(s.connections_active) : "–"),
+      ...fig("Max", s ? String(s.connections_max) : "–"),
       ...fig("Limit", route.max_connections ?? "none"),
       ...fig("Total", s ? String(s.connections_total) : "–"),
       ...fig("Conn/s", rate(s?.rates?.connections)),
@@ -281,13 +307,14 @@ export function routeView(ctx, app, id) {
           h("td", {}, lastCheck(b)),
           h("td", { class: "num", "data-field": "weight" }, String(b.weight)),
           h("td", { class: "num" }, String(b.active_connections)),
+          h("td", { class: "num" }, c ? String(c.connections_max) : "–"),
           h("td", { class: "num" }, c ? String(c.connections_total) : "–"),
           h("td", { class: "num" }, c ? String(c.connect_failures) : "–"),
           h("td", { class: "num" }, c ? `${bytes(c.bytes_in)} / ${bytes(c.bytes_out)}` : "–"),
           h("td", { class: "actions" }, backendActions(b)));
       }),
     );
-    if (!route.backends.length) backendsBody.replaceChildren(h("tr", {}, h("td", { colspan: 11, class: "muted" }, "No backends yet.")));
+    if (!route.backends.length) backendsBody.replaceChildren(h("tr", {}, h("td", { colspan: 12, class: "muted" }, "No backends yet.")));
     toxicsBody.replaceChildren(...route.toxics.map(toxicRow));
     if (!route.toxics.length) toxicsBody.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No toxics.")));
   }
@@ -296,6 +323,7 @@ export function routeView(ctx, app, id) {
     el,
     update,
     destroy() {
+      closed = true;
       for (const c of charts || []) c.destroy();
     },
   };

@@ -213,12 +213,30 @@ class RedisCoordination:
         with self._connection.reachable():
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.delete(self._keys.node(node_id))
+                pipe.delete(self._keys.node_stats(node_id))
                 pipe.srem(self._keys.nodes, node_id)
                 await pipe.execute()
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         records = await self._run(scripts.LIST_NODES, [self._keys.nodes], [self._keys.prefix])
         return [json.loads(record) for record in records]
+
+    async def put_stats(self, node_id: str, text: str, ttl: float) -> None:
+        """Publish the node's counters (JSON) for the other nodes; gone ``ttl`` seconds
+        after the last."""
+        with self._connection.reachable():
+            await self._client.set(
+                self._keys.node_stats(node_id), text, px=max(1, round(ttl * 1000))
+            )
+
+    async def list_stats(self) -> dict[str, str]:
+        """node id -> the counters it published last, of every registered node that did."""
+        with self._connection.reachable():
+            ids = sorted(str(i) for i in await cast(Any, self._client.smembers(self._keys.nodes)))
+            if not ids:
+                return {}
+            texts = await self._client.mget([self._keys.node_stats(i) for i in ids])
+        return {i: str(t) for i, t in zip(ids, texts, strict=True) if t is not None}
 
     async def routes_per_ip(self, ips: Sequence[str]) -> dict[str, int]:
         if not ips:

@@ -107,6 +107,10 @@ class Keys:
     def node(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}"
 
+    def node_stats(self, node_id: str) -> str:
+        """The node's counters of the routes it serves, for the other nodes' /stats."""
+        return f"{self.prefix}stats:{node_id}"
+
     def changes(self, ip: str) -> str:
         """The stream of change notices for the node serving ``ip``."""
         return f"{self.prefix}changes:{ip}"
