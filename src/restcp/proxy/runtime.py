@@ -105,6 +105,9 @@ class RouteRuntime:
         # Told the route's key after each health transition (the node writes it to the
         # cluster's store, later: it must only take note).
         self.on_health: Callable[[tuple[str, int]], None] | None = None
+        # Told after the candidates were recomputed (an update, a health transition): the
+        # native engine's table of the route follows (proxy/native.py).
+        self.on_candidates: Callable[[], None] | None = None
         # Clients accepted so far: a connection's number, of which its toxics' draws are.
         self.accepted = 0
         self.toxics: tuple[Toxic, ...] = ()
@@ -282,6 +285,8 @@ class RouteRuntime:
             and m.weight > 0
             and m.refusal is None
         )
+        if self.on_candidates is not None:
+            self.on_candidates()
 
     def close(self) -> None:
         """The route stopped: no timer of it may fire any more."""
