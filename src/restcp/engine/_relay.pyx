@@ -141,9 +141,12 @@ cdef enum:
     E_ROUTE_LIMIT = 8
 cdef enum:
     E_NODE_LIMIT = 9
+cdef enum:
+    E_CONNECT_ERROR = 10  # one connect attempt failed (the connection goes on: failover)
 
 ENDS = ("closed", "client_reset", "backend_reset", "connect_failed", "no_backend",
-        "idle_timeout", "half_close_timeout", "aborted", "route_limit", "node_limit")
+        "idle_timeout", "half_close_timeout", "aborted", "route_limit", "node_limit",
+        "connect_error")
 BALANCES = {"random": 0, "round_robin": 1}
 
 cdef struct Backend:
@@ -188,6 +191,8 @@ cdef struct Conn:
     int next_free
 
 cdef struct Record:
+    # An ended connection; or (end E_CONNECT_ERROR) one failed connect, errno in bytes_up
+    # (0: timed out)
     int route
     int64_t backend_id
     uint64_t bytes_up, bytes_down
@@ -590,6 +595,7 @@ cdef class Engine:
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
             rc = connect(fd, <sockaddr *>&b.addr, b.addr_len)
             if rc < 0 and errno != EINPROGRESS:
+                self.record(c, E_CONNECT_ERROR, errno)
                 close(fd)
                 r.connect_failures += 1
                 continue
@@ -599,10 +605,11 @@ cdef class Engine:
             ev.data.u64 = tag(K_BACKEND, index, c.gen)
             epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
             return
-        self.finish(index, E_CONNECT_FAILED)
+        self.finish(index, E_NO_BACKEND)  # as the asyncio pipes: a graceful close
 
-    cdef void connect_failed(self, int index) noexcept nogil:
+    cdef void connect_failed(self, int index, int err) noexcept nogil:
         cdef Conn *c = &self.conns[index]
+        self.record(c, E_CONNECT_ERROR, err)
         close(c.backend)  # closing drops it from the epoll set
         c.backend = -1
         self.routes[c.route].connect_failures += 1
@@ -618,7 +625,7 @@ cdef class Engine:
                 return  # the client's bytes wait in its socket until the backend is up
             getsockopt(c.backend, SOL_SOCKET, SO_ERROR, &err, &err_len)
             if err != 0 or events & (EPOLLERR | EPOLLHUP) and not events & EPOLLOUT:
-                self.connect_failed(index)
+                self.connect_failed(index, err)
                 return
             if not events & EPOLLOUT:
                 return
@@ -628,6 +635,9 @@ cdef class Engine:
             end = self.move(c, &c.up, c.client, c.backend, 1)
             if end < 0:
                 end = self.move(c, &c.down, c.backend, c.client, 0)
+        elif events & EPOLLERR and self.failed(c.client if client else c.backend):
+            # A reset after that side's FIN: no read of it would see it any more.
+            end = E_CLIENT_RESET if client else E_BACKEND_RESET
         elif client:
             # readable: the client's bytes go up; writable: the backend's bytes that waited
             # for room (only those: without them nothing waits for the client's buffer)
@@ -648,6 +658,12 @@ cdef class Engine:
             self.finish(index, E_CLOSED)
         elif (c.up.shut or c.down.shut) and c.half_since == 0:
             c.half_since = now()
+
+    cdef bint failed(self, int fd) noexcept nogil:
+        cdef int err = 0
+        cdef socklen_t err_len = sizeof(err)
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &err_len)
+        return err != 0
 
     cdef int move(self, Conn *c, Direction *d, int src, int dst, bint up) noexcept nogil:
         """Relay ``src`` to ``dst`` until one would block: -1, or why the connection ends
@@ -696,6 +712,28 @@ cdef class Engine:
                 d.off = 0
                 d.length = <int>(n - m)
 
+    cdef void record(self, Conn *c, int end, int err) noexcept nogil:
+        cdef Record *rec
+        cdef Record *grown
+        if self.n_records == self.cap_records:
+            grown = <Record *>realloc(
+                self.records, (self.cap_records * 2 if self.cap_records else 256) * sizeof(Record)
+            )
+            if grown == NULL:
+                return  # out of memory: this record is lost, not the connection
+            self.records = grown
+            self.cap_records = self.cap_records * 2 if self.cap_records else 256
+        rec = &self.records[self.n_records]
+        self.n_records += 1
+        rec.route = c.route
+        rec.backend_id = c.backend_id
+        rec.bytes_up = c.bytes_up if end != E_CONNECT_ERROR else <uint64_t>err
+        rec.bytes_down = c.bytes_down
+        rec.duration = now() - c.started
+        rec.end = end
+        memcpy(&rec.peer, &c.peer, c.peer_len)
+        rec.peer_len = c.peer_len
+
     cdef void sweep(self, double t) noexcept nogil:
         cdef int i
         cdef Conn *c
@@ -707,7 +745,7 @@ cdef class Engine:
             r = &self.routes[c.route]
             if c.state == S_CONNECTING:
                 if c.backend >= 0 and t >= c.deadline:
-                    self.connect_failed(i)
+                    self.connect_failed(i, 0)
             elif c.half_since and r.half_close_timeout > 0 \
                     and t - c.half_since >= r.half_close_timeout:
                 self.finish(i, E_HALF_CLOSE)
@@ -718,7 +756,6 @@ cdef class Engine:
         """Close both sides (reset them unless the connection ended cleanly), and record it."""
         cdef Conn *c = &self.conns[index]
         cdef Route *r = &self.routes[c.route]
-        cdef Record *rec
         # A reset is passed on as one, and so is a failed connect (as the asyncio pipes do);
         # a timeout closes gracefully unless bytes are stuck for a peer that stopped reading.
         cdef int reset = (
@@ -742,19 +779,9 @@ cdef class Engine:
         r.active -= 1
         r.bytes_up += c.bytes_up
         r.bytes_down += c.bytes_down
-        if self.n_records == self.cap_records:
-            self.cap_records = self.cap_records * 2 if self.cap_records else 256
-            self.records = <Record *>realloc(self.records, self.cap_records * sizeof(Record))
-        rec = &self.records[self.n_records]
-        self.n_records += 1
-        rec.route = c.route
-        rec.backend_id = c.backend_id if c.state == S_RELAY else -1
-        rec.bytes_up = c.bytes_up
-        rec.bytes_down = c.bytes_down
-        rec.duration = now() - c.started
-        rec.end = end
-        memcpy(&rec.peer, &c.peer, c.peer_len)
-        rec.peer_len = c.peer_len
+        if c.state != S_RELAY:
+            c.backend_id = -1
+        self.record(c, end, 0)
         c.state = S_FREE
         c.gen += 1
         c.client = -1

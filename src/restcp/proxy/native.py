@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 import threading
 from types import ModuleType
@@ -150,6 +151,10 @@ class NativeEngine:
         logging_on = access_log.isEnabledFor(logging.INFO)
         for slot, backend_id, raw_peer, up, down, duration, end in self.engine.drain():
             runtime = self._slots[slot]
+            if end == "connect_error":
+                assert backend_id is not None
+                self._connect_failed(runtime, backend_id, up)
+                continue
             runtime.accepted += 1
             member = None if backend_id is None else runtime.members.get(backend_id)
             if member is not None:
@@ -163,6 +168,23 @@ class NativeEngine:
         if not self.engine.active and self._empty is not None:
             self._empty.set()
             self._empty = None
+
+    @staticmethod
+    def _connect_failed(runtime: RouteRuntime, backend_id: int, err: int) -> None:
+        """One connect attempt failed (the engine went on to the next backend): logged, and
+        counted towards the backend's passive health as on the asyncio pipes."""
+        error = OSError(err, os.strerror(err)) if err else TimeoutError()
+        member = runtime.members.get(backend_id)
+        backend = runtime.route.backend(backend_id)
+        log.warning(
+            "connect failed app=%s route=%s backend=%s addr=%s:%s error=%s",
+            runtime.app, runtime.route_id, backend_id,
+            backend.ip if backend else "-", backend.port if backend else "-",
+            str(error) or "timeout",
+        )  # fmt: skip
+        if member is not None:
+            member.connecting += 1  # connect_failed counts one connect in flight out
+            runtime.connect_failed(member, error)
 
     @staticmethod
     def _log(
