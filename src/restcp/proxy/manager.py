@@ -153,7 +153,10 @@ class ProxyManager:
             listener = await self._shared_listener(route, sock)
             listener.add(runtime)
         self._listeners[route.key] = listener
-        log.info("listening app=%s route=%s url=%s", route.app, route.id, route.url)
+        log.info(
+            "listening app=%s route=%s url=%s%s", route.app, route.id, route.url,
+            " engine=native" if isinstance(listener, EngineListener) else "",
+        )  # fmt: skip
 
     async def _shared_listener(self, route: Route, sock: socket.socket | None) -> SniListener:
         address = (route.frontend_ip, route.port)
