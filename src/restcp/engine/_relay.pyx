@@ -635,23 +635,28 @@ cdef class Engine:
             end = self.move(c, &c.up, c.client, c.backend, 1)
             if end < 0:
                 end = self.move(c, &c.down, c.backend, c.client, 0)
-        elif events & EPOLLERR and self.failed(c.client if client else c.backend):
-            # A reset after that side's FIN: no read of it would see it any more.
-            end = E_CLIENT_RESET if client else E_BACKEND_RESET
-        elif client:
-            # readable: the client's bytes go up; writable: the backend's bytes that waited
-            # for room (only those: without them nothing waits for the client's buffer)
-            end = -1
-            if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
-                end = self.move(c, &c.up, c.client, c.backend, 1)
-            if end < 0 and c.down.pending != NULL and events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
-                end = self.move(c, &c.down, c.backend, c.client, 0)
         else:
+            # Any readiness is activity for the idle timeout: bytes to read, or a peer that
+            # took some of what waited for it (a slow reader draining is not idle).
+            c.last = now()
             end = -1
-            if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
-                end = self.move(c, &c.down, c.backend, c.client, 0)
-            if end < 0 and c.up.pending != NULL and events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
-                end = self.move(c, &c.up, c.client, c.backend, 1)
+            if events & EPOLLERR and self.failed(c.client if client else c.backend):
+                # A reset after that side's FIN: no read of it would see it any more.
+                end = E_CLIENT_RESET if client else E_BACKEND_RESET
+            elif client:
+                # readable: the client's bytes go up; writable: the backend's bytes that
+                # waited for room (without them nothing waits for the client's buffer)
+                if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
+                    end = self.move(c, &c.up, c.client, c.backend, 1)
+                if end < 0 and c.down.pending != NULL \
+                        and events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+                    end = self.move(c, &c.down, c.backend, c.client, 0)
+            else:
+                if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
+                    end = self.move(c, &c.down, c.backend, c.client, 0)
+                if end < 0 and c.up.pending != NULL \
+                        and events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+                    end = self.move(c, &c.up, c.client, c.backend, 1)
         if end >= 0:
             self.finish(index, end)
         elif c.up.shut and c.down.shut:
@@ -696,7 +701,6 @@ cdef class Engine:
             if n == 0:
                 d.eof = 1
                 continue
-            c.last = now()
             if up:
                 c.bytes_up += n
             else:
