@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.e2e.conftest import StartNode, add_backend, create_route, serve_args, wait_until
 from tests.e2e.peers import Backend, connect, echo, round_trip
-from tests.helpers import free_port_range
+from tests.helpers import Node, free_port_range
 
 
 def exchange(sock: socket.socket, message: bytes) -> bytes:
@@ -20,6 +20,12 @@ def exchange(sock: socket.socket, message: bytes) -> bytes:
         assert chunk, "closed by the proxy"
         got += chunk
     return got
+
+
+def active(node: Node) -> int:
+    backend = node.call("GET", "/apps/plain/routes/1/backends/1").json()
+    count: int = backend["active_connections"]
+    return count
 
 
 def test_plain_route_on_the_engine_then_moved_live(start_node: StartNode, tmp_path: Path) -> None:
@@ -46,6 +52,7 @@ def test_plain_route_on_the_engine_then_moved_live(start_node: StartNode, tmp_pa
         # connection stays on the engine and keeps relaying.
         with connect(port) as before:
             assert exchange(before, b"before the move") == b"before the move"
+            wait_until(lambda: active(node) == 1, "the engine's open connection in the API")
             body = {"type": "latency", "attributes": {"latency": 1}}
             toxic = node.call("POST", "/apps/plain/routes/1/toxics", body)
             assert toxic.status == 201, toxic.json()
@@ -58,4 +65,5 @@ def test_plain_route_on_the_engine_then_moved_live(start_node: StartNode, tmp_pa
             )
             assert exchange(before, b"after the move") == b"after the move"
             assert round_trip(port, b"new client\n") == b"new client\n"
+        wait_until(lambda: active(node) == 0, "no open connection left in the API")
         assert live.accepted == 3

@@ -143,10 +143,12 @@ cdef enum:
     E_NODE_LIMIT = 9
 cdef enum:
     E_CONNECT_ERROR = 10  # one connect attempt failed (the connection goes on: failover)
+cdef enum:
+    E_CONNECTED = 11  # the connection reached its backend (it goes on: relayed)
 
 ENDS = ("closed", "client_reset", "backend_reset", "connect_failed", "no_backend",
         "idle_timeout", "half_close_timeout", "aborted", "route_limit", "node_limit",
-        "connect_error")
+        "connect_error", "connected")
 BALANCES = {"random": 0, "round_robin": 1}
 
 cdef struct Backend:
@@ -192,7 +194,7 @@ cdef struct Conn:
 
 cdef struct Record:
     # An ended connection; or (end E_CONNECT_ERROR) one failed connect, errno in bytes_up
-    # (0: timed out)
+    # (0: timed out); or (E_CONNECTED) a connection that reached its backend
     int route
     int64_t backend_id
     uint64_t bytes_up, bytes_down
@@ -631,6 +633,7 @@ cdef class Engine:
                 return
             c.state = S_RELAY
             c.last = now()
+            self.record(c, E_CONNECTED, 0)
             # both directions may have waited: the client's bytes, the backend's banner
             end = self.move(c, &c.up, c.client, c.backend, 1)
             if end < 0:

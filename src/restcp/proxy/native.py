@@ -151,13 +151,18 @@ class NativeEngine:
         logging_on = access_log.isEnabledFor(logging.INFO)
         for slot, backend_id, raw_peer, up, down, duration, end in self.engine.drain():
             runtime = self._slots[slot]
+            member = None if backend_id is None else runtime.members.get(backend_id)
+            if end == "connected":
+                if member is not None:
+                    member.active += 1
+                continue
             if end == "connect_error":
                 assert backend_id is not None
                 self._connect_failed(runtime, backend_id, up)
                 continue
             runtime.accepted += 1
-            member = None if backend_id is None else runtime.members.get(backend_id)
             if member is not None:
+                member.active = max(0, member.active - 1)
                 member.connections += 1
                 member.bytes_up += up
                 member.bytes_down += down
