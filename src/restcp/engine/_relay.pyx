@@ -145,10 +145,12 @@ cdef enum:
     E_CONNECT_ERROR = 10  # one connect attempt failed (the connection goes on: failover)
 cdef enum:
     E_CONNECTED = 11  # the connection reached its backend (it goes on: relayed)
+# 12 and on: reset by Python (``abort``), for the reason ENDS names.
 
 ENDS = ("closed", "client_reset", "backend_reset", "connect_failed", "no_backend",
         "idle_timeout", "half_close_timeout", "aborted", "route_limit", "node_limit",
-        "connect_error", "connected")
+        "connect_error", "connected", "route_disabled", "backend_disabled", "drain_timeout",
+        "shutdown")
 BALANCES = {"random": 0, "round_robin": 1}
 
 cdef struct Backend:
@@ -382,13 +384,18 @@ cdef class Engine:
         self.routes[slot].used = 0
         pthread_mutex_unlock(&self.lock)
 
-    def abort(self, int slot=-1) -> None:
-        """Reset every open connection of route ``slot`` (-1: of every route) now."""
+    def abort(self, int slot=-1, long backend_id=-1, str reason="aborted") -> None:
+        """Reset now every open connection of route ``slot`` (-1: of every route), or of
+        its backend ``backend_id`` only; ``reason``, one of ENDS, is their end."""
         cdef int i
+        cdef int end = ENDS.index(reason)
+        cdef Conn *c
         pthread_mutex_lock(&self.lock)
         for i in range(self.n_conns):
-            if self.conns[i].state != S_FREE and (slot < 0 or self.conns[i].route == slot):
-                self.finish(i, E_ABORTED)
+            c = &self.conns[i]
+            if c.state != S_FREE and (slot < 0 or c.route == slot) \
+                    and (backend_id < 0 or c.backend_id == backend_id):
+                self.finish(i, end)
         pthread_mutex_unlock(&self.lock)
         self._notify()
 
@@ -765,11 +772,10 @@ cdef class Engine:
         cdef Route *r = &self.routes[c.route]
         # A reset is passed on as one, and so is a failed connect (as the asyncio pipes do);
         # a timeout closes gracefully unless bytes are stuck for a peer that stopped reading.
-        cdef int reset = (
-            end == E_CLIENT_RESET or end == E_BACKEND_RESET or end == E_ABORTED
-            or end == E_CONNECT_FAILED or end == E_ROUTE_LIMIT or end == E_NODE_LIMIT
+        cdef int reset = not (
+            end == E_CLOSED or end == E_NO_BACKEND
             or ((end == E_IDLE or end == E_HALF_CLOSE)
-                and (c.up.pending != NULL or c.down.pending != NULL))
+                and c.up.pending == NULL and c.down.pending == NULL)
         )
         if c.client >= 0:
             if reset:

@@ -70,7 +70,6 @@ def unsupported(route: Route, runtime: RouteRuntime) -> str | None:
             "PROXY protocol",
         ),
         (any(b.max_connections is not None for b in route.backends), "max_connections"),
-        (any(b.drain_timeout is not None for b in route.backends), "drain_timeout"),
         (not all(_is_ip(b.ip) for b in route.backends), "host names"),
     )
     return next((why for cond, why in reasons if cond), None)
@@ -237,9 +236,10 @@ class NativeEngine:
                 self._empty = asyncio.Event()
             await self._empty.wait()
 
-    def abort(self, slot: int = -1) -> None:
-        """Reset the open connections of route ``slot`` (-1: all)."""
-        self.engine.abort(slot)
+    def abort(self, slot: int = -1, backend_id: int = -1, reason: str = "aborted") -> None:
+        """Reset the open connections of route ``slot`` (-1: all), or of one of its
+        backends; ``reason`` is their access lines' end."""
+        self.engine.abort(slot, backend_id, reason)
         self._drain()
 
     def close(self) -> None:
@@ -249,7 +249,7 @@ class NativeEngine:
         self.engine.stop()
         self._thread.join()
         self._thread = None
-        self.engine.abort()
+        self.engine.abort(reason="shutdown")
         self._drain()
         assert self._loop is not None
         self._loop.remove_reader(self.engine.notify_fd)
@@ -272,16 +272,22 @@ class EngineListener:
         self._sock.setblocking(False)
         self._slot = self._engine.add(self.runtime, self._sock)
         self.runtime.on_candidates = self.refresh
+        self.runtime.on_close_backend = self.close_backend
 
     def refresh(self) -> None:
         """The route's candidates or settings changed: the engine's table follows."""
         if self._slot is not None:
             self._engine.update(self._slot, self.runtime)
 
+    def close_backend(self, backend_id: int, reason: str) -> None:
+        """Reset the open connections to a backend (disabled, or past its drain timeout)."""
+        if self._slot is not None:
+            self._engine.abort(self._slot, backend_id, reason)
+
     def abort(self) -> None:
         """Reset the route's open connections (the route was disabled)."""
         if self._slot is not None:
-            self._engine.abort(self._slot)
+            self._engine.abort(self._slot, reason="route_disabled")
 
     def release(self) -> socket.socket:
         """Stop accepting and hand the socket over (the route moves to a Listener)."""
@@ -298,3 +304,4 @@ class EngineListener:
             self._slot = None
         if self.runtime.on_candidates == self.refresh:
             self.runtime.on_candidates = None
+            self.runtime.on_close_backend = None

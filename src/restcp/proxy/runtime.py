@@ -108,6 +108,9 @@ class RouteRuntime:
         # Told after the candidates were recomputed (an update, a health transition): the
         # native engine's table of the route follows (proxy/native.py).
         self.on_candidates: Callable[[], None] | None = None
+        # Told (backend id, reason) when a backend's open connections are reset (disabled,
+        # past its drain timeout): the native engine resets its own.
+        self.on_close_backend: Callable[[int, str], None] | None = None
         # Clients accepted so far: a connection's number, of which its toxics' draws are.
         self.accepted = 0
         self.toxics: tuple[Toxic, ...] = ()
@@ -275,6 +278,8 @@ class RouteRuntime:
         for connection in list(self.connections):
             if connection.backend is not None and connection.backend.id == backend_id:
                 connection.abort(reason)
+        if self.on_close_backend is not None:
+            self.on_close_backend(backend_id, reason)
 
     def _recompute(self) -> None:
         self.candidates = tuple(
