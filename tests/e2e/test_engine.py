@@ -67,3 +67,29 @@ def test_plain_route_on_the_engine_then_moved_live(start_node: StartNode, tmp_pa
             assert round_trip(port, b"new client\n") == b"new client\n"
         wait_until(lambda: active(node) == 0, "no open connection left in the API")
         assert live.accepted == 3
+
+
+def test_workers_each_serve_on_their_engine(start_node: StartNode, tmp_path: Path) -> None:
+    """--workers 2: both processes accept on the route's port with an engine of their own;
+    /stats sums their connections."""
+    lo, hi = free_port_range()
+    args = serve_args(tmp_path / "restcp.db", lo, hi, "--engine", "native", "--workers", "2")
+    node = start_node(*args)
+    with Backend(echo) as live:
+        port = create_route(node, "plain")["port"]
+        add_backend(node, "plain", 1, live.port)
+        node.wait_for_line("engine=native worker=1")
+        clients = 60
+        for i in range(clients):
+            message = f"client {i}\n".encode()
+            assert round_trip(port, message) == message
+        listening = [line for line in node.lines if "listening app=plain route=1 url=" in line]
+        assert len(listening) == 2, listening
+        assert all("engine=native" in line for line in listening), listening
+
+        def counted() -> bool:
+            routes = node.call("GET", "/stats").json()["routes"]
+            return bool(routes) and routes[0]["connections_total"] == clients
+
+        wait_until(counted, f"{clients} connections in /stats")
+        assert live.accepted == clients
