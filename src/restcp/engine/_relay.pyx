@@ -30,7 +30,7 @@ SWEEP milliseconds while any is open. Records reach Python in batches: the loop 
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free, realloc
 from libc.string cimport memcpy, memset
-from libc.errno cimport errno, EAGAIN, EINPROGRESS, EINTR
+from libc.errno cimport errno, EAGAIN, EINPROGRESS, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
@@ -145,12 +145,16 @@ cdef enum:
     E_CONNECT_ERROR = 10  # one connect attempt failed (the connection goes on: failover)
 cdef enum:
     E_CONNECTED = 11  # the connection reached its backend (it goes on: relayed)
-# 12 and on: reset by Python (``abort``), for the reason ENDS names.
+# 12 to 15: reset by Python (``abort``), for the reason ENDS names.
+cdef enum:
+    E_ACCEPT_PAUSED = 16  # a route's accept failed for want of descriptors (errno in bytes_up)
+cdef enum:
+    E_ACCEPT_RESUMED = 17  # ... and has accepted again
 
 ENDS = ("closed", "client_reset", "backend_reset", "connect_failed", "no_backend",
         "idle_timeout", "half_close_timeout", "aborted", "route_limit", "node_limit",
         "connect_error", "connected", "route_disabled", "backend_disabled", "drain_timeout",
-        "shutdown")
+        "shutdown", "accept_paused", "accept_resumed")
 BALANCES = {"random": 0, "round_robin": 1}
 
 cdef struct Backend:
@@ -172,6 +176,8 @@ cdef struct Route:
     double connect_timeout, idle_timeout, half_close_timeout
     int max_attempts
     int64_t max_connections  # -1: no cap
+    int retry          # accept failed for want of descriptors: try again at the next sweep
+    int paused         # ... and Python was told (it is told of the next accept too)
     uint64_t accepted, active, bytes_up, bytes_down, connect_failures
 
 cdef struct Direction:
@@ -236,6 +242,7 @@ cdef class Engine:
     cdef int n_records, cap_records
     cdef char *scratch
     cdef int stopping
+    cdef int retries  # routes whose accept waits for a retry
     cdef int64_t limit  # connections open at once, every route's (-1: no cap)
     cdef uint64_t rng
 
@@ -256,6 +263,7 @@ cdef class Engine:
         self.n_records = 0
         self.cap_records = 0
         self.stopping = 0
+        self.retries = 0
         self.limit = -1
         self.rng = 0x9E3779B97F4A7C15
         self.scratch = <char *>malloc(CHUNK)
@@ -466,7 +474,9 @@ cdef class Engine:
         cdef uint64_t data, drained
         cdef double last_sweep = now(), t
         while not self.stopping:
-            n = epoll_wait(self.epfd, events, MAX_EVENTS, SWEEP if self.live else -1)
+            n = epoll_wait(
+                self.epfd, events, MAX_EVENTS, SWEEP if self.live or self.retries else -1
+            )
             if n < 0 and errno != EINTR:
                 break
             pthread_mutex_lock(&self.lock)
@@ -486,9 +496,11 @@ cdef class Engine:
                         and self.conns[index].state != S_FREE:
                     self.on_event(index, kind == K_CLIENT, events[i].events)
             t = now()
-            if self.live and t - last_sweep >= SWEEP / 1000.0:
+            if (self.live or self.retries) and t - last_sweep >= SWEEP / 1000.0:
                 last_sweep = t
                 self.sweep(t)
+                if self.retries:
+                    self.retry_accepts()
             if self.n_records != ended:
                 self._notify()
             pthread_mutex_unlock(&self.lock)
@@ -506,7 +518,19 @@ cdef class Engine:
             if fd < 0:
                 if errno == EINTR:
                     continue
-                return  # EAGAIN, or EMFILE and the like: the next edge retries
+                if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
+                    # Out of descriptors: the clients wait in the backlog, and no new edge
+                    # may come; the sweep tries again (every SWEEP ms, as asyncio's 100).
+                    if not r.retry:
+                        r.retry = 1
+                        self.retries += 1
+                    if not r.paused:
+                        r.paused = 1
+                        self.route_record(slot, E_ACCEPT_PAUSED, errno)
+                return  # EAGAIN: until the next edge
+            if r.paused:
+                r.paused = 0
+                self.route_record(slot, E_ACCEPT_RESUMED, 0)
             index = self.new_conn()
             if index < 0:
                 hard_close(fd)
@@ -600,6 +624,8 @@ cdef class Engine:
             c.backend_id = b.id
             fd = socket(b.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
             if fd < 0:
+                self.record(c, E_CONNECT_ERROR, errno)
+                r.connect_failures += 1
                 continue
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
             rc = connect(fd, <sockaddr *>&b.addr, b.addr_len)
@@ -747,6 +773,25 @@ cdef class Engine:
         rec.end = end
         memcpy(&rec.peer, &c.peer, c.peer_len)
         rec.peer_len = c.peer_len
+
+    cdef void retry_accepts(self) noexcept nogil:
+        cdef int i
+        for i in range(self.n_routes):
+            if self.routes[i].retry:
+                self.routes[i].retry = 0
+                self.retries -= 1
+                if self.routes[i].listen_fd >= 0:
+                    self.accept_all(i)
+
+    cdef void route_record(self, int slot, int end, int err) noexcept nogil:
+        """A record of the route itself (no connection): its accepts paused or resumed."""
+        cdef Conn blank
+        memset(&blank, 0, sizeof(Conn))
+        blank.route = slot
+        blank.backend_id = -1
+        blank.started = now()
+        blank.bytes_up = <uint64_t>err
+        self.record(&blank, end, err)
 
     cdef void sweep(self, double t) noexcept nogil:
         cdef int i

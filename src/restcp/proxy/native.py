@@ -37,6 +37,8 @@ access_log = logging.getLogger("restcp.access")
 
 # The ends of a client refused before any backend was tried (the route counts them).
 REFUSALS = ("no_backend", "route_limit", "node_limit")
+# How often the engine tries a paused accept again (its sweep, _relay.pyx's SWEEP).
+ACCEPT_RETRY = 0.05
 # The balancers the engine runs itself (a weighted random draw, a round robin).
 BALANCES = ("random", "round_robin")
 
@@ -158,6 +160,16 @@ class NativeEngine:
             if end == "connect_error":
                 assert backend_id is not None
                 self._connect_failed(runtime, backend_id, up)
+                continue
+            if end == "accept_paused":
+                # As the asyncio Listener logs it (once per pause, not per retry).
+                log.error(
+                    "accept paused app=%s route=%s: %s; retrying every %gs",
+                    runtime.app, runtime.route_id, os.strerror(up), ACCEPT_RETRY,
+                )  # fmt: skip
+                continue
+            if end == "accept_resumed":
+                log.warning("accept resumed app=%s route=%s", runtime.app, runtime.route_id)
                 continue
             runtime.accepted += 1
             if member is not None:
