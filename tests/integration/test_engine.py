@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from restcp.core.reconcile import Update
+from restcp.model import HealthCheck
 from restcp.proxy.listener import Listener
 from restcp.proxy.native import EngineListener
 from tests.integration.harness import (
@@ -19,6 +22,7 @@ from tests.integration.harness import (
     access_lines,
     proxy,
     read_outcome,
+    refusing_backend,
     run,
     toxic,
     until,
@@ -141,3 +145,69 @@ def test_shutdown_resets_what_is_open_past_the_deadline(
     run(loop, main())
     (line,) = access_lines(caplog)
     assert line.endswith("end=shutdown")
+
+
+async def served_by(px: Proxy) -> bytes:
+    """Which backend served a fresh client (each backend answers with its name)."""
+    reader, writer = await px.connect()
+    try:
+        return await asyncio.wait_for(reader.readexactly(1), WAIT)
+    finally:
+        writer.close()
+
+
+def named(name: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(name)
+        await reader.read()
+
+    return backend
+
+
+def test_health_verdicts_reach_the_engine(loop: str) -> None:
+    """A backend the checks mark down gets no new client; marked up again, it gets its share.
+    (The verdicts are reported as the checker reports them, to the route's runtime.)"""
+    check = HealthCheck(interval=3600, rise=1, fall=1)
+
+    async def main() -> None:
+        async with (
+            Server(named(b"1")) as one,
+            Server(named(b"2")) as two,
+            proxy(
+                one.backend(1), two.backend(2), balance="round_robin",
+                health_check=check, engine="native",
+            ) as px,
+        ):  # fmt: skip
+            runtime = px.manager.runtime(px.route.key)
+            assert runtime is not None
+            runtime.check_result(1, False, "refused", 0.0)
+            assert {await served_by(px) for _ in range(4)} == {b"2"}
+            runtime.check_result(1, True, "", 0.0)
+            assert {await served_by(px) for _ in range(4)} == {b"1", b"2"}
+
+    run(loop, main())
+
+
+def test_passive_failures_mark_a_backend_down(loop: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Connects refused passive_fall times mark the backend down (no checks configured):
+    later clients go to the live one without trying it."""
+    dead, holder = refusing_backend(1)
+
+    async def main() -> None:
+        async with (
+            Server(named(b"2")) as live,
+            proxy(
+                dead, live.backend(2), balance="round_robin", passive_fall=2, engine="native"
+            ) as px,
+        ):
+            for _ in range(8):
+                assert await served_by(px) == b"2"
+            runtime = px.manager.runtime(px.route.key)
+            assert runtime is not None
+            await until(lambda: runtime.members[1].health.state == "down")
+
+    caplog.set_level(logging.INFO, "restcp")
+    with holder:
+        run(loop, main())
+    failures = sum("connect failed" in r.getMessage() for r in caplog.records)
+    assert failures == 2, failures
