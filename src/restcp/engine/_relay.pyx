@@ -658,18 +658,20 @@ cdef class Engine:
         if c.state == S_CONNECTING:
             if client:
                 return  # the client's bytes wait in its socket until the backend is up
-            getsockopt(c.backend, SOL_SOCKET, SO_ERROR, &err, &err_len)
-            if err != 0 or events & (EPOLLERR | EPOLLHUP) and not events & EPOLLOUT:
+            if events & (EPOLLERR | EPOLLHUP):
+                getsockopt(c.backend, SOL_SOCKET, SO_ERROR, &err, &err_len)
                 self.connect_failed(index, err)
                 return
             if not events & EPOLLOUT:
                 return
+            # Writable without an error: connected (no SO_ERROR to read).
             c.state = S_RELAY
             c.last = now()
             self.record(c, E_CONNECTED, 0)
-            # both directions may have waited: the client's bytes, the backend's banner
+            # The client's bytes may have waited (their edge came while connecting); the
+            # backend's banner, only if it came with this edge (a later one has its own).
             end = self.move(c, &c.up, c.client, c.backend, 1)
-            if end < 0:
+            if end < 0 and events & (EPOLLIN | EPOLLRDHUP):
                 end = self.move(c, &c.down, c.backend, c.client, 0)
         else:
             # Any readiness is activity for the idle timeout: bytes to read, or a peer that
