@@ -5,10 +5,13 @@ FROM python:3.11-slim
 
 RUN pip install --no-cache-dir uv
 WORKDIR /opt/restcp
-COPY pyproject.toml uv.lock README.md ./
+COPY pyproject.toml uv.lock README.md hatch_build.py ./
 COPY src ./src
-RUN uv sync --frozen --no-dev && useradd --system --home /data restcp && mkdir -p /data \
-    && chown restcp /data
+# gcc compiles the native relay engine (docs/engine.md) and is removed once it has.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && uv sync --frozen --no-dev \
+    && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --home /data restcp && mkdir -p /data && chown restcp /data
 
 USER restcp
 ENV RESTCP_STORE=sqlite:////data/restcp.db \

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -272,14 +273,15 @@ def api(method: str, url: str, body: dict[str, object] | None = None) -> dict[st
 
 
 def _restcp(
-    name: str, splice: bool | str | None = None
+    name: str, splice: bool | str | None = None, engine: str | None = None
 ) -> Callable[[Backend, Path, Path], RunningProxy]:
     """restcp with one route; ``splice`` is the route's setting (None: its default): true
     relays every connection with os.splice, as HAProxy's splice options do; "auto" a
-    connection once it moves bulk."""
+    connection once it moves bulk. ``engine``: restcp's --engine (None: its default)."""
+    extra = [] if engine is None else ["--engine", engine]
 
     def start_it(backend: Backend, work: Path, log_dir: Path) -> RunningProxy:
-        proc = start_restcp(name, "memory://", log_dir)
+        proc = start_restcp(name, "memory://", log_dir, extra)
         base = api_base(proc.wait_line(30))
         listen = free_port()
         body: dict[str, object] = {"port": listen}
@@ -293,8 +295,10 @@ def _restcp(
             f"{base}apps/bench/routes/{route['id']}/backends",
             {"ip": "127.0.0.1", "port": backend.port},
         )
+        if engine == "native":
+            _served_natively(proc.log_path)
         config = (
-            f"cd {REPO} && {' '.join(restcp_argv('memory://'))}\n"
+            f"cd {REPO} && {' '.join(restcp_argv('memory://') + extra)}\n"
             f"curl -XPUT -d '{json.dumps(body)}' {base}apps/bench/routes\n"
             f'curl -XPUT -d \'{{"ip": "127.0.0.1", "port": {backend.port}}}\' '
             f"{base}apps/bench/routes/{route['id']}/backends\n"
@@ -312,7 +316,22 @@ PROXIES: dict[str, Callable[[Backend, Path, Path], RunningProxy]] = {
     "restcp": _restcp("restcp"),
     "restcp-splice": _restcp("restcp-splice", splice=True),
     "restcp-copy": _restcp("restcp-copy", splice=False),
+    # The native relay engine (docs/engine.md) on the same route.
+    "restcp-native": _restcp("restcp-native", engine="native"),
 }
+
+
+def _served_natively(log_path: Path) -> None:
+    """The route is on the native engine (its listening line says so), or BenchError."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in log_path.read_text(errors="replace").splitlines():
+            if " listening app=bench " in line:
+                if "engine=native" in line:
+                    return
+                raise BenchError(f"the route is not on the native engine: {line}")
+        time.sleep(0.05)
+    raise BenchError("restcp never logged its route's listening line")
 
 
 def restcp_log_notes(log_path: Path) -> list[str]:

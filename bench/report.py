@@ -27,6 +27,7 @@ PROXY_TITLES = {
     "restcp": "restcp",
     "restcp-splice": "restcp + splice",
     "restcp-copy": "restcp, splice off",
+    "restcp-native": "restcp --engine native",
 }
 BACKEND_TITLES = {
     "iperf3": "`iperf3 -s`",
@@ -166,8 +167,13 @@ def main_table(rows: Sequence[Row]) -> list[list[str]]:
     return table
 
 
-# restcp against HAProxy, configured alike: plain, and both splicing.
-RATIO_PAIRS = (("restcp", "haproxy", ""), ("restcp-splice", "haproxy-splice", " + splice"))
+# restcp against HAProxy, configured alike: plain, both splicing, and restcp's native engine
+# (which copies: no splice yet) against plain HAProxy.
+RATIO_PAIRS = (
+    ("restcp", "haproxy", ""),
+    ("restcp-splice", "haproxy-splice", " + splice"),
+    ("restcp-native", "haproxy", " (native)"),
+)
 
 
 def ratio_table(rows: Sequence[Row]) -> list[list[str]]:
@@ -341,6 +347,7 @@ def charts(report: Report, directory: Path) -> list[tuple[str, str]]:
         "restcp": "#d62728",
         "restcp-splice": "#ff9896",
         "restcp-copy": "#8c564b",
+        "restcp-native": "#9467bd",
     }
     workloads = [w for w in WORKLOADS if any(r.workload == w for r in report.rows)]
 

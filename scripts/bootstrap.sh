@@ -42,4 +42,9 @@ if ! find_uv; then
     find_uv
 fi
 export UV
+# The native relay engine is compiled when the project is installed (hatch_build.py): it
+# needs a C compiler and the C library's headers, Debian's gcc and libc6-dev.
+if ! command -v gcc >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    apt_install gcc libc6-dev
+fi
 "$UV" sync --frozen --quiet "$@"

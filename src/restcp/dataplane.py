@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import socket
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from restcp import engine as native_engine
 from restcp.core.policy import DEFAULT_DENY, AddressPolicy, parse_networks
 from restcp.core.reconcile import diff
 from restcp.model import BackendStatus, Route, RouteKey, Stream, ToxicType, is_host_name
 from restcp.proxy.listener import bind
 from restcp.proxy.manager import ProxyManager
+from restcp.proxy.native import NativeEngine
 from restcp.proxy.runtime import RouteRuntime
 from restcp.settings import Settings
 
@@ -138,6 +141,21 @@ def _sum(ours: Mapping[_K, _C], theirs: Mapping[_K, _C]) -> dict[_K, _C]:
     return total
 
 
+log = logging.getLogger("restcp.proxy")
+
+
+def _engine(name: str) -> NativeEngine | None:
+    """The native engine for ``--engine native``; None for asyncio, or (with a warning) when
+    this build of restcp has no compiled engine."""
+    if name != "native":
+        return None
+    module, why = native_engine.load()
+    if module is None:
+        log.warning("--engine native: %s; serving every route on asyncio", why)
+        return None
+    return NativeEngine(module)
+
+
 class DataPlane:
     """A process's listeners under the backend address policy; see the module's docstring."""
 
@@ -153,6 +171,7 @@ class DataPlane:
             backend_refusal=self.refusal,
             binder=self._bind,
             seed=settings.seed,
+            engine=_engine(settings.engine),
         )
         self.api_address: tuple[str, int] | None = None
 

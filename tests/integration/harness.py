@@ -23,12 +23,14 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
+from restcp import engine as native_engine
 from restcp.core import toxics
 from restcp.core.reconcile import Update
 from restcp.model import Backend, Route, RouteSettings, Stream, Toxic, ToxicType
 from restcp.proxy.connection import Connection
 from restcp.proxy.listener import bind
 from restcp.proxy.manager import ProxyManager
+from restcp.proxy.native import EngineListener, NativeEngine
 from restcp.proxy.splice import SplicePipe
 from restcp.proxy.splicer import PipePool
 
@@ -47,9 +49,27 @@ WAIT = 10.0
 SPLICE = pytest.mark.parametrize("splice", [False, True], ids=["transports", "splice"])
 # ... and on a splice pipe that took over from the transport pipe mid-connection ("auto"
 # routes; Proxy.relay_spliced moves the connection).
+# ... and on the native engine ("native": the route's splice setting is false, and the
+# engine serves it; see proxy()).
 PIPES = pytest.mark.parametrize(
-    "splice", [False, True, "auto"], ids=["transports", "splice", "switched"]
+    "splice", [False, True, "auto", "native"], ids=["transports", "splice", "switched", "native"]
 )
+
+
+def splices(splice: bool | str) -> bool:
+    """Whether a PIPES case relays on a splice pipe."""
+    return splice in (True, "auto")
+
+
+# For a scenario the native relay engine (restcp.engine) must pass as the asyncio pipes do.
+ENGINES = pytest.mark.parametrize("engine", ["asyncio", "native"])
+
+
+def native() -> NativeEngine:
+    """The compiled engine: a build without it fails the test (it is never skipped)."""
+    module, why = native_engine.load()
+    assert module is not None, why
+    return NativeEngine(module)
 
 
 def run(loop_name: str, main: Coroutine[Any, Any, T]) -> T:
@@ -424,21 +444,29 @@ async def proxy(
     *backends: Backend,
     toxics: tuple[Toxic, ...] = (),
     node_seed: int | None = None,
+    engine: str = "asyncio",
     **settings: Any,
 ) -> AsyncIterator[Proxy]:
     """A ProxyManager serving one route on 127.0.0.1:0 (``splice`` false unless given). On
     exit every relay must have ended
     on its own (a relay that never reports is a leak), then the manager is shut down.
-    ``node_seed``: the node's seed of the toxics' draws (``seed`` is the route's own)."""
-    manager = ProxyManager(seed=node_seed)
+    ``node_seed``: the node's seed of the toxics' draws (``seed`` is the route's own).
+    ``engine`` "native": the native engine serves the route (the test fails if it does not)."""
+    if settings.get("splice") == "native":
+        engine, settings["splice"] = "native", False
+    manager = ProxyManager(seed=node_seed, engine=native() if engine == "native" else None)
     sock = bind(HOST, 0)
     # The transport pipe alone unless the test asks for splicing (the route's default,
     # "auto", may move a bulk transfer to the splice pipe).
     settings.setdefault("splice", False)
     route = make_route(sock.getsockname()[1], backends, toxics, **settings)
     await manager.serve(route, sock)
+    if engine == "native":
+        assert isinstance(manager._listeners[route.key], EngineListener)
     try:
         yield Proxy(manager, route)
         await asyncio.wait_for(manager.traffic.wait_empty(), WAIT)
+        if manager.engine is not None:
+            await asyncio.wait_for(manager.engine.wait_empty(), WAIT)
     finally:
         await asyncio.wait_for(manager.shutdown(drain_timeout=0), WAIT)

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.integration.harness import (
+    ENGINES,
     WAIT,
     Server,
     proxy,
@@ -27,14 +28,15 @@ async def echo_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
     return got
 
 
-def test_failover_past_a_refusing_backend(loop: str) -> None:
+@ENGINES
+def test_failover_past_a_refusing_backend(loop: str, engine: str) -> None:
     """Round robin picks the dead backend first; the client must not notice."""
     dead, holder = refusing_backend(1)
 
     async def main() -> None:
         async with (
             Server(echo_all) as server,
-            proxy(dead, server.backend(2), balance="round_robin") as px,
+            proxy(dead, server.backend(2), balance="round_robin", engine=engine) as px,
         ):
             for _ in range(4):  # the cursor starts on the dead one every other time
                 reader, writer = await px.connect()
@@ -49,13 +51,16 @@ def test_failover_past_a_refusing_backend(loop: str) -> None:
         run(loop, main())
 
 
-def test_no_live_backend_closes_at_once(loop: str, caplog: pytest.LogCaptureFixture) -> None:
+@ENGINES
+def test_no_live_backend_closes_at_once(
+    loop: str, engine: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Only refused backends: the client is let go now, not after a timeout."""
     dead1, holder1 = refusing_backend(1)
     dead2, holder2 = refusing_backend(2)
 
     async def main() -> None:
-        async with proxy(dead1, dead2, connect_timeout=30) as px:
+        async with proxy(dead1, dead2, connect_timeout=30, engine=engine) as px:
             started = time.monotonic()
             reader, writer = await px.connect()
             assert await read_outcome(reader, within=2) in ("eof", "reset")
@@ -70,9 +75,10 @@ def test_no_live_backend_closes_at_once(loop: str, caplog: pytest.LogCaptureFixt
     assert sum("connect failed" in r.getMessage() for r in caplog.records) == 2
 
 
-def test_no_backends_at_all(loop: str) -> None:
+@ENGINES
+def test_no_backends_at_all(loop: str, engine: str) -> None:
     async def main() -> None:
-        async with proxy() as px:
+        async with proxy(engine=engine) as px:
             reader, writer = await px.connect()
             assert await read_outcome(reader, within=2) in ("eof", "reset")
             writer.close()
@@ -80,13 +86,14 @@ def test_no_backends_at_all(loop: str) -> None:
     run(loop, main())
 
 
-def test_connect_timeout(loop: str, caplog: pytest.LogCaptureFixture) -> None:
+@ENGINES
+def test_connect_timeout(loop: str, engine: str, caplog: pytest.LogCaptureFixture) -> None:
     """A backend that never answers the SYN: the client is closed after ~connect_timeout."""
     timeout = 0.5
 
     async def main() -> None:
         with silent_backend() as silent:
-            async with proxy(silent, connect_timeout=timeout) as px:
+            async with proxy(silent, connect_timeout=timeout, engine=engine) as px:
                 started = time.monotonic()
                 reader, writer = await px.connect()
                 assert await read_outcome(reader, within=5) in ("eof", "reset")
@@ -99,7 +106,8 @@ def test_connect_timeout(loop: str, caplog: pytest.LogCaptureFixture) -> None:
     assert any("connect failed" in r.getMessage() for r in caplog.records)
 
 
-def test_early_bytes_survive_a_slow_connect(loop: str) -> None:
+@ENGINES
+def test_early_bytes_survive_a_slow_connect(loop: str, engine: str) -> None:
     """The client sends its request and FIN before any backend has accepted (the first one
     is silent until connect_timeout); the live second backend must still get all of it."""
     request = b"early request " * 1000
@@ -108,7 +116,13 @@ def test_early_bytes_survive_a_slow_connect(loop: str) -> None:
         with silent_backend(1) as silent:
             async with (
                 Server(echo_all) as server,
-                proxy(silent, server.backend(2), balance="round_robin", connect_timeout=0.3) as px,
+                proxy(
+                    silent,
+                    server.backend(2),
+                    balance="round_robin",
+                    connect_timeout=0.3,
+                    engine=engine,
+                ) as px,
             ):
                 reader, writer = await px.connect()
                 writer.write(request)

@@ -48,9 +48,10 @@ async def no_backend(port: int) -> None:
 SCENARIOS = (half_close, full_close, client_reset, reset_while_connecting, backend_reset)
 
 
-@pytest.mark.parametrize("splice", [False, "auto"], ids=["transports", "auto"])
+@pytest.mark.parametrize("splice", [False, "auto", "native"], ids=["transports", "auto", "native"])
 def test_no_leaks_after_hundreds_of_connections(loop: str, splice: bool | str) -> None:
-    """On an "auto" route the bulk ones among them move to the splice pipe, and back."""
+    """On an "auto" route the bulk ones among them move to the splice pipe, and back; on
+    "native" the native engine serves both routes."""
     dead, holder = refusing_backend()
 
     async def main() -> None:
@@ -75,6 +76,8 @@ def test_no_leaks_after_hundreds_of_connections(loop: str, splice: bool | str) -
             # Every relay reported, every backend connection was closed by the proxy...
             for manager in (px.manager, nowhere.manager):
                 await asyncio.wait_for(manager.traffic.wait_empty(), WAIT)
+                if manager.engine is not None:
+                    await asyncio.wait_for(manager.engine.wait_empty(), WAIT)
             await until(lambda: server.active == 0)
             # ...and every socket is gone: a relay that forgot a transport keeps its fd, and
             # a peer's FIN it never answered shows as CLOSE_WAIT.

@@ -9,6 +9,7 @@ import socket
 import pytest
 
 from tests.integration.harness import (
+    ENGINES,
     MB,
     PIPES,
     SPLICE,
@@ -23,11 +24,13 @@ from tests.integration.harness import (
     run,
     sends_then_reads,
     spliced,
+    splices,
     used_pipes,
 )
 
 
-def test_client_speaks_first(loop: str, caplog: pytest.LogCaptureFixture) -> None:
+@ENGINES
+def test_client_speaks_first(loop: str, engine: str, caplog: pytest.LogCaptureFixture) -> None:
     """Request then response, several MB each way, each ended by a half-close."""
     request, response = payload(4 * MB), payload(3 * MB)
 
@@ -38,7 +41,7 @@ def test_client_speaks_first(loop: str, caplog: pytest.LogCaptureFixture) -> Non
         return got
 
     async def main() -> None:
-        async with Server(backend) as server, proxy(server.backend()) as px:
+        async with Server(backend) as server, proxy(server.backend(), engine=engine) as px:
             reader, writer = await px.connect()
             writer.write(request)
             writer.write_eof()
@@ -53,7 +56,8 @@ def test_client_speaks_first(loop: str, caplog: pytest.LogCaptureFixture) -> Non
     assert line.endswith("end=closed")
 
 
-def test_backend_speaks_first(loop: str, caplog: pytest.LogCaptureFixture) -> None:
+@ENGINES
+def test_backend_speaks_first(loop: str, engine: str, caplog: pytest.LogCaptureFixture) -> None:
     """A banner large enough to fill every buffer on the way, then the client's answer."""
     banner, answer = payload(4 * MB), payload(2 * MB)
 
@@ -66,7 +70,7 @@ def test_backend_speaks_first(loop: str, caplog: pytest.LogCaptureFixture) -> No
         return got
 
     async def main() -> None:
-        async with Server(backend) as server, proxy(server.backend()) as px:
+        async with Server(backend) as server, proxy(server.backend(), engine=engine) as px:
             reader, writer = await px.connect()
             assert await asyncio.wait_for(reader.readexactly(len(banner)), WAIT) == banner
             writer.write(answer)
@@ -81,14 +85,15 @@ def test_backend_speaks_first(loop: str, caplog: pytest.LogCaptureFixture) -> No
     assert line.endswith("end=closed")
 
 
-def test_both_ways_at_once(loop: str) -> None:
+@ENGINES
+def test_both_ways_at_once(loop: str, engine: str) -> None:
     """Full duplex: both peers write several MB before reading anything, so each direction's
     backpressure must not block the other one (a relay that pauses the wrong side deadlocks)."""
     up, down = payload(6 * MB), payload(6 * MB)
     backend = sends_then_reads(down)
 
     async def main() -> None:
-        async with Server(backend) as server, proxy(server.backend()) as px:
+        async with Server(backend) as server, proxy(server.backend(), engine=engine) as px:
             reader, writer = await px.connect()
             writer.write(up)
             writer.write_eof()
@@ -99,7 +104,8 @@ def test_both_ways_at_once(loop: str) -> None:
     run(loop, main())
 
 
-def test_backend_sends_then_closes(loop: str) -> None:
+@ENGINES
+def test_backend_sends_then_closes(loop: str, engine: str) -> None:
     """The original restcp's connectivity test: the backend writes a large payload and closes
     its socket at once; the client must get every byte, then EOF."""
     data = payload(8 * MB)
@@ -110,7 +116,7 @@ def test_backend_sends_then_closes(loop: str) -> None:
         writer.close()
 
     async def main() -> None:
-        async with Server(backend) as server, proxy(server.backend()) as px:
+        async with Server(backend) as server, proxy(server.backend(), engine=engine) as px:
             reader, writer = await px.connect()
             assert await read_all(reader) == data
             await server.result()
@@ -135,7 +141,7 @@ def test_client_half_close(loop: str, splice: bool | str, caplog: pytest.LogCapt
     async def main() -> None:
         async with Server(backend) as server, proxy(server.backend(), splice=splice) as px:
             reader, writer = await px.connect()
-            if splice:
+            if splices(splice):
                 await px.relay_spliced()
             writer.write(b"question")
             writer.write_eof()
@@ -145,7 +151,7 @@ def test_client_half_close(loop: str, splice: bool | str, caplog: pytest.LogCapt
 
     caplog.set_level(logging.INFO, "restcp.access")
     run(loop, main())
-    assert spliced(caplog) == [bool(splice)]
+    assert spliced(caplog) == [splices(splice)]
 
 
 @SPLICE
@@ -201,7 +207,7 @@ def test_reset_propagates(
         async with Server(backend) as server, proxy(server.backend(), splice=splice) as px:
             reader, writer = await px.connect()
             assert await asyncio.wait_for(reader.readexactly(5), WAIT) == b"hello"
-            if splice:
+            if splices(splice):
                 await px.relay_spliced()
                 writer.write(payload(MB))
             if who == "client":
@@ -215,7 +221,7 @@ def test_reset_propagates(
 
     caplog.set_level(logging.INFO, "restcp.access")
     run(loop, main())
-    assert spliced(caplog) == [bool(splice)]
+    assert spliced(caplog) == [splices(splice)]
     (line,) = access_lines(caplog)
     assert line.endswith(f"end={who}_reset")
 

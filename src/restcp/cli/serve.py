@@ -268,6 +268,9 @@ SETTINGS = [
         "text lines, or JSON lines with one object per event (RESTCP_LOG_FORMAT; text)"),
     _choice("--loop", ("auto", *LOOPS), "auto",
         "event loop: uvloop where installed (RESTCP_LOOP; auto)"),
+    _choice("--engine", ("asyncio", "native"), "asyncio",
+        "data plane of plain routes: native is the compiled relay engine, asyncio "
+        "where it is not built (RESTCP_ENGINE; asyncio; docs/engine.md)"),
 ]  # fmt: skip
 
 
@@ -313,6 +316,7 @@ def settings_from_options(options: dict[str, Any]) -> Settings:
         max_backends_per_route=options["max_backends_per_route"],
         max_toxics_per_route=options["max_toxics_per_route"],
         workers=options["workers"],
+        engine=options["engine"],
         seed=options["seed"],
         toxiproxy_api=None if toxiproxy is None else toxiproxy[:2],
         toxiproxy_app=options["toxiproxy_app"],

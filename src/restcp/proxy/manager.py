@@ -12,6 +12,10 @@ Routes with server names (``sni``) on one address share one SniListener (sni_lis
 the first to be served binds the port, the others join it, and the socket is closed with
 the last one's leaving. A route that gains or loses server names hands its socket from
 one kind of listener to the other, so its port never stops accepting.
+
+With the native engine (``engine``; proxy/native.py), a plain route's socket is accepted on
+by the engine instead of a Listener; an update that gives the route something the engine
+does not do (toxics, TLS...) hands the socket to a Listener, and back when it is gone again.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from types import MappingProxyType
 from restcp.core.reconcile import Action, Start, Stop, Update
 from restcp.model import BackendStatus, Route, RouteKey
 from restcp.proxy.listener import Listener, bind
+from restcp.proxy.native import EngineListener, NativeEngine, unsupported
 from restcp.proxy.runtime import BackendRefusal, RouteRuntime
 from restcp.proxy.sni_listener import SniListener
 from restcp.proxy.traffic import Traffic
@@ -43,9 +48,13 @@ class ProxyManager:
         backend_refusal: BackendRefusal = lambda ip, port: None,
         binder: Callable[[str, int], socket.socket] = bind,
         seed: int | None = None,
+        engine: NativeEngine | None = None,
     ) -> None:
         self._runtimes: dict[RouteKey, RouteRuntime] = {}  # every route served
-        self._listeners: dict[RouteKey, Listener | SniListener] = {}  # those enabled
+        # Those enabled.
+        self._listeners: dict[RouteKey, Listener | SniListener | EngineListener] = {}
+        # The native engine that serves the plain routes it can (None: asyncio serves all).
+        self.engine = engine
         # The SniListener of each address shared by routes with server names.
         self._shared: dict[tuple[str, int], SniListener] = {}
         # How a stored route's port is bound: plainly, or with SO_REUSEPORT (--workers).
@@ -138,13 +147,20 @@ class ProxyManager:
         route = runtime.route
         if route.settings.sni is None:
             assert sock is not None
-            listener: Listener | SniListener = Listener(runtime, sock)
+            listener: Listener | SniListener | EngineListener
+            if self.engine is not None and unsupported(route, runtime) is None:
+                listener = EngineListener(self.engine, runtime, sock)
+            else:
+                listener = Listener(runtime, sock)
             await listener.start()
         else:
             listener = await self._shared_listener(route, sock)
             listener.add(runtime)
         self._listeners[route.key] = listener
-        log.info("listening app=%s route=%s url=%s", route.app, route.id, route.url)
+        log.info(
+            "listening app=%s route=%s url=%s%s", route.app, route.id, route.url,
+            " engine=native" if isinstance(listener, EngineListener) else "",
+        )  # fmt: skip
 
     async def _shared_listener(self, route: Route, sock: socket.socket | None) -> SniListener:
         address = (route.frontend_ip, route.port)
@@ -235,9 +251,26 @@ class ProxyManager:
             listener = self._listeners.get(key)
             if isinstance(listener, SniListener):
                 listener.rebuild()  # its connect_timeout may have changed
+        if enabled and was and self.engine is not None:
+            await self._move(runtime)
+
+    async def _move(self, runtime: RouteRuntime) -> None:
+        """Hand a plain route's socket to the engine or from it, as what the route now has
+        says (its open connections stay where they are)."""
+        key = runtime.route.key
+        listener = self._listeners.get(key)
+        wanted = unsupported(runtime.route, runtime) is None
+        if (isinstance(listener, EngineListener) and not wanted) or (
+            isinstance(listener, Listener) and wanted
+        ):
+            del self._listeners[key]
+            await self._listen(runtime, listener.release())
 
     def _disable(self, runtime: RouteRuntime) -> None:
         """The port refuses new clients, and the open connections are closed."""
+        listener = self._listeners.get(runtime.route.key)
+        if isinstance(listener, EngineListener):
+            listener.abort()
         self._unlisten(runtime.route.key)
         for connection in list(runtime.connections):
             connection.end("route_disabled")
@@ -293,11 +326,15 @@ class ProxyManager:
         them."""
         for key in list(self._runtimes):
             self.stop(key)
+        # One deadline for both kinds of connections, which drain meanwhile all the same.
+        deadline = asyncio.get_running_loop().time() + drain_timeout
+        if self.engine is not None:
+            await self._drain_engine(self.engine, drain_timeout)
         connections = self.traffic
         if connections:
             log.info("draining %d connections for up to %gs", len(connections), drain_timeout)
             try:
-                async with asyncio.timeout(drain_timeout):
+                async with asyncio.timeout_at(deadline):
                     await connections.wait_empty()
             except TimeoutError:
                 log.warning("drain deadline passed: resetting %d connections", len(connections))
@@ -311,3 +348,15 @@ class ProxyManager:
                 except TimeoutError:
                     log.error("%d connections did not end after a reset", len(connections))
         connections.close()
+
+    @staticmethod
+    async def _drain_engine(engine: NativeEngine, drain_timeout: float) -> None:
+        """The engine's connections finish up to the deadline, then are reset."""
+        if len(engine):
+            log.info("draining %d engine connections for up to %gs", len(engine), drain_timeout)
+            try:
+                async with asyncio.timeout(drain_timeout):
+                    await engine.wait_empty()
+            except TimeoutError:
+                log.warning("drain deadline passed: resetting %d engine connections", len(engine))
+        engine.close()

@@ -113,6 +113,12 @@ class RouteRuntime:
         # Told the route's key after each health transition (the node writes it to the
         # cluster's store, later: it must only take note).
         self.on_health: Callable[[tuple[str, int]], None] | None = None
+        # Told after the candidates were recomputed (an update, a health transition): the
+        # native engine's table of the route follows (proxy/native.py).
+        self.on_candidates: Callable[[], None] | None = None
+        # Told (backend id, reason) when a backend's open connections are reset (disabled,
+        # past its drain timeout): the native engine resets its own.
+        self.on_close_backend: Callable[[int, str], None] | None = None
         # Clients accepted so far: a connection's number, of which its toxics' draws are.
         self.accepted = 0
         # The most clients admitted and open at once (HAProxy's "smax"), since it started.
@@ -297,6 +303,8 @@ class RouteRuntime:
         for connection in list(self.connections):
             if connection.backend is not None and connection.backend.id == backend_id:
                 connection.abort(reason)
+        if self.on_close_backend is not None:
+            self.on_close_backend(backend_id, reason)
 
     def _recompute(self) -> None:
         self.candidates = tuple(
@@ -307,6 +315,8 @@ class RouteRuntime:
             and m.weight > 0
             and m.refusal is None
         )
+        if self.on_candidates is not None:
+            self.on_candidates()
 
     def close(self) -> None:
         """The route stopped: no timer of it may fire any more."""

@@ -1,0 +1,853 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The native relay engine: accept, connect and relay of plain routes on one epoll loop.
+
+How it works. One thread runs ``Engine.run``, which releases the GIL and loops on epoll_wait.
+Python (the asyncio side, restcp/proxy/native.py) keeps a table per route: its listening fd,
+the backends it may connect to now, its timeouts. Everything the loop touches is a C struct;
+no Python object exists per connection. The loop and Python share the tables under one
+mutex, which the loop holds while it handles a batch of events and Python holds while it
+changes a table or drains the records; the loop never takes the GIL.
+
+A connection:
+
+    accept ─► CONNECTING (non-blocking connect; on error or past connect_timeout the next
+              │           backend of the table, up to max_attempts; none left: closed)
+              ▼
+            RELAY: each direction reads into a scratch buffer and writes to the other side
+              │    at once; what the other side's kernel buffer does not take waits in a
+              │    bounded buffer of its own, and that direction reads nothing more until it
+              │    is written (flow control through the kernel's buffers, edge-triggered).
+              │    A FIN read is forwarded as shutdown(SHUT_WR) once the buffer is empty; a
+              │    reset on one side resets the other (SO_LINGER 0).
+              ▼
+            DONE: both fds closed, one record (bytes, duration, why it ended) for Python.
+
+Timeouts (connect, idle, half-close) are checked by a sweep over the connections every
+SWEEP milliseconds while any is open. Records reach Python in batches: the loop writes to
+``notify_fd`` (an eventfd the asyncio loop watches) and Python drains every record at once.
+"""
+
+from libc.stdint cimport uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, free, realloc
+from libc.string cimport memcpy, memset
+from libc.errno cimport errno, EAGAIN, EINPROGRESS, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+    ssize_t read(int fd, void *buf, size_t n)
+    ssize_t write(int fd, const void *buf, size_t n)
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec *ts)
+    int CLOCK_MONOTONIC
+
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+    int EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL
+    uint32_t EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    int EFD_NONBLOCK, EFD_CLOEXEC
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    struct sockaddr:
+        unsigned short sa_family
+    struct sockaddr_storage:
+        unsigned short ss_family
+    struct linger:
+        int l_onoff
+        int l_linger
+    int socket(int domain, int type, int protocol)
+    int connect(int fd, const sockaddr *addr, socklen_t len)
+    int accept4(int fd, sockaddr *addr, socklen_t *len, int flags)
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    int shutdown(int fd, int how)
+    int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
+    int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+    int SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, SOL_SOCKET, SO_ERROR, SO_LINGER
+    int SHUT_WR, MSG_NOSIGNAL, AF_INET, AF_INET6
+
+cdef extern from "<netinet/in.h>" nogil:
+    int IPPROTO_TCP
+
+cdef extern from "<netinet/tcp.h>" nogil:
+    int TCP_NODELAY
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *m, void *attr)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+
+# What a direction reads at once, and the most it keeps waiting for the other side.
+cdef enum:
+    CHUNK = 65536
+cdef enum:
+    MAX_EVENTS = 256
+cdef enum:
+    SWEEP = 50  # ms between timeout sweeps while connections are open
+
+# epoll data: kind in the low 2 bits, then the index; the generation in the high 32 bits.
+cdef enum:
+    K_WAKE = 0
+cdef enum:
+    K_LISTEN = 1
+cdef enum:
+    K_CLIENT = 2
+cdef enum:
+    K_BACKEND = 3
+
+cdef enum:
+    S_FREE = 0
+cdef enum:
+    S_CONNECTING = 1
+cdef enum:
+    S_RELAY = 2
+
+# Why a connection ended: the index into ENDS.
+cdef enum:
+    E_CLOSED = 0
+cdef enum:
+    E_CLIENT_RESET = 1
+cdef enum:
+    E_BACKEND_RESET = 2
+cdef enum:
+    E_CONNECT_FAILED = 3
+cdef enum:
+    E_NO_BACKEND = 4
+cdef enum:
+    E_IDLE = 5
+cdef enum:
+    E_HALF_CLOSE = 6
+cdef enum:
+    E_ABORTED = 7
+cdef enum:
+    E_ROUTE_LIMIT = 8
+cdef enum:
+    E_NODE_LIMIT = 9
+cdef enum:
+    E_CONNECT_ERROR = 10  # one connect attempt failed (the connection goes on: failover)
+cdef enum:
+    E_CONNECTED = 11  # the connection reached its backend (it goes on: relayed)
+# 12 to 15: reset by Python (``abort``), for the reason ENDS names.
+cdef enum:
+    E_ACCEPT_PAUSED = 16  # a route's accept failed for want of descriptors (errno in bytes_up)
+cdef enum:
+    E_ACCEPT_RESUMED = 17  # ... and has accepted again
+
+ENDS = ("closed", "client_reset", "backend_reset", "connect_failed", "no_backend",
+        "idle_timeout", "half_close_timeout", "aborted", "route_limit", "node_limit",
+        "connect_error", "connected", "route_disabled", "backend_disabled", "drain_timeout",
+        "shutdown", "accept_paused", "accept_resumed")
+BALANCES = {"random": 0, "round_robin": 1}
+
+cdef struct Backend:
+    sockaddr_storage addr
+    socklen_t addr_len
+    int family
+    int64_t id
+    uint64_t weight_to  # cumulative weight (random pick)
+
+cdef struct Route:
+    int used           # the route is served (0: retired)
+    int listen_fd      # -1: not accepting
+    uint32_t gen
+    Backend *backends
+    int n_backends
+    uint64_t total_weight
+    uint32_t next_rr
+    int balance
+    double connect_timeout, idle_timeout, half_close_timeout
+    int max_attempts
+    int64_t max_connections  # -1: no cap
+    int retry          # accept failed for want of descriptors: try again at the next sweep
+    int paused         # ... and Python was told (it is told of the next accept too)
+    uint64_t accepted, active, bytes_up, bytes_down, connect_failures
+
+cdef struct Direction:
+    char *pending      # bytes read but not yet taken by the other side (NULL: none)
+    int off, length
+    int eof            # a FIN was read
+    int shut           # ... and forwarded (shutdown SHUT_WR)
+
+cdef struct Conn:
+    int state
+    uint32_t gen
+    int client, backend
+    int route
+    int pick, tries
+    int64_t backend_id
+    double started, last, deadline, half_since
+    uint64_t bytes_up, bytes_down
+    sockaddr_storage peer
+    socklen_t peer_len
+    Direction up, down
+    int next_free
+
+cdef struct Record:
+    # An ended connection; or (end E_CONNECT_ERROR) one failed connect, errno in bytes_up
+    # (0: timed out); or (E_CONNECTED) a connection that reached its backend
+    int route
+    int64_t backend_id
+    uint64_t bytes_up, bytes_down
+    double duration
+    int end
+    sockaddr_storage peer
+    socklen_t peer_len
+
+
+cdef inline double now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline uint64_t tag(int kind, int index, uint32_t gen) noexcept nogil:
+    return (<uint64_t>gen << 32) | (<uint64_t>index << 2) | <uint64_t>kind
+
+
+cdef inline void hard_close(int fd) noexcept nogil:
+    """Close with SO_LINGER 0: the peer gets a RST, not a FIN."""
+    cdef linger lg
+    lg.l_onoff = 1
+    lg.l_linger = 0
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
+    close(fd)
+
+
+cdef class Engine:
+    cdef int epfd, wake_fd, notify_fd_
+    cdef pthread_mutex_t lock
+    cdef Route *routes
+    cdef int n_routes
+    cdef Conn *conns
+    cdef int n_conns, free_head, live
+    cdef Record *records
+    cdef int n_records, cap_records
+    cdef char *scratch
+    cdef int stopping
+    cdef int retries  # routes whose accept waits for a retry
+    cdef int64_t limit  # connections open at once, every route's (-1: no cap)
+    cdef uint64_t rng
+
+    def __cinit__(self):
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        self.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        self.notify_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.epfd < 0 or self.wake_fd < 0 or self.notify_fd_ < 0:
+            raise OSError(errno, "epoll or eventfd")
+        pthread_mutex_init(&self.lock, NULL)
+        self.routes = NULL
+        self.n_routes = 0
+        self.conns = NULL
+        self.n_conns = 0
+        self.free_head = -1
+        self.live = 0
+        self.records = NULL
+        self.n_records = 0
+        self.cap_records = 0
+        self.stopping = 0
+        self.retries = 0
+        self.limit = -1
+        self.rng = 0x9E3779B97F4A7C15
+        self.scratch = <char *>malloc(CHUNK)
+        cdef epoll_event ev
+        ev.events = EPOLLIN
+        ev.data.u64 = tag(K_WAKE, 0, 0)
+        epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.wake_fd, &ev)
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(self.n_conns):
+            if self.conns[i].state != S_FREE:
+                self.finish(i, E_ABORTED)
+        for i in range(self.n_routes):
+            free(self.routes[i].backends)
+        free(self.routes)
+        free(self.conns)
+        free(self.records)
+        free(self.scratch)
+        close(self.epfd)
+        close(self.wake_fd)
+        close(self.notify_fd_)
+        pthread_mutex_destroy(&self.lock)
+
+    @property
+    def notify_fd(self) -> int:
+        """Readable when records of ended connections wait for ``drain``."""
+        return self.notify_fd_
+
+    # ---- Python's side: the route tables --------------------------------------------------
+
+    def add_route(self, int listen_fd, list backends, str balance, double connect_timeout,
+                  double idle_timeout, double half_close_timeout, int max_attempts,
+                  long max_connections) -> int:
+        """Serve a route: accept on ``listen_fd`` (non-blocking, owned by the caller) and
+        relay to ``backends`` ([(id, family, sockaddr tuple, weight)]). Its slot number."""
+        cdef int slot
+        cdef Route *r
+        cdef epoll_event ev
+        pthread_mutex_lock(&self.lock)
+        try:
+            # A slot per route served, never reused: the records of a route's last
+            # connections may still wait for Python when it is gone.
+            self.routes = <Route *>realloc(self.routes, (self.n_routes + 1) * sizeof(Route))
+            slot = self.n_routes
+            self.n_routes += 1
+            r = &self.routes[slot]
+            memset(r, 0, sizeof(Route))
+            r.used = 1
+            r.listen_fd = -1
+            self._configure(r, backends, balance, connect_timeout, idle_timeout,
+                            half_close_timeout, max_attempts, max_connections)
+            r.gen += 1
+            r.listen_fd = listen_fd
+            ev.events = EPOLLIN | EPOLLET
+            ev.data.u64 = tag(K_LISTEN, slot, r.gen)
+            if epoll_ctl(self.epfd, EPOLL_CTL_ADD, listen_fd, &ev) < 0:
+                r.used = 0
+                r.listen_fd = -1
+                raise OSError(errno, "epoll_ctl")
+        finally:
+            pthread_mutex_unlock(&self.lock)
+        self._wake()  # connections may already wait in the accept queue
+        return slot
+
+    def update_route(self, int slot, list backends, str balance, double connect_timeout,
+                     double idle_timeout, double half_close_timeout, int max_attempts,
+                     long max_connections) -> None:
+        """New backends or settings for a served route; open connections keep theirs."""
+        pthread_mutex_lock(&self.lock)
+        try:
+            self._configure(&self.routes[slot], backends, balance, connect_timeout,
+                            idle_timeout, half_close_timeout, max_attempts, max_connections)
+        finally:
+            pthread_mutex_unlock(&self.lock)
+
+    cdef _configure(self, Route *r, list backends, str balance, double connect_timeout,
+                    double idle_timeout, double half_close_timeout, int max_attempts,
+                    long max_connections):
+        cdef int n = len(backends), i
+        cdef Backend *table = <Backend *>malloc((n if n else 1) * sizeof(Backend))
+        cdef uint64_t total = 0
+        cdef bytes packed
+        for i in range(n):
+            backend_id, family, packed, weight = backends[i]
+            memset(&table[i], 0, sizeof(Backend))
+            memcpy(&table[i].addr, <char *>packed, len(packed))
+            table[i].addr_len = len(packed)
+            table[i].family = family
+            table[i].id = backend_id
+            total += weight
+            table[i].weight_to = total
+        free(r.backends)
+        r.backends = table
+        r.n_backends = n
+        r.total_weight = total
+        r.balance = BALANCES[balance]
+        r.connect_timeout = connect_timeout
+        r.idle_timeout = idle_timeout
+        r.half_close_timeout = half_close_timeout
+        r.max_attempts = max_attempts
+        r.max_connections = max_connections
+
+    def set_limit(self, long limit) -> None:
+        """The cap on connections open at once, every route's (-1: none)."""
+        pthread_mutex_lock(&self.lock)
+        self.limit = limit
+        pthread_mutex_unlock(&self.lock)
+
+    def unlisten(self, int slot) -> None:
+        """Accept no more on the route's socket (the caller closes it or hands it on); its
+        open connections go on."""
+        cdef Route *r
+        pthread_mutex_lock(&self.lock)
+        r = &self.routes[slot]
+        if r.listen_fd >= 0:
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, r.listen_fd, NULL)
+            r.listen_fd = -1
+            r.gen += 1
+        pthread_mutex_unlock(&self.lock)
+
+    def retire(self, int slot) -> None:
+        """The route is gone (its open connections go on, and are still recorded)."""
+        self.unlisten(slot)
+        pthread_mutex_lock(&self.lock)
+        self.routes[slot].used = 0
+        pthread_mutex_unlock(&self.lock)
+
+    def abort(self, int slot=-1, long backend_id=-1, str reason="aborted") -> None:
+        """Reset now every open connection of route ``slot`` (-1: of every route), or of
+        its backend ``backend_id`` only; ``reason``, one of ENDS, is their end."""
+        cdef int i
+        cdef int end = ENDS.index(reason)
+        cdef Conn *c
+        pthread_mutex_lock(&self.lock)
+        for i in range(self.n_conns):
+            c = &self.conns[i]
+            if c.state != S_FREE and (slot < 0 or c.route == slot) \
+                    and (backend_id < 0 or c.backend_id == backend_id):
+                self.finish(i, end)
+        pthread_mutex_unlock(&self.lock)
+        self._notify()
+
+    def counters(self, int slot) -> tuple:
+        """(accepted, active, bytes_up, bytes_down, connect_failures) of route ``slot``."""
+        cdef Route *r
+        pthread_mutex_lock(&self.lock)
+        r = &self.routes[slot]
+        result = (r.accepted, r.active, r.bytes_up, r.bytes_down, r.connect_failures)
+        pthread_mutex_unlock(&self.lock)
+        return result
+
+    @property
+    def active(self) -> int:
+        """Open connections, every route's."""
+        return self.live
+
+    def drain(self) -> list:
+        """The records of connections ended since the last drain: [(slot, backend_id or
+        None, peer sockaddr bytes, bytes_up, bytes_down, duration, end)]."""
+        cdef uint64_t value
+        cdef int i
+        cdef Record *rec
+        read(self.notify_fd_, &value, 8)
+        pthread_mutex_lock(&self.lock)
+        try:
+            out = []
+            for i in range(self.n_records):
+                rec = &self.records[i]
+                out.append((
+                    rec.route,
+                    None if rec.backend_id < 0 else rec.backend_id,
+                    (<char *>&rec.peer)[:rec.peer_len],
+                    rec.bytes_up,
+                    rec.bytes_down,
+                    rec.duration,
+                    ENDS[rec.end],
+                ))
+            self.n_records = 0
+        finally:
+            pthread_mutex_unlock(&self.lock)
+        return out
+
+    def stop(self) -> None:
+        """Make ``run`` return (the caller joins its thread, then calls ``abort``)."""
+        self.stopping = 1
+        self._wake()
+
+    def _wake(self) -> None:
+        cdef uint64_t one = 1
+        write(self.wake_fd, &one, 8)
+
+    cdef void _notify(self) noexcept nogil:
+        cdef uint64_t one = 1
+        write(self.notify_fd_, &one, 8)
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The loop: returns after ``stop``. Run it in a thread of its own."""
+        with nogil:
+            self.loop()
+
+    cdef void loop(self) noexcept nogil:
+        cdef epoll_event events[MAX_EVENTS]
+        cdef int n, i, kind, index, ended
+        cdef uint32_t gen
+        cdef uint64_t data, drained
+        cdef double last_sweep = now(), t
+        while not self.stopping:
+            n = epoll_wait(
+                self.epfd, events, MAX_EVENTS, SWEEP if self.live or self.retries else -1
+            )
+            if n < 0 and errno != EINTR:
+                break
+            pthread_mutex_lock(&self.lock)
+            ended = self.n_records
+            for i in range(n if n > 0 else 0):
+                data = events[i].data.u64
+                kind = <int>(data & 3)
+                index = <int>((data >> 2) & 0x3FFFFFFF)
+                gen = <uint32_t>(data >> 32)
+                if kind == K_WAKE:
+                    read(self.wake_fd, &drained, 8)
+                elif kind == K_LISTEN:
+                    if index < self.n_routes and self.routes[index].gen == gen \
+                            and self.routes[index].listen_fd >= 0:
+                        self.accept_all(index)
+                elif index < self.n_conns and self.conns[index].gen == gen \
+                        and self.conns[index].state != S_FREE:
+                    self.on_event(index, kind == K_CLIENT, events[i].events)
+            t = now()
+            if (self.live or self.retries) and t - last_sweep >= SWEEP / 1000.0:
+                last_sweep = t
+                self.sweep(t)
+                if self.retries:
+                    self.retry_accepts()
+            if self.n_records != ended:
+                self._notify()
+            pthread_mutex_unlock(&self.lock)
+
+    cdef void accept_all(self, int slot) noexcept nogil:
+        cdef Route *r = &self.routes[slot]
+        cdef sockaddr_storage peer
+        cdef socklen_t peer_len
+        cdef int fd, index, one = 1
+        cdef Conn *c
+        cdef epoll_event ev
+        while True:
+            peer_len = sizeof(peer)
+            fd = accept4(r.listen_fd, <sockaddr *>&peer, &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if fd < 0:
+                if errno == EINTR:
+                    continue
+                if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
+                    # Out of descriptors: the clients wait in the backlog, and no new edge
+                    # may come; the sweep tries again (every SWEEP ms, as asyncio's 100).
+                    if not r.retry:
+                        r.retry = 1
+                        self.retries += 1
+                    if not r.paused:
+                        r.paused = 1
+                        self.route_record(slot, E_ACCEPT_PAUSED, errno)
+                return  # EAGAIN: until the next edge
+            if r.paused:
+                r.paused = 0
+                self.route_record(slot, E_ACCEPT_RESUMED, 0)
+            index = self.new_conn()
+            if index < 0:
+                hard_close(fd)
+                continue
+            c = &self.conns[index]
+            c.client = fd
+            c.route = slot
+            memcpy(&c.peer, &peer, peer_len)
+            c.peer_len = peer_len
+            c.started = now()
+            c.last = c.started
+            r.accepted += 1
+            r.active += 1
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+            ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+            ev.data.u64 = tag(K_CLIENT, index, c.gen)
+            epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
+            # The caps count the other connections (this one is counted already).
+            if r.max_connections >= 0 and <int64_t>r.active > r.max_connections:
+                self.finish(index, E_ROUTE_LIMIT)
+                continue
+            if self.limit >= 0 and self.live > self.limit:
+                self.finish(index, E_NODE_LIMIT)
+                continue
+            if r.n_backends == 0:
+                self.finish(index, E_NO_BACKEND)
+                continue
+            c.pick = self.pick(r)
+            c.tries = 0
+            self.connect_next(index)
+
+    cdef int pick(self, Route *r) noexcept nogil:
+        cdef uint64_t x, w
+        cdef int lo, hi, mid
+        if r.balance == 1:
+            lo = r.next_rr % r.n_backends
+            r.next_rr += 1
+            return lo
+        # xorshift64*, a weighted draw over the cumulative weights
+        x = self.rng
+        x ^= x >> 12
+        x ^= x << 25
+        x ^= x >> 27
+        self.rng = x
+        w = (x * <uint64_t>0x2545F4914F6CDD1DULL) % r.total_weight
+        lo, hi = 0, r.n_backends - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if r.backends[mid].weight_to > w:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    cdef int new_conn(self) noexcept nogil:
+        cdef int index, size, i
+        cdef Conn *grown
+        if self.free_head < 0:
+            size = self.n_conns * 2 if self.n_conns else 64
+            grown = <Conn *>realloc(self.conns, size * sizeof(Conn))
+            if grown == NULL:
+                return -1
+            self.conns = grown
+            for i in range(self.n_conns, size):
+                memset(&self.conns[i], 0, sizeof(Conn))
+                self.conns[i].next_free = i + 1 if i + 1 < size else -1
+            self.free_head = self.n_conns
+            self.n_conns = size
+        index = self.free_head
+        self.free_head = self.conns[index].next_free
+        cdef uint32_t gen = self.conns[index].gen + 1
+        memset(&self.conns[index], 0, sizeof(Conn))
+        self.conns[index].gen = gen
+        self.conns[index].state = S_CONNECTING
+        self.conns[index].backend = -1
+        self.conns[index].backend_id = -1
+        self.live += 1
+        return index
+
+    cdef void connect_next(self, int index) noexcept nogil:
+        """Connect to the next backend of the route's table (the pick, then the ones after
+        it), up to max_attempts; none left: the client is closed."""
+        cdef Conn *c = &self.conns[index]
+        cdef Route *r = &self.routes[c.route]
+        cdef Backend *b
+        cdef int fd, rc, one = 1
+        cdef epoll_event ev
+        while c.tries < r.max_attempts and c.tries < r.n_backends:
+            b = &r.backends[(c.pick + c.tries) % r.n_backends]
+            c.tries += 1
+            c.backend_id = b.id
+            fd = socket(b.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+            if fd < 0:
+                self.record(c, E_CONNECT_ERROR, errno)
+                r.connect_failures += 1
+                continue
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+            rc = connect(fd, <sockaddr *>&b.addr, b.addr_len)
+            if rc < 0 and errno != EINPROGRESS:
+                self.record(c, E_CONNECT_ERROR, errno)
+                close(fd)
+                r.connect_failures += 1
+                continue
+            c.backend = fd
+            c.deadline = now() + r.connect_timeout
+            ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+            ev.data.u64 = tag(K_BACKEND, index, c.gen)
+            epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
+            return
+        self.finish(index, E_NO_BACKEND)  # as the asyncio pipes: a graceful close
+
+    cdef void connect_failed(self, int index, int err) noexcept nogil:
+        cdef Conn *c = &self.conns[index]
+        self.record(c, E_CONNECT_ERROR, err)
+        close(c.backend)  # closing drops it from the epoll set
+        c.backend = -1
+        self.routes[c.route].connect_failures += 1
+        self.connect_next(index)
+
+    cdef void on_event(self, int index, bint client, uint32_t events) noexcept nogil:
+        cdef Conn *c = &self.conns[index]
+        cdef int err = 0
+        cdef socklen_t err_len = sizeof(err)
+        cdef int end
+        if c.state == S_CONNECTING:
+            if client:
+                return  # the client's bytes wait in its socket until the backend is up
+            if events & (EPOLLERR | EPOLLHUP):
+                getsockopt(c.backend, SOL_SOCKET, SO_ERROR, &err, &err_len)
+                self.connect_failed(index, err)
+                return
+            if not events & EPOLLOUT:
+                return
+            # Writable without an error: connected (no SO_ERROR to read).
+            c.state = S_RELAY
+            c.last = now()
+            self.record(c, E_CONNECTED, 0)
+            # The client's bytes may have waited (their edge came while connecting); the
+            # backend's banner, only if it came with this edge (a later one has its own).
+            end = self.move(c, &c.up, c.client, c.backend, 1)
+            if end < 0 and events & (EPOLLIN | EPOLLRDHUP):
+                end = self.move(c, &c.down, c.backend, c.client, 0)
+        else:
+            # Any readiness is activity for the idle timeout: bytes to read, or a peer that
+            # took some of what waited for it (a slow reader draining is not idle).
+            c.last = now()
+            end = -1
+            if events & EPOLLERR and self.failed(c.client if client else c.backend):
+                # A reset after that side's FIN: no read of it would see it any more.
+                end = E_CLIENT_RESET if client else E_BACKEND_RESET
+            elif client:
+                # readable: the client's bytes go up; writable: the backend's bytes that
+                # waited for room (without them nothing waits for the client's buffer)
+                if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
+                    end = self.move(c, &c.up, c.client, c.backend, 1)
+                if end < 0 and c.down.pending != NULL \
+                        and events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+                    end = self.move(c, &c.down, c.backend, c.client, 0)
+            else:
+                if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
+                    end = self.move(c, &c.down, c.backend, c.client, 0)
+                if end < 0 and c.up.pending != NULL \
+                        and events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
+                    end = self.move(c, &c.up, c.client, c.backend, 1)
+        if end >= 0:
+            self.finish(index, end)
+        elif c.up.shut and c.down.shut:
+            self.finish(index, E_CLOSED)
+        elif (c.up.shut or c.down.shut) and c.half_since == 0:
+            c.half_since = now()
+
+    cdef bint failed(self, int fd) noexcept nogil:
+        cdef int err = 0
+        cdef socklen_t err_len = sizeof(err)
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &err_len)
+        return err != 0
+
+    cdef int move(self, Conn *c, Direction *d, int src, int dst, bint up) noexcept nogil:
+        """Relay ``src`` to ``dst`` until one would block: -1, or why the connection ends
+        (a reset: of the reading side, or of the writing one)."""
+        cdef ssize_t n, m
+        cdef int src_reset = E_CLIENT_RESET if up else E_BACKEND_RESET
+        cdef int dst_reset = E_BACKEND_RESET if up else E_CLIENT_RESET
+        while True:
+            if d.pending != NULL:
+                m = send(dst, d.pending + d.off, d.length - d.off, MSG_NOSIGNAL)
+                if m < 0:
+                    if errno == EAGAIN or errno == EINTR:
+                        return -1
+                    return dst_reset
+                d.off += <int>m
+                if d.off < d.length:
+                    continue
+                free(d.pending)
+                d.pending = NULL
+            if d.eof:
+                if not d.shut:
+                    shutdown(dst, SHUT_WR)
+                    d.shut = 1
+                return -1
+            n = recv(src, self.scratch, CHUNK, 0)
+            if n < 0:
+                if errno == EAGAIN or errno == EINTR:
+                    return -1
+                return src_reset
+            if n == 0:
+                d.eof = 1
+                continue
+            if up:
+                c.bytes_up += n
+            else:
+                c.bytes_down += n
+            m = send(dst, self.scratch, n, MSG_NOSIGNAL)
+            if m < 0:
+                if errno != EAGAIN and errno != EINTR:
+                    return dst_reset
+                m = 0
+            if m < n:
+                d.pending = <char *>malloc(n - m)
+                memcpy(d.pending, self.scratch + m, n - m)
+                d.off = 0
+                d.length = <int>(n - m)
+
+    cdef void record(self, Conn *c, int end, int err) noexcept nogil:
+        cdef Record *rec
+        cdef Record *grown
+        if self.n_records == self.cap_records:
+            grown = <Record *>realloc(
+                self.records, (self.cap_records * 2 if self.cap_records else 256) * sizeof(Record)
+            )
+            if grown == NULL:
+                return  # out of memory: this record is lost, not the connection
+            self.records = grown
+            self.cap_records = self.cap_records * 2 if self.cap_records else 256
+        rec = &self.records[self.n_records]
+        self.n_records += 1
+        rec.route = c.route
+        rec.backend_id = c.backend_id
+        rec.bytes_up = c.bytes_up if end != E_CONNECT_ERROR else <uint64_t>err
+        rec.bytes_down = c.bytes_down
+        rec.duration = now() - c.started
+        rec.end = end
+        memcpy(&rec.peer, &c.peer, c.peer_len)
+        rec.peer_len = c.peer_len
+
+    cdef void retry_accepts(self) noexcept nogil:
+        cdef int i
+        for i in range(self.n_routes):
+            if self.routes[i].retry:
+                self.routes[i].retry = 0
+                self.retries -= 1
+                if self.routes[i].listen_fd >= 0:
+                    self.accept_all(i)
+
+    cdef void route_record(self, int slot, int end, int err) noexcept nogil:
+        """A record of the route itself (no connection): its accepts paused or resumed."""
+        cdef Conn blank
+        memset(&blank, 0, sizeof(Conn))
+        blank.route = slot
+        blank.backend_id = -1
+        blank.started = now()
+        blank.bytes_up = <uint64_t>err
+        self.record(&blank, end, err)
+
+    cdef void sweep(self, double t) noexcept nogil:
+        cdef int i
+        cdef Conn *c
+        cdef Route *r
+        for i in range(self.n_conns):
+            c = &self.conns[i]
+            if c.state == S_FREE:
+                continue
+            r = &self.routes[c.route]
+            if c.state == S_CONNECTING:
+                if c.backend >= 0 and t >= c.deadline:
+                    self.connect_failed(i, 0)
+            elif c.half_since and r.half_close_timeout > 0 \
+                    and t - c.half_since >= r.half_close_timeout:
+                self.finish(i, E_HALF_CLOSE)
+            elif r.idle_timeout > 0 and t - c.last >= r.idle_timeout:
+                self.finish(i, E_IDLE)  # 0: no idle timeout
+
+    cdef void finish(self, int index, int end) noexcept nogil:
+        """Close both sides (reset them unless the connection ended cleanly), and record it."""
+        cdef Conn *c = &self.conns[index]
+        cdef Route *r = &self.routes[c.route]
+        # A reset is passed on as one, and so is a failed connect (as the asyncio pipes do);
+        # a timeout closes gracefully unless bytes are stuck for a peer that stopped reading.
+        cdef int reset = not (
+            end == E_CLOSED or end == E_NO_BACKEND
+            or ((end == E_IDLE or end == E_HALF_CLOSE)
+                and c.up.pending == NULL and c.down.pending == NULL)
+        )
+        if c.client >= 0:
+            if reset:
+                hard_close(c.client)
+            else:
+                close(c.client)
+        if c.backend >= 0:
+            if reset:
+                hard_close(c.backend)
+            else:
+                close(c.backend)
+        free(c.up.pending)
+        free(c.down.pending)
+        r.active -= 1
+        r.bytes_up += c.bytes_up
+        r.bytes_down += c.bytes_down
+        if c.state != S_RELAY:
+            c.backend_id = -1
+        self.record(c, end, 0)
+        c.state = S_FREE
+        c.gen += 1
+        c.client = -1
+        c.backend = -1
+        c.up.pending = NULL
+        c.down.pending = NULL
+        c.next_free = self.free_head
+        self.free_head = index
+        self.live -= 1

@@ -1,0 +1,319 @@
+"""Routes served by the native relay engine (restcp.engine): the engine's thread, the
+tables it reads, and its records read back on the loop.
+
+    asyncio loop                              engine thread (no GIL)
+    ────────────                              ──────────────────────
+    EngineListener ── add/update table ──►    accept, connect + failover,
+      (a route's candidates, timeouts)        relay, half-close, resets, timeouts
+    NativeEngine._drain ◄── notify_fd ─────   one record per ended connection
+      access lines, the route's counters
+
+A route goes to the engine when it has nothing the engine does not do (``supported``);
+otherwise it stays on the asyncio pipes. The ProxyManager moves a route's listening socket
+between a Listener and an EngineListener when an update changes that: the socket is never
+closed, and the connections already open stay where they are until they end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+import threading
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from restcp.engine import peer, sockaddr
+from restcp.model import Route
+from restcp.proxy.runtime import RouteRuntime
+
+if TYPE_CHECKING:
+    from restcp.engine._relay import BackendRow, Engine
+
+log = logging.getLogger("restcp.proxy")
+access_log = logging.getLogger("restcp.access")
+
+# The ends of a client refused before any backend was tried (the route counts them).
+REFUSALS = ("no_backend", "route_limit", "node_limit")
+# How often the engine tries a paused accept again (its sweep, _relay.pyx's SWEEP).
+ACCEPT_RETRY = 0.05
+# The balancers the engine runs itself (a weighted random draw, a round robin).
+BALANCES = ("random", "round_robin")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def unsupported(route: Route, runtime: RouteRuntime) -> str | None:
+    """Why ``route`` must stay on the asyncio pipes, or None: the engine can serve it."""
+    settings = route.settings
+    traffic = runtime.traffic
+    reasons = (
+        (route.toxics, "toxics"),
+        (settings.tls is not None, "TLS termination"),
+        (settings.sni is not None, "server names"),
+        (settings.proxy_protocol is not None, "PROXY protocol"),
+        (settings.splice is True, "splice"),
+        (traffic.app_limit is not None, "per-app connection caps"),
+        (settings.balance not in BALANCES, f"balance {settings.balance}"),
+        (
+            settings.balance == "round_robin" and len({b.weight for b in route.backends}) > 1,
+            "weighted round robin",
+        ),
+        (
+            any(b.proxy_protocol not in (None, "none") for b in route.backends),
+            "PROXY protocol",
+        ),
+        (any(b.max_connections is not None for b in route.backends), "max_connections"),
+        (not all(_is_ip(b.ip) for b in route.backends), "host names"),
+    )
+    return next((why for cond, why in reasons if cond), None)
+
+
+def table(runtime: RouteRuntime) -> list[BackendRow]:
+    """The backends a new client may be sent to, as the engine reads them: the route's
+    candidates (or, ``try_all`` with none, every enabled one), in a stable order."""
+    candidates = runtime.candidates
+    if not candidates and runtime.route.settings.when_all_down == "try_all":
+        candidates = tuple(
+            m
+            for m in runtime.members.values()
+            if m.backend.state == "enabled" and m.weight > 0 and m.refusal is None
+        )
+    rows: list[BackendRow] = []
+    for member in sorted(candidates, key=lambda m: m.id):
+        family, packed = sockaddr(*member.address)
+        rows.append((member.id, family, packed, member.weight))
+    return rows
+
+
+class NativeEngine:
+    """One engine per ProxyManager: its thread, and its records read on the loop."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self.engine: Engine = module.Engine()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots: dict[int, RouteRuntime] = {}  # every route it served, by slot
+        self._empty: asyncio.Event | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        # The node's cap (--max-connections) counts each data plane's connections apart.
+        self._loop.add_reader(self.engine.notify_fd, self._drain)
+        self._thread = threading.Thread(target=self.engine.run, name="restcp-engine", daemon=True)
+        self._thread.start()
+
+    def add(self, runtime: RouteRuntime, sock: socket.socket) -> int:
+        self.start()
+        limit = runtime.traffic.limit
+        self.engine.set_limit(-1 if limit is None else limit)
+        settings = runtime.route.settings
+        slot = self.engine.add_route(
+            sock.fileno(),
+            table(runtime),
+            settings.balance,
+            settings.connect_timeout,
+            settings.idle_timeout,
+            settings.half_close_timeout,
+            settings.max_connect_attempts,
+            -1 if settings.max_connections is None else settings.max_connections,
+        )
+        self._slots[slot] = runtime
+        return slot
+
+    def update(self, slot: int, runtime: RouteRuntime) -> None:
+        settings = runtime.route.settings
+        self.engine.update_route(
+            slot,
+            table(runtime),
+            settings.balance,
+            settings.connect_timeout,
+            settings.idle_timeout,
+            settings.half_close_timeout,
+            settings.max_connect_attempts,
+            -1 if settings.max_connections is None else settings.max_connections,
+        )
+
+    def __len__(self) -> int:
+        return self.engine.active
+
+    def _drain(self) -> None:
+        """The ended connections' records: their access lines and their routes' counters."""
+        logging_on = access_log.isEnabledFor(logging.INFO)
+        for slot, backend_id, raw_peer, up, down, duration, end in self.engine.drain():
+            runtime = self._slots[slot]
+            member = None if backend_id is None else runtime.members.get(backend_id)
+            if end == "connected":
+                if member is not None:
+                    member.active += 1
+                continue
+            if end == "connect_error":
+                assert backend_id is not None
+                self._connect_failed(runtime, backend_id, up)
+                continue
+            if end == "accept_paused":
+                # As the asyncio Listener logs it (once per pause, not per retry).
+                log.error(
+                    "accept paused app=%s route=%s: %s; retrying every %gs",
+                    runtime.app, runtime.route_id, os.strerror(up), ACCEPT_RETRY,
+                )  # fmt: skip
+                continue
+            if end == "accept_resumed":
+                log.warning("accept resumed app=%s route=%s", runtime.app, runtime.route_id)
+                continue
+            runtime.accepted += 1
+            if member is not None:
+                member.active = max(0, member.active - 1)
+                member.connections += 1
+                member.bytes_up += up
+                member.bytes_down += down
+            elif end in REFUSALS:
+                runtime.refused[end] += 1
+            if logging_on:
+                self._log(runtime, backend_id, raw_peer, up, down, duration, end)
+        if not self.engine.active and self._empty is not None:
+            self._empty.set()
+            self._empty = None
+
+    @staticmethod
+    def _connect_failed(runtime: RouteRuntime, backend_id: int, err: int) -> None:
+        """One connect attempt failed (the engine went on to the next backend): logged, and
+        counted towards the backend's passive health as on the asyncio pipes."""
+        error = OSError(err, os.strerror(err)) if err else TimeoutError()
+        member = runtime.members.get(backend_id)
+        backend = runtime.route.backend(backend_id)
+        log.warning(
+            "connect failed app=%s route=%s backend=%s addr=%s:%s error=%s",
+            runtime.app, runtime.route_id, backend_id,
+            backend.ip if backend else "-", backend.port if backend else "-",
+            str(error) or "timeout",
+        )  # fmt: skip
+        if member is not None:
+            member.connecting += 1  # connect_failed counts one connect in flight out
+            runtime.connect_failed(member, error)
+
+    @staticmethod
+    def _log(
+        runtime: RouteRuntime,
+        backend_id: int | None,
+        raw_peer: bytes,
+        up: int,
+        down: int,
+        duration: float,
+        end: str,
+    ) -> None:
+        ip, port = peer(raw_peer)
+        backend = None if backend_id is None else runtime.route.backend(backend_id)
+        fields = {
+            "event": "connection",
+            "app": runtime.app,
+            "route": runtime.route_id,
+            "client": f"{ip}:{port}",
+            "backend": backend_id,
+            "backend_addr": f"{backend.ip}:{backend.port}" if backend else None,
+            "bytes_up": up,
+            "bytes_down": down,
+            "duration": round(duration, 6),
+            "end": end,
+            "spliced": False,
+            "toxics": [],
+            "engine": "native",
+        }
+        access_log.info(
+            "app=%s route=%s client=%s backend=%s bytes_up=%d bytes_down=%d duration=%.3f end=%s",
+            runtime.app,
+            runtime.route_id,
+            f"{ip}:{port}",
+            f"{backend.id}/{backend.ip}:{backend.port}" if backend else "-",
+            up,
+            down,
+            duration,
+            end,
+            extra={"fields": fields},
+        )
+
+    async def wait_empty(self) -> None:
+        while self.engine.active:
+            if self._empty is None:
+                self._empty = asyncio.Event()
+            await self._empty.wait()
+
+    def abort(self, slot: int = -1, backend_id: int = -1, reason: str = "aborted") -> None:
+        """Reset the open connections of route ``slot`` (-1: all), or of one of its
+        backends; ``reason`` is their access lines' end."""
+        self.engine.abort(slot, backend_id, reason)
+        self._drain()
+
+    def close(self) -> None:
+        """Stop the thread and reset whatever is still open."""
+        if self._thread is None:
+            return
+        self.engine.stop()
+        self._thread.join()
+        self._thread = None
+        self.engine.abort(reason="shutdown")
+        self._drain()
+        assert self._loop is not None
+        self._loop.remove_reader(self.engine.notify_fd)
+
+
+class EngineListener:
+    """A route's listening socket, accepted on by the engine (the Listener's interface)."""
+
+    def __init__(self, engine: NativeEngine, runtime: RouteRuntime, sock: socket.socket) -> None:
+        self._engine = engine
+        self.runtime = runtime
+        self._sock = sock
+        self._slot: int | None = None
+
+    @property
+    def route(self) -> Route:
+        return self.runtime.route
+
+    async def start(self) -> None:
+        self._sock.setblocking(False)
+        self._slot = self._engine.add(self.runtime, self._sock)
+        self.runtime.on_candidates = self.refresh
+        self.runtime.on_close_backend = self.close_backend
+
+    def refresh(self) -> None:
+        """The route's candidates or settings changed: the engine's table follows."""
+        if self._slot is not None:
+            self._engine.update(self._slot, self.runtime)
+
+    def close_backend(self, backend_id: int, reason: str) -> None:
+        """Reset the open connections to a backend (disabled, or past its drain timeout)."""
+        if self._slot is not None:
+            self._engine.abort(self._slot, backend_id, reason)
+
+    def abort(self) -> None:
+        """Reset the route's open connections (the route was disabled)."""
+        if self._slot is not None:
+            self._engine.abort(self._slot, reason="route_disabled")
+
+    def release(self) -> socket.socket:
+        """Stop accepting and hand the socket over (the route moves to a Listener)."""
+        self._detach()
+        return self._sock
+
+    def stop(self) -> None:
+        self._detach()
+        self._sock.close()
+
+    def _detach(self) -> None:
+        if self._slot is not None:
+            self._engine.engine.retire(self._slot)
+            self._slot = None
+        if self.runtime.on_candidates == self.refresh:
+            self.runtime.on_candidates = None
+            self.runtime.on_close_backend = None

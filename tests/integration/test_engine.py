@@ -1,0 +1,213 @@
+"""What the native engine shares with the control plane: a backend disabled, a route
+disabled or moved to the asyncio data plane and back, the shutdown's deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from restcp.core.reconcile import Update
+from restcp.model import HealthCheck
+from restcp.proxy.listener import Listener
+from restcp.proxy.native import EngineListener
+from tests.integration.harness import (
+    WAIT,
+    Proxy,
+    Server,
+    access_lines,
+    proxy,
+    read_outcome,
+    refusing_backend,
+    run,
+    toxic,
+    until,
+)
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+
+
+async def opened(px: Proxy) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client whose first bytes came back: relayed, by whichever data plane."""
+    reader, writer = await px.connect()
+    writer.write(b"hello")
+    assert await asyncio.wait_for(reader.readexactly(5), WAIT) == b"hello"
+    return reader, writer
+
+
+async def still_relays(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"still")
+    assert await asyncio.wait_for(reader.readexactly(5), WAIT) == b"still"
+
+
+def listener_of(px: Proxy) -> object:
+    return px.manager._listeners[px.route.key]
+
+
+def test_disabling_a_backend_resets_its_connections_only(
+    loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        async with (
+            Server(echo) as one,
+            Server(echo) as two,
+            proxy(one.backend(1), two.backend(2), balance="round_robin", engine="native") as px,
+        ):
+            first = await opened(px)
+            second = await opened(px)
+            assert (one.accepted, two.accepted) == (1, 1)
+            route = px.route
+            disabled = dataclasses.replace(
+                route, backends=(route.backends[0].replace(state="disabled"), route.backends[1])
+            )
+            await px.manager.apply([Update(disabled)])
+            px.route = disabled
+            assert await read_outcome(first[0]) == "reset"
+            await still_relays(*second)
+            # New clients go to the enabled one alone.
+            third = await opened(px)
+            assert (one.accepted, two.accepted) == (1, 2)
+            for _reader, writer in (first, second, third):
+                writer.close()
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    assert sorted(line.rsplit("end=", 1)[1] for line in access_lines(caplog)) == [
+        "backend_disabled",
+        "closed",
+        "closed",
+    ]
+
+
+def test_a_route_moves_to_asyncio_and_back_live(loop: str) -> None:
+    """A toxic takes the route off the engine (the engine does not do toxics) and its
+    removal brings it back: the socket is handed over, never closed, and each connection
+    stays on the data plane that accepted it."""
+
+    async def main() -> None:
+        async with Server(echo) as server, proxy(server.backend(), engine="native") as px:
+            on_engine = await opened(px)
+            await px.change(toxics=(toxic("latency", latency=1),))
+            assert isinstance(listener_of(px), Listener)
+            on_asyncio = await opened(px)
+            assert len(px.manager.traffic) == 1
+            await px.change(toxics=())
+            assert isinstance(listener_of(px), EngineListener)
+            back = await opened(px)
+            for conn in (on_engine, on_asyncio, back):
+                await still_relays(*conn)
+            assert px.manager.engine is not None
+            assert len(px.manager.engine) == 2
+            for _reader, writer in (on_engine, on_asyncio, back):
+                writer.close()
+            assert server.accepted == 3
+
+    run(loop, main())
+
+
+def test_disabling_the_route_resets_its_connections(
+    loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        async with Server(echo) as server, proxy(server.backend(), engine="native") as px:
+            reader, writer = await opened(px)
+            await px.change(enabled=False)
+            assert await read_outcome(reader) == "reset"
+            writer.close()
+            assert px.manager.engine is not None
+            await until(lambda: len(px.manager.engine or ()) == 0)
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    (line,) = access_lines(caplog)
+    assert line.endswith("end=route_disabled")
+
+
+def test_shutdown_resets_what_is_open_past_the_deadline(
+    loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        async with Server(echo) as server, proxy(server.backend(), engine="native") as px:
+            reader, writer = await opened(px)
+            await asyncio.wait_for(px.manager.shutdown(drain_timeout=0.2), WAIT)
+            assert await read_outcome(reader) == "reset"
+            writer.close()
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    (line,) = access_lines(caplog)
+    assert line.endswith("end=shutdown")
+
+
+async def served_by(px: Proxy) -> bytes:
+    """Which backend served a fresh client (each backend answers with its name)."""
+    reader, writer = await px.connect()
+    try:
+        return await asyncio.wait_for(reader.readexactly(1), WAIT)
+    finally:
+        writer.close()
+
+
+def named(name: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(name)
+        await reader.read()
+
+    return backend
+
+
+def test_health_verdicts_reach_the_engine(loop: str) -> None:
+    """A backend the checks mark down gets no new client; marked up again, it gets its share.
+    (The verdicts are reported as the checker reports them, to the route's runtime.)"""
+    check = HealthCheck(interval=3600, rise=1, fall=1)
+
+    async def main() -> None:
+        async with (
+            Server(named(b"1")) as one,
+            Server(named(b"2")) as two,
+            proxy(
+                one.backend(1), two.backend(2), balance="round_robin",
+                health_check=check, engine="native",
+            ) as px,
+        ):  # fmt: skip
+            runtime = px.manager.runtime(px.route.key)
+            assert runtime is not None
+            runtime.check_result(1, False, "refused", 0.0)
+            assert {await served_by(px) for _ in range(4)} == {b"2"}
+            runtime.check_result(1, True, "", 0.0)
+            assert {await served_by(px) for _ in range(4)} == {b"1", b"2"}
+
+    run(loop, main())
+
+
+def test_passive_failures_mark_a_backend_down(loop: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Connects refused passive_fall times mark the backend down (no checks configured):
+    later clients go to the live one without trying it."""
+    dead, holder = refusing_backend(1)
+
+    async def main() -> None:
+        async with (
+            Server(named(b"2")) as live,
+            proxy(
+                dead, live.backend(2), balance="round_robin", passive_fall=2, engine="native"
+            ) as px,
+        ):
+            for _ in range(8):
+                assert await served_by(px) == b"2"
+            runtime = px.manager.runtime(px.route.key)
+            assert runtime is not None
+            await until(lambda: runtime.members[1].health.state == "down")
+
+    caplog.set_level(logging.INFO, "restcp")
+    with holder:
+        run(loop, main())
+    failures = sum("connect failed" in r.getMessage() for r in caplog.records)
+    assert failures == 2, failures
