@@ -255,10 +255,10 @@ def test_a_thousand_routes(page: Page, node: Node) -> None:
     for _ in range(1000):
         api(node, "PUT", "/apps/many/routes", status=201)
     print(f"\n1,000 routes created through the API in {time.monotonic() - made:.1f} s")
-    page.goto(node.api + "/")
-    page.evaluate(
-        f"sessionStorage.setItem('restcp.auth', JSON.stringify({{token: '{ADMIN}', app: null}}))"
-    )
+    # Signed in through the form (a token written into sessionStorage by hand races the
+    # signed-out page's own 401, which clears it), then a fresh load of the routes view.
+    sign_in(page, node)
+    expect(page.get_by_role("heading", name="This node")).to_be_visible(timeout=15000)
     page.goto(node.api + "/#/routes")
     page.reload()
     rows = page.locator("#routes-table tbody tr")
