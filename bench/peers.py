@@ -296,7 +296,7 @@ def _restcp(
             {"ip": "127.0.0.1", "port": backend.port},
         )
         if engine == "native":
-            _served_natively(proc.log_path)
+            served_natively(proc.log_path)
         config = (
             f"cd {REPO} && {' '.join(restcp_argv('memory://') + extra)}\n"
             f"curl -XPUT -d '{json.dumps(body)}' {base}apps/bench/routes\n"
@@ -321,7 +321,7 @@ PROXIES: dict[str, Callable[[Backend, Path, Path], RunningProxy]] = {
 }
 
 
-def _served_natively(log_path: Path) -> None:
+def served_natively(log_path: Path) -> None:
     """The route is on the native engine (its listening line says so), or BenchError."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -273,12 +273,14 @@ def control_table(control: ControlResult) -> list[list[str]]:
 
 
 def workers_table(rows: Sequence[workers_bench.Row]) -> list[list[str]]:
-    table = [["placement", "workers", "conn/s", "CPU-µs/conn", "p99 ms", "others' CPU %"]]
-    for placement, workers in dict.fromkeys((r.placement, r.workers) for r in rows):
-        mine = [r for r in rows if (r.placement, r.workers) == (placement, workers)]
+    table = [["placement", "engine", "workers", "conn/s", "CPU-µs/conn", "p99 ms", "others' CPU %"]]
+    for key in dict.fromkeys((r.placement, r.engine, r.workers) for r in rows):
+        mine = [r for r in rows if (r.placement, r.engine, r.workers) == key]
+        placement, engine, workers = key
         table.append(
             [
                 placement,
+                engine,
                 str(workers),
                 fmt(_median([r.conn_s for r in mine])),
                 fmt(_median([r.cpu_us_per_conn for r in mine])),
@@ -551,8 +553,9 @@ def markdown(report: Report, chart_dir_name: str, written: Sequence[tuple[str, s
             "### restcp `--workers 1` vs `--workers 2`",
             "",
             "The connections workload (wrk `Connection: close` to the nginx backend, "
-            f"`-c{workers_bench.CONNS}`) through `restcp serve --workers N`; CPU of restcp's "
-            "whole process group. *pinned*: every restcp process on core 1, so two workers "
+            f"`-c{workers_bench.CONNS}`) through `restcp serve --workers N`, with each "
+            "`--engine` asked for; CPU of restcp's whole process group. *pinned*: every "
+            "restcp process on core 1, so two workers "
             "share one core (what a second process costs, not a gain). *spread*: restcp may "
             "use both cores while wrk and nginx keep core 0, so the second worker competes "
             "with the load generator: **this 2-core machine cannot show scaling**; on a "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import itertools
 import os
 import platform
 import resource
@@ -321,14 +322,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"control plane FAILED: {err}", flush=True)
         if "restcp" in proxies and "connections" in workloads and not args.no_workers:
             http = backends[WORKLOADS["connections"].backend]
+            # The native engine's workers too, when its row is asked for.
+            engines = ["asyncio"] + (["native"] if "restcp-native" in proxies else [])
             for rep in range(1, plan.reps + 1):
-                for placement in workers_bench.PLACEMENTS:
+                for placement, engine in itertools.product(workers_bench.PLACEMENTS, engines):
                     for count in (1, 2):
-                        label = f"[{rep}/{plan.reps}] workers={count} {placement:<6}"
+                        label = f"[{rep}/{plan.reps}] workers={count} {placement:<6} {engine}"
                         settler.settle(label)
                         try:
                             row = workers_bench.measure(
-                                placement, count, http.port, plan.seconds, workers_bench.CONNS, logs
+                                placement,
+                                count,
+                                http.port,
+                                plan.seconds,
+                                workers_bench.CONNS,
+                                logs,
+                                engine,
                             )
                         except BenchError as err:
                             failures.append(f"{label}: {err}")

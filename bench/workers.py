@@ -1,7 +1,7 @@
 """``uv run python -m bench.workers``: new connections per second through restcp with
 ``--workers 1`` and ``--workers 2``.
 
-    uv run python -m bench.workers [--seconds 5] [--reps 3] [--conns 16]
+    uv run python -m bench.workers [--seconds 5] [--reps 3] [--conns 16] [--engines asyncio,native]
 
 The load is the suite's ``connections`` workload (wrk, one thread, ``Connection: close``,
 a tiny nginx response behind the proxy): every request is a new client connection, so the
@@ -16,12 +16,15 @@ Placement, since this machine has two cores and the load needs one:
   worker competes with wrk and nginx for the load core: the gain is bounded by what they
   leave idle. On a machine with more cores, give restcp cores of its own.
 
-It prints one row per (placement, workers) with the median of the repetitions.
+Each count of workers runs with each ``--engine`` asked for (asyncio, and the native relay
+engine: docs/engine.md). It prints one row per (placement, engine, workers) with the median of
+the repetitions.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import statistics
@@ -30,7 +33,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.peers import REPO, _start_nginx, api, api_base, http_backend_config, restcp_argv
+from bench.peers import (
+    REPO,
+    _start_nginx,
+    api,
+    api_base,
+    http_backend_config,
+    restcp_argv,
+    served_natively,
+)
 from bench.procs import (
     LOAD_CORE,
     PROXY_CORE,
@@ -47,6 +58,7 @@ from bench.workloads import check_relays, parse_wrk
 
 # wrk connections: enough to keep two processes busy.
 CONNS = 16
+ENGINES = ("asyncio", "native")
 PLACEMENTS = {
     "pinned": str(PROXY_CORE),
     "spread": f"{LOAD_CORE},{PROXY_CORE}",
@@ -57,6 +69,7 @@ PLACEMENTS = {
 class Row:
     placement: str
     workers: int
+    engine: str
     conn_s: float
     cpu_us_per_conn: float
     p99_ms: float
@@ -65,14 +78,20 @@ class Row:
 
 
 def measure(
-    placement: str, workers: int, backend_port: int, seconds: int, conns: int, logs: Path
+    placement: str,
+    workers: int,
+    backend_port: int,
+    seconds: int,
+    conns: int,
+    logs: Path,
+    engine: str = "asyncio",
 ) -> Row:
     # procs.start pins on one core with taskset; a second taskset inside widens that to
     # the placement's cores (allowed: the suite's affinity is only its own).
     argv = ["taskset", "-c", PLACEMENTS[placement]]
-    argv += [*restcp_argv("memory://"), "--workers", str(workers)]
+    argv += [*restcp_argv("memory://"), "--workers", str(workers), "--engine", engine]
     proc = start(
-        f"restcp-w{workers}-{placement}",
+        f"restcp-w{workers}-{placement}-{engine}",
         argv,
         core=PROXY_CORE,
         log_dir=logs,
@@ -89,6 +108,8 @@ def measure(
             {"ip": "127.0.0.1", "port": backend_port},
         )
         check_relays("http", listen)
+        if engine == "native":
+            served_natively(proc.log_path)
         noise = Noise()
         cpu_before = proc.cpu_seconds()
         wrk = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s"]
@@ -101,6 +122,7 @@ def measure(
         return Row(
             placement,
             workers,
+            engine,
             result.rps,
             cpu * 1e6 / max(result.requests, 1),
             result.p99_ms,
@@ -117,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--conns", type=int, default=CONNS, help=f"wrk connections ({CONNS})")
     parser.add_argument("--placements", default=",".join(PLACEMENTS))
+    parser.add_argument("--engines", default=",".join(ENGINES), help="restcp --engine values")
     args = parser.parse_args(argv)
     for tool in ("wrk", "nginx", "taskset", "uv"):
         if not shutil.which(tool):
@@ -141,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         wait_accepting(port, proc=nginx)
         for rep in range(1, args.reps + 1):
-            for placement in args.placements.split(","):
+            for placement, engine in itertools.product(
+                args.placements.split(","), args.engines.split(",")
+            ):
                 for workers in (1, 2):
                     # Other people's processes on these two cores skew everything: wait
                     # (bounded) for a quiet moment, and keep the quieter of two tries.
@@ -149,12 +174,14 @@ def main(argv: list[str] | None = None) -> int:
                     while len(tries) < 2 and all(r.foreign_cpu_pct > 10.0 for r in tries):
                         wait_quiet(10.0, 60.0)
                         tries.append(
-                            measure(placement, workers, port, args.seconds, args.conns, logs)
+                            measure(
+                                placement, workers, port, args.seconds, args.conns, logs, engine
+                            )
                         )
                     row = min(tries, key=lambda r: r.foreign_cpu_pct)
                     rows.append(row)
                     print(
-                        f"[{rep}/{args.reps}] {placement:<6} workers={workers} "
+                        f"[{rep}/{args.reps}] {placement:<6} {engine:<7} workers={workers} "
                         f"{row.conn_s:8.0f} conn/s {row.cpu_us_per_conn:6.0f} CPU-µs/conn "
                         f"p99 {row.p99_ms:.1f} ms, others {row.foreign_cpu_pct:.0f}% of a core"
                         + (f" ({row.notes})" if row.notes else ""),
@@ -168,17 +195,20 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nmedian of {args.reps}, wrk -t1 -c{args.conns} -d{args.seconds}s, {os.cpu_count()} cores"
     )
-    print("| placement | workers | conn/s | CPU-µs/conn | p99 ms | others' CPU % of a core |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for placement in args.placements.split(","):
-        for workers in (1, 2):
-            mine = [r for r in rows if r.placement == placement and r.workers == workers]
-            print(
-                f"| {placement} | {workers} | {statistics.median(r.conn_s for r in mine):,.0f} "
-                f"| {statistics.median(r.cpu_us_per_conn for r in mine):.0f} "
-                f"| {statistics.median(r.p99_ms for r in mine):.1f} "
-                f"| {statistics.median(r.foreign_cpu_pct for r in mine):.0f} |"
-            )
+    print(
+        "| placement | engine | workers | conn/s | CPU-µs/conn | p99 ms | others' CPU % of a core |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for key in dict.fromkeys((r.placement, r.engine, r.workers) for r in rows):
+        mine = [r for r in rows if (r.placement, r.engine, r.workers) == key]
+        placement, engine, workers = key
+        print(
+            f"| {placement} | {engine} | {workers} "
+            f"| {statistics.median(r.conn_s for r in mine):,.0f} "
+            f"| {statistics.median(r.cpu_us_per_conn for r in mine):.0f} "
+            f"| {statistics.median(r.p99_ms for r in mine):.1f} "
+            f"| {statistics.median(r.foreign_cpu_pct for r in mine):.0f} |"
+        )
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
