@@ -34,11 +34,14 @@ def ca() -> Authority:
     return Authority()
 
 
-@pytest.fixture(params=["uvloop", "asyncio"])
+@pytest.fixture(params=["uvloop", "asyncio", "native"])
 def node(start_node: StartNode, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Node]:
-    """A node on each loop: their TLS transports are two implementations."""
+    """A node on each loop: their TLS transports are two implementations. ``native`` asks
+    for the native engine, which must leave every ``backend_tls`` route on asyncio."""
     lo, hi = free_port_range()
-    node = start_node(*serve_args(tmp_path / "restcp.db", lo, hi, "--loop", request.param))
+    native = request.param == "native"
+    options = ("--engine", "native") if native else ("--loop", request.param)
+    node = start_node(*serve_args(tmp_path / "restcp.db", lo, hi, *options))
     yield node
     print("\n".join(node.lines))  # shown with a failure
     assert_clean_log(node)

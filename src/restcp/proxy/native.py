@@ -58,6 +58,7 @@ def unsupported(route: Route, runtime: RouteRuntime) -> str | None:
     reasons = (
         (route.toxics, "toxics"),
         (settings.tls is not None, "TLS termination"),
+        (settings.backend_tls is not None, "TLS to backends"),
         (settings.sni is not None, "server names"),
         (settings.proxy_protocol is not None, "PROXY protocol"),
         (settings.splice is True, "splice"),
