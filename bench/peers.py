@@ -52,14 +52,9 @@ class Backend:
     config: str
 
 
-def _nginx_temp_paths(prefix: Path) -> str:
-    return "\n".join(
-        f"    {key}_temp_path {prefix / 'tmp' / key};"
-        for key in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-
-
-def http_backend_config(prefix: Path, port: int) -> str:
+def _nginx_head(prefix: Path) -> str:
+    """What every nginx of the benchmarks starts with: one worker in the foreground, its
+    files under ``prefix``, as many descriptors as the proxies get."""
     return f"""\
 worker_processes 1;
 daemon off;
@@ -70,7 +65,19 @@ worker_rlimit_nofile {NOFILE};
 events {{
     worker_connections 16384;
 }}
-http {{
+"""
+
+
+def _nginx_temp_paths(prefix: Path) -> str:
+    return "\n".join(
+        f"    {key}_temp_path {prefix / 'tmp' / key};"
+        for key in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+
+
+def http_backend_config(prefix: Path, port: int) -> str:
+    return f"""\
+{_nginx_head(prefix)}http {{
     access_log off;
 {_nginx_temp_paths(prefix)}
     keepalive_requests 1000000;
@@ -157,11 +164,8 @@ class RunningProxy:
             self.proc.stop()
 
 
-def haproxy_config(listen: int, backend: int, splice: bool, bind_options: str = "") -> str:
-    """HAProxy ``mode tcp``, one thread; ``bind_options`` follow the bind's address (such
-    as ``ssl crt PEM``: TLS terminated)."""
-    splice_lines = "    option splice-request\n    option splice-response\n" if splice else ""
-    return f"""\
+# What every HAProxy of the benchmarks starts with: one thread, TCP, the same caps and timeouts.
+HAPROXY_HEAD = """\
 global
     nbthread 1
     maxconn 7000
@@ -171,7 +175,15 @@ defaults
     timeout connect 5s
     timeout client 10m
     timeout server 10m
-{splice_lines}frontend fe
+"""
+
+
+def haproxy_config(listen: int, backend: int, splice: bool, bind_options: str = "") -> str:
+    """HAProxy ``mode tcp``, one thread; ``bind_options`` follow the bind's address (such
+    as ``ssl crt PEM``: TLS terminated)."""
+    splice_lines = "    option splice-request\n    option splice-response\n" if splice else ""
+    return f"""\
+{HAPROXY_HEAD}{splice_lines}frontend fe
     bind 127.0.0.1:{listen}{bind_options}
     default_backend be
 backend be
@@ -182,16 +194,7 @@ backend be
 def nginx_stream_config(prefix: Path, listen: int, backend: int) -> str:
     return f"""\
 load_module {NGINX_STREAM_MODULE};
-worker_processes 1;
-daemon off;
-master_process on;
-pid {prefix / "nginx.pid"};
-error_log {prefix / "error.log"} warn;
-worker_rlimit_nofile {NOFILE};
-events {{
-    worker_connections 16384;
-}}
-stream {{
+{_nginx_head(prefix)}stream {{
     server {{
         listen 127.0.0.1:{listen} backlog=4096;
         proxy_pass 127.0.0.1:{backend};

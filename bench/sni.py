@@ -38,7 +38,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.peers import NOFILE, REPO, _nginx_temp_paths, _start_nginx, api, api_base, start_restcp
+from bench.peers import (
+    HAPROXY_HEAD,
+    REPO,
+    _nginx_head,
+    _nginx_temp_paths,
+    _start_nginx,
+    api,
+    api_base,
+    start_restcp,
+)
 from bench.procs import (
     LOAD_CORE,
     PROXY_CORE,
@@ -106,16 +115,7 @@ def https_backend_config(
     (None: nginx's default, TLS 1.2 and older before nginx 1.23.4)."""
     versions = f"        ssl_protocols {protocols};\n" if protocols else ""
     return f"""\
-worker_processes 1;
-daemon off;
-master_process on;
-pid {prefix / "nginx.pid"};
-error_log {prefix / "error.log"} warn;
-worker_rlimit_nofile {NOFILE};
-events {{
-    worker_connections 16384;
-}}
-http {{
+{_nginx_head(prefix)}http {{
     access_log off;
 {_nginx_temp_paths(prefix)}
     server {{
@@ -132,16 +132,7 @@ http {{
 
 def haproxy_sni_config(listen: int, backend: int) -> str:
     return f"""\
-global
-    nbthread 1
-    maxconn 7000
-defaults
-    mode tcp
-    maxconn 7000
-    timeout connect 5s
-    timeout client 10m
-    timeout server 10m
-frontend fe
+{HAPROXY_HEAD}frontend fe
     bind 127.0.0.1:{listen}
     tcp-request inspect-delay 5s
     tcp-request content accept if {{ req.ssl_hello_type 1 }}
