@@ -14,7 +14,7 @@ import pytest
 from restcp.core.reconcile import Update
 from restcp.model import HealthCheck
 from restcp.proxy.listener import Listener
-from restcp.proxy.native import EngineListener
+from restcp.proxy.native import EngineListener, unsupported
 from tests.integration.harness import (
     WAIT,
     Proxy,
@@ -145,6 +145,57 @@ def test_shutdown_resets_what_is_open_past_the_deadline(
     run(loop, main())
     (line,) = access_lines(caplog)
     assert line.endswith("end=shutdown")
+
+
+def test_shutdown_drains_both_data_planes_under_one_count_and_deadline(
+    loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection on the engine and one on asyncio (the route moved in between): the
+    shutdown says it drains 2 connections, resets 2 at the deadline, and both end so."""
+
+    async def main() -> None:
+        async with Server(echo) as server, proxy(server.backend(), engine="native") as px:
+            on_engine = await opened(px)
+            await px.change(toxics=(toxic("latency", latency=1),))
+            on_asyncio = await opened(px)
+            await asyncio.wait_for(px.manager.shutdown(drain_timeout=0.2), WAIT)
+            for reader, writer in (on_engine, on_asyncio):
+                assert await read_outcome(reader) == "reset"
+                writer.close()
+
+    caplog.set_level(logging.INFO, "restcp")
+    run(loop, main())
+    said = [r.getMessage() for r in caplog.records if r.name == "restcp.proxy"]
+    assert "draining 2 connections for up to 0.2s" in said
+    assert "drain deadline passed: resetting 2 connections" in said
+    ends = [
+        field for line in access_lines(caplog) for field in line.split() if field.startswith("end=")
+    ]
+    assert ends == ["end=shutdown", "end=shutdown"]
+
+
+def test_a_host_name_given_to_an_engine_route_moves_it_without_error(loop: str) -> None:
+    """The update reaches the engine's table before the manager moves the route: the engine
+    keeps its last table rather than read one it cannot serve, and the route moves."""
+
+    async def main() -> None:
+        async with (
+            Server(echo) as server,
+            proxy(server.backend(), engine="native") as px,
+        ):
+            before = await opened(px)
+            named_backend = dataclasses.replace(px.route.backends[0], ip="localhost")
+            route = dataclasses.replace(px.route, backends=(named_backend,))
+            await px.manager.apply([Update(route)])
+            px.route = route
+            assert unsupported(route, px.manager._runtimes[route.key]) == "host names"
+            assert isinstance(listener_of(px), Listener)
+            after = await opened(px)
+            for reader, writer in (before, after):
+                await still_relays(reader, writer)
+                writer.close()
+
+    run(loop, main())
 
 
 async def served_by(px: Proxy) -> bytes:

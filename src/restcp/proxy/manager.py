@@ -326,18 +326,22 @@ class ProxyManager:
         them."""
         for key in list(self._runtimes):
             self.stop(key)
-        # One deadline for both kinds of connections, which drain meanwhile all the same.
-        deadline = asyncio.get_running_loop().time() + drain_timeout
-        if self.engine is not None:
-            await self._drain_engine(self.engine, drain_timeout)
-        connections = self.traffic
-        if connections:
-            log.info("draining %d connections for up to %gs", len(connections), drain_timeout)
+        engine, connections = self.engine, self.traffic
+
+        def left() -> int:
+            return len(connections) + (len(engine) if engine is not None else 0)
+
+        # One count and one deadline for both data planes, whose connections drain side
+        # by side: a user sees what the node holds, whichever plane relays it.
+        if left():
+            log.info("draining %d connections for up to %gs", left(), drain_timeout)
             try:
-                async with asyncio.timeout_at(deadline):
+                async with asyncio.timeout(drain_timeout):
                     await connections.wait_empty()
+                    if engine is not None:
+                        await engine.wait_empty()
             except TimeoutError:
-                log.warning("drain deadline passed: resetting %d connections", len(connections))
+                log.warning("drain deadline passed: resetting %d connections", left())
                 for connection in connections:
                     connection.abort("shutdown")
                 # Aborted transports report on the next loop turns; wait for that, briefly.
@@ -347,16 +351,6 @@ class ProxyManager:
                         await connections.wait_empty()
                 except TimeoutError:
                     log.error("%d connections did not end after a reset", len(connections))
+        if engine is not None:
+            engine.close()  # resets what the engine still holds (end=shutdown)
         connections.close()
-
-    @staticmethod
-    async def _drain_engine(engine: NativeEngine, drain_timeout: float) -> None:
-        """The engine's connections finish up to the deadline, then are reset."""
-        if len(engine):
-            log.info("draining %d engine connections for up to %gs", len(engine), drain_timeout)
-            try:
-                async with asyncio.timeout(drain_timeout):
-                    await engine.wait_empty()
-            except TimeoutError:
-                log.warning("drain deadline passed: resetting %d engine connections", len(engine))
-        engine.close()

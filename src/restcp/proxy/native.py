@@ -288,8 +288,11 @@ class EngineListener:
         self.runtime.on_close_backend = self.close_backend
 
     def refresh(self) -> None:
-        """The route's candidates or settings changed: the engine's table follows."""
-        if self._slot is not None:
+        """The route's candidates or settings changed: the engine's table follows. An
+        update that gives the route what the engine does not do reaches here before the
+        manager moves the route to asyncio (ProxyManager._move, in the same apply): the
+        engine keeps its last table until then rather than read one it cannot serve."""
+        if self._slot is not None and unsupported(self.runtime.route, self.runtime) is None:
             self._engine.update(self._slot, self.runtime)
 
     def close_backend(self, backend_id: int, reason: str) -> None:
