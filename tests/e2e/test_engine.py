@@ -4,11 +4,13 @@ asyncio data plane live, and a connection opened before the move carries on."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.conftest import StartNode, add_backend, create_route, serve_args, wait_until
-from tests.e2e.peers import Backend, connect, echo, round_trip
+from tests.e2e.peers import Backend, connect, dial, echo, round_trip
 from tests.helpers import Node, free_port_range
 
 
@@ -93,3 +95,93 @@ def test_workers_each_serve_on_their_engine(start_node: StartNode, tmp_path: Pat
 
         wait_until(counted, f"{clients} connections in /stats")
         assert live.accepted == clients
+
+
+def route_stats(node: Node, app: str) -> dict[str, Any]:
+    routes = node.call("GET", "/stats").json()["routes"]
+    found: dict[str, Any] = next(r for r in routes if r["app"] == app)
+    return found
+
+
+def metric(node: Node, name: str, **labels: str) -> float:
+    """The value of one sample of /metrics (0 when it is not there)."""
+    want = [f'{key}="{value}"' for key, value in labels.items()]
+    for line in node.call("GET", "/metrics").body.decode().splitlines():
+        if line.startswith(name + "{") and all(w in line for w in want):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_stats_show_an_open_engine_connections_bytes(start_node: StartNode, tmp_path: Path) -> None:
+    """/stats and /metrics count an open engine connection's bytes as they pass, and the
+    connection from its connect; once it ends, its bytes count once."""
+    lo, hi = free_port_range()
+    node = start_node(*serve_args(tmp_path / "restcp.db", lo, hi, "--engine", "native"))
+    with Backend(echo) as live:
+        port = create_route(node, "plain")["port"]
+        add_backend(node, "plain", 1, live.port)
+        assert "engine=native" in node.wait_for_line("listening app=plain route=1 url=")
+        with connect(port) as sock:
+            assert exchange(sock, b"a" * 1000) == b"a" * 1000
+
+            def shown(bytes_: int, active_: int) -> bool:
+                got = route_stats(node, "plain")
+                return (
+                    got["bytes_in"], got["bytes_out"], got["connections_active"],
+                    got["connections_total"], got["connections_max"],
+                ) == (bytes_, bytes_, active_, 1, 1)  # fmt: skip
+
+            wait_until(lambda: shown(1000, 1), "the open connection's bytes in /stats")
+            assert metric(node, "restcp_bytes_total", app="plain", direction="in") == 1000
+            assert metric(node, "restcp_connections_total", app="plain") == 1
+            assert exchange(sock, b"b" * 500) == b"b" * 500
+            wait_until(lambda: shown(1500, 1), "its next bytes")
+        wait_until(lambda: shown(1500, 0), "the ended connection, its bytes once")
+        assert metric(node, "restcp_bytes_total", app="plain", direction="out") == 1500
+
+
+def test_the_node_cap_counts_both_data_planes(start_node: StartNode, tmp_path: Path) -> None:
+    """--max-connections 4, filled by two clients of a route the engine serves and two of a
+    route with a toxic (asyncio): a fifth client of either is refused (node_limit); one
+    that ends on the engine gives its place to a client of the asyncio route."""
+    lo, hi = free_port_range()
+    node = start_node(
+        *serve_args(tmp_path / "restcp.db", lo, hi, "--engine", "native"),
+        "--max-connections", "4",
+    )  # fmt: skip
+    with Backend(echo) as live:
+        ports = {app: create_route(node, app)["port"] for app in ("plain", "slow")}
+        for app in ports:
+            add_backend(node, app, 1, live.port)
+        body = {"type": "latency", "attributes": {"latency": 0}}
+        assert node.call("POST", "/apps/slow/routes/1/toxics", body).status == 201
+        wait_until(
+            lambda: any(
+                "listening app=slow route=1 url=" in line and "engine=native" not in line
+                for line in node.lines
+            ),
+            "the toxic route on asyncio",
+        )
+        clients = []
+        try:
+            for app in ("plain", "plain", "slow", "slow"):
+                clients.append(connect(ports[app]))
+                assert exchange(clients[-1], b"hi") == b"hi"
+            for app in ports:
+                refused = dial(ports[app])
+                if refused is not None:  # else reset before its connect returned
+                    with refused, contextlib.suppress(ConnectionResetError):
+                        assert refused.recv(10) == b""  # closed unserved
+                wait_until(
+                    lambda app=app: metric(  # type: ignore[misc]
+                        node, "restcp_refused_connections_total", app=app, reason="node_limit"
+                    ) == 1,
+                    f"{app}'s client refused",
+                )  # fmt: skip
+            clients.pop(0).close()  # one of the engine's
+            wait_until(lambda: route_stats(node, "plain")["connections_active"] == 1, "ended")
+            clients.append(connect(ports["slow"]))
+            assert exchange(clients[-1], b"in") == b"in"
+        finally:
+            for sock in clients:
+                sock.close()

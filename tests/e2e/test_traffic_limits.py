@@ -12,6 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import StartNode, create_route, serve_args, wait_until
 from tests.e2e.peers import (
     Backend,
@@ -178,10 +180,11 @@ def test_backend_max_connections_spills_over(node: Node) -> None:
             result.release()
 
 
-def test_node_and_app_caps(start_node: StartNode, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["asyncio", "native"])
+def test_node_and_app_caps(start_node: StartNode, tmp_path: Path, engine: str) -> None:
     lo, hi = free_port_range()
     node = start_node(
-        *serve_args(tmp_path / "restcp.db", lo, hi),
+        *serve_args(tmp_path / "restcp.db", lo, hi, "--engine", engine),
         "--max-connections", "20", "--max-connections-per-app", "8",
     )  # fmt: skip
     ports = {app: create_route(node, app)["port"] for app in ("a", "b", "c", "d")}
@@ -190,6 +193,13 @@ def test_node_and_app_caps(start_node: StartNode, tmp_path: Path) -> None:
         try:
             for app in ports:
                 attach(node, app, 1, backend.port)
+            if engine == "native":  # every route, and so every cap, on the engine
+                wait_until(
+                    lambda: sum(
+                        "listening app=" in line and "engine=native" in line for line in node.lines
+                    ) == len(ports),
+                    "the routes on the engine",
+                )  # fmt: skip
             # Two apps fill their own caps (8 each); the third meets the node's (20 in all).
             for app, served in (("a", 8), ("b", 8), ("c", 4)):
                 bursts.append(burst(ports[app], 30))

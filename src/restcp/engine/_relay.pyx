@@ -95,6 +95,17 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_unlock(pthread_mutex_t *m)
     int pthread_mutex_destroy(pthread_mutex_t *m)
 
+# The node's places under its caps, shared by the engine's thread and asyncio's (Python
+# takes and gives them through ``take``/``give`` with the GIL, the loop without it):
+# relaxed atomics, as nothing else is ordered by them.
+cdef extern from *:
+    """
+    static inline int64_t restcp_add(int64_t *p, int64_t d) {
+        return __atomic_add_fetch(p, d, __ATOMIC_RELAXED);
+    }
+    """
+    int64_t restcp_add(int64_t *p, int64_t d) nogil
+
 # What a direction reads at once, and the most it keeps waiting for the other side.
 cdef enum:
     CHUNK = 65536
@@ -150,11 +161,13 @@ cdef enum:
     E_ACCEPT_PAUSED = 16  # a route's accept failed for want of descriptors (errno in bytes_up)
 cdef enum:
     E_ACCEPT_RESUMED = 17  # ... and has accepted again
+cdef enum:
+    E_APP_LIMIT = 18  # refused: its app has --max-connections-per-app open
 
 ENDS = ("closed", "client_reset", "backend_reset", "connect_failed", "no_backend",
         "idle_timeout", "half_close_timeout", "aborted", "route_limit", "node_limit",
         "connect_error", "connected", "route_disabled", "backend_disabled", "drain_timeout",
-        "shutdown", "accept_paused", "accept_resumed")
+        "shutdown", "accept_paused", "accept_resumed", "app_limit")
 BALANCES = {"random": 0, "round_robin": 1}
 
 cdef struct Backend:
@@ -179,6 +192,8 @@ cdef struct Route:
     int retry          # accept failed for want of descriptors: try again at the next sweep
     int paused         # ... and Python was told (it is told of the next accept too)
     uint64_t accepted, active, bytes_up, bytes_down, connect_failures
+    uint64_t active_max  # the most clients admitted and open at once
+    int64_t *app_count   # its app's places under --max-connections-per-app (NULL: none)
 
 cdef struct Direction:
     char *pending      # bytes read but not yet taken by the other side (NULL: none)
@@ -193,6 +208,8 @@ cdef struct Conn:
     int route
     int pick, tries
     int64_t backend_id
+    int placed         # holds a place under the node's caps (given back when it ends)
+    int64_t *app_count # ... and under its app's, if not NULL
     double started, last, deadline, half_since
     uint64_t bytes_up, bytes_down
     sockaddr_storage peer
@@ -243,7 +260,14 @@ cdef class Engine:
     cdef char *scratch
     cdef int stopping
     cdef int retries  # routes whose accept waits for a retry
-    cdef int64_t limit  # connections open at once, every route's (-1: no cap)
+    # The node's caps (-1: none) and the places taken under them, by both data planes:
+    # ``taken`` every connection's and held client's, ``apps[i]`` those of app i (each
+    # malloc'd apart, so that a route's pointer to its own stays valid as apps come).
+    cdef int64_t limit, app_limit
+    cdef int64_t taken
+    cdef int64_t **apps
+    cdef int n_apps
+    cdef dict app_ids
     cdef uint64_t rng
 
     def __cinit__(self):
@@ -265,6 +289,11 @@ cdef class Engine:
         self.stopping = 0
         self.retries = 0
         self.limit = -1
+        self.app_limit = -1
+        self.taken = 0
+        self.apps = NULL
+        self.n_apps = 0
+        self.app_ids = {}
         self.rng = 0x9E3779B97F4A7C15
         self.scratch = <char *>malloc(CHUNK)
         cdef epoll_event ev
@@ -283,10 +312,23 @@ cdef class Engine:
         free(self.conns)
         free(self.records)
         free(self.scratch)
-        close(self.epfd)
-        close(self.wake_fd)
-        close(self.notify_fd_)
+        for i in range(self.n_apps):
+            free(self.apps[i])
+        free(self.apps)
+        self._close_fds()
         pthread_mutex_destroy(&self.lock)
+
+    def close(self) -> None:
+        """Give back the epoll set and eventfds now (after ``run`` has returned), not when
+        the object is collected: the places and counters stay readable."""
+        self._close_fds()
+
+    cdef void _close_fds(self) noexcept:
+        if self.epfd >= 0:
+            close(self.epfd)
+            close(self.wake_fd)
+            close(self.notify_fd_)
+            self.epfd = self.wake_fd = self.notify_fd_ = -1
 
     @property
     def notify_fd(self) -> int:
@@ -297,9 +339,11 @@ cdef class Engine:
 
     def add_route(self, int listen_fd, list backends, str balance, double connect_timeout,
                   double idle_timeout, double half_close_timeout, int max_attempts,
-                  long max_connections) -> int:
+                  long max_connections, app=None) -> int:
         """Serve a route: accept on ``listen_fd`` (non-blocking, owned by the caller) and
-        relay to ``backends`` ([(id, family, sockaddr tuple, weight)]). Its slot number."""
+        relay to ``backends`` ([(id, family, sockaddr tuple, weight)]); its clients count
+        under ``app``'s cap (None: under none). Its slot number."""
+        cdef int64_t *app_count = NULL if app is None else self._app(app)
         cdef int slot
         cdef Route *r
         cdef epoll_event ev
@@ -314,6 +358,7 @@ cdef class Engine:
             memset(r, 0, sizeof(Route))
             r.used = 1
             r.listen_fd = -1
+            r.app_count = app_count
             self._configure(r, backends, balance, connect_timeout, idle_timeout,
                             half_close_timeout, max_attempts, max_connections)
             r.gen += 1
@@ -367,11 +412,65 @@ cdef class Engine:
         r.max_attempts = max_attempts
         r.max_connections = max_connections
 
-    def set_limit(self, long limit) -> None:
-        """The cap on connections open at once, every route's (-1: none)."""
+    def set_limit(self, long limit, long app_limit=-1) -> None:
+        """The caps on connections open at once: every route's, and each app's (-1: none).
+        Both data planes count under them (``take``)."""
         pthread_mutex_lock(&self.lock)
         self.limit = limit
+        self.app_limit = app_limit
         pthread_mutex_unlock(&self.lock)
+
+    cdef int64_t *_app(self, str app):
+        """The places counter of ``app`` (made at its first use, kept for the engine's life)."""
+        cdef int index = self.app_ids.get(app, -1)
+        cdef int64_t **grown
+        if index < 0:
+            grown = <int64_t **>realloc(self.apps, (self.n_apps + 1) * sizeof(int64_t *))
+            if grown == NULL:
+                raise MemoryError()
+            self.apps = grown
+            self.apps[self.n_apps] = <int64_t *>malloc(sizeof(int64_t))
+            if self.apps[self.n_apps] == NULL:
+                raise MemoryError()
+            self.apps[self.n_apps][0] = 0
+            index = self.n_apps
+            self.n_apps += 1
+            self.app_ids[app] = index
+        return self.apps[index]
+
+    def take(self, app) -> object:
+        """A place under the node's caps for a client of the asyncio data plane (of ``app``;
+        None: not known yet): None, or why it is refused ("node_limit", "app_limit")."""
+        cdef int64_t *count = NULL if app is None else self._app(app)
+        cdef int end = self.place(count)
+        return None if end < 0 else ENDS[end]
+
+    def give(self, app) -> None:
+        """Give back a place ``take`` gave."""
+        self.unplace(NULL if app is None else self._app(app))
+
+    @property
+    def places(self) -> int:
+        """Places taken, by both data planes."""
+        return restcp_add(&self.taken, 0)
+
+    cdef int place(self, int64_t *app_count) noexcept nogil:
+        """Take a place (the node's, and the app's if not NULL): -1, or the refusal's end.
+        Each count is raised first and checked after, so two takers racing for the last
+        place may both be refused, never both let in."""
+        if restcp_add(&self.taken, 1) > self.limit >= 0:
+            restcp_add(&self.taken, -1)
+            return E_NODE_LIMIT
+        if app_count != NULL and restcp_add(app_count, 1) > self.app_limit >= 0:
+            restcp_add(app_count, -1)
+            restcp_add(&self.taken, -1)
+            return E_APP_LIMIT
+        return -1
+
+    cdef void unplace(self, int64_t *app_count) noexcept nogil:
+        restcp_add(&self.taken, -1)
+        if app_count != NULL:
+            restcp_add(app_count, -1)
 
     def unlisten(self, int slot) -> None:
         """Accept no more on the route's socket (the caller closes it or hands it on); its
@@ -421,30 +520,53 @@ cdef class Engine:
         """Open connections, every route's."""
         return self.live
 
+    def drain_live(self) -> tuple:
+        """``drain``'s records, and at the same instant what the records do not count yet:
+        [(slot, backend id, bytes up, bytes down)] of every relayed connection still open,
+        and [(slot, the most clients it had open at once)] of every slot served."""
+        cdef int i
+        cdef Conn *c
+        pthread_mutex_lock(&self.lock)
+        try:
+            records = self._drain()
+            live = []
+            for i in range(self.n_conns):
+                c = &self.conns[i]
+                if c.state == S_RELAY:
+                    live.append((c.route, c.backend_id, c.bytes_up, c.bytes_down))
+            peaks = [(i, self.routes[i].active_max) for i in range(self.n_routes)]
+        finally:
+            pthread_mutex_unlock(&self.lock)
+        return records, live, peaks
+
     def drain(self) -> list:
         """The records of connections ended since the last drain: [(slot, backend_id or
         None, peer sockaddr bytes, bytes_up, bytes_down, duration, end)]."""
+        pthread_mutex_lock(&self.lock)
+        try:
+            return self._drain()
+        finally:
+            pthread_mutex_unlock(&self.lock)
+
+    cdef list _drain(self):
+        """The records (the lock held)."""
         cdef uint64_t value
         cdef int i
         cdef Record *rec
         read(self.notify_fd_, &value, 8)
-        pthread_mutex_lock(&self.lock)
-        try:
-            out = []
-            for i in range(self.n_records):
-                rec = &self.records[i]
-                out.append((
-                    rec.route,
-                    None if rec.backend_id < 0 else rec.backend_id,
-                    (<char *>&rec.peer)[:rec.peer_len],
-                    rec.bytes_up,
-                    rec.bytes_down,
-                    rec.duration,
-                    ENDS[rec.end],
-                ))
-            self.n_records = 0
-        finally:
-            pthread_mutex_unlock(&self.lock)
+        out = []
+        for i in range(self.n_records):
+            rec = &self.records[i]
+            out.append((
+                rec.route,
+                None if rec.backend_id < 0 else rec.backend_id,
+                (<char *>&rec.peer)[:rec.peer_len],
+                rec.bytes_up,
+                rec.bytes_down,
+                rec.duration,
+                ENDS[rec.end],
+            ))
+        self.n_records = 0
         return out
 
     def stop(self) -> None:
@@ -509,7 +631,7 @@ cdef class Engine:
         cdef Route *r = &self.routes[slot]
         cdef sockaddr_storage peer
         cdef socklen_t peer_len
-        cdef int fd, index, one = 1
+        cdef int fd, index, end, one = 1
         cdef Conn *c
         cdef epoll_event ev
         while True:
@@ -548,13 +670,19 @@ cdef class Engine:
             ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
             ev.data.u64 = tag(K_CLIENT, index, c.gen)
             epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
-            # The caps count the other connections (this one is counted already).
+            # The route's cap counts the other connections (this one is counted already);
+            # the node's and the app's, places taken by either data plane.
             if r.max_connections >= 0 and <int64_t>r.active > r.max_connections:
                 self.finish(index, E_ROUTE_LIMIT)
                 continue
-            if self.limit >= 0 and self.live > self.limit:
-                self.finish(index, E_NODE_LIMIT)
+            end = self.place(r.app_count)
+            if end >= 0:
+                self.finish(index, end)
                 continue
+            c.placed = 1
+            c.app_count = r.app_count
+            if r.active > r.active_max:
+                r.active_max = r.active
             if r.n_backends == 0:
                 self.finish(index, E_NO_BACKEND)
                 continue
@@ -836,6 +964,8 @@ cdef class Engine:
                 close(c.backend)
         free(c.up.pending)
         free(c.down.pending)
+        if c.placed:
+            self.unplace(c.app_count)
         r.active -= 1
         r.bytes_up += c.bytes_up
         r.bytes_down += c.bytes_down

@@ -69,7 +69,8 @@ class ProxyManager:
         # port -> frontend IPs listening on it: the node's own addresses, by port.
         self._frontends: dict[int, set[str]] = {}
         self._refusal = backend_refusal
-        self.traffic = Traffic(max_connections, max_connections_per_app, seed)
+        # With an engine, the caps' places are counted in it, for both data planes.
+        self.traffic = Traffic(max_connections, max_connections_per_app, seed, places=engine)
         # Routes whose stored port could not be bound (another process holds it), by key.
         self.unbound: dict[RouteKey, str] = {}
 

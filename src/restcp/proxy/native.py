@@ -17,6 +17,7 @@ closed, and the connections already open stay where they are until they end.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -30,13 +31,13 @@ from restcp.model import Route
 from restcp.proxy.runtime import RouteRuntime
 
 if TYPE_CHECKING:
-    from restcp.engine._relay import BackendRow, Engine
+    from restcp.engine._relay import BackendRow, Engine, Record
 
 log = logging.getLogger("restcp.proxy")
 access_log = logging.getLogger("restcp.access")
 
 # The ends of a client refused before any backend was tried (the route counts them).
-REFUSALS = ("no_backend", "route_limit", "node_limit")
+REFUSALS = ("no_backend", "route_limit", "node_limit", "app_limit")
 # How often the engine tries a paused accept again (its sweep, _relay.pyx's SWEEP).
 ACCEPT_RETRY = 0.05
 # The balancers the engine runs itself (a weighted random draw, a round robin).
@@ -54,7 +55,6 @@ def _is_ip(text: str) -> bool:
 def unsupported(route: Route, runtime: RouteRuntime) -> str | None:
     """Why ``route`` must stay on the asyncio pipes, or None: the engine can serve it."""
     settings = route.settings
-    traffic = runtime.traffic
     reasons = (
         (route.toxics, "toxics"),
         (settings.tls is not None, "TLS termination"),
@@ -62,7 +62,6 @@ def unsupported(route: Route, runtime: RouteRuntime) -> str | None:
         (settings.sni is not None, "server names"),
         (settings.proxy_protocol is not None, "PROXY protocol"),
         (settings.splice is True, "splice"),
-        (traffic.app_limit is not None, "per-app connection caps"),
         (settings.balance not in BALANCES, f"balance {settings.balance}"),
         (
             settings.balance == "round_robin" and len({b.weight for b in route.backends}) > 1,
@@ -96,7 +95,10 @@ def table(runtime: RouteRuntime) -> list[BackendRow]:
 
 
 class NativeEngine:
-    """One engine per ProxyManager: its thread, and its records read on the loop."""
+    """One engine per ProxyManager: its thread, and its records read on the loop. It also
+    keeps the node's places under its caps (traffic.Places) for both data planes: the
+    engine's thread takes one per client it accepts, asyncio's connections through
+    ``take``, and the caps hold for the sum."""
 
     def __init__(self, module: ModuleType) -> None:
         self.engine: Engine = module.Engine()
@@ -104,20 +106,35 @@ class NativeEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: dict[int, RouteRuntime] = {}  # every route it served, by slot
         self._empty: asyncio.Event | None = None
+        # What its open connections count, read at once for every route when counters are
+        # read, and kept for the rest of that loop turn (see ``live_bytes``).
+        self._live: dict[RouteRuntime, list[tuple[int, int, int]]] | None = None
+
+    # -- the node's places (traffic.Places) ----------------------------------------------
+
+    def set_limits(self, limit: int | None, app_limit: int | None) -> None:
+        self.engine.set_limit(
+            -1 if limit is None else limit, -1 if app_limit is None else app_limit
+        )
+
+    def take(self, app: str | None) -> str | None:
+        return self.engine.take(app)
+
+    def give(self, app: str | None) -> None:
+        self.engine.give(app)
+
+    # -- routes ----------------------------------------------------------------------------
 
     def start(self) -> None:
         if self._thread is not None:
             return
         self._loop = asyncio.get_running_loop()
-        # The node's cap (--max-connections) counts each data plane's connections apart.
         self._loop.add_reader(self.engine.notify_fd, self._drain)
         self._thread = threading.Thread(target=self.engine.run, name="restcp-engine", daemon=True)
         self._thread.start()
 
     def add(self, runtime: RouteRuntime, sock: socket.socket) -> int:
         self.start()
-        limit = runtime.traffic.limit
-        self.engine.set_limit(-1 if limit is None else limit)
         settings = runtime.route.settings
         slot = self.engine.add_route(
             sock.fileno(),
@@ -128,8 +145,12 @@ class NativeEngine:
             settings.half_close_timeout,
             settings.max_connect_attempts,
             -1 if settings.max_connections is None else settings.max_connections,
+            runtime.app,
         )
         self._slots[slot] = runtime
+        # Its connections stay on the engine until they end, even if the route moves to
+        # asyncio: their bytes are read from here as long as the route is served.
+        runtime.on_live = functools.partial(self.live_bytes, runtime)
         return slot
 
     def update(self, slot: int, runtime: RouteRuntime) -> None:
@@ -148,15 +169,51 @@ class NativeEngine:
     def __len__(self) -> int:
         return self.engine.active
 
+    def live_bytes(self, runtime: RouteRuntime) -> list[tuple[int, int, int]]:
+        """(backend id, bytes up, bytes down) of the route's connections open on the engine.
+
+        The records waiting for Python and the open connections are read under the
+        engine's lock at the same instant: a connection is counted either by its record
+        (once it ended) or as open, never twice nor not at all. One read serves every route
+        until the loop turns (the counters of 10,000 routes are one scan, not 10,000)."""
+        live = self._live
+        if live is None:
+            records, conns, peaks = self.engine.drain_live()
+            self._records(records)
+            live = self._live = {}
+            for slot, backend_id, up, down in conns:
+                live.setdefault(self._slots[slot], []).append((backend_id, up, down))
+            # The most clients open at once, summed over the slots a route had (an upper
+            # bound when it moved between the data planes, as over processes).
+            most: dict[RouteRuntime, int] = {}
+            for slot, peak in peaks:
+                owner = self._slots.get(slot)
+                if owner is not None:
+                    most[owner] = most.get(owner, 0) + peak
+            for owner, peak in most.items():
+                owner.connections_max = max(owner.connections_max, peak)
+            assert self._loop is not None
+            self._loop.call_soon(self._forget_live)
+        return live.get(runtime, [])
+
+    def _forget_live(self) -> None:
+        self._live = None
+
     def _drain(self) -> None:
         """The ended connections' records: their access lines and their routes' counters."""
+        self._records(self.engine.drain())
+
+    def _records(self, records: list[Record]) -> None:
         logging_on = access_log.isEnabledFor(logging.INFO)
-        for slot, backend_id, raw_peer, up, down, duration, end in self.engine.drain():
+        for slot, backend_id, raw_peer, up, down, duration, end in records:
             runtime = self._slots[slot]
             member = None if backend_id is None else runtime.members.get(backend_id)
             if end == "connected":
+                # Counted from its connect, as the asyncio pipes count theirs.
                 if member is not None:
                     member.active += 1
+                    member.active_max = max(member.active_max, member.active)
+                    member.connections += 1
                 continue
             if end == "connect_error":
                 assert backend_id is not None
@@ -175,7 +232,6 @@ class NativeEngine:
             runtime.accepted += 1
             if member is not None:
                 member.active = max(0, member.active - 1)
-                member.connections += 1
                 member.bytes_up += up
                 member.bytes_down += down
             elif end in REFUSALS:
@@ -256,16 +312,22 @@ class NativeEngine:
         self._drain()
 
     def close(self) -> None:
-        """Stop the thread and reset whatever is still open."""
-        if self._thread is None:
-            return
-        self.engine.stop()
-        self._thread.join()
-        self._thread = None
-        self.engine.abort(reason="shutdown")
-        self._drain()
-        assert self._loop is not None
-        self._loop.remove_reader(self.engine.notify_fd)
+        """Stop the thread, reset whatever is still open, and give back the engine's
+        descriptors (the places and counters stay readable)."""
+        if self._thread is not None:
+            self.engine.stop()
+            self._thread.join()
+            self._thread = None
+            self.engine.abort(reason="shutdown")
+            self._drain()
+            assert self._loop is not None
+            self._loop.remove_reader(self.engine.notify_fd)
+        # The runtimes point back at it (on_live): without them it is freed at once.
+        for runtime in self._slots.values():
+            runtime.on_live = None
+        self._slots.clear()
+        self._live = None
+        self.engine.close()
 
 
 class EngineListener:

@@ -119,6 +119,9 @@ class RouteRuntime:
         # Told (backend id, reason) when a backend's open connections are reset (disabled,
         # past its drain timeout): the native engine resets its own.
         self.on_close_backend: Callable[[int, str], None] | None = None
+        # The (backend id, bytes up, bytes down) of its connections open on the native
+        # engine, which counts them in C (``live_bytes``); set once the engine served it.
+        self.on_live: Callable[[], Iterable[tuple[int, int, int]]] | None = None
         # Clients accepted so far: a connection's number, of which its toxics' draws are.
         self.accepted = 0
         # The most clients admitted and open at once (HAProxy's "smax"), since it started.
@@ -335,18 +338,18 @@ class RouteRuntime:
         connection, self._admitting = self._admitting, None
         if connection is not None:
             self.connections.discard(connection)
-            self.traffic.discard(connection)
         limit = self.route.settings.max_connections
-        refusal: str | None = None
         if limit is not None and len(self.connections) + self.handshaking >= limit:
-            refusal = "route_limit"
-        elif self.traffic.full():
-            refusal = "node_limit"
-        elif self.traffic.app_full(self.app):
-            refusal = "app_limit"
-        if refusal is None and connection is not None:
+            return "route_limit"
+        if connection is None:
+            refusal = self.traffic.hold(self.app)
+            if refusal is None:
+                self.traffic.unhold(self.app)
+            return refusal
+        # The node's and the app's caps: places shared with the native engine, if any.
+        refusal = self.traffic.admit(connection, self.app)
+        if refusal is None:
             self.connections.add(connection)
-            self.traffic.add(connection, self.app)
             if len(self.connections) > self.connections_max:
                 self.connections_max = len(self.connections)
         return refusal
@@ -359,15 +362,12 @@ class RouteRuntime:
         refusal: str | None = None
         if limit is not None and len(self.connections) + self.handshaking >= limit:
             refusal = "route_limit"
-        elif self.traffic.full():
-            refusal = "node_limit"
-        elif self.traffic.app_full(self.app):
-            refusal = "app_limit"
+        else:
+            refusal = self.traffic.hold(self.app)
         if refusal is not None:
             self.refused[refusal] += 1
             return refusal
         self.handshaking += 1
-        self.traffic.hold(self.app)
         return None
 
     def release(self) -> None:
@@ -430,7 +430,6 @@ class RouteRuntime:
     def started(self, connection: Counted) -> int:
         """A client came: its number (the n-th of the route)."""
         self.connections.add(connection)
-        self.traffic.add(connection, self.app)
         self._admitting = connection
         self.accepted += 1
         return self.accepted
@@ -557,7 +556,10 @@ class RouteRuntime:
         }
 
     def live_bytes(self) -> Iterable[tuple[int, int, int]]:
-        """(backend id, bytes up, bytes down) of connections still open."""
+        """(backend id, bytes up, bytes down) of connections still open, on either data
+        plane (the engine's also brings ``connections_max`` up to date)."""
         for connection in self.connections:
             if connection.backend is not None:
                 yield connection.backend.id, connection.bytes_up, connection.bytes_down
+        if self.on_live is not None:
+            yield from self.on_live()

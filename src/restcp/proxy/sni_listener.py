@@ -101,14 +101,13 @@ class SniListener(Acceptor):
     def accepted(
         self, conn: socket.socket, addr: tuple[str, int], loop: asyncio.AbstractEventLoop
     ) -> None:
-        traffic = self.traffic
-        if traffic.full():
+        # The route, and so the app, is not known yet: a place under the node's cap only.
+        if self.traffic.hold(None) is not None:
             # Its ClientHello would hold a socket past the node's cap: refused at once.
             self.closes["node_limit"] += 1
             arm_reset(conn)
             conn.close()
             return
-        traffic.hold(None)  # the route, and so the app, is not known yet
         conn.setblocking(False)
         hello = Hello(self, loop, conn, addr)
         self._hellos.add(hello)
