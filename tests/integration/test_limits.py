@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
+import struct
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -129,6 +132,7 @@ def test_a_routes_cap(loop: str, engine: str) -> None:
             assert counts(dp, r).connections_max == 2
             for client in (two, three):
                 client[1].close()
+            await until(lambda: places(dp) == 0 and server.active == 0)
 
     run(loop, main())
 
@@ -162,7 +166,7 @@ def test_the_node_cap_counts_both_data_planes(loop: str, engine: str) -> None:
             assert counts(dp, plain).refused == {"node_limit": 2}
             for client in plains + toxics:
                 client[1].close()
-            await until(lambda: places(dp) == 0)
+            await until(lambda: places(dp) == 0 and server.active == 0)
 
     run(loop, main())
 
@@ -191,7 +195,7 @@ def test_each_apps_cap_over_its_routes_on_both_data_planes(loop: str, engine: st
             third = await served(a2)
             for client in (second, third, *others):
                 client[1].close()
-            await until(lambda: places(dp) == 0)
+            await until(lambda: places(dp) == 0 and server.active == 0)
 
     run(loop, main())
 
@@ -238,5 +242,42 @@ def test_an_open_connections_bytes_are_counted_before_it_ends(loop: str, engine:
                     assert (now.connections, now.bytes_in, now.bytes_out) == (1, 1500, 1500)
                     await asyncio.sleep(0)
             assert scrape(metrics)[("restcp_bytes_total", "in")] == 1500
+            await until(lambda: server.active == 0)
+
+    run(loop, main())
+
+
+def test_a_connection_ended_between_two_reads_of_one_loop_turn_counts_once(loop: str) -> None:
+    """The engine's open connections are read once per loop turn for every route; a
+    connection that ends, and whose record is read back, within that turn leaves the read
+    stale: its bytes must not count twice (as open and as ended)."""
+
+    async def main() -> None:
+        async with Server(echo) as server, plane("native") as dp:
+            r = await route(dp, server.backend())
+            # A plain socket, through the loop (its backend is on it), closed at once after.
+            client = socket.socket()
+            client.setblocking(False)
+            aio = asyncio.get_running_loop()
+            await asyncio.wait_for(aio.sock_connect(client, (HOST, r.port)), WAIT)
+            await aio.sock_sendall(client, b"z" * 100)
+            got = b""
+            while len(got) < 100:
+                got += await asyncio.wait_for(aio.sock_recv(client, 100), WAIT)
+            engine = dp.proxy.engine
+            assert engine is not None
+            await until(lambda: counts(dp, r).backend(1).bytes_in == 100)
+            # From here on, one loop turn: no await until the second read.
+            assert counts(dp, r).backend(1).bytes_out == 100
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # a reset: the engine ends it without the loop's help
+            deadline = time.monotonic() + WAIT
+            while engine.engine.active:
+                assert time.monotonic() < deadline, "the engine did not end the connection"
+                time.sleep(0.001)  # noqa: ASYNC251 - the loop must not turn before the reads
+            engine._drain()  # as its notify_fd's reader would in this same turn
+            again = counts(dp, r).backend(1)
+            assert (again.active, again.bytes_in, again.bytes_out) == (0, 100, 100)
+            await until(lambda: server.active == 0)
 
     run(loop, main())

@@ -183,8 +183,9 @@ class NativeEngine:
             live = self._live = {}
             for slot, backend_id, up, down in conns:
                 live.setdefault(self._slots[slot], []).append((backend_id, up, down))
-            # The most clients open at once, summed over the slots a route had (an upper
-            # bound when it moved between the data planes, as over processes).
+            # The most clients open at once: on the engine, summed over the slots a route
+            # had (an upper bound, as over processes); then the larger of that and the
+            # asyncio data plane's own (a route that moved has had both).
             most: dict[RouteRuntime, int] = {}
             for slot, peak in peaks:
                 owner = self._slots.get(slot)
@@ -201,6 +202,8 @@ class NativeEngine:
 
     def _drain(self) -> None:
         """The ended connections' records: their access lines and their routes' counters."""
+        # Their bytes go to the members now: a snapshot that counted them open is stale.
+        self._live = None
         self._records(self.engine.drain())
 
     def _records(self, records: list[Record]) -> None:
