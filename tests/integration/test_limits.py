@@ -281,3 +281,27 @@ def test_a_connection_ended_between_two_reads_of_one_loop_turn_counts_once(loop:
             await until(lambda: server.active == 0)
 
     run(loop, main())
+
+
+@ENGINES
+def test_a_client_held_before_its_route_is_known_takes_a_node_place(loop: str, engine: str) -> None:
+    """A client read by SNI (or in its TLS handshake) holds a place under the node's cap
+    before it is a connection (Traffic.hold, as the SniListener takes it): a client of a
+    route the engine serves finds the node full, and has room once it is given back."""
+
+    async def main() -> None:
+        async with Server(echo) as server, plane(engine, max_connections=2) as dp:
+            r = await route(dp, server.backend())
+            first = await served(r)
+            traffic = dp.proxy.traffic
+            assert traffic.hold(None) is None  # the SNI client's place
+            assert traffic.hold(None) == "node_limit"
+            await refused(r)
+            await until(lambda: counts(dp, r).refused == {"node_limit": 1})
+            traffic.unhold(None)
+            second = await served(r)
+            for client in (first, second):
+                client[1].close()
+            await until(lambda: places(dp) == 0 and server.active == 0)
+
+    run(loop, main())
