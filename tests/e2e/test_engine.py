@@ -5,12 +5,17 @@ asyncio data plane live, and a connection opened before the move carries on."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import StartNode, add_backend, create_route, serve_args, wait_until
-from tests.e2e.peers import Backend, connect, dial, echo, round_trip
+from tests.e2e.peers import Backend, attach, connect, dial, echo, round_trip
+from tests.e2e.test_ops_logs import address_of
+from tests.e2e.test_ops_metrics import start_json_node
+from tests.e2e.test_traffic_splice import MB, connection_event
 from tests.helpers import Node, free_port_range
 
 
@@ -22,6 +27,18 @@ def exchange(sock: socket.socket, message: bytes) -> bytes:
         assert chunk, "closed by the proxy"
         got += chunk
     return got
+
+
+def echoed(sock: socket.socket, data: bytes) -> bytes:
+    """Send ``data`` and a FIN from a thread while reading what comes back up to EOF (an
+    echo's answer to megabytes would fill every buffer on the way before they are sent)."""
+    sending = threading.Thread(target=lambda: (sock.sendall(data), sock.shutdown(socket.SHUT_WR)))
+    sending.start()
+    got = bytearray()
+    while chunk := sock.recv(1 << 20):
+        got += chunk
+    sending.join()
+    return bytes(got)
 
 
 def active(node: Node) -> int:
@@ -185,3 +202,46 @@ def test_the_node_cap_counts_both_data_planes(start_node: StartNode, tmp_path: P
         finally:
             for sock in clients:
                 sock.close()
+
+
+def test_splice_routes_are_served_by_the_engine_splicing(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """``splice: true`` on `--engine native`: the engine serves the route (it no longer
+    stays on asyncio) and its connections are spliced, as their access events say; on an
+    ``"auto"`` route, a chatty connection is not, and a bulk one is."""
+    lo, hi = free_port_range()
+    node = start_json_node(
+        start_node, *serve_args(tmp_path / "restcp.db", lo, hi, "--engine", "native")
+    )
+    bulk = os.urandom(8 * MB)
+    with Backend(echo) as live:
+        port = create_route(node, "spliced", splice=True)["port"]
+        attach(node, "spliced", 1, live.port)
+        auto_port = create_route(node, "auto", splice="auto")["port"]
+        attach(node, "auto", 1, live.port)
+        for app in ("spliced", "auto"):
+            line = node.wait_for_line(f"listening app={app} route=1 url=")
+            assert "engine=native" in line, line
+
+        with connect(port, timeout=30) as sock:
+            client = address_of(sock)
+            assert echoed(sock, bulk) == bulk
+        event = connection_event(node, client)
+        assert (event["engine"], event["spliced"]) == ("native", True)
+        assert (event["bytes_up"], event["bytes_down"]) == (len(bulk), len(bulk))
+
+        with connect(auto_port) as chatty:
+            client = address_of(chatty)
+            for i in range(10):
+                assert exchange(chatty, b"small %d" % i) == b"small %d" % i
+        event = connection_event(node, client)
+        assert (event["engine"], event["spliced"]) == ("native", False)
+
+        # The engine copies a read at most 64 KiB at a time: 8 MiB sent at once, echoed
+        # while the client is still sending, fill some of them.
+        with connect(auto_port, timeout=30) as sock:
+            client = address_of(sock)
+            assert echoed(sock, bulk) == bulk
+        event = connection_event(node, client)
+        assert (event["engine"], event["spliced"]) == ("native", True)

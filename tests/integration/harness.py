@@ -50,19 +50,33 @@ SPLICE = pytest.mark.parametrize("splice", [False, True], ids=["transports", "sp
 # ... and on a splice pipe that took over from the transport pipe mid-connection ("auto"
 # routes; Proxy.relay_spliced moves the connection).
 # ... and on the native engine ("native": the route's splice setting is false, and the
-# engine serves it; see proxy()).
+# engine serves it; "native-splice": true, "native-auto": "auto", moved to splicing by
+# Proxy.splicing; see proxy()).
 PIPES = pytest.mark.parametrize(
-    "splice", [False, True, "auto", "native"], ids=["transports", "splice", "switched", "native"]
+    "splice",
+    [False, True, "auto", "native", "native-splice", "native-auto"],
+    ids=["transports", "splice", "switched", "native", "native-splice", "native-auto"],
 )
+# The route's splice setting of each native engine case.
+NATIVE_SPLICE: dict[str, bool | str] = {
+    "native": False,
+    "native-splice": True,
+    "native-auto": "auto",
+}
 
 
 def splices(splice: bool | str) -> bool:
-    """Whether a PIPES case relays on a splice pipe."""
-    return splice in (True, "auto")
+    """Whether a PIPES case relays on a splice pipe (or, on the engine, splices)."""
+    return splice in (True, "auto", "native-splice", "native-auto")
 
 
 # For a scenario the native relay engine (restcp.engine) must pass as the asyncio pipes do.
 ENGINES = pytest.mark.parametrize("engine", ["asyncio", "native"])
+# ... and one that moves bulk, on the engine splicing too: "native-splice" a route with
+# splice true, "native-auto" one with "auto" (it splices where a read fills 64 KiB).
+BULK_ENGINES = pytest.mark.parametrize(
+    "engine", ["asyncio", "native", "native-splice", "native-auto"]
+)
 
 
 def native() -> NativeEngine:
@@ -383,6 +397,22 @@ class Proxy:
         await until(lambda: relay.backend is not None)
         return relay
 
+    async def splicing(self) -> None:
+        """The one live connection relays on a splice pipe (relay_spliced), or, on the
+        engine, relays and splices: at once on a ``"splice": true`` route; an ``"auto"``
+        one's is moved to splicing as a bulk read would (Engine.bulk), rather than hoping
+        for a read of the right size."""
+        listener = self.manager._listeners[self.route.key]
+        if not isinstance(listener, EngineListener):
+            await self.relay_spliced()
+            return
+        members = listener.runtime.members.values()
+        await until(lambda: sum(m.active for m in members) == 1)
+        if self.route.settings.splice == "auto":
+            assert listener._slot is not None
+            assert self.manager.engine is not None
+            assert self.manager.engine.engine.bulk(listener._slot) == 1
+
     async def relay_spliced(self) -> Connection:
         """The one live relay, on a SplicePipe: at once on a ``"splice": true`` route. On an
         ``"auto"`` one the test moves it there, back to the transports and there again (so
@@ -452,8 +482,13 @@ async def proxy(
     on its own (a relay that never reports is a leak), then the manager is shut down.
     ``node_seed``: the node's seed of the toxics' draws (``seed`` is the route's own).
     ``engine`` "native": the native engine serves the route (the test fails if it does not)."""
-    if settings.get("splice") == "native":
-        engine, settings["splice"] = "native", False
+    # A native case names the route's splice setting too (NATIVE_SPLICE), as ``splice``
+    # (PIPES) or as ``engine`` (BULK_ENGINES); plain "native" keeps what the test gives.
+    case = settings["splice"] if settings.get("splice") in NATIVE_SPLICE else engine
+    if case in NATIVE_SPLICE:
+        engine = "native"
+        if case != "native" or settings.get("splice") == "native":
+            settings["splice"] = NATIVE_SPLICE[case]
     manager = ProxyManager(seed=node_seed, engine=native() if engine == "native" else None)
     sock = bind(HOST, 0)
     # The transport pipe alone unless the test asks for splicing (the route's default,

@@ -4,26 +4,34 @@ disabled or moved to the asyncio data plane and back, the shutdown's deadline.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from restcp import engine as native_engine
 from restcp.core.reconcile import Update
 from restcp.model import HealthCheck
 from restcp.proxy.listener import Listener
 from restcp.proxy.native import EngineListener, unsupported
 from tests.integration.harness import (
+    MB,
     WAIT,
     Proxy,
     Server,
     access_lines,
+    payload,
     proxy,
     read_outcome,
     refusing_backend,
     run,
+    spliced,
+    stalled,
     toxic,
     until,
 )
@@ -262,3 +270,141 @@ def test_passive_failures_mark_a_backend_down(loop: str, caplog: pytest.LogCaptu
         run(loop, main())
     failures = sum("connect failed" in r.getMessage() for r in caplog.records)
     assert failures == 2, failures
+
+
+def pipe_fds() -> int:
+    """The process's kernel pipes' descriptors (the engine's splice pipes among them)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own fd is gone already
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+    return count
+
+
+def test_a_splice_route_splices_both_ways_through_a_pipe_each(
+    loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``splice: true``: each direction moves its first bytes through a kernel pipe of its
+    own (two descriptors each), held while the connection is open and closed with it."""
+
+    async def main() -> None:
+        async with (
+            Server(echo) as server,
+            proxy(server.backend(), engine="native", splice=True) as px,
+        ):
+            before = pipe_fds()
+            reader, writer = await opened(px)
+            assert pipe_fds() == before + 4
+            await still_relays(reader, writer)
+            writer.write_eof()
+            assert await read_outcome(reader) == "eof"
+            writer.close()
+            assert px.manager.engine is not None
+            await asyncio.wait_for(px.manager.engine.wait_empty(), WAIT)
+            assert pipe_fds() == before
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    assert spliced(caplog) == [True]
+    (line,) = access_lines(caplog)
+    assert "bytes_up=10 bytes_down=10" in line
+
+
+def test_an_auto_route_splices_a_direction_once_a_read_fills_the_buffer(
+    loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``"auto"``: small exchanges are copied (no pipe); megabytes sent to a backend that
+    stopped reading fill the client's socket, so a read fills 64 KiB (the one after the
+    backend resumes, at the latest) and that direction splices from then on."""
+    data = payload(4 * MB)
+    go, done = asyncio.Event(), asyncio.Event()
+    got: asyncio.Future[bytes]
+
+    async def late_reader(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert await reader.readexactly(5) == b"hello"
+        writer.write(b"hello")
+        await go.wait()
+        got.set_result(await reader.read())
+        await done.wait()  # the connection stays open until the test has looked
+
+    async def main() -> None:
+        nonlocal got
+        got = asyncio.get_running_loop().create_future()
+        async with (
+            Server(late_reader) as server,
+            proxy(server.backend(), engine="native", splice="auto") as px,
+        ):
+            before = pipe_fds()
+            reader, writer = await opened(px)
+            assert pipe_fds() == before
+            sent = [0]
+
+            async def send() -> None:
+                for at in range(0, len(data), 256 * 1024):
+                    writer.write(data[at : at + 256 * 1024])
+                    await writer.drain()
+                    sent[0] = at + 256 * 1024
+                writer.write_eof()
+
+            sending = asyncio.create_task(send())
+            await until(lambda: sent[0] > 0)
+            # Every buffer on the way is full: the read after the backend resumes fills
+            # the engine's buffer, if none did before.
+            await stalled(sent)
+            go.set()
+            assert await asyncio.wait_for(got, WAIT) == data
+            await sending
+            assert pipe_fds() == before + 2  # the client's direction only
+            done.set()
+            await server.result()
+            assert await read_outcome(reader) == "eof"
+            writer.close()
+            assert px.manager.engine is not None
+            await asyncio.wait_for(px.manager.engine.wait_empty(), WAIT)
+            assert pipe_fds() == before
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    assert spliced(caplog) == [True]
+    (line,) = access_lines(caplog)
+    assert f"bytes_up={5 + len(data)} bytes_down=5" in line
+
+
+def test_a_chatty_connection_on_an_auto_route_is_never_spliced(
+    loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        async with (
+            Server(echo) as server,
+            proxy(server.backend(), engine="native", splice="auto") as px,
+        ):
+            before = pipe_fds()
+            reader, writer = await opened(px)
+            for _ in range(20):
+                await still_relays(reader, writer)
+            assert pipe_fds() == before
+            writer.close()
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    assert spliced(caplog) == [False]
+
+
+def test_the_engine_refuses_an_unknown_splice_setting() -> None:
+    """Bad input is an error, and changes nothing: no route is added."""
+    module, why = native_engine.load()
+    assert module is not None, why
+    engine = module.Engine()
+    sock = socket.socket()
+    try:
+        sock.setblocking(False)
+        with pytest.raises(ValueError, match="splice must be 0"):
+            engine.add_route(sock.fileno(), [], "random", 1.0, 0.0, 1.0, 1, -1, splice=3)
+        slot = engine.add_route(sock.fileno(), [], "random", 1.0, 0.0, 1.0, 1, -1, splice=2)
+        assert slot == 0  # the refused one took no slot
+        with pytest.raises(ValueError, match="splice must be 0"):
+            engine.update_route(slot, [], "random", 1.0, 0.0, 1.0, 1, -1, splice=-1)
+        engine.retire(slot)
+    finally:
+        engine.close()
+        sock.close()

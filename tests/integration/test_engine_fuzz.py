@@ -6,6 +6,9 @@ Whatever the order: with no reset, each side gets exactly the other's bytes and 
 and the access line counts them (an idle timeout closes both gracefully, as nothing is left
 unread); with a reset, each side has a prefix of the other's bytes and the other side ends
 too. Either way the engine's connection ends, and no descriptor of the process is left open.
+Each runs on a route that copies, one that splices (``true``: both ways through kernel
+pipes from the first byte) and one that splices bulk (``"auto"``: a way splices once a read
+fills 64 KiB, and copies again after small splices), whose pipes must be closed too.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from tests.integration.harness import (
     proxy,
     reset,
     run,
+    spliced,
     until,
 )
 
@@ -39,6 +43,8 @@ END = st.tuples(
 ACTIONS = st.lists(st.one_of(WRITE, WRITE, END), max_size=10)
 # ... then both peers quiet for longer than the idle timeout, which must end the connection.
 SILENT_ACTIONS = ACTIONS.map(lambda actions: [*actions, ("silence", 0)])
+# The route's splice setting (harness.NATIVE_SPLICE).
+ENGINE_CASES = pytest.mark.parametrize("engine", ["native", "native-splice", "native-auto"])
 # Short, so that a silence ends the connection soon; long enough that a loaded machine's
 # stall between two actions does not.
 IDLE = 0.5
@@ -86,7 +92,7 @@ class Side:
 
 
 async def scenario(
-    actions: list[tuple[str, int]], idle_timeout: float = 3600.0
+    actions: list[tuple[str, int]], idle_timeout: float = 3600.0, engine: str = "native"
 ) -> tuple[str, bytes, bytes]:
     """Play ``actions``; (how it ended: "closed", "reset" or "idle"; the bytes the client
     sent, the backend got)."""
@@ -101,7 +107,7 @@ async def scenario(
 
     async with (
         Server(backend) as server,
-        proxy(server.backend(), idle_timeout=idle_timeout, engine="native") as px,
+        proxy(server.backend(), idle_timeout=idle_timeout, engine=engine) as px,
     ):
         baseline = open_fds()
         reader, writer = await px.connect()
@@ -160,10 +166,11 @@ async def scenario(
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(actions=ACTIONS)
+@ENGINE_CASES
 def test_any_interleaving_is_relayed_exactly(
-    actions: list[tuple[str, int]], caplog: pytest.LogCaptureFixture
+    engine: str, actions: list[tuple[str, int]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    check(actions, 3600.0, caplog)
+    check(actions, 3600.0, caplog, engine)
 
 
 @settings(
@@ -172,19 +179,29 @@ def test_any_interleaving_is_relayed_exactly(
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(actions=SILENT_ACTIONS)
+@ENGINE_CASES
 def test_any_interleaving_then_silence_ends_by_the_idle_timeout(
-    actions: list[tuple[str, int]], caplog: pytest.LogCaptureFixture
+    engine: str, actions: list[tuple[str, int]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    check(actions, IDLE, caplog)
+    check(actions, IDLE, caplog, engine)
 
 
 def check(
-    actions: list[tuple[str, int]], idle_timeout: float, caplog: pytest.LogCaptureFixture
+    actions: list[tuple[str, int]],
+    idle_timeout: float,
+    caplog: pytest.LogCaptureFixture,
+    engine: str,
 ) -> None:
     caplog.clear()
     caplog.set_level(logging.INFO, "restcp.access")
-    ending, sent, _got = run("uvloop", scenario(actions, idle_timeout))
+    ending, sent, _got = run("uvloop", scenario(actions, idle_timeout, engine))
     (line,) = access_lines(caplog)
+    if engine == "native-splice":
+        # Spliced from its connect on, unless the engine never saw it connected (a backend
+        # that resets at once): then no backend is logged either.
+        assert spliced(caplog) == [" backend=- " not in line], line
+    elif engine == "native":
+        assert spliced(caplog) == [False]
     if ending == "closed":
         assert f"bytes_up={len(sent)} " in line
         assert line.endswith("end=closed")

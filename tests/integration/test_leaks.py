@@ -48,10 +48,16 @@ async def no_backend(port: int) -> None:
 SCENARIOS = (half_close, full_close, client_reset, reset_while_connecting, backend_reset)
 
 
-@pytest.mark.parametrize("splice", [False, "auto", "native"], ids=["transports", "auto", "native"])
+@pytest.mark.parametrize(
+    "splice",
+    [False, "auto", "native", "native-splice", "native-auto"],
+    ids=["transports", "auto", "native", "native-splice", "native-auto"],
+)
 def test_no_leaks_after_hundreds_of_connections(loop: str, splice: bool | str) -> None:
     """On an "auto" route the bulk ones among them move to the splice pipe, and back; on
-    "native" the native engine serves both routes."""
+    "native" the native engine serves both routes, on "native-splice" splicing every
+    connection through a kernel pipe a way (whose descriptors must all be closed too), on
+    "native-auto" the bulk ones."""
     dead, holder = refusing_backend()
 
     async def main() -> None:

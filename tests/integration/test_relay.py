@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from tests.integration.harness import (
-    ENGINES,
+    BULK_ENGINES,
     MB,
     PIPES,
     SPLICE,
@@ -29,7 +29,7 @@ from tests.integration.harness import (
 )
 
 
-@ENGINES
+@BULK_ENGINES
 def test_client_speaks_first(loop: str, engine: str, caplog: pytest.LogCaptureFixture) -> None:
     """Request then response, several MB each way, each ended by a half-close."""
     request, response = payload(4 * MB), payload(3 * MB)
@@ -56,7 +56,7 @@ def test_client_speaks_first(loop: str, engine: str, caplog: pytest.LogCaptureFi
     assert line.endswith("end=closed")
 
 
-@ENGINES
+@BULK_ENGINES
 def test_backend_speaks_first(loop: str, engine: str, caplog: pytest.LogCaptureFixture) -> None:
     """A banner large enough to fill every buffer on the way, then the client's answer."""
     banner, answer = payload(4 * MB), payload(2 * MB)
@@ -85,7 +85,7 @@ def test_backend_speaks_first(loop: str, engine: str, caplog: pytest.LogCaptureF
     assert line.endswith("end=closed")
 
 
-@ENGINES
+@BULK_ENGINES
 def test_both_ways_at_once(loop: str, engine: str) -> None:
     """Full duplex: both peers write several MB before reading anything, so each direction's
     backpressure must not block the other one (a relay that pauses the wrong side deadlocks)."""
@@ -104,7 +104,7 @@ def test_both_ways_at_once(loop: str, engine: str) -> None:
     run(loop, main())
 
 
-@ENGINES
+@BULK_ENGINES
 def test_backend_sends_then_closes(loop: str, engine: str) -> None:
     """The original restcp's connectivity test: the backend writes a large payload and closes
     its socket at once; the client must get every byte, then EOF."""
@@ -142,7 +142,7 @@ def test_client_half_close(loop: str, splice: bool | str, caplog: pytest.LogCapt
         async with Server(backend) as server, proxy(server.backend(), splice=splice) as px:
             reader, writer = await px.connect()
             if splices(splice):
-                await px.relay_spliced()
+                await px.splicing()
             writer.write(b"question")
             writer.write_eof()
             assert await server.result() == b"question"
@@ -208,7 +208,7 @@ def test_reset_propagates(
             reader, writer = await px.connect()
             assert await asyncio.wait_for(reader.readexactly(5), WAIT) == b"hello"
             if splices(splice):
-                await px.relay_spliced()
+                await px.splicing()
                 writer.write(payload(MB))
             if who == "client":
                 reset(writer)

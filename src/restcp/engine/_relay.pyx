@@ -18,9 +18,22 @@ A connection:
               │    bounded buffer of its own, and that direction reads nothing more until it
               │    is written (flow control through the kernel's buffers, edge-triggered).
               │    A FIN read is forwarded as shutdown(SHUT_WR) once the buffer is empty; a
-              │    reset on one side resets the other (SO_LINGER 0).
+              │    reset on one side resets the other (SO_LINGER 0). On a splice route a
+              │    direction moves its bytes through a kernel pipe of its own instead
+              │    (splice(2) socket ─► pipe ─► socket; see "Splicing" below).
               ▼
             DONE: both fds closed, one record (bytes, duration, why it ended) for Python.
+
+Splicing. A route's ``splice`` is 0 (copy), 1 (``true``: each direction splices from its
+first read) or 2 (``"auto"``: each direction copies until a read fills CHUNK, as the asyncio
+data plane's BULK/COPY_CHUNK). A splicing direction goes back to copying after SMALL_RUN
+splices in a row that each brought less than SMALL (proxy/splice.py's rule, same numbers),
+and splices again at its next read that fills CHUNK. Its pipe (pipe2, non-blocking) is made
+at its first splice and closed with the connection. The pipe and the copy buffer are never
+both holding bytes (a direction reads only when both are empty), so bytes leave in order;
+a direction whose pipe holds bytes reads no more until they are written, as one whose
+buffer does. No pipe to be had (out of descriptors), or a socket the kernel cannot splice
+from: that read is copied.
 
 Timeouts (connect, idle, half-close) are checked by a sweep over the connections every
 SWEEP milliseconds while any is open. Records reach Python in batches: the loop writes to
@@ -30,12 +43,22 @@ SWEEP milliseconds while any is open. Records reach Python in batches: the loop 
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free, realloc
 from libc.string cimport memcpy, memset
-from libc.errno cimport errno, EAGAIN, EINPROGRESS, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM
+from libc.errno cimport (errno, EAGAIN, EINPROGRESS, EINTR, EINVAL, EMFILE, ENFILE, ENOBUFS,
+                         ENOMEM, ENOSYS)
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
     ssize_t read(int fd, void *buf, size_t n)
     ssize_t write(int fd, const void *buf, size_t n)
+
+cdef extern from "<fcntl.h>" nogil:
+    # splice(2) and pipe2(2) are GNU extensions: _relay.c is compiled with _GNU_SOURCE
+    # (Python.h defines it).
+    ssize_t splice(int fd_in, void *off_in, int fd_out, void *off_out, size_t n,
+                   unsigned int flags)
+    int pipe2(int fds[2], int flags)
+    unsigned int SPLICE_F_MOVE, SPLICE_F_NONBLOCK
+    int O_NONBLOCK, O_CLOEXEC
 
 cdef extern from "<time.h>" nogil:
     ctypedef long time_t
@@ -109,6 +132,18 @@ cdef extern from *:
 # What a direction reads at once, and the most it keeps waiting for the other side.
 cdef enum:
     CHUNK = 65536
+# Splicing (see the module's comment): a splice that brings less than SMALL is small, and
+# SMALL_RUN small ones in a row make the direction copy again (proxy/splice.py's numbers).
+cdef enum:
+    SMALL = 16384
+cdef enum:
+    SMALL_RUN = 4
+# What one splice into a direction's pipe asks for. The pipe keeps the kernel's default 16
+# slots, but a slot takes a whole fragment of the socket's buffers, which may be more than
+# a page: asking for 64 KiB left it part empty (docs/benchmarks.md, "The native engine
+# splices"). The kernel moves what fits.
+cdef enum:
+    PIPE_ROOM = 1048576
 cdef enum:
     MAX_EVENTS = 256
 cdef enum:
@@ -189,6 +224,7 @@ cdef struct Route:
     double connect_timeout, idle_timeout, half_close_timeout
     int max_attempts
     int64_t max_connections  # -1: no cap
+    int splice         # 0: copy; 1: splice from the first read; 2: from a read of CHUNK
     int retry          # accept failed for want of descriptors: try again at the next sweep
     int paused         # ... and Python was told (it is told of the next accept too)
     uint64_t accepted, active, bytes_up, bytes_down, connect_failures
@@ -200,6 +236,11 @@ cdef struct Direction:
     int off, length
     int eof            # a FIN was read
     int shut           # ... and forwarded (shutdown SHUT_WR)
+    int pipe_r, pipe_w  # its kernel pipe (-1: none yet)
+    int in_pipe        # bytes in the pipe, not yet taken by the other side
+    int splicing       # reads go into the pipe (0: copied through the scratch buffer)
+    int smalls         # small splices in a row (SMALL_RUN of them: copy again)
+    int unspliceable   # the kernel cannot splice from this source: copy always
 
 cdef struct Conn:
     int state
@@ -215,6 +256,8 @@ cdef struct Conn:
     sockaddr_storage peer
     socklen_t peer_len
     Direction up, down
+    int splice         # the route's splice setting when it was accepted
+    int spliced        # a direction of it went splicing at some point
     int next_free
 
 cdef struct Record:
@@ -225,6 +268,7 @@ cdef struct Record:
     uint64_t bytes_up, bytes_down
     double duration
     int end
+    int spliced
     sockaddr_storage peer
     socklen_t peer_len
 
@@ -246,6 +290,24 @@ cdef inline void hard_close(int fd) noexcept nogil:
     lg.l_linger = 0
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
     close(fd)
+
+
+cdef check_splice(int splice):
+    if splice < 0 or splice > 2:
+        raise ValueError(f"splice must be 0 (off), 1 (on) or 2 (auto), not {splice}")
+
+
+cdef inline bint holding(Direction *d) noexcept nogil:
+    """Bytes read by the direction wait for the other side: in its buffer or its pipe."""
+    return d.pending != NULL or d.in_pipe > 0
+
+
+cdef inline void close_pipe(Direction *d) noexcept nogil:
+    if d.pipe_r >= 0:
+        close(d.pipe_r)
+        close(d.pipe_w)
+        d.pipe_r = d.pipe_w = -1
+    d.in_pipe = 0
 
 
 cdef class Engine:
@@ -339,10 +401,12 @@ cdef class Engine:
 
     def add_route(self, int listen_fd, list backends, str balance, double connect_timeout,
                   double idle_timeout, double half_close_timeout, int max_attempts,
-                  long max_connections, app=None) -> int:
+                  long max_connections, app=None, int splice=0) -> int:
         """Serve a route: accept on ``listen_fd`` (non-blocking, owned by the caller) and
         relay to ``backends`` ([(id, family, sockaddr tuple, weight)]); its clients count
-        under ``app``'s cap (None: under none). Its slot number."""
+        under ``app``'s cap (None: under none); ``splice`` 0: copy, 1: splice, 2: splice
+        bulk ("auto"). Its slot number."""
+        check_splice(splice)
         cdef int64_t *app_count = NULL if app is None else self._app(app)
         cdef int slot
         cdef Route *r
@@ -360,7 +424,7 @@ cdef class Engine:
             r.listen_fd = -1
             r.app_count = app_count
             self._configure(r, backends, balance, connect_timeout, idle_timeout,
-                            half_close_timeout, max_attempts, max_connections)
+                            half_close_timeout, max_attempts, max_connections, splice)
             r.gen += 1
             r.listen_fd = listen_fd
             ev.events = EPOLLIN | EPOLLET
@@ -376,18 +440,20 @@ cdef class Engine:
 
     def update_route(self, int slot, list backends, str balance, double connect_timeout,
                      double idle_timeout, double half_close_timeout, int max_attempts,
-                     long max_connections) -> None:
+                     long max_connections, int splice=0) -> None:
         """New backends or settings for a served route; open connections keep theirs."""
+        check_splice(splice)
         pthread_mutex_lock(&self.lock)
         try:
             self._configure(&self.routes[slot], backends, balance, connect_timeout,
-                            idle_timeout, half_close_timeout, max_attempts, max_connections)
+                            idle_timeout, half_close_timeout, max_attempts, max_connections,
+                            splice)
         finally:
             pthread_mutex_unlock(&self.lock)
 
     cdef _configure(self, Route *r, list backends, str balance, double connect_timeout,
                     double idle_timeout, double half_close_timeout, int max_attempts,
-                    long max_connections):
+                    long max_connections, int splice):
         cdef int n = len(backends), i
         cdef Backend *table = <Backend *>malloc((n if n else 1) * sizeof(Backend))
         cdef uint64_t total = 0
@@ -411,6 +477,7 @@ cdef class Engine:
         r.half_close_timeout = half_close_timeout
         r.max_attempts = max_attempts
         r.max_connections = max_connections
+        r.splice = splice
 
     def set_limit(self, long limit, long app_limit=-1) -> None:
         """The caps on connections open at once: every route's, and each app's (-1: none).
@@ -506,6 +573,22 @@ cdef class Engine:
         pthread_mutex_unlock(&self.lock)
         self._notify()
 
+    def bulk(self, int slot) -> int:
+        """Every relaying connection of route ``slot`` that may splice splices both ways from
+        their next reads, as after a read that fills CHUNK (the tests use it rather than
+        depend on the sizes of the kernel's reads). How many connections."""
+        cdef int i, count = 0
+        cdef Conn *c
+        pthread_mutex_lock(&self.lock)
+        for i in range(self.n_conns):
+            c = &self.conns[i]
+            if c.state == S_RELAY and c.route == slot and c.splice:
+                c.up.splicing = c.down.splicing = c.spliced = 1
+                c.up.smalls = c.down.smalls = 0
+                count += 1
+        pthread_mutex_unlock(&self.lock)
+        return count
+
     def counters(self, int slot) -> tuple:
         """(accepted, active, bytes_up, bytes_down, connect_failures) of route ``slot``."""
         cdef Route *r
@@ -541,7 +624,7 @@ cdef class Engine:
 
     def drain(self) -> list:
         """The records of connections ended since the last drain: [(slot, backend_id or
-        None, peer sockaddr bytes, bytes_up, bytes_down, duration, end)]."""
+        None, peer sockaddr bytes, bytes_up, bytes_down, duration, end, spliced)]."""
         pthread_mutex_lock(&self.lock)
         try:
             return self._drain()
@@ -565,6 +648,7 @@ cdef class Engine:
                 rec.bytes_down,
                 rec.duration,
                 ENDS[rec.end],
+                rec.spliced != 0,
             ))
         self.n_records = 0
         return out
@@ -660,6 +744,7 @@ cdef class Engine:
             c = &self.conns[index]
             c.client = fd
             c.route = slot
+            c.splice = r.splice
             memcpy(&c.peer, &peer, peer_len)
             c.peer_len = peer_len
             c.started = now()
@@ -735,6 +820,8 @@ cdef class Engine:
         self.conns[index].state = S_CONNECTING
         self.conns[index].backend = -1
         self.conns[index].backend_id = -1
+        self.conns[index].up.pipe_r = self.conns[index].up.pipe_w = -1
+        self.conns[index].down.pipe_r = self.conns[index].down.pipe_w = -1
         self.live += 1
         return index
 
@@ -795,6 +882,9 @@ cdef class Engine:
             # Writable without an error: connected (no SO_ERROR to read).
             c.state = S_RELAY
             c.last = now()
+            if c.splice == 1:
+                # Spliced from its connect, as the asyncio pipes do a "splice": true route's.
+                c.up.splicing = c.down.splicing = c.spliced = 1
             self.record(c, E_CONNECTED, 0)
             # The client's bytes may have waited (their edge came while connecting); the
             # backend's banner, only if it came with this edge (a later one has its own).
@@ -814,13 +904,13 @@ cdef class Engine:
                 # waited for room (without them nothing waits for the client's buffer)
                 if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
                     end = self.move(c, &c.up, c.client, c.backend, 1)
-                if end < 0 and c.down.pending != NULL \
+                if end < 0 and holding(&c.down) \
                         and events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
                     end = self.move(c, &c.down, c.backend, c.client, 0)
             else:
                 if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP):
                     end = self.move(c, &c.down, c.backend, c.client, 0)
-                if end < 0 and c.up.pending != NULL \
+                if end < 0 and holding(&c.up) \
                         and events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
                     end = self.move(c, &c.up, c.client, c.backend, 1)
         if end >= 0:
@@ -842,7 +932,9 @@ cdef class Engine:
         cdef ssize_t n, m
         cdef int src_reset = E_CLIENT_RESET if up else E_BACKEND_RESET
         cdef int dst_reset = E_BACKEND_RESET if up else E_CLIENT_RESET
+        cdef int fds[2]
         while True:
+            # Out first: what waits makes room for what comes in.
             if d.pending != NULL:
                 m = send(dst, d.pending + d.off, d.length - d.off, MSG_NOSIGNAL)
                 if m < 0:
@@ -854,11 +946,60 @@ cdef class Engine:
                     continue
                 free(d.pending)
                 d.pending = NULL
+            if d.in_pipe:
+                m = splice(d.pipe_r, NULL, dst, NULL, d.in_pipe,
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+                if m < 0:
+                    if errno == EAGAIN or errno == EINTR:
+                        return -1  # EPOLLOUT of dst brings it back here
+                    return dst_reset
+                d.in_pipe -= <int>m
+                if d.in_pipe:
+                    continue
             if d.eof:
                 if not d.shut:
                     shutdown(dst, SHUT_WR)
                     d.shut = 1
                 return -1
+            if d.splicing and not d.unspliceable:
+                if d.pipe_r < 0:
+                    if pipe2(fds, O_NONBLOCK | O_CLOEXEC) == 0:
+                        d.pipe_r = fds[0]
+                        d.pipe_w = fds[1]
+                if d.pipe_r >= 0:
+                    # Into an empty pipe (nothing is read while it holds bytes): EAGAIN
+                    # means an empty socket.
+                    n = splice(src, NULL, d.pipe_w, NULL, PIPE_ROOM,
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+                    if n < 0:
+                        if errno == EAGAIN or errno == EINTR:
+                            return -1
+                        if errno != EINVAL and errno != ENOSYS:
+                            return src_reset
+                        # Not a socket the kernel splices from: copy from now on.
+                        d.unspliceable = 1
+                        close_pipe(d)
+                    elif n == 0:
+                        d.eof = 1
+                        continue
+                    else:
+                        if up:
+                            c.bytes_up += n
+                        else:
+                            c.bytes_down += n
+                        d.in_pipe = <int>n
+                        if n >= SMALL:
+                            d.smalls = 0
+                        else:
+                            d.smalls += 1
+                            if d.smalls >= SMALL_RUN:
+                                # Chatty: a read and a write cost less than a splice in, a
+                                # splice out and an EAGAIN. It splices again at bulk.
+                                d.splicing = 0
+                                d.smalls = 0
+                        continue
+                # No pipe to be had (out of descriptors), or no splicing from this socket:
+                # this read is copied.
             n = recv(src, self.scratch, CHUNK, 0)
             if n < 0:
                 if errno == EAGAIN or errno == EINTR:
@@ -871,6 +1012,11 @@ cdef class Engine:
                 c.bytes_up += n
             else:
                 c.bytes_down += n
+            if n == CHUNK and c.splice and not d.unspliceable:
+                # Bulk (a read that fills the buffer): splice from the next read on.
+                d.splicing = 1
+                d.smalls = 0
+                c.spliced = 1
             m = send(dst, self.scratch, n, MSG_NOSIGNAL)
             if m < 0:
                 if errno != EAGAIN and errno != EINTR:
@@ -901,6 +1047,7 @@ cdef class Engine:
         rec.bytes_down = c.bytes_down
         rec.duration = now() - c.started
         rec.end = end
+        rec.spliced = c.spliced
         memcpy(&rec.peer, &c.peer, c.peer_len)
         rec.peer_len = c.peer_len
 
@@ -950,7 +1097,7 @@ cdef class Engine:
         cdef int reset = not (
             end == E_CLOSED or end == E_NO_BACKEND
             or ((end == E_IDLE or end == E_HALF_CLOSE)
-                and c.up.pending == NULL and c.down.pending == NULL)
+                and not holding(&c.up) and not holding(&c.down))
         )
         if c.client >= 0:
             if reset:
@@ -966,6 +1113,8 @@ cdef class Engine:
         free(c.down.pending)
         if c.placed:
             self.unplace(c.app_count)
+        close_pipe(&c.up)
+        close_pipe(&c.down)
         r.active -= 1
         r.bytes_up += c.bytes_up
         r.bytes_down += c.bytes_down

@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from restcp.engine import peer, sockaddr
-from restcp.model import Route
+from restcp.model import Route, SpliceMode
 from restcp.proxy.runtime import RouteRuntime
 
 if TYPE_CHECKING:
@@ -42,6 +42,8 @@ REFUSALS = ("no_backend", "route_limit", "node_limit", "app_limit")
 ACCEPT_RETRY = 0.05
 # The balancers the engine runs itself (a weighted random draw, a round robin).
 BALANCES = ("random", "round_robin")
+# A route's splice setting as the engine takes it (_relay.pyx, "Splicing").
+SPLICE: dict[SpliceMode, int] = {False: 0, True: 1, "auto": 2}
 
 
 def _is_ip(text: str) -> bool:
@@ -61,7 +63,6 @@ def unsupported(route: Route, runtime: RouteRuntime) -> str | None:
         (settings.backend_tls is not None, "TLS to backends"),
         (settings.sni is not None, "server names"),
         (settings.proxy_protocol is not None, "PROXY protocol"),
-        (settings.splice is True, "splice"),
         (settings.balance not in BALANCES, f"balance {settings.balance}"),
         (
             settings.balance == "round_robin" and len({b.weight for b in route.backends}) > 1,
@@ -146,6 +147,7 @@ class NativeEngine:
             settings.max_connect_attempts,
             -1 if settings.max_connections is None else settings.max_connections,
             runtime.app,
+            SPLICE[runtime.splice],
         )
         self._slots[slot] = runtime
         # Its connections stay on the engine until they end, even if the route moves to
@@ -164,6 +166,7 @@ class NativeEngine:
             settings.half_close_timeout,
             settings.max_connect_attempts,
             -1 if settings.max_connections is None else settings.max_connections,
+            SPLICE[runtime.splice],
         )
 
     def __len__(self) -> int:
@@ -208,7 +211,7 @@ class NativeEngine:
 
     def _records(self, records: list[Record]) -> None:
         logging_on = access_log.isEnabledFor(logging.INFO)
-        for slot, backend_id, raw_peer, up, down, duration, end in records:
+        for slot, backend_id, raw_peer, up, down, duration, end, spliced in records:
             runtime = self._slots[slot]
             member = None if backend_id is None else runtime.members.get(backend_id)
             if end == "connected":
@@ -240,7 +243,7 @@ class NativeEngine:
             elif end in REFUSALS:
                 runtime.refused[end] += 1
             if logging_on:
-                self._log(runtime, backend_id, raw_peer, up, down, duration, end)
+                self._log(runtime, backend_id, raw_peer, up, down, duration, end, spliced)
         if not self.engine.active and self._empty is not None:
             self._empty.set()
             self._empty = None
@@ -271,6 +274,7 @@ class NativeEngine:
         down: int,
         duration: float,
         end: str,
+        spliced: bool,
     ) -> None:
         ip, port = peer(raw_peer)
         backend = None if backend_id is None else runtime.route.backend(backend_id)
@@ -285,7 +289,7 @@ class NativeEngine:
             "bytes_down": down,
             "duration": round(duration, 6),
             "end": end,
-            "spliced": False,
+            "spliced": spliced,
             "toxics": [],
             "engine": "native",
         }
