@@ -168,11 +168,13 @@ def main_table(rows: Sequence[Row]) -> list[list[str]]:
 
 
 # restcp against HAProxy, configured alike: plain, both splicing, and restcp's native engine
-# (which copies: no splice yet) against plain HAProxy.
+# (its route "auto": it splices bulk) against plain HAProxy and HAProxy + splice (bulk's
+# target: issue #16).
 RATIO_PAIRS = (
     ("restcp", "haproxy", ""),
     ("restcp-splice", "haproxy-splice", " + splice"),
     ("restcp-native", "haproxy", " (native)"),
+    ("restcp-native", "haproxy-splice", " (native) + splice"),
 )
 
 
