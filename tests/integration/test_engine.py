@@ -408,3 +408,31 @@ def test_the_engine_refuses_an_unknown_splice_setting() -> None:
     finally:
         engine.close()
         sock.close()
+
+
+def test_a_splice_change_applies_to_new_connections(
+    loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The route stays on the engine when its splice setting changes; a connection open
+    before keeps copying, one opened after splices."""
+
+    async def main() -> None:
+        async with (
+            Server(echo) as server,
+            proxy(server.backend(), engine="native", splice=False) as px,
+        ):
+            before = pipe_fds()
+            first = await opened(px)
+            await px.change(splice=True)
+            assert isinstance(listener_of(px), EngineListener)
+            second = await opened(px)
+            await still_relays(*first)
+            await still_relays(*second)
+            assert pipe_fds() == before + 4  # the second connection's two ways
+            first[1].close()
+            await until(lambda: len(px.manager.engine or ()) == 1)
+            second[1].close()
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    assert spliced(caplog) == [False, True]
