@@ -182,9 +182,33 @@ def test_shutdown_drains_both_data_planes_under_one_count_and_deadline(
     assert ends == ["end=shutdown", "end=shutdown"]
 
 
-def test_a_host_name_given_to_an_engine_route_moves_it_without_error(loop: str) -> None:
+def test_a_backend_the_engine_cannot_serve_moves_the_route_without_error(loop: str) -> None:
     """The update reaches the engine's table before the manager moves the route: the engine
     keeps its last table rather than read one it cannot serve, and the route moves."""
+
+    async def main() -> None:
+        async with (
+            Server(echo) as server,
+            proxy(server.backend(), engine="native") as px,
+        ):
+            before = await opened(px)
+            capped = dataclasses.replace(px.route.backends[0], max_connections=5)
+            route = dataclasses.replace(px.route, backends=(capped,))
+            await px.manager.apply([Update(route)])
+            px.route = route
+            assert unsupported(route, px.manager._runtimes[route.key]) == "max_connections"
+            assert isinstance(listener_of(px), Listener)
+            after = await opened(px)
+            for reader, writer in (before, after):
+                await still_relays(reader, writer)
+                writer.close()
+
+    run(loop, main())
+
+
+def test_a_host_name_given_to_an_engine_route_keeps_it_on_the_engine(loop: str) -> None:
+    """The engine resolves host names (at each connect): the route stays where it is, and
+    its open connection goes on."""
 
     async def main() -> None:
         async with (
@@ -196,12 +220,13 @@ def test_a_host_name_given_to_an_engine_route_moves_it_without_error(loop: str) 
             route = dataclasses.replace(px.route, backends=(named_backend,))
             await px.manager.apply([Update(route)])
             px.route = route
-            assert unsupported(route, px.manager._runtimes[route.key]) == "host names"
-            assert isinstance(listener_of(px), Listener)
+            assert unsupported(route, px.manager._runtimes[route.key]) is None
+            assert isinstance(listener_of(px), EngineListener)
             after = await opened(px)
             for reader, writer in (before, after):
                 await still_relays(reader, writer)
                 writer.close()
+            assert server.accepted == 2
 
     run(loop, main())
 

@@ -2,8 +2,9 @@
 ENDS: tuple[str, ...]
 BALANCES: dict[str, int]
 
-# One backend of a route's table: (id, address family, struct sockaddr, weight).
-BackendRow = tuple[int, int, bytes, int]
+# One backend of a route's table: (id, address family, struct sockaddr, weight,
+# max_connections or -1, PROXY protocol version: 0 none, 1, 2).
+BackendRow = tuple[int, int, bytes, int, int, int]
 # One ended connection: (slot, backend id, peer sockaddr, bytes up, bytes down, duration, end,
 # spliced: a direction of it went splicing at some point, as the access line's field says).
 Record = tuple[int, int | None, bytes, int, int, float, str, bool]
@@ -11,6 +12,8 @@ Record = tuple[int, int | None, bytes, int, int, float, str, bool]
 Live = tuple[int, int, int, int]
 # A slot's most clients admitted and open at once: (slot, most).
 Peak = tuple[int, int]
+
+def proxy_header(version: int, src: bytes, dst: bytes) -> bytes: ...
 
 class Engine:
     @property
@@ -52,6 +55,9 @@ class Engine:
     def abort(self, slot: int = -1, backend_id: int = -1, reason: str = "aborted") -> None: ...
     def bulk(self, slot: int) -> int: ...
     def counters(self, slot: int) -> tuple[int, int, int, int, int]: ...
+    def resolved(
+        self, index: int, token: int, family: int = 0, packed: bytes = b"", again: bool = False
+    ) -> bool: ...
     def drain(self) -> list[Record]: ...
     def drain_live(self) -> tuple[list[Record], list[Live], list[Peak]]: ...
     def close(self) -> None: ...

@@ -101,6 +101,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int shutdown(int fd, int how)
     int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
     int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+    int getsockname(int fd, sockaddr *addr, socklen_t *len)
     int SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, SOL_SOCKET, SO_ERROR, SO_LINGER
     int SHUT_WR, MSG_NOSIGNAL, AF_INET, AF_INET6
 
@@ -198,17 +199,25 @@ cdef enum:
     E_ACCEPT_RESUMED = 17  # ... and has accepted again
 cdef enum:
     E_APP_LIMIT = 18  # refused: its app has --max-connections-per-app open
+cdef enum:
+    E_RESOLVE = 19  # a connect to a host-name backend waits for Python to resolve it
+
+# The longest PROXY header the engine sends: v1's 107 bytes (the spec's bound), v2's 52.
+cdef enum:
+    HEADER_MAX = 128
 
 ENDS = ("closed", "client_reset", "backend_reset", "connect_failed", "no_backend",
         "idle_timeout", "half_close_timeout", "aborted", "route_limit", "node_limit",
         "connect_error", "connected", "route_disabled", "backend_disabled", "drain_timeout",
-        "shutdown", "accept_paused", "accept_resumed", "app_limit")
+        "shutdown", "accept_paused", "accept_resumed", "app_limit", "resolve")
 BALANCES = {"random": 0, "round_robin": 1}
 
 cdef struct Backend:
     sockaddr_storage addr
     socklen_t addr_len
-    int family
+    int family         # 0 (AF_UNSPEC): a host name, resolved by Python at each connect
+    int proxy          # the PROXY header it is sent first: 0 none, 1 (text), 2 (binary)
+    int64_t max_connections  # parsed, not used yet (-1: no cap)
     int64_t id
     uint64_t weight_to  # cumulative weight (random pick)
 
@@ -248,6 +257,8 @@ cdef struct Conn:
     int client, backend
     int route
     int pick, tries
+    int proxy          # the PROXY header version of the backend being connected to
+    int resolving      # waiting for Python's answer (``resolved``) to an E_RESOLVE record
     int64_t backend_id
     int placed         # holds a place under the node's caps (given back when it ends)
     int64_t *app_count # ... and under its app's, if not NULL
@@ -308,6 +319,172 @@ cdef inline void close_pipe(Direction *d) noexcept nogil:
         close(d.pipe_w)
         d.pipe_r = d.pipe_w = -1
     d.in_pipe = 0
+
+
+# ---- PROXY protocol headers (restcp/core/proxy_protocol.py, byte for byte) -----------------
+
+cdef int fold(sockaddr_storage *ss, unsigned char *ip, int *port) noexcept nogil:
+    """The address of ``ss`` in ``ip`` (4 or 16 bytes), its port: 4 or 6, or 0 (not an IP).
+    An IPv4-mapped IPv6 address is IPv4, as core/proxy_protocol.py folds it; a scope id is
+    left out (the bytes alone)."""
+    cdef unsigned char *p = <unsigned char *>ss
+    cdef int i
+    port[0] = (p[2] << 8) | p[3]
+    if ss.ss_family == AF_INET:
+        memcpy(ip, p + 4, 4)
+        return 4
+    if ss.ss_family == AF_INET6:
+        for i in range(10):
+            if p[8 + i]:
+                memcpy(ip, p + 8, 16)
+                return 6
+        if p[18] == 0xFF and p[19] == 0xFF:
+            memcpy(ip, p + 20, 4)
+            return 4
+        memcpy(ip, p + 8, 16)
+        return 6
+    return 0
+
+
+cdef int put_uint(char *out, unsigned int value) noexcept nogil:
+    cdef char digits[10]
+    cdef int n = 0, i
+    while True:
+        digits[n] = <char>(48 + value % 10)
+        n += 1
+        value //= 10
+        if value == 0:
+            break
+    for i in range(n):
+        out[i] = digits[n - 1 - i]
+    return n
+
+
+cdef int put_text(char *out, const char *text) noexcept nogil:
+    cdef int n = 0
+    while text[n]:
+        out[n] = text[n]
+        n += 1
+    return n
+
+
+cdef int put_ip(char *out, int version, unsigned char *ip) noexcept nogil:
+    """Python's str() of the address: dotted IPv4; IPv6 as ipaddress writes it (lower-case
+    hex groups, the first longest run of two or more zero groups as "::"). Not inet_ntop,
+    which writes ::a.b.c.d for some addresses Python writes in hex."""
+    cdef int n = 0, i, run = 0, best = -1, best_len = 1, start = 0
+    cdef unsigned int group
+    cdef const char *hexdigits = b"0123456789abcdef"
+    if version == 4:
+        for i in range(4):
+            if i:
+                out[n] = 46  # "."
+                n += 1
+            n += put_uint(out + n, ip[i])
+        return n
+    for i in range(8):
+        if ip[2 * i] == 0 and ip[2 * i + 1] == 0:
+            if run == 0:
+                start = i
+            run += 1
+            if run > best_len:
+                best, best_len = start, run
+        else:
+            run = 0
+    i = 0
+    while i < 8:
+        if i == best:
+            out[n] = 58  # ":"
+            out[n + 1] = 58
+            n += 2
+            i += best_len
+            continue
+        if i and i != best + best_len:
+            out[n] = 58
+            n += 1
+        group = (ip[2 * i] << 8) | ip[2 * i + 1]
+        if group >= 0x1000:
+            out[n] = hexdigits[group >> 12]
+            n += 1
+        if group >= 0x100:
+            out[n] = hexdigits[(group >> 8) & 15]
+            n += 1
+        if group >= 0x10:
+            out[n] = hexdigits[(group >> 4) & 15]
+            n += 1
+        out[n] = hexdigits[group & 15]
+        n += 1
+        i += 1
+    return n
+
+
+cdef int build_header(int version, sockaddr_storage *src, sockaddr_storage *dst,
+                      char *out) noexcept nogil:
+    """The PROXY header of ``version`` (1: text, 2: binary) for a client at ``src`` that
+    connected to ``dst``, in ``out`` (HEADER_MAX bytes): its length. Addresses of two
+    families (or not IP) give v1's UNKNOWN line and v2's LOCAL header."""
+    cdef unsigned char a[16]
+    cdef unsigned char b[16]
+    cdef int src_port = 0, dst_port = 0, n = 0, size
+    cdef int fa = fold(src, a, &src_port)
+    cdef int fb = fold(dst, b, &dst_port)
+    cdef bint known = fa != 0 and fa == fb
+    if version == 1:
+        if not known:
+            return put_text(out, b"PROXY UNKNOWN\r\n")
+        n = put_text(out, b"PROXY TCP4 " if fa == 4 else b"PROXY TCP6 ")
+        n += put_ip(out + n, fa, a)
+        out[n] = 32
+        n += 1
+        n += put_ip(out + n, fa, b)
+        out[n] = 32
+        n += 1
+        n += put_uint(out + n, src_port)
+        out[n] = 32
+        n += 1
+        n += put_uint(out + n, dst_port)
+        out[n] = 13
+        out[n + 1] = 10
+        return n + 2
+    memcpy(out, b"\r\n\r\n\x00\r\nQUIT\n", 12)
+    if not known:
+        out[12] = <char>0x20  # version 2, LOCAL: no address block
+        out[13] = 0
+        out[14] = 0
+        out[15] = 0
+        return 16
+    size = 4 if fa == 4 else 16
+    out[12] = <char>0x21  # version 2, PROXY
+    out[13] = <char>(0x11 if fa == 4 else 0x21)  # TCP over IPv4, over IPv6
+    out[14] = 0
+    out[15] = <char>(2 * size + 4)
+    memcpy(out + 16, a, size)
+    memcpy(out + 16 + size, b, size)
+    n = 16 + 2 * size
+    out[n] = <char>(src_port >> 8)
+    out[n + 1] = <char>(src_port & 255)
+    out[n + 2] = <char>(dst_port >> 8)
+    out[n + 3] = <char>(dst_port & 255)
+    return n + 4
+
+
+def proxy_header(int version, bytes src, bytes dst) -> bytes:
+    """The header the engine sends (for tests against core/proxy_protocol.py): ``src`` and
+    ``dst`` are struct sockaddr bytes (b"": unknown)."""
+    cdef sockaddr_storage a
+    cdef sockaddr_storage b
+    cdef char out[HEADER_MAX]
+    if version not in (1, 2) or len(src) > sizeof(a) or len(dst) > sizeof(b):
+        raise ValueError("a version 1 or 2, and struct sockaddr bytes")
+    memset(&a, 0, sizeof(a))
+    memset(&b, 0, sizeof(b))
+    memcpy(&a, <char *>src, len(src))
+    memcpy(&b, <char *>dst, len(dst))
+    if len(src) < 2:
+        a.ss_family = 0
+    if len(dst) < 2:
+        b.ss_family = 0
+    return out[:build_header(version, &a, &b, out)]
 
 
 cdef class Engine:
@@ -403,9 +580,10 @@ cdef class Engine:
                   double idle_timeout, double half_close_timeout, int max_attempts,
                   long max_connections, app=None, int splice=0) -> int:
         """Serve a route: accept on ``listen_fd`` (non-blocking, owned by the caller) and
-        relay to ``backends`` ([(id, family, sockaddr tuple, weight)]); its clients count
-        under ``app``'s cap (None: under none); ``splice`` 0: copy, 1: splice, 2: splice
-        bulk ("auto"). Its slot number."""
+        relay to ``backends`` ([(id, family, sockaddr bytes, weight, max_connections,
+        PROXY version)]; family 0: a host name, see ``resolved``); its clients count under
+        ``app``'s cap (None: under none); ``splice`` 0: copy, 1: splice, 2: splice bulk
+        ("auto"). Its slot number."""
         check_splice(splice)
         cdef int64_t *app_count = NULL if app is None else self._app(app)
         cdef int slot
@@ -459,11 +637,16 @@ cdef class Engine:
         cdef uint64_t total = 0
         cdef bytes packed
         for i in range(n):
-            backend_id, family, packed, weight = backends[i]
+            backend_id, family, packed, weight, backend_max, proxy = backends[i]
+            if len(packed) > sizeof(sockaddr_storage) or proxy not in (0, 1, 2):
+                free(table)
+                raise ValueError(f"bad backend row {backends[i]!r}")
             memset(&table[i], 0, sizeof(Backend))
             memcpy(&table[i].addr, <char *>packed, len(packed))
             table[i].addr_len = len(packed)
             table[i].family = family
+            table[i].proxy = proxy
+            table[i].max_connections = backend_max
             table[i].id = backend_id
             total += weight
             table[i].weight_to = total
@@ -597,6 +780,43 @@ cdef class Engine:
         result = (r.accepted, r.active, r.bytes_up, r.bytes_down, r.connect_failures)
         pthread_mutex_unlock(&self.lock)
         return result
+
+    def resolved(self, int index, uint64_t token, int family=0, bytes packed=b"",
+                 bint again=False) -> bool:
+        """Python's answer to an E_RESOLVE record (its ``index`` and ``token``): connect to
+        ``packed`` (a struct sockaddr of ``family``), or, family 0, the name did not resolve
+        (Python logged it and counted it towards the backend's health): the next backend.
+        ``again``: the backend left the table before its name was asked; the attempt is not
+        counted, and the same place of the (new) table is tried. False if the attempt is
+        over (timed out, the client gone): nothing was done."""
+        cdef Conn *c
+        cdef sockaddr_storage addr
+        cdef socklen_t addr_len = len(packed)
+        if family != 0 and (addr_len < sizeof(sockaddr) or addr_len > sizeof(addr)):
+            raise ValueError(f"bad sockaddr of {addr_len} bytes")
+        if family != 0:
+            memcpy(&addr, <char *>packed, addr_len)
+        pthread_mutex_lock(&self.lock)
+        try:
+            if index < 0 or index >= self.n_conns:
+                return False
+            c = &self.conns[index]
+            if c.state != S_CONNECTING or not c.resolving or c.gen != <uint32_t>(token >> 32) \
+                    or c.tries != <int>(token & 0xFFFFFFFF):
+                return False
+            c.resolving = 0
+            if family == 0:
+                if again:
+                    c.tries -= 1
+                else:
+                    self.routes[c.route].connect_failures += 1
+                self.connect_next(index)
+            elif self.start_connect(index, <sockaddr *>&addr, addr_len) < 0:
+                self.connect_next(index)
+        finally:
+            pthread_mutex_unlock(&self.lock)
+        self._notify()  # what it recorded (a failed connect, a client let go)
+        return True
 
     @property
     def active(self) -> int:
@@ -831,37 +1051,60 @@ cdef class Engine:
         cdef Conn *c = &self.conns[index]
         cdef Route *r = &self.routes[c.route]
         cdef Backend *b
-        cdef int fd, rc, one = 1
-        cdef epoll_event ev
+        cdef Record *rec
         while c.tries < r.max_attempts and c.tries < r.n_backends:
             b = &r.backends[(c.pick + c.tries) % r.n_backends]
             c.tries += 1
             c.backend_id = b.id
-            fd = socket(b.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
-            if fd < 0:
-                self.record(c, E_CONNECT_ERROR, errno)
-                r.connect_failures += 1
-                continue
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
-            rc = connect(fd, <sockaddr *>&b.addr, b.addr_len)
-            if rc < 0 and errno != EINPROGRESS:
-                self.record(c, E_CONNECT_ERROR, errno)
-                close(fd)
-                r.connect_failures += 1
-                continue
-            c.backend = fd
+            c.proxy = b.proxy
+            # The deadline covers a host name's resolution too, as on asyncio.
             c.deadline = now() + r.connect_timeout
-            ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
-            ev.data.u64 = tag(K_BACKEND, index, c.gen)
-            epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
-            return
+            if b.family == 0:
+                # A host name: resolved by Python at each connect (never cached, so that
+                # the address policy judges what it points to now). The record asks; the
+                # answer comes through ``resolved``, or the sweep times the attempt out.
+                c.resolving = 1
+                if self.record(c, E_RESOLVE, 0):
+                    rec = &self.records[self.n_records - 1]
+                    rec.bytes_up = <uint64_t>index
+                    rec.bytes_down = (<uint64_t>c.gen << 32) | <uint64_t>c.tries
+                return
+            if self.start_connect(index, <sockaddr *>&b.addr, b.addr_len) == 0:
+                return
         self.finish(index, E_NO_BACKEND)  # as the asyncio pipes: a graceful close
+
+    cdef int start_connect(self, int index, sockaddr *addr, socklen_t addr_len) noexcept nogil:
+        """A non-blocking connect of connection ``index`` to ``addr``: 0 once it is under
+        way, -1 if it failed at once (recorded: the caller tries the next backend)."""
+        cdef Conn *c = &self.conns[index]
+        cdef Route *r = &self.routes[c.route]
+        cdef int fd, rc, one = 1
+        cdef epoll_event ev
+        fd = socket(addr.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        if fd < 0:
+            self.record(c, E_CONNECT_ERROR, errno)
+            r.connect_failures += 1
+            return -1
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        rc = connect(fd, addr, addr_len)
+        if rc < 0 and errno != EINPROGRESS:
+            self.record(c, E_CONNECT_ERROR, errno)
+            close(fd)
+            r.connect_failures += 1
+            return -1
+        c.backend = fd
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+        ev.data.u64 = tag(K_BACKEND, index, c.gen)
+        epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
+        return 0
 
     cdef void connect_failed(self, int index, int err) noexcept nogil:
         cdef Conn *c = &self.conns[index]
         self.record(c, E_CONNECT_ERROR, err)
-        close(c.backend)  # closing drops it from the epoll set
+        if c.backend >= 0:
+            close(c.backend)  # closing drops it from the epoll set
         c.backend = -1
+        c.resolving = 0  # a late answer finds the attempt over (``resolved``)
         self.routes[c.route].connect_failures += 1
         self.connect_next(index)
 
@@ -886,6 +1129,13 @@ cdef class Engine:
                 # Spliced from its connect, as the asyncio pipes do a "splice": true route's.
                 c.up.splicing = c.down.splicing = c.spliced = 1
             self.record(c, E_CONNECTED, 0)
+            if c.proxy:
+                # Before any client byte: the header waits in the up direction's buffer, so
+                # that a backend whose buffer takes part of it gets the rest first (flow
+                # control as for relayed bytes, which it is not counted among).
+                if self.queue_header(c) < 0:
+                    self.finish(index, E_ABORTED)  # out of memory: no client byte goes bare
+                    return
             # The client's bytes may have waited (their edge came while connecting); the
             # backend's banner, only if it came with this edge (a later one has its own).
             end = self.move(c, &c.up, c.client, c.backend, 1)
@@ -919,6 +1169,22 @@ cdef class Engine:
             self.finish(index, E_CLOSED)
         elif (c.up.shut or c.down.shut) and c.half_since == 0:
             c.half_since = now()
+
+    cdef int queue_header(self, Conn *c) noexcept nogil:
+        cdef sockaddr_storage local
+        cdef socklen_t local_len = sizeof(local)
+        cdef char header[HEADER_MAX]
+        cdef int n
+        if getsockname(c.client, <sockaddr *>&local, &local_len) < 0:
+            local.ss_family = 0  # unknown: PROXY UNKNOWN, or a v2 LOCAL header
+        n = build_header(c.proxy, &c.peer, &local, header)
+        c.up.pending = <char *>malloc(n)
+        if c.up.pending == NULL:
+            return -1
+        memcpy(c.up.pending, header, n)
+        c.up.off = 0
+        c.up.length = n
+        return 0
 
     cdef bint failed(self, int fd) noexcept nogil:
         cdef int err = 0
@@ -1028,7 +1294,7 @@ cdef class Engine:
                 d.off = 0
                 d.length = <int>(n - m)
 
-    cdef void record(self, Conn *c, int end, int err) noexcept nogil:
+    cdef bint record(self, Conn *c, int end, int err) noexcept nogil:
         cdef Record *rec
         cdef Record *grown
         if self.n_records == self.cap_records:
@@ -1036,7 +1302,7 @@ cdef class Engine:
                 self.records, (self.cap_records * 2 if self.cap_records else 256) * sizeof(Record)
             )
             if grown == NULL:
-                return  # out of memory: this record is lost, not the connection
+                return 0  # out of memory: this record is lost, not the connection
             self.records = grown
             self.cap_records = self.cap_records * 2 if self.cap_records else 256
         rec = &self.records[self.n_records]
@@ -1050,6 +1316,7 @@ cdef class Engine:
         rec.spliced = c.spliced
         memcpy(&rec.peer, &c.peer, c.peer_len)
         rec.peer_len = c.peer_len
+        return 1
 
     cdef void retry_accepts(self) noexcept nogil:
         cdef int i
@@ -1080,7 +1347,7 @@ cdef class Engine:
                 continue
             r = &self.routes[c.route]
             if c.state == S_CONNECTING:
-                if c.backend >= 0 and t >= c.deadline:
+                if (c.backend >= 0 or c.resolving) and t >= c.deadline:
                     self.connect_failed(i, 0)
             elif c.half_since and r.half_close_timeout > 0 \
                     and t - c.half_since >= r.half_close_timeout:

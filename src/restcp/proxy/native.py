@@ -7,6 +7,8 @@ tables it reads, and its records read back on the loop.
       (a route's candidates, timeouts)        relay, half-close, resets, timeouts
     NativeEngine._drain ◄── notify_fd ─────   one record per ended connection
       access lines, the route's counters
+    NativeEngine._resolve ◄── "resolve" ───   a connect to a host-name backend waits
+      loop.getaddrinfo ── Engine.resolved ──►   connect to the answer, or fail over
 
 A route goes to the engine when it has nothing the engine does not do (``supported``);
 otherwise it stays on the asyncio pipes. The ProxyManager moves a route's listening socket
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import os
 import socket
@@ -27,11 +28,12 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from restcp.engine import peer, sockaddr
-from restcp.model import Route, SpliceMode
+from restcp.model import Route, SpliceMode, is_host_name
 from restcp.proxy.runtime import RouteRuntime
 
 if TYPE_CHECKING:
     from restcp.engine._relay import BackendRow, Engine, Record
+    from restcp.proxy.members import Member
 
 log = logging.getLogger("restcp.proxy")
 access_log = logging.getLogger("restcp.access")
@@ -46,12 +48,9 @@ BALANCES = ("random", "round_robin")
 SPLICE: dict[SpliceMode, int] = {False: 0, True: 1, "auto": 2}
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+# A struct sockaddr's family in a table row for a host name (resolved at each connect).
+HOST_NAME = 0
+PROXY_VERSIONS = {None: 0, "none": 0, "v1": 1, "v2": 2}
 
 
 def unsupported(route: Route, runtime: RouteRuntime) -> str | None:
@@ -62,18 +61,12 @@ def unsupported(route: Route, runtime: RouteRuntime) -> str | None:
         (settings.tls is not None, "TLS termination"),
         (settings.backend_tls is not None, "TLS to backends"),
         (settings.sni is not None, "server names"),
-        (settings.proxy_protocol is not None, "PROXY protocol"),
         (settings.balance not in BALANCES, f"balance {settings.balance}"),
         (
             settings.balance == "round_robin" and len({b.weight for b in route.backends}) > 1,
             "weighted round robin",
         ),
-        (
-            any(b.proxy_protocol not in (None, "none") for b in route.backends),
-            "PROXY protocol",
-        ),
         (any(b.max_connections is not None for b in route.backends), "max_connections"),
-        (not all(_is_ip(b.ip) for b in route.backends), "host names"),
     )
     return next((why for cond, why in reasons if cond), None)
 
@@ -88,10 +81,16 @@ def table(runtime: RouteRuntime) -> list[BackendRow]:
             for m in runtime.members.values()
             if m.backend.state == "enabled" and m.weight > 0 and m.refusal is None
         )
+    route_proxy = runtime.route.settings.proxy_protocol
     rows: list[BackendRow] = []
     for member in sorted(candidates, key=lambda m: m.id):
-        family, packed = sockaddr(*member.address)
-        rows.append((member.id, family, packed, member.weight))
+        backend = member.backend
+        # A host name is resolved at each connect (NativeEngine._resolve), as on asyncio.
+        family, packed = (HOST_NAME, b"") if is_host_name(backend.ip) else sockaddr(*member.address)
+        # The backend's own setting ("none" included) wins over the route's (proxy_header).
+        proxy = PROXY_VERSIONS[backend.proxy_protocol or route_proxy]
+        cap = -1 if backend.max_connections is None else backend.max_connections
+        rows.append((member.id, family, packed, member.weight, cap, proxy))
     return rows
 
 
@@ -110,6 +109,10 @@ class NativeEngine:
         # What its open connections count, read at once for every route when counters are
         # read, and kept for the rest of that loop turn (see ``live_bytes``).
         self._live: dict[RouteRuntime, list[tuple[int, int, int]]] | None = None
+        # Host names being resolved for the engine's connects (cancelled by ``close``).
+        self._resolving: set[asyncio.Task[None]] = set()
+        # Resolutions given up because their backend was deleted or readdressed first.
+        self.resolves_dropped = 0
 
     # -- the node's places (traffic.Places) ----------------------------------------------
 
@@ -225,6 +228,10 @@ class NativeEngine:
                 assert backend_id is not None
                 self._connect_failed(runtime, backend_id, up)
                 continue
+            if end == "resolve":
+                assert backend_id is not None
+                self._resolve(runtime, backend_id, up, down)
+                continue
             if end == "accept_paused":
                 # As the asyncio Listener logs it (once per pause, not per retry).
                 log.error(
@@ -248,11 +255,63 @@ class NativeEngine:
             self._empty.set()
             self._empty = None
 
+    def _resolve(self, runtime: RouteRuntime, backend_id: int, index: int, token: int) -> None:
+        """A connect to a host-name backend waits in the engine: resolve the name off the
+        engine's thread with the loop's getaddrinfo (the address policy judges each answer,
+        as on asyncio), then answer with ``Engine.resolved``."""
+        if self._thread is None:
+            return  # closing: its connection was reset (``close``)
+        member = runtime.members.get(backend_id)
+        if member is None or not is_host_name(member.backend.ip):
+            # Deleted (or given an IP) between the engine's pick and this record, a loop
+            # turn: its name is gone with it. The engine tries its table's backend in that
+            # place now, without counting the attempt; logged and counted here, so that the
+            # client's detour is not silent.
+            self._dropped(runtime, backend_id, index, token)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._resolve_and_answer(runtime, member, index, token)
+        )
+        self._resolving.add(task)
+        task.add_done_callback(self._resolving.discard)
+
+    async def _resolve_and_answer(
+        self, runtime: RouteRuntime, member: Member, index: int, token: int
+    ) -> None:
+        host, port = member.address
+        try:
+            ip = await runtime.resolve(host, port)
+        except OSError as err:
+            # Like a failed connect, once the engine takes the answer: a late one (the
+            # attempt timed out, and was counted so) says nothing more.
+            if self.engine.resolved(index, token):
+                self._report_failure(runtime, member.id, err)
+            return
+        # A backend deleted meanwhile is connected to all the same, as asyncio's Connector
+        # does with the backend it picked.
+        family, packed = sockaddr(ip, port)
+        self.engine.resolved(index, token, family, packed)
+
+    def _dropped(self, runtime: RouteRuntime, backend_id: int, index: int, token: int) -> None:
+        if self.engine.resolved(index, token, again=True):
+            self.resolves_dropped += 1
+            log.warning(
+                "connect skipped app=%s route=%s backend=%s: deleted before its name was "
+                "resolved; trying another backend",
+                runtime.app, runtime.route_id, backend_id,
+            )  # fmt: skip
+
+    @classmethod
+    def _connect_failed(cls, runtime: RouteRuntime, backend_id: int, err: int) -> None:
+        """One connect attempt failed (the engine went on to the next backend)."""
+        cls._report_failure(
+            runtime, backend_id, OSError(err, os.strerror(err)) if err else TimeoutError()
+        )
+
     @staticmethod
-    def _connect_failed(runtime: RouteRuntime, backend_id: int, err: int) -> None:
-        """One connect attempt failed (the engine went on to the next backend): logged, and
-        counted towards the backend's passive health as on the asyncio pipes."""
-        error = OSError(err, os.strerror(err)) if err else TimeoutError()
+    def _report_failure(runtime: RouteRuntime, backend_id: int, error: OSError) -> None:
+        """Logged, and counted towards the backend's passive health as on the asyncio
+        pipes."""
         member = runtime.members.get(backend_id)
         backend = runtime.route.backend(backend_id)
         log.warning(
@@ -327,6 +386,8 @@ class NativeEngine:
             self._thread = None
             self.engine.abort(reason="shutdown")
             self._drain()
+            for task in self._resolving:
+                task.cancel()  # their connections were reset: an answer would find none
             assert self._loop is not None
             self._loop.remove_reader(self.engine.notify_fd)
         # The runtimes point back at it (on_live): without them it is freed at once.
