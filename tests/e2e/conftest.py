@@ -31,6 +31,13 @@ def start_node() -> Iterator[StartNode]:
     nodes.stop_all()
 
 
+@pytest.fixture
+def engine_node(start_node: StartNode, tmp_path: Path) -> Node:
+    """A ready `restcp serve --engine native` (otherwise as the ``node`` fixture)."""
+    lo, hi = free_port_range()
+    return start_node(*serve_args(tmp_path / "restcp.db", lo, hi, "--engine", "native"))
+
+
 # What a node observes of a backend rather than what is stored: it starts afresh on restart.
 STATUS_FIELDS = (
     "health",

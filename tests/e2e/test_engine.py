@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import StartNode, add_backend, create_route, serve_args, wait_until
-from tests.e2e.peers import Backend, attach, connect, dial, echo, round_trip
+from tests.e2e.peers import Backend, attach, connect, dial, echo, recv_all, round_trip
 from tests.e2e.test_ops_logs import address_of
 from tests.e2e.test_ops_metrics import start_json_node
 from tests.e2e.test_traffic_splice import MB, connection_event
@@ -245,3 +245,37 @@ def test_splice_routes_are_served_by_the_engine_splicing(
             assert echoed(sock, bulk) == bulk
         event = connection_event(node, client)
         assert (event["engine"], event["spliced"]) == ("native", True)
+
+
+def test_proxy_header_to_a_host_name_backend(engine_node: Node) -> None:
+    """A route with a PROXY v2 header and a backend named ``localhost``: the engine serves
+    it (the name resolved at each connect), and the backend reads the exact header (written
+    out from the spec's layout), then the client's bytes."""
+    node = engine_node
+    received: list[bytes] = []
+
+    def record(conn: socket.socket) -> None:
+        received.append(recv_all(conn))
+
+    with Backend(record) as server:
+        port = create_route(node, "named", proxy_protocol="v2")["port"]
+        add_backend(node, "named", 1, server.port, ip="localhost")
+        assert "engine=native" in node.wait_for_line("listening app=named route=1 url=")
+        for count, message in enumerate((b"first", b"second"), 1):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                client_port = sock.getsockname()[1]
+                sock.sendall(message)
+                sock.shutdown(socket.SHUT_WR)
+                assert recv_all(sock) == b""
+            header = (
+                b"\r\n\r\n\x00\r\nQUIT\n"  # the v2 signature
+                + b"\x21\x11\x00\x0c"  # version 2 PROXY, TCP over IPv4, 12 bytes
+                + socket.inet_aton("127.0.0.1") * 2
+                + client_port.to_bytes(2, "big")
+                + port.to_bytes(2, "big")
+            )
+            # The backend keeps the bytes before it closes, and the client's EOF follows.
+            assert len(received) == count
+            assert received[-1] == header + message
+        line = node.wait_for_line("backend=1/localhost:")
+        assert f"bytes_up={len(b'first')} " in line

@@ -8,6 +8,8 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import StartNode, create_route, serve_args
 from tests.e2e.peers import Backend, attach, patch_route, recv_all
 from tests.helpers import Node, free_port_range
@@ -65,6 +67,24 @@ def v2(src: tuple[str, int], dst: tuple[str, int]) -> bytes:
     )
 
 
+@pytest.fixture(params=["asyncio", "native"])
+def engine(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def any_node(engine: str, request: pytest.FixtureRequest) -> Node:
+    """A node on each data plane: ``native`` serves these routes with the engine."""
+    node: Node = request.getfixturevalue("engine_node" if engine == "native" else "node")
+    return node
+
+
+def served_by(node: Node, app: str, native: bool) -> None:
+    line = node.wait_for_line(f"listening app={app} route=1 url=")
+    assert ("engine=native" in line) == native, line
+
+
 def check_route(node: Node, host: str, source: str, proxy: str | None, backend: str | None,
                 expect: str | None) -> None:  # fmt: skip
     """A fresh route and backend; the bytes the backend gets must be exactly the header
@@ -75,6 +95,7 @@ def check_route(node: Node, host: str, source: str, proxy: str | None, backend: 
     with Backend(recorder) as server:
         fields = {} if backend is None else {"proxy_protocol": backend}
         attach(node, app, 1, server.port, **fields)
+        served_by(node, app, "--engine" in node.args)
         payload = b"GET / HTTP/1.0\r\n\r\n"
         frontend = (host, route["port"])
         encode = {"v1": v1, "v2": v2, None: lambda src, dst: b""}[expect]
@@ -85,7 +106,7 @@ def check_route(node: Node, host: str, source: str, proxy: str | None, backend: 
         assert recorder.received[1] == encode(client, frontend), (proxy, backend)
 
 
-def test_proxy_protocol_headers_ipv4(node: Node) -> None:
+def test_proxy_protocol_headers_ipv4(any_node: Node) -> None:
     for proxy, backend, expect in (
         ("v1", None, "v1"),
         ("v2", None, "v2"),
@@ -94,22 +115,25 @@ def test_proxy_protocol_headers_ipv4(node: Node) -> None:
         (None, "v2", "v2"),
         (None, None, None),
     ):
-        check_route(node, "127.0.0.1", "127.0.0.2", proxy, backend, expect)
+        check_route(any_node, "127.0.0.1", "127.0.0.2", proxy, backend, expect)
 
 
-def test_proxy_protocol_headers_ipv6(start_node: StartNode, tmp_path: Path) -> None:
+def test_proxy_protocol_headers_ipv6(start_node: StartNode, tmp_path: Path, engine: str) -> None:
     lo, hi = free_port_range()
-    args = serve_args(tmp_path / "restcp.db", lo, hi, "--frontend-ip", "127.0.0.1")
+    options = ("--engine", "native") if engine == "native" else ()
+    args = serve_args(tmp_path / "restcp.db", lo, hi, *options, "--frontend-ip", "127.0.0.1")
     node = start_node(*args, "--frontend-ip", "::1")
     check_route(node, "::1", "::1", "v1", None, "v1")
     check_route(node, "::1", "::1", "v2", None, "v2")
 
 
-def test_proxy_protocol_changed_live(node: Node) -> None:
+def test_proxy_protocol_changed_live(any_node: Node, engine: str) -> None:
+    node = any_node
     route = create_route(node, "live", proxy_protocol="v1")
     recorder = Recorder()
     with Backend(recorder) as server:
         attach(node, "live", 1, server.port)
+        served_by(node, "live", engine == "native")
         frontend = ("127.0.0.1", route["port"])
         client = send_through(route["port"], b"one", "127.0.0.1", "127.0.0.3")
         patch_route(node, "live", 1, proxy_protocol="v2")
