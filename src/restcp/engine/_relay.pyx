@@ -601,8 +601,12 @@ cdef class Engine:
             r.used = 1
             r.listen_fd = -1
             r.app_count = app_count
-            self._configure(r, backends, balance, connect_timeout, idle_timeout,
-                            half_close_timeout, max_attempts, max_connections, splice)
+            try:
+                self._configure(r, backends, balance, connect_timeout, idle_timeout,
+                                half_close_timeout, max_attempts, max_connections, splice)
+            except BaseException:
+                r.used = 0  # its slot stays unused
+                raise
             r.gen += 1
             r.listen_fd = listen_fd
             ev.events = EPOLLIN | EPOLLET
@@ -633,14 +637,19 @@ cdef class Engine:
                     double idle_timeout, double half_close_timeout, int max_attempts,
                     long max_connections, int splice):
         cdef int n = len(backends), i
-        cdef Backend *table = <Backend *>malloc((n if n else 1) * sizeof(Backend))
+        cdef Backend *table
         cdef uint64_t total = 0
         cdef bytes packed
+        # Checked before anything changes: a bad table leaves the route as it was.
+        if balance not in BALANCES:
+            raise ValueError(f"unknown balance {balance!r}")
+        for row in backends:
+            if not isinstance(row, tuple) or len(row) != 6 or not isinstance(row[2], bytes) \
+                    or len(row[2]) > sizeof(sockaddr_storage) or row[5] not in (0, 1, 2):
+                raise ValueError(f"bad backend row {row!r}")
+        table = <Backend *>malloc((n if n else 1) * sizeof(Backend))
         for i in range(n):
             backend_id, family, packed, weight, backend_max, proxy = backends[i]
-            if len(packed) > sizeof(sockaddr_storage) or proxy not in (0, 1, 2):
-                free(table)
-                raise ValueError(f"bad backend row {backends[i]!r}")
             memset(&table[i], 0, sizeof(Backend))
             memcpy(&table[i].addr, <char *>packed, len(packed))
             table[i].addr_len = len(packed)

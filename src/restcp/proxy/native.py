@@ -296,8 +296,8 @@ class NativeEngine:
         if self.engine.resolved(index, token, again=True):
             self.resolves_dropped += 1
             log.warning(
-                "connect skipped app=%s route=%s backend=%s: deleted before its name was "
-                "resolved; trying another backend",
+                "connect skipped app=%s route=%s backend=%s: deleted or readdressed before "
+                "its name was resolved; trying another backend",
                 runtime.app, runtime.route_id, backend_id,
             )  # fmt: skip
 
