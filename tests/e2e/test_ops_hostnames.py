@@ -32,6 +32,24 @@ LOOPBACK_DENIED = ("--backend-deny", "127.0.0.0/8", "--backend-deny", "::1/128")
 CHECK = {"interval": 0.1, "timeout": 1, "rise": 1, "fall": 1}
 
 
+@pytest.fixture(params=["asyncio", "native"])
+def engine(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """The data plane that resolves the names at connect: its ``serve`` options."""
+    return ("--engine", "native") if request.param == "native" else ()
+
+
+@pytest.fixture
+def any_node(engine: tuple[str, ...], request: pytest.FixtureRequest) -> Node:
+    node: Node = request.getfixturevalue("engine_node" if engine else "node")
+    return node
+
+
+def on_engine(node: Node, app: str, engine: tuple[str, ...]) -> None:
+    """The route is served by the data plane asked for."""
+    line = node.wait_for_line(f"listening app={app} route=1 url=")
+    assert ("engine=native" in line) == bool(engine), line
+
+
 def name_backend(node: Node, app: str, port: int, **body: Any) -> int:
     response = node.call(
         "PUT", f"/apps/{app}/routes/1/backends", {"ip": "localhost", "port": port, **body}
@@ -41,7 +59,10 @@ def name_backend(node: Node, app: str, port: int, **body: Any) -> int:
     return backend_id
 
 
-def test_a_name_backend_is_stored_as_written_and_relays(node: Node) -> None:
+def test_a_name_backend_is_stored_as_written_and_relays(
+    any_node: Node, engine: tuple[str, ...]
+) -> None:
+    node = any_node
     port = create_route(node, "named")["port"]
     with Backend(echo) as server:
         response = node.call(
@@ -50,6 +71,7 @@ def test_a_name_backend_is_stored_as_written_and_relays(node: Node) -> None:
         assert response.status == 201, response
         backend = node.call("GET", "/apps/named/routes/1/backends/1").json()
         assert (backend["ip"], backend["port"]) == ("localhost", server.port)
+        on_engine(node, "named", engine)
         for payload in (b"a", b"by name" * 1000):
             assert exchange(port, payload)[1] == payload
         assert server.accepted == 2
@@ -145,7 +167,7 @@ def test_a_stored_name_is_judged_again_at_every_connect_and_probe(
 
 
 def test_a_stored_name_is_refused_at_connect_without_checks(
-    start_node: StartNode, tmp_path: Path
+    start_node: StartNode, tmp_path: Path, engine: tuple[str, ...]
 ) -> None:
     lo, hi = free_port_range()
     store = tmp_path / "c.db"
@@ -154,7 +176,8 @@ def test_a_stored_name_is_refused_at_connect_without_checks(
     with Backend(echo) as server:
         name_backend(first, "plain", server.port)
         assert first.stop() == 0
-        node = start_node(*serve_args(store, lo, hi, *LOOPBACK_DENIED))
+        node = start_node(*serve_args(store, lo, hi, *LOOPBACK_DENIED, *engine))
+        on_engine(node, "plain", engine)
         assert turned_away(port, b"x")
         node.wait_for_line("localhost resolves to no allowed address", timeout=5)
         assert server.accepted == 0
@@ -162,14 +185,18 @@ def test_a_stored_name_is_refused_at_connect_without_checks(
         assert failures == 1, failures
 
 
-def test_a_name_that_reaches_the_nodes_own_listener_is_refused_at_connect(node: Node) -> None:
+def test_a_name_that_reaches_the_nodes_own_listener_is_refused_at_connect(
+    any_node: Node, engine: tuple[str, ...]
+) -> None:
     """Allowed when stored (nothing listened there); then restcp itself opens a route on
     that port. An IP backend is taken out when the route opens; a name can only be judged
     when it is resolved, at the next connect, and must be refused there."""
+    node = any_node
     lo, hi = port_range(node)
     taken = free_port_outside(lo, hi)
     outer = create_route(node, "outer")["port"]
     name_backend(node, "outer", taken)
+    on_engine(node, "outer", engine)
     with Backend(echo) as inner_backend:
         assert create_route(node, "inner", port=taken)["port"] == taken
         response = node.call(
