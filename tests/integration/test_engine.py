@@ -16,6 +16,7 @@ import pytest
 
 from restcp import engine as native_engine
 from restcp.core.reconcile import Update
+from restcp.engine import load, sockaddr
 from restcp.model import HealthCheck
 from restcp.proxy.listener import Listener
 from restcp.proxy.native import EngineListener, unsupported
@@ -461,3 +462,26 @@ def test_a_splice_change_applies_to_new_connections(
     caplog.set_level(logging.INFO, "restcp.access")
     run(loop, main())
     assert spliced(caplog) == [False, True]
+
+
+def test_a_bad_table_changes_nothing() -> None:
+    """A row of the wrong shape or with an unknown PROXY version: a clear error, from
+    update_route and add_route alike."""
+    module, why = load()
+    assert module is not None, why
+    engine = module.Engine()
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        listening.setblocking(False)
+        family, packed = sockaddr("127.0.0.1", 9)
+        good = [(1, family, packed, 1, -1, 2)]
+        slot = engine.add_route(listening.fileno(), good, "random", 1.0, 0.0, 0.0, 1, -1)
+        for bad in ([(1, family, packed, 1)], [(1, family, packed, 1, -1, 3)]):
+            with pytest.raises(ValueError, match="bad backend row"):
+                engine.update_route(slot, bad, "random", 1.0, 0.0, 0.0, 1, -1)
+            with pytest.raises(ValueError, match="bad backend row"):
+                engine.add_route(listening.fileno(), bad, "random", 1.0, 0.0, 0.0, 1, -1)
+        assert engine.counters(slot) == (0, 0, 0, 0, 0)
+        engine.retire(slot)
+    engine.close()
