@@ -9,6 +9,8 @@ too. Either way the engine's connection ends, and no descriptor of the process i
 Each runs on a route that copies, one that splices (``true``: both ways through kernel
 pipes from the first byte) and one that splices bulk (``"auto"``: a way splices once a read
 fills 64 KiB, and copies again after small splices), whose pipes must be closed too.
+Behind a PROXY v2 header (on each route), the same: the backend reads the header first,
+then the relay.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from restcp.core import proxy_protocol
 from tests.integration.harness import (
+    HOST,
     WAIT,
     Server,
     access_lines,
@@ -91,15 +95,25 @@ class Side:
         reset(self.writer)
 
 
+# A v2 header of two IPv4 addresses: signature, 4 bytes, 12 of addresses and ports.
+V2_IPV4 = 28
+
+
 async def scenario(
-    actions: list[tuple[str, int]], idle_timeout: float = 3600.0, engine: str = "native"
+    actions: list[tuple[str, int]],
+    idle_timeout: float = 3600.0,
+    engine: str = "native",
+    header: bool = False,
 ) -> tuple[str, bytes, bytes]:
-    """Play ``actions``; (how it ended: "closed", "reset" or "idle"; the bytes the client
-    sent, the backend got)."""
+    """Play ``actions`` (``header``: behind a PROXY v2 header); (how it ended: "closed",
+    "reset" or "idle"; the bytes the client sent, the backend got)."""
     backend_side: asyncio.Future[Side] = asyncio.get_running_loop().create_future()
     finished = asyncio.Event()
+    headers: list[bytes] = []
 
     async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if header:
+            headers.append(await reader.readexactly(V2_IPV4))
         side = Side(reader, writer)
         side.start()
         backend_side.set_result(side)
@@ -107,13 +121,20 @@ async def scenario(
 
     async with (
         Server(backend) as server,
-        proxy(server.backend(), idle_timeout=idle_timeout, engine=engine) as px,
-    ):
+        proxy(
+            server.backend(), idle_timeout=idle_timeout, engine=engine,
+            proxy_protocol="v2" if header else None,
+        ) as px,
+    ):  # fmt: skip
         baseline = open_fds()
         reader, writer = await px.connect()
         client = Side(reader, writer)
         client.start()
         back = await asyncio.wait_for(backend_side, WAIT)
+        if header:
+            address = writer.get_extra_info("sockname")
+            expected = proxy_protocol.v2((address[0], address[1]), (HOST, px.port))
+            assert headers == [expected]
         sides = {"client": client, "backend": back}
         was_reset = idle = False
         for action, size in actions:
@@ -186,15 +207,31 @@ def test_any_interleaving_then_silence_ends_by_the_idle_timeout(
     check(actions, IDLE, caplog, engine)
 
 
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(actions=ACTIONS)
+@ENGINE_CASES
+def test_any_interleaving_behind_a_proxy_header(
+    engine: str, actions: list[tuple[str, int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The header is not counted in bytes_up, nor taken for the client's bytes (nor
+    spliced after them)."""
+    check(actions, 3600.0, caplog, engine, header=True)
+
+
 def check(
     actions: list[tuple[str, int]],
     idle_timeout: float,
     caplog: pytest.LogCaptureFixture,
     engine: str,
+    header: bool = False,
 ) -> None:
     caplog.clear()
     caplog.set_level(logging.INFO, "restcp.access")
-    ending, sent, _got = run("uvloop", scenario(actions, idle_timeout, engine))
+    ending, sent, _got = run("uvloop", scenario(actions, idle_timeout, engine, header))
     (line,) = access_lines(caplog)
     if engine == "native-splice":
         # Spliced from its connect on, unless the engine never saw it connected (a backend
