@@ -30,6 +30,7 @@ from tests.integration.harness import (
     read_all,
     read_outcome,
     run,
+    spliced,
     stalled,
     until,
 )
@@ -91,10 +92,19 @@ def test_header_then_the_client_bytes(
     assert [line.split("bytes_up=")[1].split()[0] for line in lines] == [str(len(data)), "0"]
 
 
-@ENGINES
-def test_header_first_past_a_banner_and_a_full_backend(loop: str, engine: str) -> None:
+# The engine's splicing routes too: its header waits in the up direction's buffer, which
+# goes out before anything is spliced (asyncio's splice pipe: test_splice.py).
+@pytest.mark.parametrize(
+    ("engine", "splice"),
+    [("asyncio", False), ("native", False), ("native", True), ("native", "auto")],
+    ids=["asyncio", "native", "native-spliced", "native-auto"],
+)
+def test_header_first_past_a_banner_and_a_full_backend(
+    loop: str, engine: str, splice: bool | str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The backend speaks first and reads nothing until the client's bytes back up in
-    every buffer: the header still goes first, then every client byte in order."""
+    every buffer: the header still goes first, then every client byte in order (also when
+    the engine splices them, from the first byte or from bulk on)."""
     # More than every buffer on the way holds (the sockets' on loopback, the relay's).
     data = payload(32 * MB)
     full = asyncio.Event()
@@ -108,7 +118,7 @@ def test_header_first_past_a_banner_and_a_full_backend(loop: str, engine: str) -
     async def main() -> None:
         async with (
             Server(backend) as server,
-            proxy(server.backend(), proxy_protocol="v2", engine=engine) as px,
+            proxy(server.backend(), proxy_protocol="v2", engine=engine, splice=splice) as px,
         ):
             reader, writer = await px.connect()
             client = writer.get_extra_info("sockname")[:2]
@@ -134,7 +144,9 @@ def test_header_first_past_a_banner_and_a_full_backend(loop: str, engine: str) -
             assert await read_all(reader) == b""
             writer.close()
 
+    caplog.set_level(logging.INFO, "restcp.access")
     run(loop, main())
+    assert spliced(caplog) == [bool(splice)]
 
 
 @ENGINES
