@@ -43,13 +43,18 @@ NOT_DROPPING: list[tuple[Toxic, ...]] = [
 def test_live_changes_under_a_thousand_connections_lose_and_reorder_nothing(
     loop: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A thousand connections each send a dozen messages of random bytes through an echo,
-    a few milliseconds apart, then a FIN; meanwhile the route's toxics go through the
-    sets above, again and again, each change applied to every open connection. Every
+    """A thousand connections each send a dozen messages of random bytes (or more, until a
+    cycle of changes was made) through an echo, a few milliseconds apart, then a FIN;
+    meanwhile the route's toxics go through the sets above, again and again, each change
+    applied to every open connection. Every
     connection gets back exactly what it sent, in order, then EOF, and ends ``closed``;
     once all have ended, no stage holds anything. The test checks that it proved this:
     the changes came with hundreds of connections open and bytes held in stages, and most
     connections met toxics of several sets while open."""
+
+    # Set once a whole cycle of changes was made: until then every client keeps sending, so
+    # the changes meet open connections however fast this machine moves their messages.
+    cycled = asyncio.Event()
 
     async def client(port: int, rng: random.Random) -> None:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), WAIT)
@@ -62,10 +67,12 @@ def test_live_changes_under_a_thousand_connections_lose_and_reorder_nothing(
             return bytes(got)
 
         reading = asyncio.create_task(read())
-        for _ in range(MESSAGES):
+        messages = 0
+        while messages < MESSAGES or not cycled.is_set():
             data = rng.randbytes(rng.randrange(1, 3000))
             sent += data
             writer.write(data)
+            messages += 1
             await asyncio.sleep(rng.random() * 0.06)
         writer.write_eof()
         assert await asyncio.wait_for(reading, WAIT * 6) == bytes(sent)
@@ -99,6 +106,8 @@ def test_live_changes_under_a_thousand_connections_lose_and_reorder_nothing(
                 await px.change(toxics=NOT_DROPPING[changes % len(NOT_DROPPING)])
                 took.append(time.perf_counter() - began)
                 changes += 1
+                if changes >= len(NOT_DROPPING):
+                    cycled.set()
                 await asyncio.sleep(0.05)
             await asyncio.gather(*clients)
             await px.change(toxics=())
