@@ -183,9 +183,10 @@ def test_shutdown_drains_both_data_planes_under_one_count_and_deadline(
     assert ends == ["end=shutdown", "end=shutdown"]
 
 
-def test_a_backend_the_engine_cannot_serve_moves_the_route_without_error(loop: str) -> None:
-    """The update reaches the engine's table before the manager moves the route: the engine
-    keeps its last table rather than read one it cannot serve, and the route moves."""
+def test_an_update_the_engine_cannot_serve_moves_the_route_without_error(loop: str) -> None:
+    """A backend changed in the same update as a toxic came: the new table reaches the
+    engine before the manager moves the route; the engine keeps its last table rather than
+    read one of a route it cannot serve, and the route moves."""
 
     async def main() -> None:
         async with (
@@ -194,10 +195,12 @@ def test_a_backend_the_engine_cannot_serve_moves_the_route_without_error(loop: s
         ):
             before = await opened(px)
             capped = dataclasses.replace(px.route.backends[0], max_connections=5)
-            route = dataclasses.replace(px.route, backends=(capped,))
+            route = dataclasses.replace(
+                px.route, backends=(capped,), toxics=(toxic("latency", latency=0),)
+            )
             await px.manager.apply([Update(route)])
             px.route = route
-            assert unsupported(route, px.manager._runtimes[route.key]) == "max_connections"
+            assert unsupported(route, px.manager._runtimes[route.key]) == "toxics"
             assert isinstance(listener_of(px), Listener)
             after = await opened(px)
             for reader, writer in (before, after):

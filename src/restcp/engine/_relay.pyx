@@ -10,8 +10,9 @@ changes a table or drains the records; the loop never takes the GIL.
 
 A connection:
 
-    accept ─► CONNECTING (non-blocking connect; on error or past connect_timeout the next
-              │           backend of the table, up to max_attempts; none left: closed)
+    accept ─► CONNECTING (the route's balancer picks a backend of the table, ``choose``;
+              │           non-blocking connect; on error or past connect_timeout a new pick
+              │           without the backends tried, up to max_attempts; none: closed)
               ▼
             RELAY: each direction reads into a scratch buffer and writes to the other side
               │    at once; what the other side's kernel buffer does not take waits in a
@@ -42,7 +43,9 @@ SWEEP milliseconds while any is open. Records reach Python in batches: the loop 
 
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset, strlen
+from libc.stdio cimport snprintf
+from libc.math cimport log
 from libc.errno cimport (errno, EAGAIN, EINPROGRESS, EINTR, EINVAL, EMFILE, ENFILE, ENOBUFS,
                          ENOMEM, ENOSYS)
 
@@ -107,6 +110,17 @@ cdef extern from "<sys/socket.h>" nogil:
 
 cdef extern from "<netinet/in.h>" nogil:
     int IPPROTO_TCP
+    struct in_addr:
+        pass
+    struct in6_addr:
+        pass
+    struct sockaddr_in:
+        in_addr sin_addr
+    struct sockaddr_in6:
+        in6_addr sin6_addr
+
+cdef extern from "<arpa/inet.h>" nogil:
+    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
 
 cdef extern from "<netinet/tcp.h>" nogil:
     int TCP_NODELAY
@@ -210,16 +224,42 @@ ENDS = ("closed", "client_reset", "backend_reset", "connect_failed", "no_backend
         "idle_timeout", "half_close_timeout", "aborted", "route_limit", "node_limit",
         "connect_error", "connected", "route_disabled", "backend_disabled", "drain_timeout",
         "shutdown", "accept_paused", "accept_resumed", "app_limit", "resolve")
-BALANCES = {"random": 0, "round_robin": 1}
+# The balancers of core/balancer.py, each made here to pick as that one does.
+BALANCES = {"random": 0, "round_robin": 1, "least_conn": 2, "two_choices": 3, "source_hash": 4}
+cdef enum:
+    B_RANDOM = 0
+cdef enum:
+    B_ROUND_ROBIN = 1
+cdef enum:
+    B_LEAST_CONN = 2
+cdef enum:
+    B_TWO_CHOICES = 3
+cdef enum:
+    B_SOURCE_HASH = 4
 
 cdef struct Backend:
     sockaddr_storage addr
     socklen_t addr_len
     int family         # 0 (AF_UNSPEC): a host name, resolved by Python at each connect
     int proxy          # the PROXY header it is sent first: 0 none, 1 (text), 2 (binary)
-    int64_t max_connections  # parsed, not used yet (-1: no cap)
+    int64_t max_connections  # -1: no cap
     int64_t id
+    int64_t weight
     uint64_t weight_to  # cumulative weight (random pick)
+    int load           # its address's counts: an index into the route's loads
+    char hash_prefix[24]  # b"<id>:", what source_hash hashes before the client's IP
+    int hash_prefix_len
+
+cdef struct Load:
+    # The connections of one address of a backend (its id and sockaddr), as a Member counts
+    # them (proxy/members.py): they outlive table updates, so a cap or least_conn is not
+    # reset by an unrelated change, and a replaced address keeps its leftovers apart.
+    int64_t id
+    sockaddr_storage addr
+    socklen_t addr_len
+    int64_t active      # connected: least_conn and two_choices read it
+    int64_t connecting  # connects in flight: they count against max_connections too
+    int listed          # in the route's current table (0: only open connections hold it)
 
 cdef struct Route:
     int used           # the route is served (0: retired)
@@ -228,8 +268,13 @@ cdef struct Route:
     Backend *backends
     int n_backends
     uint64_t total_weight
-    uint32_t next_rr
+    Load *loads
+    int n_loads
+    int capped         # a backend of the table has max_connections
     int balance
+    # The pickers' cursors (core/balancer.py's): kept across updates of the same balance.
+    int64_t rr_round, rr_last
+    uint64_t lc_turn
     double connect_timeout, idle_timeout, half_close_timeout
     int max_attempts
     int64_t max_connections  # -1: no cap
@@ -256,7 +301,9 @@ cdef struct Conn:
     uint32_t gen
     int client, backend
     int route
-    int pick, tries
+    int tries
+    int load           # the address connected (or being connected) to, or -1
+    int64_t *tried     # ids whose connect failed, one per failed try (NULL before one)
     int proxy          # the PROXY header version of the backend being connected to
     int resolving      # waiting for Python's answer (``resolved``) to an E_RESOLVE record
     int64_t backend_id
@@ -487,6 +534,370 @@ def proxy_header(int version, bytes src, bytes dst) -> bytes:
     return out[:build_header(version, &a, &b, out)]
 
 
+# ---- Picking a backend: core/balancer.py's pickers, in C --------------------------------
+#
+# ``choose`` is the one pick, for the first connect and for each failover: the rows of the
+# route's table not tried yet for this client, of weight > 0 and below their
+# max_connections (open connections plus connects in flight), as RouteRuntime.pick passes
+# them to its picker. Each balancer picks as its Python twin does: round_robin and
+# least_conn with the same cursor, so the same sequence; source_hash with the same hash and
+# score, so the same backend for a client (tests/unit/engine/ holds them to it); random and
+# two_choices with the same weights, from a generator of their own.
+
+cdef extern from *:
+    """
+    /* BLAKE2b (RFC 7693) with an 8-byte digest, no key: hashlib.blake2b(data,
+       digest_size=8), whose digest read big-endian is source_hash's point. */
+    static const uint64_t restcp_b2_iv[8] = {
+        0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL,
+        0xa54ff53a5f1d36f1ULL, 0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL,
+        0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL};
+    static const unsigned char restcp_b2_sigma[12][16] = {
+        {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+        {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+        {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+        {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+        {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+        {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+        {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+        {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+        {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+        {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+        {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+        {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3}};
+
+    #define RESTCP_ROTR64(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
+    #define RESTCP_B2_G(a, b, c, d, x, y) do { \\
+        v[a] = v[a] + v[b] + (x); v[d] = RESTCP_ROTR64(v[d] ^ v[a], 32); \\
+        v[c] = v[c] + v[d];       v[b] = RESTCP_ROTR64(v[b] ^ v[c], 24); \\
+        v[a] = v[a] + v[b] + (y); v[d] = RESTCP_ROTR64(v[d] ^ v[a], 16); \\
+        v[c] = v[c] + v[d];       v[b] = RESTCP_ROTR64(v[b] ^ v[c], 63); \\
+    } while (0)
+
+    static void restcp_b2_compress(uint64_t h[8], const unsigned char block[128],
+                                   uint64_t t, int last) {
+        uint64_t v[16], m[16];
+        int i, j;
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        memcpy(m, block, 128);  /* the words are little-endian, as this machine's */
+        (void)j;
+    #else
+        for (i = 0; i < 16; i++) {
+            m[i] = 0;
+            for (j = 7; j >= 0; j--)
+                m[i] = (m[i] << 8) | block[i * 8 + j];
+        }
+    #endif
+        for (i = 0; i < 8; i++) {
+            v[i] = h[i];
+            v[i + 8] = restcp_b2_iv[i];
+        }
+        v[12] ^= t;  /* messages here are far below 2**64 bytes: the high word stays 0 */
+        if (last)
+            v[14] = ~v[14];
+        for (i = 0; i < 12; i++) {
+            const unsigned char *s = restcp_b2_sigma[i];
+            RESTCP_B2_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+            RESTCP_B2_G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+            RESTCP_B2_G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+            RESTCP_B2_G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+            RESTCP_B2_G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+            RESTCP_B2_G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+            RESTCP_B2_G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+            RESTCP_B2_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+        }
+        for (i = 0; i < 8; i++)
+            h[i] ^= v[i] ^ v[i + 8];
+    }
+
+    /* The digest of prefix + data, read as a big-endian integer. */
+    static uint64_t restcp_blake2b_point(const unsigned char *prefix, size_t n_prefix,
+                                         const unsigned char *data, size_t n_data) {
+        uint64_t h[8], t = 0, out = 0;
+        unsigned char block[128];
+        size_t fill = 0, total = n_prefix + n_data, k;
+        int i;
+        for (i = 0; i < 8; i++)
+            h[i] = restcp_b2_iv[i];
+        h[0] ^= 0x01010000ULL ^ 8;  /* fanout 1, depth 1, no key, an 8-byte digest */
+        if (total <= 128) {  /* every key of the engine (an IP's text): one block */
+            memcpy(block, prefix, n_prefix);
+            memcpy(block + n_prefix, data, n_data);
+            fill = total;
+        } else {
+            for (k = 0; k < total; k++) {
+                if (fill == 128) {  /* a full block with more to come: not the last */
+                    t += 128;
+                    restcp_b2_compress(h, block, t, 0);
+                    fill = 0;
+                }
+                block[fill++] = k < n_prefix ? prefix[k] : data[k - n_prefix];
+            }
+        }
+        t += fill;
+        memset(block + fill, 0, 128 - fill);
+        restcp_b2_compress(h, block, t, 1);
+        for (i = 0; i < 8; i++)  /* the digest is h[0]'s bytes, little-endian first */
+            out = (out << 8) | ((h[0] >> (8 * i)) & 0xff);
+        return out;
+    }
+    """
+    uint64_t restcp_blake2b_point(const unsigned char *prefix, size_t n_prefix,
+                                  const unsigned char *data, size_t n_data) nogil
+
+
+cdef inline uint64_t draw(uint64_t *rng) noexcept nogil:
+    """xorshift64*: the random and two_choices draws."""
+    cdef uint64_t x = rng[0]
+    x ^= x >> 12
+    x ^= x << 25
+    x ^= x >> 27
+    rng[0] = x
+    return x * <uint64_t>0x2545F4914F6CDD1DULL
+
+
+cdef inline bint eligible(Route *r, int i, const int64_t *tried, int n_tried) noexcept nogil:
+    cdef Backend *b = &r.backends[i]
+    cdef Load *load
+    cdef int k
+    if b.weight <= 0:
+        return 0
+    for k in range(n_tried):
+        if tried[k] == b.id:
+            return 0
+    if b.max_connections >= 0:
+        load = &r.loads[b.load]
+        if load.active + load.connecting >= b.max_connections:
+            return 0
+    return 1
+
+
+cdef inline double load_of(Route *r, int i) noexcept nogil:
+    """``active / weight`` as Python divides it (both exact as doubles, one rounding)."""
+    return <double>r.loads[r.backends[i].load].active / <double>r.backends[i].weight
+
+
+cdef inline void set_hash_prefix(Backend *b) noexcept nogil:
+    b.hash_prefix_len = snprintf(b.hash_prefix, sizeof(b.hash_prefix), "%lld:",
+                                 <long long>b.id)
+
+
+cdef double hash_score(const char *key, int key_len, Backend *b) noexcept nogil:
+    """SourceHashPicker's ``_score``: ``weight / -ln(u)``, u from BLAKE2b of b"<id>:<key>"."""
+    cdef uint64_t point = restcp_blake2b_point(
+        <const unsigned char *>b.hash_prefix, b.hash_prefix_len,
+        <const unsigned char *>key, key_len
+    )
+    # 52 bits keep u strictly inside (0, 1), as in Python: (point >> 12) + 0.5 is exact.
+    cdef double u = (<double>(point >> 12) + 0.5) / 4503599627370496.0
+    return <double>b.weight / -log(u)
+
+
+cdef int weighted(Route *r, const int64_t *tried, int n_tried, uint64_t w) noexcept nogil:
+    """The eligible row that the point ``w`` (below their total weight) falls on."""
+    cdef int i
+    for i in range(r.n_backends):
+        if eligible(r, i, tried, n_tried):
+            if w < <uint64_t>r.backends[i].weight:
+                return i
+            w -= <uint64_t>r.backends[i].weight
+    return -1
+
+
+cdef int choose(Route *r, const int64_t *tried, int n_tried, const char *key, int key_len,
+                uint64_t *rng) noexcept nogil:
+    """The row of ``r``'s table a client goes to (see above), or -1: none is left."""
+    cdef int i, a, b, best = -1, count = 0, k
+    cdef uint64_t total = 0, w
+    cdef int64_t top = 0
+    cdef double low = 0, x, best_score = 0
+    if r.n_backends == 0:
+        return -1
+    if r.balance == B_RANDOM and n_tried == 0 and not r.capped:
+        # Every row may take the client: a binary search of the cumulative weights.
+        if r.total_weight == 0:
+            return -1
+        w = draw(rng) % r.total_weight
+        a, b = 0, r.n_backends - 1
+        while a < b:
+            i = (a + b) // 2
+            if r.backends[i].weight_to > w:
+                b = i
+            else:
+                a = i + 1
+        return a
+    if r.balance == B_RANDOM or r.balance == B_TWO_CHOICES:
+        for i in range(r.n_backends):
+            if eligible(r, i, tried, n_tried):
+                total += <uint64_t>r.backends[i].weight
+                count += 1
+                best = i
+        if count <= 1:
+            return best  # the only one, without a draw (as Python)
+        a = weighted(r, tried, n_tried, draw(rng) % total)
+        if r.balance == B_RANDOM:
+            return a
+        # Two weighted draws (the same one may come twice): the less loaded wins, a on a tie.
+        b = weighted(r, tried, n_tried, draw(rng) % total)
+        return a if load_of(r, a) <= load_of(r, b) else b
+    if r.balance == B_ROUND_ROBIN:
+        # Round r visits, in id order, every row whose weight is above r; the cursor is
+        # (round, id last handed out), so a table change shifts nothing.
+        for i in range(r.n_backends):
+            if eligible(r, i, tried, n_tried) and r.backends[i].weight > top:
+                top = r.backends[i].weight
+        if top == 0:
+            return -1
+        if r.rr_round >= top:
+            r.rr_round, r.rr_last = 0, 0
+        while True:  # two passes at most: after a reset the heaviest row qualifies
+            for i in range(r.n_backends):
+                if eligible(r, i, tried, n_tried) and r.backends[i].id > r.rr_last \
+                        and r.backends[i].weight > r.rr_round \
+                        and (best < 0 or r.backends[i].id < r.backends[best].id):
+                    best = i
+            if best >= 0:
+                r.rr_last = r.backends[best].id
+                return best
+            r.rr_round = (r.rr_round + 1) % top
+            r.rr_last = 0
+    if r.balance == B_LEAST_CONN:
+        # The fewest open connections per unit of weight; ties in table order, taken in
+        # turn (the turn advances on every pick, as Python's).
+        for i in range(r.n_backends):
+            if eligible(r, i, tried, n_tried):
+                x = load_of(r, i)
+                if best < 0 or x < low:
+                    low, best = x, i
+        if best < 0:
+            return -1
+        for i in range(r.n_backends):
+            if eligible(r, i, tried, n_tried) and load_of(r, i) == low:
+                count += 1
+        r.lc_turn += 1
+        k = <int>(r.lc_turn % <uint64_t>count)
+        for i in range(r.n_backends):
+            if eligible(r, i, tried, n_tried) and load_of(r, i) == low:
+                if k == 0:
+                    return i
+                k -= 1
+        return -1
+    # source_hash: the top scorer (weighted rendezvous); a tie, never seen, to the lower id.
+    for i in range(r.n_backends):
+        if eligible(r, i, tried, n_tried):
+            x = hash_score(key, key_len, &r.backends[i])
+            if best < 0 or x > best_score \
+                    or (x == best_score and r.backends[i].id < r.backends[best].id):
+                best, best_score = i, x
+    return best
+
+
+cdef int peer_text(sockaddr_storage *peer, char *out) noexcept nogil:
+    """The client's IP as Python writes it (``peername[0]``, inet_ntop's text, as uvloop
+    writes it; Python's own loop adds an IPv6 link-local address's %scope): the key
+    source_hash hashes. Its length (0: no address)."""
+    cdef const void *raw
+    if peer.ss_family == AF_INET:
+        raw = &(<sockaddr_in *>peer).sin_addr
+    elif peer.ss_family == AF_INET6:
+        raw = &(<sockaddr_in6 *>peer).sin6_addr
+    else:
+        return 0
+    if inet_ntop(peer.ss_family, raw, out, 64) == NULL:
+        return 0
+    return <int>strlen(out)
+
+
+cdef class Picker:
+    """The engine's pick alone (``choose``), over a table of (id, weight, active connections,
+    connects in flight, max_connections or -1): for the tests that hold it to
+    core/balancer.py's pickers, and to time a pick. Not used by the engine."""
+
+    cdef Route route
+    cdef uint64_t rng
+
+    def __cinit__(self, str balance, uint64_t seed=0x9E3779B97F4A7C15):
+        memset(&self.route, 0, sizeof(Route))
+        self.route.balance = BALANCES[balance]
+        self.rng = seed if seed else 1  # xorshift stays at 0 from 0
+
+    def __dealloc__(self):
+        free(self.route.backends)
+        free(self.route.loads)
+
+    def table(self, list rows) -> None:
+        """A new table; the cursors go on, as the engine's do across updates."""
+        cdef int n = len(rows), i
+        cdef Backend *backends = <Backend *>malloc((n if n else 1) * sizeof(Backend))
+        cdef Load *loads = <Load *>malloc((n if n else 1) * sizeof(Load))
+        cdef uint64_t total = 0
+        if backends == NULL or loads == NULL:
+            free(backends)
+            free(loads)
+            raise MemoryError()
+        memset(backends, 0, (n if n else 1) * sizeof(Backend))
+        memset(loads, 0, (n if n else 1) * sizeof(Load))
+        cdef int capped = 0
+        try:
+            for i in range(n):
+                if len(rows[i]) != 5:
+                    raise ValueError(f"bad row {rows[i]!r}: 5 fields, not {len(rows[i])}")
+                backend_id, weight, active, connecting, max_connections = rows[i]
+                if weight < 0:
+                    raise ValueError(f"bad row {rows[i]!r}")
+                backends[i].id = backend_id
+                backends[i].weight = weight
+                total += <uint64_t>weight
+                backends[i].weight_to = total
+                backends[i].max_connections = max_connections
+                backends[i].load = i
+                set_hash_prefix(&backends[i])
+                loads[i].id = backend_id
+                loads[i].active = active
+                loads[i].connecting = connecting
+                if max_connections >= 0:
+                    capped = 1
+        except BaseException:
+            free(backends)
+            free(loads)
+            raise
+        self.route.capped = capped
+        free(self.route.backends)
+        free(self.route.loads)
+        self.route.backends = backends
+        self.route.loads = loads
+        self.route.n_backends = n
+        self.route.n_loads = n
+        self.route.total_weight = total
+
+    def pick(self, tried: tuple = (), bytes key=b"") -> object:
+        """The id picked, or None; ``tried``: the ids excluded, ``key``: the client's IP."""
+        cdef int n = len(tried), i
+        cdef int64_t *excluded = <int64_t *>malloc((n if n else 1) * sizeof(int64_t))
+        if excluded == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                excluded[i] = tried[i]
+            i = choose(&self.route, excluded, n, key, len(key), &self.rng)
+        finally:
+            free(excluded)
+        return None if i < 0 else self.route.backends[i].id
+
+    def time(self, long n, bytes key=b"") -> float:
+        """Seconds per pick, over ``n`` (> 0) first picks in a row."""
+        cdef long k
+        cdef const char *raw = key
+        cdef int key_len = len(key)
+        cdef double start = now()
+        if n <= 0:
+            raise ValueError("time() needs n > 0 picks")
+        with nogil:
+            for k in range(n):
+                choose(&self.route, NULL, 0, raw, key_len, &self.rng)
+        return (now() - start) / n
+
+
 cdef class Engine:
     cdef int epfd, wake_fd, notify_fd_
     cdef pthread_mutex_t lock
@@ -547,6 +958,7 @@ cdef class Engine:
                 self.finish(i, E_ABORTED)
         for i in range(self.n_routes):
             free(self.routes[i].backends)
+            free(self.routes[i].loads)
         free(self.routes)
         free(self.conns)
         free(self.records)
@@ -580,10 +992,10 @@ cdef class Engine:
                   double idle_timeout, double half_close_timeout, int max_attempts,
                   long max_connections, app=None, int splice=0) -> int:
         """Serve a route: accept on ``listen_fd`` (non-blocking, owned by the caller) and
-        relay to ``backends`` ([(id, family, sockaddr bytes, weight, max_connections,
-        PROXY version)]; family 0: a host name, see ``resolved``); its clients count under
-        ``app``'s cap (None: under none); ``splice`` 0: copy, 1: splice, 2: splice bulk
-        ("auto"). Its slot number."""
+        relay to ``backends`` ([BackendRow]: id, family, sockaddr bytes, weight,
+        max_connections or -1, PROXY version; family 0: a host name, see ``resolved``); its
+        clients count under ``app``'s cap (None: under none); ``splice`` 0: copy, 1: splice,
+        2: splice bulk ("auto"). Its slot number."""
         check_splice(splice)
         cdef int64_t *app_count = NULL if app is None else self._app(app)
         cdef int slot
@@ -636,34 +1048,98 @@ cdef class Engine:
     cdef _configure(self, Route *r, list backends, str balance, double connect_timeout,
                     double idle_timeout, double half_close_timeout, int max_attempts,
                     long max_connections, int splice):
-        cdef int n = len(backends), i
+        """Read the table into ``r``; a bad table raises and changes nothing."""
+        cdef int n = len(backends), i, j, kind
         cdef Backend *table
+        cdef Load *loads
+        cdef Load *load
         cdef uint64_t total = 0
+        cdef int capped = 0
         cdef bytes packed
         # Checked before anything changes: a bad table leaves the route as it was.
         if balance not in BALANCES:
             raise ValueError(f"unknown balance {balance!r}")
+        kind = BALANCES[balance]
         for row in backends:
             if not isinstance(row, tuple) or len(row) != 6 or not isinstance(row[2], bytes) \
-                    or len(row[2]) > sizeof(sockaddr_storage) or row[5] not in (0, 1, 2):
+                    or len(row[2]) > sizeof(sockaddr_storage) or row[3] < 0 \
+                    or row[5] not in (0, 1, 2):
                 raise ValueError(f"bad backend row {row!r}")
         table = <Backend *>malloc((n if n else 1) * sizeof(Backend))
+        if table == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                backend_id, family, packed, weight, backend_max, proxy = backends[i]
+                memset(&table[i], 0, sizeof(Backend))
+                memcpy(&table[i].addr, <char *>packed, len(packed))
+                table[i].addr_len = len(packed)
+                table[i].family = family
+                table[i].proxy = proxy
+                table[i].max_connections = backend_max
+                table[i].id = backend_id
+                table[i].weight = weight
+                total += weight
+                table[i].weight_to = total
+                set_hash_prefix(&table[i])
+                if backend_max >= 0:
+                    capped = 1
+        except BaseException:  # a field of the wrong type: nothing changed either
+            free(table)
+            raise
+        # Room for a new record per row first: nothing below can fail.
+        loads = <Load *>realloc(r.loads, (r.n_loads + n + 1) * sizeof(Load))
+        if loads == NULL:
+            free(table)
+            raise MemoryError()
+        r.loads = loads
+        # Each row's address takes its counts from before (the same id and sockaddr); then
+        # each new address a record of none: one whose address left the table and has
+        # nothing open, or a new one. Records still counting open connections stay until
+        # those end. Two passes, so that no new address takes a record a later row keeps.
+        for j in range(r.n_loads):
+            r.loads[j].listed = 0
         for i in range(n):
-            backend_id, family, packed, weight, backend_max, proxy = backends[i]
-            memset(&table[i], 0, sizeof(Backend))
-            memcpy(&table[i].addr, <char *>packed, len(packed))
-            table[i].addr_len = len(packed)
-            table[i].family = family
-            table[i].proxy = proxy
-            table[i].max_connections = backend_max
-            table[i].id = backend_id
-            total += weight
-            table[i].weight_to = total
+            table[i].load = -1
+            # Most updates keep the rows where they were (a weight, a health change): the
+            # old row at the same place first, so a large table is not searched per row.
+            if i < r.n_backends and r.backends[i].id == table[i].id \
+                    and r.backends[i].addr_len == table[i].addr_len \
+                    and memcmp(&r.backends[i].addr, &table[i].addr, table[i].addr_len) == 0:
+                table[i].load = r.backends[i].load
+            for j in range(r.n_loads if table[i].load < 0 else 0):
+                load = &r.loads[j]
+                if load.id == table[i].id and load.addr_len == table[i].addr_len \
+                        and memcmp(&load.addr, &table[i].addr, load.addr_len) == 0:
+                    table[i].load = j
+                    break
+            if table[i].load >= 0:
+                r.loads[table[i].load].listed = 1
+        j = 0
+        for i in range(n):
+            if table[i].load >= 0:
+                continue
+            while j < r.n_loads and (r.loads[j].listed or r.loads[j].active
+                                     or r.loads[j].connecting):
+                j += 1
+            if j == r.n_loads:
+                r.n_loads += 1  # room was made above
+            table[i].load = j
+            load = &r.loads[j]
+            memset(load, 0, sizeof(Load))
+            load.id = table[i].id
+            memcpy(&load.addr, &table[i].addr, table[i].addr_len)
+            load.addr_len = table[i].addr_len
+            load.listed = 1
         free(r.backends)
         r.backends = table
         r.n_backends = n
         r.total_weight = total
-        r.balance = BALANCES[balance]
+        r.capped = capped
+        if kind != r.balance:
+            # A new balancer starts from its first pick, as RouteRuntime makes a new picker.
+            r.rr_round, r.rr_last, r.lc_turn = 0, 0, 0
+        r.balance = kind
         r.connect_timeout = connect_timeout
         r.idle_timeout = idle_timeout
         r.half_close_timeout = half_close_timeout
@@ -796,7 +1272,7 @@ cdef class Engine:
         ``packed`` (a struct sockaddr of ``family``), or, family 0, the name did not resolve
         (Python logged it and counted it towards the backend's health): the next backend.
         ``again``: the backend left the table before its name was asked; the attempt is not
-        counted, and the same place of the (new) table is tried. False if the attempt is
+        counted, and the balancer picks again from the (new) table. False if the attempt is
         over (timed out, the client gone): nothing was done."""
         cdef Conn *c
         cdef sockaddr_storage addr
@@ -816,16 +1292,44 @@ cdef class Engine:
             c.resolving = 0
             if family == 0:
                 if again:
+                    # Not an attempt: its backend left the table before the name was asked.
+                    self.routes[c.route].loads[c.load].connecting -= 1
+                    c.load = -1
                     c.tries -= 1
                 else:
                     self.routes[c.route].connect_failures += 1
+                    self.attempt_failed(c)
                 self.connect_next(index)
             elif self.start_connect(index, <sockaddr *>&addr, addr_len) < 0:
+                self.attempt_failed(c)
                 self.connect_next(index)
         finally:
             pthread_mutex_unlock(&self.lock)
         self._notify()  # what it recorded (a failed connect, a client let go)
         return True
+
+    def loads(self, int slot) -> list:
+        """[(backend id, sockaddr bytes, open connections, connects in flight)] of route
+        ``slot``: each address of its table, then each other still counting connections."""
+        cdef Route *r
+        cdef Load *load
+        cdef int j
+        out = []
+        pthread_mutex_lock(&self.lock)
+        try:
+            r = &self.routes[slot]
+            for j in range(r.n_backends):
+                load = &r.loads[r.backends[j].load]
+                out.append((load.id, (<char *>&load.addr)[:load.addr_len], load.active,
+                            load.connecting))
+            for j in range(r.n_loads):
+                load = &r.loads[j]
+                if not load.listed and (load.active or load.connecting):
+                    out.append((load.id, (<char *>&load.addr)[:load.addr_len], load.active,
+                                load.connecting))
+        finally:
+            pthread_mutex_unlock(&self.lock)
+        return out
 
     @property
     def active(self) -> int:
@@ -997,35 +1501,7 @@ cdef class Engine:
             c.app_count = r.app_count
             if r.active > r.active_max:
                 r.active_max = r.active
-            if r.n_backends == 0:
-                self.finish(index, E_NO_BACKEND)
-                continue
-            c.pick = self.pick(r)
-            c.tries = 0
-            self.connect_next(index)
-
-    cdef int pick(self, Route *r) noexcept nogil:
-        cdef uint64_t x, w
-        cdef int lo, hi, mid
-        if r.balance == 1:
-            lo = r.next_rr % r.n_backends
-            r.next_rr += 1
-            return lo
-        # xorshift64*, a weighted draw over the cumulative weights
-        x = self.rng
-        x ^= x >> 12
-        x ^= x << 25
-        x ^= x >> 27
-        self.rng = x
-        w = (x * <uint64_t>0x2545F4914F6CDD1DULL) % r.total_weight
-        lo, hi = 0, r.n_backends - 1
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if r.backends[mid].weight_to > w:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
+            self.connect_next(index)  # none to pick: closed, end=no_backend
 
     cdef int new_conn(self) noexcept nogil:
         cdef int index, size, i
@@ -1051,21 +1527,31 @@ cdef class Engine:
         self.conns[index].backend_id = -1
         self.conns[index].up.pipe_r = self.conns[index].up.pipe_w = -1
         self.conns[index].down.pipe_r = self.conns[index].down.pipe_w = -1
+        self.conns[index].load = -1
         self.live += 1
         return index
 
     cdef void connect_next(self, int index) noexcept nogil:
-        """Connect to the next backend of the route's table (the pick, then the ones after
-        it), up to max_attempts; none left: the client is closed."""
+        """Connect to the backend the route's balancer picks, the ones tried for this client
+        excluded (RouteRuntime.pick), up to max_attempts; none left: the client is closed."""
         cdef Conn *c = &self.conns[index]
         cdef Route *r = &self.routes[c.route]
         cdef Backend *b
         cdef Record *rec
-        while c.tries < r.max_attempts and c.tries < r.n_backends:
-            b = &r.backends[(c.pick + c.tries) % r.n_backends]
+        cdef int row, key_len = 0
+        cdef char key[64]
+        if r.balance == B_SOURCE_HASH:
+            key_len = peer_text(&c.peer, key)
+        while c.tries < r.max_attempts:
+            row = choose(r, c.tried, c.tries, key, key_len, &self.rng)
+            if row < 0:
+                break
+            b = &r.backends[row]
             c.tries += 1
             c.backend_id = b.id
             c.proxy = b.proxy
+            c.load = b.load
+            r.loads[c.load].connecting += 1
             # The deadline covers a host name's resolution too, as on asyncio.
             c.deadline = now() + r.connect_timeout
             if b.family == 0:
@@ -1080,6 +1566,7 @@ cdef class Engine:
                 return
             if self.start_connect(index, <sockaddr *>&b.addr, b.addr_len) == 0:
                 return
+            self.attempt_failed(c)
         self.finish(index, E_NO_BACKEND)  # as the asyncio pipes: a graceful close
 
     cdef int start_connect(self, int index, sockaddr *addr, socklen_t addr_len) noexcept nogil:
@@ -1107,6 +1594,19 @@ cdef class Engine:
         epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
         return 0
 
+    cdef void attempt_failed(self, Conn *c) noexcept nogil:
+        """The connect to ``c.backend_id`` failed: its address counts it out, and the next
+        pick excludes it."""
+        cdef Route *r = &self.routes[c.route]
+        cdef int64_t *tried = <int64_t *>realloc(c.tried, c.tries * sizeof(int64_t))
+        r.loads[c.load].connecting -= 1
+        c.load = -1
+        if tried == NULL:
+            c.tries = r.max_attempts  # out of memory: no failover rather than a wrong one
+            return
+        c.tried = tried
+        tried[c.tries - 1] = c.backend_id
+
     cdef void connect_failed(self, int index, int err) noexcept nogil:
         cdef Conn *c = &self.conns[index]
         self.record(c, E_CONNECT_ERROR, err)
@@ -1115,6 +1615,7 @@ cdef class Engine:
         c.backend = -1
         c.resolving = 0  # a late answer finds the attempt over (``resolved``)
         self.routes[c.route].connect_failures += 1
+        self.attempt_failed(c)
         self.connect_next(index)
 
     cdef void on_event(self, int index, bint client, uint32_t events) noexcept nogil:
@@ -1137,6 +1638,8 @@ cdef class Engine:
             if c.splice == 1:
                 # Spliced from its connect, as the asyncio pipes do a "splice": true route's.
                 c.up.splicing = c.down.splicing = c.spliced = 1
+            self.routes[c.route].loads[c.load].connecting -= 1
+            self.routes[c.route].loads[c.load].active += 1
             self.record(c, E_CONNECTED, 0)
             if c.proxy:
                 # Before any client byte: the header waits in the up direction's buffer, so
@@ -1391,6 +1894,12 @@ cdef class Engine:
             self.unplace(c.app_count)
         close_pipe(&c.up)
         close_pipe(&c.down)
+        free(c.tried)
+        if c.load >= 0:
+            if c.state == S_RELAY:
+                r.loads[c.load].active -= 1
+            else:
+                r.loads[c.load].connecting -= 1
         r.active -= 1
         r.bytes_up += c.bytes_up
         r.bytes_down += c.bytes_down
@@ -1403,6 +1912,8 @@ cdef class Engine:
         c.backend = -1
         c.up.pending = NULL
         c.down.pending = NULL
+        c.tried = NULL
+        c.load = -1
         c.next_free = self.free_head
         self.free_head = index
         self.live -= 1

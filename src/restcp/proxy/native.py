@@ -42,8 +42,6 @@ access_log = logging.getLogger("restcp.access")
 REFUSALS = ("no_backend", "route_limit", "node_limit", "app_limit")
 # How often the engine tries a paused accept again (its sweep, _relay.pyx's SWEEP).
 ACCEPT_RETRY = 0.05
-# The balancers the engine runs itself (a weighted random draw, a round robin).
-BALANCES = ("random", "round_robin")
 # A route's splice setting as the engine takes it (_relay.pyx, "Splicing").
 SPLICE: dict[SpliceMode, int] = {False: 0, True: 1, "auto": 2}
 
@@ -61,19 +59,14 @@ def unsupported(route: Route, runtime: RouteRuntime) -> str | None:
         (settings.tls is not None, "TLS termination"),
         (settings.backend_tls is not None, "TLS to backends"),
         (settings.sni is not None, "server names"),
-        (settings.balance not in BALANCES, f"balance {settings.balance}"),
-        (
-            settings.balance == "round_robin" and len({b.weight for b in route.backends}) > 1,
-            "weighted round robin",
-        ),
-        (any(b.max_connections is not None for b in route.backends), "max_connections"),
     )
     return next((why for cond, why in reasons if cond), None)
 
 
 def table(runtime: RouteRuntime) -> list[BackendRow]:
     """The backends a new client may be sent to, as the engine reads them: the route's
-    candidates (or, ``try_all`` with none, every enabled one), in a stable order."""
+    candidates (or, ``try_all`` with none, every enabled one), in the order RouteRuntime.pick
+    hands them to its picker (least_conn takes its ties in that order)."""
     candidates = runtime.candidates
     if not candidates and runtime.route.settings.when_all_down == "try_all":
         candidates = tuple(
@@ -83,7 +76,7 @@ def table(runtime: RouteRuntime) -> list[BackendRow]:
         )
     route_proxy = runtime.route.settings.proxy_protocol
     rows: list[BackendRow] = []
-    for member in sorted(candidates, key=lambda m: m.id):
+    for member in candidates:
         backend = member.backend
         # A host name is resolved at each connect (NativeEngine._resolve), as on asyncio.
         family, packed = (HOST_NAME, b"") if is_host_name(backend.ip) else sockaddr(*member.address)
