@@ -1,6 +1,7 @@
 """`restcp serve --engine native` on a real node: a plain route is served by the native
 engine, its connections counted in /stats and logged; a route given a toxic moves to the
-asyncio data plane live, and a connection opened before the move carries on."""
+asyncio data plane live, and a connection opened before the move carries on; a least_conn
+route with a capped backend stays on the engine, which balances and caps it."""
 
 from __future__ import annotations
 
@@ -8,11 +9,23 @@ import contextlib
 import os
 import socket
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import StartNode, add_backend, create_route, serve_args, wait_until
-from tests.e2e.peers import Backend, attach, connect, dial, echo, recv_all, round_trip
+from tests.e2e.peers import (
+    Backend,
+    Client,
+    Tagged,
+    attach,
+    backend_of,
+    connect,
+    dial,
+    echo,
+    recv_all,
+    round_trip,
+)
 from tests.e2e.test_ops_logs import address_of
 from tests.e2e.test_ops_metrics import start_json_node
 from tests.e2e.test_traffic_splice import MB, connection_event
@@ -279,3 +292,32 @@ def test_proxy_header_to_a_host_name_backend(engine_node: Node) -> None:
             assert received[-1] == header + message
         line = node.wait_for_line("backend=1/localhost:")
         assert f"bytes_up={len(b'first')} " in line
+
+
+def test_least_conn_and_a_capped_backend_on_the_engine(engine_node: Node) -> None:
+    node = engine_node
+    port = create_route(node, "lc", balance="least_conn")["port"]
+    with ExitStack() as stack:
+        a = stack.enter_context(Backend(Tagged("a")))
+        b = stack.enter_context(Backend(Tagged("b")))
+        attach(node, "lc", 1, a.port, max_connections=2)
+        attach(node, "lc", 1, b.port)
+
+        # Ties take turns until a is at its cap of two; b takes the rest.
+        held = [stack.enter_context(Client(port)) for _ in range(6)]
+        served = [client.ask("x") for client in held]
+        assert sorted(served) == ["a", "a", "b", "b", "b", "b"], served
+        wait_until(
+            lambda: backend_of(node, "lc", 1, 2)["active_connections"] == 4, "b's four in the API"
+        )
+        assert backend_of(node, "lc", 1, 1)["active_connections"] == 2
+        # One of a's ends: a has the fewest now (1 against 4), and takes the next client.
+        held[served.index("a")].close()
+        wait_until(lambda: backend_of(node, "lc", 1, 1)["active_connections"] == 1, "a's one")
+        assert stack.enter_context(Client(port)).ask("y") == "a"
+        # Full again: the next goes to b, whatever least_conn would say.
+        assert stack.enter_context(Client(port)).ask("z") == "b"
+
+    listening = [line for line in node.lines if "listening app=lc route=1 url=" in line]
+    assert listening, node.lines
+    assert all("engine=native" in line for line in listening), listening
