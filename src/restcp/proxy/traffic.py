@@ -89,7 +89,6 @@ class Traffic:
         # connection admitted takes a place under them (``admit``), and so does a client
         # not yet a Connection: its ClientHello is being read (a port shared by SNI) or its
         # TLS handshake is under way, as it holds a socket all the same (``hold``).
-        self._limit, self._app_limit = limit, app_limit
         self.places: Places = places if places is not None else LocalPlaces()
         self.places.set_limits(limit, app_limit)
         self.waiting = 0  # clients held (``hold``), not Connections yet
@@ -101,23 +100,9 @@ class Traffic:
         # one when --seed is not given).
         self.seed = seed if seed is not None else secrets.randbits(63)
 
-    @property
-    def limit(self) -> int | None:
-        return self._limit
-
-    @limit.setter
-    def limit(self, limit: int | None) -> None:
-        self._limit = limit
-        self.places.set_limits(limit, self._app_limit)
-
-    @property
-    def app_limit(self) -> int | None:
-        return self._app_limit
-
-    @app_limit.setter
-    def app_limit(self, app_limit: int | None) -> None:
-        self._app_limit = app_limit
-        self.places.set_limits(self._limit, app_limit)
+    def set_limits(self, limit: int | None, app_limit: int | None) -> None:
+        """The caps from now on (None: none); the places keep them, nothing else does."""
+        self.places.set_limits(limit, app_limit)
 
     def __len__(self) -> int:
         return len(self._connections)

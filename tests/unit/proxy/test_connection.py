@@ -301,7 +301,7 @@ def test_a_handshake_holds_a_place_until_its_connection_is_admitted() -> None:
 
     async def main() -> None:
         runtime = route_of(1, max_connections=2)
-        runtime.traffic.limit, runtime.traffic.app_limit = 3, 10
+        runtime.traffic.set_limits(3, 10)
         dialer = Dialer()
         assert runtime.hold() is None
         assert runtime.hold() is None
@@ -326,8 +326,7 @@ def test_a_handshake_holds_a_place_until_its_connection_is_admitted() -> None:
         unlimited = replace(runtime.route.settings, max_connections=None)
         runtime.update(replace(runtime.route, settings=unlimited))
         assert runtime.hold() == "node_limit"  # 1 connection + 1 handshake + 1 SNI client
-        runtime.traffic.app_limit = 2
-        runtime.traffic.limit = None
+        runtime.traffic.set_limits(None, 2)
         assert runtime.hold() == "app_limit"  # the connection and the handshake are the app's
         assert runtime.refused == {"route_limit": 2, "node_limit": 1, "app_limit": 1}
 
