@@ -6,6 +6,7 @@ lines, loses its core keys or is not JSON is a lost (or misattributed) event.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -174,6 +175,52 @@ def test_configure_replaces_handlers_instead_of_stacking(
     logs.configure("info", "json")
     logging.getLogger("restcp.x").info("once")
     assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def open_stderr(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """What configure()'s handler writes to, set in the test's body (pytest sets its own
+    sys.stderr after the fixtures): a stream that stays open for the flusher thread that
+    access lines start, which may write after the test (capsys's would be closed)."""
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    return stream
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_access_writes_the_line_logger_info_writes(
+    root_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """logs.access fills its record from a template instead of Logger.info: the same line
+    comes out, in either format, but for the time it was made."""
+    stderr = open_stderr(monkeypatch)
+    logs.configure("info", fmt)
+    fields = {"event": "connection", "bytes_up": 3, "end": "closed"}
+    args = ("a", 1, 2.5)
+    logging.getLogger(logs.ACCESS_LOGGER).info("app=%s route=%d duration=%.3f", *args,
+                                               extra={"fields": fields})  # fmt: skip
+    logs.access("app=%s route=%d duration=%.3f", args, fields)
+    root_logger.handlers[0].flush()  # the access lines are buffered: written now
+    by_info, by_access = stderr.getvalue().splitlines()
+    if fmt == "json":
+        info, access = one_object(by_info), one_object(by_access)
+        assert info.pop("time")[:16] == access.pop("time")[:16]  # to the minute
+        assert info == access
+        assert access["message"] == "app=a route=1 duration=2.500"
+        assert access["end"] == "closed"
+    else:
+        # "2026-12-06 20:40:01,123 INFO restcp.access app=a ...": the same after the time.
+        assert by_info.split(" ", 2)[2] == by_access.split(" ", 2)[2]
+        assert by_access.endswith(" INFO restcp.access app=a route=1 duration=2.500")
+
+
+def test_access_is_filtered_by_the_logger_level(
+    root_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stderr = open_stderr(monkeypatch)
+    logs.configure("warning", "text")
+    logs.access("app=%s", ("a",), {})
+    root_logger.handlers[0].flush()
+    assert stderr.getvalue() == ""
 
 
 def test_access_lines_are_batched_and_kept_in_order() -> None:

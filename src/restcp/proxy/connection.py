@@ -69,6 +69,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, cast
 
+from restcp import logs
 from restcp.core.proxy_protocol import TlsInfo
 from restcp.model import Backend, SpliceMode
 from restcp.proxy.connector import Connector
@@ -551,20 +552,22 @@ class Connection:
             fields.update(tls_version=version, tls_cipher=cipher, sni=sni)
             suffix += f" tls={version} cipher={cipher} sni={sni or '-'}"
         # The same fields twice: in the text line, and as "fields" for --log-format json.
-        access_log.info(
+        logs.access(
             "app=%s route=%s client=%s backend=%s bytes_up=%d bytes_down=%d duration=%.3f end=%s%s",
-            route.app,
-            route.route_id,
-            client,
-            f"{backend.id}/{backend.ip}:{backend.port}" if backend else "-",
-            self.bytes_up,
-            self.bytes_down,
-            duration,
-            self.end_reason,
-            # Only on a connection that met toxics, or terminated TLS: the line of others is
-            # as it was.
-            suffix,
-            extra={"fields": fields},
+            (
+                route.app,
+                route.route_id,
+                client,
+                f"{backend.id}/{backend.ip}:{backend.port}" if backend else "-",
+                self.bytes_up,
+                self.bytes_down,
+                duration,
+                self.end_reason,
+                # Only on a connection that met toxics, or terminated TLS: the line of others
+                # is as it was.
+                suffix,
+            ),
+            fields,
         )
 
 

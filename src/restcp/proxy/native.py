@@ -27,6 +27,7 @@ import threading
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from restcp import logs
 from restcp.engine import peer, sockaddr
 from restcp.model import Route, SpliceMode, is_host_name
 from restcp.proxy.runtime import RouteRuntime
@@ -345,17 +346,19 @@ class NativeEngine:
             "toxics": [],
             "engine": "native",
         }
-        access_log.info(
+        logs.access(
             "app=%s route=%s client=%s backend=%s bytes_up=%d bytes_down=%d duration=%.3f end=%s",
-            runtime.app,
-            runtime.route_id,
-            f"{ip}:{port}",
-            f"{backend.id}/{backend.ip}:{backend.port}" if backend else "-",
-            up,
-            down,
-            duration,
-            end,
-            extra={"fields": fields},
+            (
+                runtime.app,
+                runtime.route_id,
+                f"{ip}:{port}",
+                f"{backend.id}/{backend.ip}:{backend.port}" if backend else "-",
+                up,
+                down,
+                duration,
+                end,
+            ),
+            fields,
         )
 
     async def wait_empty(self) -> None:
