@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from restcp import engine as native_engine
 from restcp.core.reconcile import Update
 from restcp.engine import load, sockaddr
-from restcp.model import HealthCheck
+from restcp.model import Backend, HealthCheck
 from restcp.proxy.listener import Listener
 from restcp.proxy.native import EngineListener, unsupported
 from tests.integration.harness import (
@@ -486,5 +487,103 @@ def test_a_bad_table_changes_nothing() -> None:
             with pytest.raises(ValueError, match="bad backend row"):
                 engine.add_route(listening.fileno(), bad, "random", 1.0, 0.0, 0.0, 1, -1)
         assert engine.counters(slot) == (0, 0, 0, 0, 0)
+        engine.retire(slot)
+    engine.close()
+
+
+def blocking_exchange(px: Proxy, backend: socket.socket, *, fin_first: bool) -> bytes:
+    """One client through the engine with plain blocking sockets, the test's loop held
+    meanwhile (no drain of the engine's records can run): what the backend received before
+    the client's FIN reached it. ``fin_first``: the client sends its bytes and its FIN at
+    once, before its backend is accepted (they wait in the client's socket while the engine
+    connects, and come with one edge); otherwise an exchange each way, then the close."""
+    assert px.manager.engine is not None
+    engine = px.manager.engine.engine
+    with socket.create_connection(("127.0.0.1", px.port), timeout=WAIT) as client:
+        if fin_first:
+            client.sendall(b"up and gone")
+            client.shutdown(socket.SHUT_WR)
+        conn, _ = backend.accept()
+        with conn:
+            conn.settimeout(WAIT)
+            received = b""
+            if not fin_first:
+                client.sendall(b"ping")
+                received = conn.recv(64)
+                conn.sendall(b"pong")
+                assert client.recv(64) == b"pong"
+                client.shutdown(socket.SHUT_WR)
+            while chunk := conn.recv(64):
+                received += chunk  # until the client's FIN, relayed
+        # The engine forwards the backend's close: the connection ends.
+        assert client.recv(64) == b""
+    deadline = time.monotonic() + WAIT
+    while engine.active:
+        assert time.monotonic() < deadline, "the engine kept the connection open"
+        time.sleep(0.001)  # the engine's thread closes it: polled, the loop being held
+    return received
+
+
+@pytest.mark.parametrize("fin_first", [False, True])
+def test_a_connection_that_ends_between_two_drains_is_counted_from_its_connect(
+    loop: str, caplog: pytest.LogCaptureFixture, fin_first: bool
+) -> None:
+    """Its connect and its end reach Python in one record (the connect's is folded into
+    the end's): the backend counts it as a connection all the same, and as one open at
+    once, then none. With ``fin_first`` the client's bytes and FIN come before its backend
+    is up: the FIN is read with them, not lost to a short read."""
+
+    async def main() -> None:
+        backend = socket.create_server(("127.0.0.1", 0))
+        with backend:
+            backend.settimeout(WAIT)
+            server = Backend(1, "127.0.0.1", backend.getsockname()[1])
+            async with proxy(server, engine="native") as px:
+                runtime = px.manager.runtime(px.route.key)
+                assert runtime is not None
+                member = runtime.members[1]
+                expected = b"up and gone" if fin_first else b"ping"
+                assert blocking_exchange(px, backend, fin_first=fin_first) == expected
+                await until(lambda: runtime.accepted == 1)
+                assert (member.connections, member.active, member.active_max) == (1, 0, 1)
+                assert member.bytes_up == len(expected)
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    (line,) = access_lines(caplog)
+    assert line.endswith("end=closed"), line
+
+
+def test_a_connection_open_across_a_drain_is_counted_once(loop: str) -> None:
+    """The other case: its connect was drained while it was open (two records)."""
+
+    async def main() -> None:
+        async with Server(echo) as one, proxy(one.backend(1), engine="native") as px:
+            runtime = px.manager.runtime(px.route.key)
+            assert runtime is not None
+            member = runtime.members[1]
+            _reader, writer = await opened(px)
+            await until(lambda: member.active == 1)
+            assert member.connections == 1
+            writer.close()
+            await until(lambda: runtime.accepted == 1)
+            assert (member.connections, member.active, member.active_max) == (1, 0, 1)
+
+    run(loop, main())
+
+
+def test_the_engine_sets_nodelay_on_the_socket_it_accepts_on() -> None:
+    """Its clients inherit TCP_NODELAY from the listening socket: no setsockopt per client
+    (listener.bind sets it too; this is a socket made elsewhere)."""
+    module, why = load()
+    assert module is not None, why
+    engine = module.Engine()
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        listening.setblocking(False)
+        assert not listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        slot = engine.add_route(listening.fileno(), [], "random", 1.0, 0.0, 0.0, 1, -1)
+        assert listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         engine.retire(slot)
     engine.close()

@@ -215,3 +215,15 @@ def test_the_manager_indexes_routes_by_their_backends_ports(loop: str) -> None:
         await manager.shutdown(drain_timeout=1)
 
     run(loop, main())
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "::1"])
+def test_clients_accepted_on_a_bound_socket_have_nodelay(ip: str) -> None:
+    """bind() sets TCP_NODELAY on the listening socket, which the kernel gives each socket
+    accepted from it (the native engine relies on that instead of a call per client)."""
+    with bind(ip, 0) as sock:
+        sock.setblocking(True)
+        with socket.create_connection(sock.getsockname()[:2], timeout=5):
+            accepted, _ = sock.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)

@@ -6,8 +6,9 @@ BALANCES: dict[str, int]
 # max_connections or -1, PROXY protocol version: 0 none, 1, 2).
 BackendRow = tuple[int, int, bytes, int, int, int]
 # One ended connection: (slot, backend id, peer sockaddr, bytes up, bytes down, duration, end,
-# spliced: a direction of it went splicing at some point, as the access line's field says).
-Record = tuple[int, int | None, bytes, int, int, float, str, bool]
+# spliced: a direction of it went splicing at some point, as the access line's field says;
+# connected: the record stands for its "connected" record too, not drained before it ended).
+Record = tuple[int, int | None, bytes, int, int, float, str, bool, bool]
 # A relayed connection still open: (slot, backend id, bytes up, bytes down).
 Live = tuple[int, int, int, int]
 # A slot's most clients admitted and open at once: (slot, most).

@@ -215,6 +215,8 @@ cdef enum:
     E_APP_LIMIT = 18  # refused: its app has --max-connections-per-app open
 cdef enum:
     E_RESOLVE = 19  # a connect to a host-name backend waits for Python to resolve it
+cdef enum:
+    E_FOLDED = 20  # an E_CONNECTED record its connection's end record took in (never drained)
 
 # The longest PROXY header the engine sends: v1's 107 bytes (the spec's bound), v2's 52.
 cdef enum:
@@ -223,7 +225,7 @@ cdef enum:
 ENDS = ("closed", "client_reset", "backend_reset", "connect_failed", "no_backend",
         "idle_timeout", "half_close_timeout", "aborted", "route_limit", "node_limit",
         "connect_error", "connected", "route_disabled", "backend_disabled", "drain_timeout",
-        "shutdown", "accept_paused", "accept_resumed", "app_limit", "resolve")
+        "shutdown", "accept_paused", "accept_resumed", "app_limit", "resolve", "folded")
 # The balancers of core/balancer.py, each made here to pick as that one does.
 BALANCES = {"random": 0, "round_robin": 1, "least_conn": 2, "two_choices": 3, "source_hash": 4}
 cdef enum:
@@ -295,6 +297,7 @@ cdef struct Direction:
     int splicing       # reads go into the pipe (0: copied through the scratch buffer)
     int smalls         # small splices in a row (SMALL_RUN of them: copy again)
     int unspliceable   # the kernel cannot splice from this source: copy always
+    int hup            # an event of its source said FIN, HUP or error: read it to the end
 
 cdef struct Conn:
     int state
@@ -316,17 +319,23 @@ cdef struct Conn:
     Direction up, down
     int splice         # the route's splice setting when it was accepted
     int spliced        # a direction of it went splicing at some point
+    int connected_at   # its E_CONNECTED record's index + 1, while not drained (0: none)
+    uint64_t connected_drain  # the drain that record waits for (Engine.drains then)
     int next_free
 
 cdef struct Record:
     # An ended connection; or (end E_CONNECT_ERROR) one failed connect, errno in bytes_up
-    # (0: timed out); or (E_CONNECTED) a connection that reached its backend
+    # (0: timed out); or (E_CONNECTED) a connection that reached its backend. A connection
+    # that ends before Python drained its E_CONNECTED record has that one dropped (E_FOLDED)
+    # and its end record says ``connected``: one record rather than two for Python to read,
+    # which is most of what a short connection costs it.
     int route
     int64_t backend_id
     uint64_t bytes_up, bytes_down
     double duration
     int end
     int spliced
+    int connected      # an end record that also stands for its E_CONNECTED one (folded)
     sockaddr_storage peer
     socklen_t peer_len
 
@@ -907,6 +916,7 @@ cdef class Engine:
     cdef int n_conns, free_head, live
     cdef Record *records
     cdef int n_records, cap_records
+    cdef uint64_t drains  # how many times the records were drained
     cdef char *scratch
     cdef int stopping
     cdef int retries  # routes whose accept waits for a retry
@@ -998,7 +1008,7 @@ cdef class Engine:
         2: splice bulk ("auto"). Its slot number."""
         check_splice(splice)
         cdef int64_t *app_count = NULL if app is None else self._app(app)
-        cdef int slot
+        cdef int slot, one = 1
         cdef Route *r
         cdef epoll_event ev
         pthread_mutex_lock(&self.lock)
@@ -1021,6 +1031,9 @@ cdef class Engine:
                 raise
             r.gen += 1
             r.listen_fd = listen_fd
+            # Its clients inherit TCP_NODELAY (listener.bind sets it too, for the clients
+            # that completed their handshake before this call).
+            setsockopt(listen_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
             ev.events = EPOLLIN | EPOLLET
             ev.data.u64 = tag(K_LISTEN, slot, r.gen)
             if epoll_ctl(self.epfd, EPOLL_CTL_ADD, listen_fd, &ev) < 0:
@@ -1357,7 +1370,9 @@ cdef class Engine:
 
     def drain(self) -> list:
         """The records of connections ended since the last drain: [(slot, backend_id or
-        None, peer sockaddr bytes, bytes_up, bytes_down, duration, end, spliced)]."""
+        None, peer sockaddr bytes, bytes_up, bytes_down, duration, end, spliced,
+        connected)]; ``connected``: the record also stands for the connection's
+        "connected" one, which was not drained before it ended."""
         pthread_mutex_lock(&self.lock)
         try:
             return self._drain()
@@ -1373,6 +1388,8 @@ cdef class Engine:
         out = []
         for i in range(self.n_records):
             rec = &self.records[i]
+            if rec.end == E_FOLDED:
+                continue
             out.append((
                 rec.route,
                 None if rec.backend_id < 0 else rec.backend_id,
@@ -1382,8 +1399,10 @@ cdef class Engine:
                 rec.duration,
                 ENDS[rec.end],
                 rec.spliced != 0,
+                rec.connected != 0,
             ))
         self.n_records = 0
+        self.drains += 1
         return out
 
     def stop(self) -> None:
@@ -1448,7 +1467,7 @@ cdef class Engine:
         cdef Route *r = &self.routes[slot]
         cdef sockaddr_storage peer
         cdef socklen_t peer_len
-        cdef int fd, index, end, one = 1
+        cdef int fd, index, end
         cdef Conn *c
         cdef epoll_event ev
         while True:
@@ -1484,7 +1503,7 @@ cdef class Engine:
             c.last = c.started
             r.accepted += 1
             r.active += 1
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+            # TCP_NODELAY comes from the listening socket (add_route): no call per client.
             ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
             ev.data.u64 = tag(K_CLIENT, index, c.gen)
             epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
@@ -1623,6 +1642,14 @@ cdef class Engine:
         cdef int err = 0
         cdef socklen_t err_len = sizeof(err)
         cdef int end
+        if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            # Its peer's FIN (or a reset) is in the socket: a short read no longer means
+            # there is nothing more to read (``move``). Noted whatever the state, as an
+            # edge is not repeated.
+            if client:
+                c.up.hup = 1
+            else:
+                c.down.hup = 1
         if c.state == S_CONNECTING:
             if client:
                 return  # the client's bytes wait in its socket until the backend is up
@@ -1640,7 +1667,9 @@ cdef class Engine:
                 c.up.splicing = c.down.splicing = c.spliced = 1
             self.routes[c.route].loads[c.load].connecting -= 1
             self.routes[c.route].loads[c.load].active += 1
-            self.record(c, E_CONNECTED, 0)
+            if self.record(c, E_CONNECTED, 0):
+                c.connected_at = self.n_records
+                c.connected_drain = self.drains
             if c.proxy:
                 # Before any client byte: the header waits in the up direction's buffer, so
                 # that a backend whose buffer takes part of it gets the rest first (flow
@@ -1736,7 +1765,11 @@ cdef class Engine:
                     continue
             if d.eof:
                 if not d.shut:
-                    shutdown(dst, SHUT_WR)
+                    # The other way is done too: the connection ends (on_event), and its
+                    # close() sends this FIN (what ``dst`` sent was read to its end, so the
+                    # close is no reset). HAProxy saves the call the same way.
+                    if not (c.up.shut if not up else c.down.shut):
+                        shutdown(dst, SHUT_WR)
                     d.shut = 1
                 return -1
             if d.splicing and not d.unspliceable:
@@ -1805,6 +1838,12 @@ cdef class Engine:
                 memcpy(d.pending, self.scratch + m, n - m)
                 d.off = 0
                 d.length = <int>(n - m)
+            elif n < CHUNK and not d.hup:
+                # A short read emptied the socket (a TCP read takes all that is queued, up
+                # to its size), and no FIN waits behind it: the next bytes bring an edge of
+                # their own. Reading again would only find EAGAIN: a call per burst saved,
+                # as HAProxy does.
+                return -1
 
     cdef bint record(self, Conn *c, int end, int err) noexcept nogil:
         cdef Record *rec
@@ -1826,6 +1865,7 @@ cdef class Engine:
         rec.duration = now() - c.started
         rec.end = end
         rec.spliced = c.spliced
+        rec.connected = 0
         memcpy(&rec.peer, &c.peer, c.peer_len)
         rec.peer_len = c.peer_len
         return 1
@@ -1905,7 +1945,9 @@ cdef class Engine:
         r.bytes_down += c.bytes_down
         if c.state != S_RELAY:
             c.backend_id = -1
-        self.record(c, end, 0)
+        if self.record(c, end, 0) and c.connected_at and c.connected_drain == self.drains:
+            self.records[c.connected_at - 1].end = E_FOLDED
+            self.records[self.n_records - 1].connected = 1
         c.state = S_FREE
         c.gen += 1
         c.client = -1

@@ -5,7 +5,8 @@ tables it reads, and its records read back on the loop.
     ────────────                              ──────────────────────
     EngineListener ── add/update table ──►    accept, connect + failover,
       (a route's candidates, timeouts)        relay, half-close, resets, timeouts
-    NativeEngine._drain ◄── notify_fd ─────   one record per ended connection
+    NativeEngine._drain ◄── notify_fd ─────   a record per connect and per end (one for both
+                                              if it ended before Python drained its connect)
       access lines, the route's counters
     NativeEngine._resolve ◄── "resolve" ───   a connect to a host-name backend waits
       loop.getaddrinfo ── Engine.resolved ──►   connect to the answer, or fail over
@@ -208,7 +209,7 @@ class NativeEngine:
 
     def _records(self, records: list[Record]) -> None:
         logging_on = access_log.isEnabledFor(logging.INFO)
-        for slot, backend_id, raw_peer, up, down, duration, end, spliced in records:
+        for slot, backend_id, raw_peer, up, down, duration, end, spliced, connected in records:
             runtime = self._slots[slot]
             member = None if backend_id is None else runtime.members.get(backend_id)
             if end == "connected":
@@ -238,7 +239,13 @@ class NativeEngine:
                 continue
             runtime.accepted += 1
             if member is not None:
-                member.active = max(0, member.active - 1)
+                if connected:
+                    # Its connect and its end in one record: counted from its connect all
+                    # the same (it was open, if only between two drains).
+                    member.connections += 1
+                    member.active_max = max(member.active_max, member.active + 1)
+                else:
+                    member.active = max(0, member.active - 1)
                 member.bytes_up += up
                 member.bytes_down += down
             elif end in REFUSALS:
