@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -468,16 +468,26 @@ def test_a_splice_change_applies_to_new_connections(
     assert spliced(caplog) == [False, True]
 
 
-def test_a_bad_table_changes_nothing() -> None:
-    """A row of the wrong shape or with an unknown PROXY version: a clear error, from
-    update_route and add_route alike."""
+@contextlib.contextmanager
+def bare_engine() -> Iterator[tuple[Any, socket.socket]]:
+    """An Engine of its own (no NativeEngine, no thread) and a listening socket for it."""
     module, why = load()
     assert module is not None, why
     engine = module.Engine()
-    with socket.socket() as listening:
-        listening.bind(("127.0.0.1", 0))
-        listening.listen()
-        listening.setblocking(False)
+    try:
+        with socket.socket() as listening:
+            listening.bind(("127.0.0.1", 0))
+            listening.listen()
+            listening.setblocking(False)
+            yield engine, listening
+    finally:
+        engine.close()
+
+
+def test_a_bad_table_changes_nothing() -> None:
+    """A row of the wrong shape or with an unknown PROXY version: a clear error, from
+    update_route and add_route alike."""
+    with bare_engine() as (engine, listening):
         family, packed = sockaddr("127.0.0.1", 9)
         good = [(1, family, packed, 1, -1, 2)]
         slot = engine.add_route(listening.fileno(), good, "random", 1.0, 0.0, 0.0, 1, -1)
@@ -488,7 +498,6 @@ def test_a_bad_table_changes_nothing() -> None:
                 engine.add_route(listening.fileno(), bad, "random", 1.0, 0.0, 0.0, 1, -1)
         assert engine.counters(slot) == (0, 0, 0, 0, 0)
         engine.retire(slot)
-    engine.close()
 
 
 def blocking_exchange(px: Proxy, backend: socket.socket, *, fin_first: bool) -> bytes:
@@ -575,15 +584,8 @@ def test_a_connection_open_across_a_drain_is_counted_once(loop: str) -> None:
 def test_the_engine_sets_nodelay_on_the_socket_it_accepts_on() -> None:
     """Its clients inherit TCP_NODELAY from the listening socket: no setsockopt per client
     (listener.bind sets it too; this is a socket made elsewhere)."""
-    module, why = load()
-    assert module is not None, why
-    engine = module.Engine()
-    with socket.socket() as listening:
-        listening.bind(("127.0.0.1", 0))
-        listening.listen()
-        listening.setblocking(False)
+    with bare_engine() as (engine, listening):
         assert not listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         slot = engine.add_route(listening.fileno(), [], "random", 1.0, 0.0, 0.0, 1, -1)
         assert listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         engine.retire(slot)
-    engine.close()
