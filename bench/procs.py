@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +37,20 @@ class BenchError(RuntimeError):
 
 def pinned(core: int, argv: Sequence[str]) -> list[str]:
     return ["taskset", "-c", str(core), *argv]
+
+
+def pin_for_standalone(prog: str, tools: Sequence[str]) -> bool:
+    """A benchmark run as a command of its own: False (said on stderr) if a tool or one
+    of the two cores is missing; else this process moves to the load core, True."""
+    for tool in tools:
+        if not shutil.which(tool):
+            print(f"{prog}: {tool} is missing", file=sys.stderr)
+            return False
+    if not {LOAD_CORE, PROXY_CORE} <= os.sched_getaffinity(0):
+        print(f"{prog}: needs cores {LOAD_CORE} and {PROXY_CORE}", file=sys.stderr)
+        return False
+    os.sched_setaffinity(0, {LOAD_CORE})
+    return True
 
 
 def free_port() -> int:

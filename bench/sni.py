@@ -56,6 +56,7 @@ from bench.procs import (
     Proc,
     cleanup,
     free_port,
+    pin_for_standalone,
     run_tool,
     start,
     wait_accepting,
@@ -384,14 +385,8 @@ def standalone(
     """Run ``run(work dir, log dir, settle)`` as a command of its own: the tools checked,
     this process on the load core, a quiet machine awaited before each row, the table
     printed after ``how`` (the load, in a line)."""
-    for tool in tools:
-        if not shutil.which(tool):
-            print(f"{prog}: {tool} is missing", file=sys.stderr)
-            return 2
-    if not {LOAD_CORE, PROXY_CORE} <= os.sched_getaffinity(0):
-        print(f"{prog}: needs cores {LOAD_CORE} and {PROXY_CORE}", file=sys.stderr)
+    if not pin_for_standalone(prog, tools):
         return 2
-    os.sched_setaffinity(0, {LOAD_CORE})
     work = Path(tempfile.mkdtemp(prefix=f"restcp-{prog.replace('.', '-')}-"))
     logs = work / "logs"
     logs.mkdir()

@@ -49,6 +49,7 @@ from bench.procs import (
     Noise,
     cleanup,
     free_port,
+    pin_for_standalone,
     run_tool,
     start,
     wait_accepting,
@@ -141,14 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--placements", default=",".join(PLACEMENTS))
     parser.add_argument("--engines", default=",".join(ENGINES), help="restcp --engine values")
     args = parser.parse_args(argv)
-    for tool in ("wrk", "nginx", "taskset", "uv"):
-        if not shutil.which(tool):
-            print(f"bench.workers: {tool} is missing", file=sys.stderr)
-            return 2
-    if not {LOAD_CORE, PROXY_CORE} <= os.sched_getaffinity(0):
-        print(f"bench.workers: needs cores {LOAD_CORE} and {PROXY_CORE}", file=sys.stderr)
+    if not pin_for_standalone("bench.workers", ("wrk", "nginx", "taskset", "uv")):
         return 2
-    os.sched_setaffinity(0, {LOAD_CORE})
     work = Path(tempfile.mkdtemp(prefix="restcp-bench-workers-"))
     logs = work / "logs"
     logs.mkdir()
