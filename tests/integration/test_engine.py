@@ -99,23 +99,26 @@ def test_disabling_a_backend_resets_its_connections_only(
 
 def test_a_route_moves_to_asyncio_and_back_live(loop: str) -> None:
     """A toxic takes the route off the engine (the engine does not do toxics) and its
-    removal brings it back: the socket is handed over, never closed, and each connection
-    stays on the data plane that accepted it."""
+    removal brings it back: the socket is handed over, never closed; the engine's open
+    connections go to asyncio with the route (test_handoff.py), asyncio's stay there."""
 
     async def main() -> None:
         async with Server(echo) as server, proxy(server.backend(), engine="native") as px:
             on_engine = await opened(px)
             await px.change(toxics=(toxic("latency", latency=1),))
             assert isinstance(listener_of(px), Listener)
-            on_asyncio = await opened(px)
+            assert px.manager.engine is not None
+            assert len(px.manager.engine) == 0
             assert len(px.manager.traffic) == 1
+            on_asyncio = await opened(px)
+            assert len(px.manager.traffic) == 2
             await px.change(toxics=())
             assert isinstance(listener_of(px), EngineListener)
             back = await opened(px)
             for conn in (on_engine, on_asyncio, back):
                 await still_relays(*conn)
-            assert px.manager.engine is not None
-            assert len(px.manager.engine) == 2
+            assert len(px.manager.engine) == 1
+            assert len(px.manager.traffic) == 2
             for _reader, writer in (on_engine, on_asyncio, back):
                 writer.close()
             assert server.accepted == 3

@@ -1368,6 +1368,119 @@ cdef class Engine:
             pthread_mutex_unlock(&self.lock)
         return records, live, peaks
 
+    def handoff(self, int slot) -> tuple:
+        """Let go of route ``slot``'s open connections without closing them, for the asyncio
+        data plane to adopt (the route moved there: ``unlisten`` or ``retire`` it first).
+        ``drain``'s records, read under the same lock, so that each handed connection's
+        "connected" record is read before it; then the relaying connections, [(client fd,
+        backend fd, bytes held up, bytes held down, up (eof, shut), down (eof, shut),
+        bytes_up, bytes_down, backend id, peer sockaddr bytes, age, idle for, half-closed
+        for or -1, spliced)]; then the connections still connecting, [(client fd, peer
+        sockaddr bytes, age)].
+
+        A relaying connection leaves the engine as if it had never been accepted here: both
+        fds out of the epoll set, what it held (its buffer, its pipe's bytes read out, the
+        pipe closed) handed over, its address's and route's open counts lowered, and no
+        record (it has not ended). Its place under the node's caps goes with it: the asyncio
+        side gives it back when the connection ends (``give``). A connection still
+        connecting has its attempt dropped (the backend socket closed: no byte went to it)
+        and its place given back; the client is handed over as a new one, for the asyncio
+        data plane to admit and connect itself."""
+        cdef int i, k, n, got
+        cdef Conn *c
+        cdef Route *r
+        cdef Direction *d
+        cdef char *buf
+        cdef double t
+        pthread_mutex_lock(&self.lock)
+        try:
+            records = self._drain()
+            relaying = []
+            connecting = []
+            r = &self.routes[slot]
+            for i in range(self.n_conns):
+                c = &self.conns[i]
+                if c.state == S_FREE or c.route != slot:
+                    continue
+                epoll_ctl(self.epfd, EPOLL_CTL_DEL, c.client, NULL)
+                if c.backend >= 0:
+                    epoll_ctl(self.epfd, EPOLL_CTL_DEL, c.backend, NULL)
+                t = now()
+                if c.state == S_RELAY:
+                    held = []
+                    for k in range(2):
+                        d = &c.up if k == 0 else &c.down
+                        data = b""
+                        if d.pending != NULL:
+                            data = d.pending[d.off:d.length]
+                        if d.in_pipe > 0:
+                            # The pipe's bytes, read out. A direction reads (into its pipe)
+                            # only when its buffer is empty: the buffer's bytes come first.
+                            buf = <char *>malloc(d.in_pipe)
+                            if buf == NULL:
+                                raise MemoryError()
+                            n = 0
+                            while n < d.in_pipe:
+                                got = <int>read(d.pipe_r, buf + n, d.in_pipe - n)
+                                if got <= 0:
+                                    break
+                                n += got
+                            data += buf[:n]
+                            free(buf)
+                        held.append(data)
+                    relaying.append((
+                        c.client, c.backend, held[0], held[1],
+                        (c.up.eof != 0, c.up.shut != 0), (c.down.eof != 0, c.down.shut != 0),
+                        c.bytes_up, c.bytes_down, c.backend_id,
+                        (<char *>&c.peer)[:c.peer_len],
+                        t - c.started, t - c.last,
+                        t - c.half_since if c.half_since else -1.0,
+                        c.spliced != 0,
+                    ))
+                    if not c.placed:
+                        # Never so (a relaying client was placed at its accept); the asyncio
+                        # side gives a place back when it ends, so it takes one here.
+                        restcp_add(&self.taken, 1)
+                        if r.app_count != NULL:
+                            restcp_add(r.app_count, 1)
+                    if c.load >= 0:
+                        r.loads[c.load].active -= 1
+                else:
+                    connecting.append((c.client, (<char *>&c.peer)[:c.peer_len], t - c.started))
+                    if c.backend >= 0:
+                        close(c.backend)
+                    if c.load >= 0:
+                        r.loads[c.load].connecting -= 1
+                    if c.placed:
+                        self.unplace(c.app_count)
+                self.release(i)
+        finally:
+            pthread_mutex_unlock(&self.lock)
+        return records, relaying, connecting
+
+    cdef void release(self, int index) noexcept nogil:
+        """Free connection ``index``'s slot without closing its sockets (``handoff``): its
+        buffers and pipes go, and the route counts it open no more."""
+        cdef Conn *c = &self.conns[index]
+        free(c.up.pending)
+        free(c.down.pending)
+        close_pipe(&c.up)
+        close_pipe(&c.down)
+        free(c.tried)
+        self.routes[c.route].active -= 1
+        c.state = S_FREE
+        c.gen += 1
+        c.client = -1
+        c.backend = -1
+        c.up.pending = NULL
+        c.down.pending = NULL
+        c.tried = NULL
+        c.resolving = 0
+        c.load = -1
+        c.next_free = self.free_head
+        self.free_head = index
+        self.live -= 1
+
     def drain(self) -> list:
         """The records of connections ended since the last drain: [(slot, backend_id or
         None, peer sockaddr bytes, bytes_up, bytes_down, duration, end, spliced,

@@ -571,6 +571,97 @@ class Connection:
         )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Handed:
+    """A relaying connection as the native engine hands it over (proxy/handoff.py): what
+    it held each way and how far its FINs had got, its counts, and its clocks as ages."""
+
+    held: Held
+    bytes_up: int
+    bytes_down: int
+    age: float  # since its accept
+    idle_for: float  # since its last activity
+    half_for: float  # since a direction was shut (-1: none is)
+    spliced: bool
+
+
+class AdoptedConnection(Connection):
+    """A connection the native engine relayed until its route moved to the asyncio data
+    plane (proxy/handoff.py): its backend transport is made first (``end``, whose loss is
+    noted meanwhile), then its client's, whose ``client_made`` takes it over as
+    ``reached`` would a new one, without counting it again: the engine's record counted it
+    connected, and its place under the node's caps comes with it (RouteRuntime.adopt)."""
+
+    __slots__ = ("_end_made", "_handed")
+
+    def __init__(
+        self,
+        route: RouteRuntime,
+        loop: asyncio.AbstractEventLoop,
+        client_addr: tuple[str, int] | None,
+        handed: Handed,
+        member: Member | None,
+        backend: Backend | None,
+    ) -> None:
+        super().__init__(route, loop, client_addr)
+        self._handed = handed
+        self.member, self.backend = member, backend
+        self.spliced = handed.spliced
+        self._end_made = self.transports.attempt(self)
+
+    @property
+    def backend_end(self) -> BackendEnd:
+        """The backend transport's protocol (made before the client's)."""
+        return self._end_made
+
+    # The backend end reports here until ``client_made`` hands it over: a loss meanwhile
+    # is in its ``gone``.
+    def made(self, end: BackendEnd) -> None:
+        pass
+
+    def lost(self, end: BackendEnd, exc: Exception | None) -> None:
+        pass
+
+    def client_made(self, transport: asyncio.Transport) -> None:
+        self.client_transport = transport
+        self.number = self.route.started(self)
+        self.route.adopt(self)
+        self._enter(State.CONNECTING)
+        transport.pause_reading()
+        handed, end, loop = self._handed, self._end_made, self._loop
+        end.connector = None  # its loss is the connection's from now on
+        # The ends may have counted early reads already.
+        self.bytes_up += handed.bytes_up
+        self.bytes_down += handed.bytes_down
+        now = loop.time()
+        self._started = now - handed.age
+        self.last_activity = now - handed.idle_for
+        if end.gone or end.transport is None:
+            self._end("backend_reset" if end.error else "backend_closed", reset=bool(end.error))
+            return
+        self.backend_transport = end.transport
+        self._enter(State.RELAYING)
+        held = handed.held
+        # A FIN passed on by the engine is this connection's already; the half-close
+        # timeout runs from when the engine passed it.
+        self.client_eof, self.backend_eof = held.up_shut, held.down_shut
+        timeout = self.route.half_close_timeout
+        if handed.half_for >= 0 and timeout > 0:
+            self._half_close_deadline = now - handed.half_for + timeout
+        transports = self.transports
+        transports.attach(end)
+        self.pipe = transports
+        # What the engine held goes first (before what the ends read since), FINs after it.
+        transports.start(held)
+        if self.state is State.RELAYING and self.pipe is transports:
+            if self.route.toxics:
+                self.toxics_changed()
+            elif self._splice is True:
+                transports.watch_bulk(True)  # spliced again at a bulk read
+        if self.state is not State.DONE:
+            self._refile()
+
+
 class TlsConnection(Connection):
     """A connection whose TLS the proxy terminates (proxy/tls.py): made once the handshake
     is done, it relays the plain bytes as any other does, through a transport that turns a

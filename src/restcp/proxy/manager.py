@@ -28,6 +28,7 @@ from types import MappingProxyType
 
 from restcp.core.reconcile import Action, Start, Stop, Update
 from restcp.model import BackendStatus, Route, RouteKey
+from restcp.proxy.handoff import adopt
 from restcp.proxy.listener import Listener, bind
 from restcp.proxy.native import EngineListener, NativeEngine, unsupported
 from restcp.proxy.runtime import BackendRefusal, RouteRuntime
@@ -212,6 +213,19 @@ class ProxyManager:
             await self._listen(runtime, sock)
         elif route.settings.sni is not None and old.settings.sni is None:
             del self._listeners[route.key]
+            await self._listen_instead(runtime, listener)
+
+    async def _listen_instead(
+        self, runtime: RouteRuntime, listener: Listener | EngineListener
+    ) -> None:
+        """Serve ``runtime`` on ``listener``'s socket through the other kind of listener.
+        From the engine, the route's open connections come along (proxy/handoff.py): the
+        asyncio data plane relays them from now on, with the route's toxics."""
+        if isinstance(listener, EngineListener):
+            sock, relaying, connecting = listener.hand_over()
+            await self._listen(runtime, sock)
+            await adopt(runtime, relaying, connecting)
+        else:
             await self._listen(runtime, listener.release())
 
     def frontends_on(self, port: int) -> set[str]:
@@ -257,7 +271,8 @@ class ProxyManager:
 
     async def _move(self, runtime: RouteRuntime) -> None:
         """Hand a plain route's socket to the engine or from it, as what the route now has
-        says (its open connections stay where they are)."""
+        says. Its open connections on the engine come along to asyncio (proxy/handoff.py);
+        those on asyncio stay there until they end."""
         key = runtime.route.key
         listener = self._listeners.get(key)
         wanted = unsupported(runtime.route, runtime) is None
@@ -265,7 +280,7 @@ class ProxyManager:
             isinstance(listener, Listener) and wanted
         ):
             del self._listeners[key]
-            await self._listen(runtime, listener.release())
+            await self._listen_instead(runtime, listener)
 
     def _disable(self, runtime: RouteRuntime) -> None:
         """The port refuses new clients, and the open connections are closed."""

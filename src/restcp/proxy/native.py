@@ -34,7 +34,7 @@ from restcp.model import Route, SpliceMode, is_host_name
 from restcp.proxy.runtime import RouteRuntime
 
 if TYPE_CHECKING:
-    from restcp.engine._relay import BackendRow, Engine, Record
+    from restcp.engine._relay import BackendRow, Connecting, Engine, Record, Relaying
     from restcp.proxy.members import Member
 
 log = logging.getLogger("restcp.proxy")
@@ -197,6 +197,14 @@ class NativeEngine:
             assert self._loop is not None
             self._loop.call_soon(self._forget_live)
         return live.get(runtime, [])
+
+    def handoff(self, slot: int) -> tuple[list[Relaying], list[Connecting]]:
+        """Let go of route ``slot``'s open connections for the asyncio data plane to adopt
+        (proxy/handoff.py); the records read with them are taken in first."""
+        records, relaying, connecting = self.engine.handoff(slot)
+        self._live = None  # a snapshot that counted them open here is stale
+        self._records(records)
+        return relaying, connecting
 
     def _forget_live(self) -> None:
         self._live = None
@@ -442,6 +450,16 @@ class EngineListener:
         """Stop accepting and hand the socket over (the route moves to a Listener)."""
         self._detach()
         return self._sock
+
+    def hand_over(self) -> tuple[socket.socket, list[Relaying], list[Connecting]]:
+        """Stop accepting and hand the socket over, and the route's open connections with
+        it (the route moves to the asyncio data plane: proxy/handoff.py adopts them)."""
+        slot = self._slot
+        sock = self.release()
+        if slot is None:
+            return sock, [], []
+        relaying, connecting = self._engine.handoff(slot)
+        return sock, relaying, connecting
 
     def stop(self) -> None:
         self._detach()

@@ -354,6 +354,15 @@ class RouteRuntime:
                 self.connections_max = len(self.connections)
         return refusal
 
+    def adopt(self, connection: Counted) -> None:
+        """The connection started() just counted was relaying on the native engine until
+        the route moved here (proxy/handoff.py): admitted there already, it holds its place
+        under the node's caps, which it gives back when it ends, as any other does."""
+        self._admitting = None
+        self.traffic.adopt(connection, self.app)
+        if len(self.connections) > self.connections_max:
+            self.connections_max = len(self.connections)
+
     def hold(self) -> str | None:
         """A client of a route that terminates TLS, accepted, takes a place under the limits
         for its handshake (``release`` gives it back, before its Connection is admitted),

@@ -117,6 +117,11 @@ class Traffic:
             self._connections[connection] = app
         return refusal
 
+    def adopt(self, connection: Tracked, app: str) -> None:
+        """Track ``connection``, which holds a place already (taken by the native engine at
+        its accept, handed over with it), until ``discard`` gives it back."""
+        self._connections[connection] = app
+
     def hold(self, app: str | None) -> str | None:
         """A client not yet a Connection takes a place under the caps (of its app's too, if
         its route is known already) until ``unhold``, or is refused: why."""

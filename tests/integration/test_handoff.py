@@ -1,0 +1,262 @@
+"""A route served by the native engine gains a toxic: its open connections move to the
+asyncio data plane (proxy/handoff.py) with every byte in flight, their FINs, counters and
+places, and meet the toxic at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import pytest
+
+from restcp.core.reconcile import Update
+from restcp.proxy.listener import Listener
+from restcp.proxy.native import EngineListener, NativeEngine
+from restcp.proxy.staged_pipe import StagedPipe
+from tests.integration.harness import (
+    MB,
+    WAIT,
+    Proxy,
+    Server,
+    access_lines,
+    open_sockets,
+    payload,
+    pipes_of,
+    proxy,
+    run,
+    sha,
+    silent_backend,
+    toxic,
+    until,
+)
+
+# A toxic that delays nothing: the connection goes through its stages all the same.
+NO_DELAY = (toxic("latency", latency=0),)
+
+
+def engine_of(px: Proxy) -> NativeEngine:
+    assert px.manager.engine is not None
+    return px.manager.engine
+
+
+def spy_handoffs(px: Proxy, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What each Engine.handoff of the test handed over (relaying, connecting)."""
+    native = engine_of(px)
+    seen: list[Any] = []
+    original = native.handoff
+
+    def handoff(slot: int) -> Any:
+        result = original(slot)
+        seen.append(result)
+        return result
+
+    monkeypatch.setattr(native, "handoff", handoff)
+    return seen
+
+
+def open_pipes(px: Proxy) -> int:
+    """The process's pipe fds, but those the asyncio splice pipes keep in their pool."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+    return count - 2 * len(pipes_of(px))
+
+
+async def quiet(*sizes: Any, still: float = 0.3) -> None:
+    """Until the write buffers ``sizes`` report have not moved for ``still`` seconds and are
+    not empty: both peers are blocked on full sockets, and the engine holds what it read."""
+    last: tuple[int, ...] = ()
+    since = asyncio.get_running_loop().time()
+    async with asyncio.timeout(WAIT):
+        while True:
+            now = tuple(size() for size in sizes)
+            loop_now = asyncio.get_running_loop().time()
+            if now != last or not all(now):
+                last, since = now, loop_now
+            elif loop_now - since >= still:
+                return
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("splice", [False, True])
+def test_bytes_in_flight_both_ways_cross_the_handoff_exactly(
+    loop: str, splice: bool, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both peers write 16 MiB before reading a byte, so the engine holds bytes each way
+    (its buffer; on a splice route, its pipes) when a toxic moves the route: after it,
+    each peer reads exactly what the other wrote, then its FIN; one access line counts
+    them, and the route's and its backend's counters count the connection once."""
+    up, down = payload(16 * MB), payload(16 * MB)
+    go = asyncio.Event()
+    backend_writers: list[asyncio.StreamWriter] = []
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+        backend_writers.append(writer)
+        writer.write(down)
+        writer.write_eof()
+        await go.wait()
+        got = await reader.read()
+        await writer.drain()
+        return sha(got)
+
+    async def main() -> None:
+        async with (
+            Server(backend) as server,
+            proxy(server.backend(), engine="native", splice=splice) as px,
+        ):
+            handed = spy_handoffs(px, monkeypatch)
+            sockets, pipes = open_sockets(), open_pipes(px)
+            reader, writer = await px.connect()
+            writer.write(up)
+            writer.write_eof()
+            await until(lambda: bool(backend_writers))
+            await quiet(
+                writer.transport.get_write_buffer_size,
+                backend_writers[0].transport.get_write_buffer_size,
+            )
+            native = engine_of(px)
+            assert (len(native), native.engine.places) == (1, 1)
+            await px.change(toxics=NO_DELAY)
+            assert isinstance(px.manager._listeners[px.route.key], Listener)
+            ((relaying, connecting),) = handed
+            assert connecting == []
+            ((_c, _b, held_up, held_down, up_fins, down_fins, *_rest),) = relaying
+            # Bytes were held each way, no FIN had been read yet.
+            assert held_up
+            assert held_down
+            assert (up_fins, down_fins) == ((False, False), (False, False))
+            # Off the engine, on asyncio, through the toxic's stages; its place came along.
+            assert len(native) == 0
+            relay = px.only_relay()
+            assert isinstance(relay.pipe, StagedPipe)
+            assert native.engine.places == 1
+            runtime = relay.route
+            assert len(list(runtime.live_bytes())) == 1  # counted open once, not twice
+            go.set()
+            received = await asyncio.wait_for(reader.read(), WAIT * 3)
+            assert sha(received) == sha(down)
+            assert await server.result(WAIT * 3) == sha(up)
+            writer.close()
+            await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
+            member = runtime.members[1]
+            assert (member.active, member.connections) == (0, 1)
+            assert (member.bytes_up, member.bytes_down) == (len(up), len(down))
+            assert runtime.accepted == 1
+            assert list(runtime.live_bytes()) == []
+            assert native.engine.places == 0
+            # The engine's pipes are closed, and no socket is left behind.
+            await until(lambda: open_sockets() == sockets)
+            assert open_pipes(px) == pipes
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    (line,) = access_lines(caplog)
+    assert f"bytes_up={16 * MB} bytes_down={16 * MB}" in line
+    assert line.endswith("end=closed toxics=latency_downstream")
+
+
+def test_a_half_closed_connection_stays_half_closed_across_the_handoff(
+    loop: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's FIN went through the engine before the move: its direction stays
+    closed, and the backend's answer and FIN still reach the client after it."""
+    release, asked = asyncio.Event(), asyncio.Event()
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        question = await reader.read()  # to the client's FIN
+        asked.set()
+        await release.wait()
+        writer.write(b"answer to " + question)
+        writer.write_eof()
+        return question
+
+    async def main() -> None:
+        async with Server(backend) as server, proxy(server.backend(), engine="native") as px:
+            handed = spy_handoffs(px, monkeypatch)
+            sockets = open_sockets()
+            reader, writer = await px.connect()
+            writer.write(b"question")
+            writer.write_eof()
+            await asyncio.wait_for(asked.wait(), WAIT)
+            await px.change(toxics=NO_DELAY)
+            ((relaying, _connecting),) = handed
+            ((_c, _b, held_up, held_down, up_fins, down_fins, *_rest),) = relaying
+            assert (held_up, held_down, up_fins, down_fins) == (
+                b"", b"", (True, True), (False, False),
+            )  # fmt: skip
+            relay = px.only_relay()
+            assert (relay.client_eof, relay.backend_eof) == (True, False)
+            release.set()
+            assert await asyncio.wait_for(reader.read(), WAIT) == b"answer to question"
+            assert await server.result() == b"question"
+            writer.close()
+            await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
+            await until(lambda: open_sockets() == sockets)
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    (line,) = access_lines(caplog)
+    assert "bytes_up=8 bytes_down=18" in line
+    assert line.endswith("end=closed toxics=latency_downstream")
+
+
+def test_a_client_still_connecting_is_connected_by_asyncio(
+    loop: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client whose backend has not answered yet when the route moves: the engine drops
+    its attempt and the asyncio data plane takes the client as a new one (admitted,
+    connected to the route's backends as they are now)."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+    async def main() -> None:
+        with silent_backend(1) as silent:
+            async with (
+                Server(echo) as server,
+                proxy(silent, engine="native", connect_timeout=30.0) as px,
+            ):
+                handed = spy_handoffs(px, monkeypatch)
+                sockets = open_sockets()
+                native = engine_of(px)
+                listener = px.manager._listeners[px.route.key]
+                assert isinstance(listener, EngineListener)
+                slot = listener._slot
+                assert slot is not None
+                reader, writer = await px.connect()
+                writer.write(b"hello")
+                await until(lambda: [row[3] for row in native.engine.loads(slot)] == [1])
+                route = dataclasses.replace(
+                    px.route, backends=(server.backend(2),), toxics=NO_DELAY
+                )
+                await px.manager.apply([Update(route)])
+                px.route = route
+                ((relaying, connecting),) = handed
+                assert (len(relaying), len(connecting)) == (0, 1)
+                # Its attempt is over on the engine; the client relays through asyncio.
+                assert [row[2:] for row in native.engine.loads(slot)] == [(0, 0)]
+                assert len(native) == 0
+                assert await asyncio.wait_for(reader.readexactly(5), WAIT) == b"hello"
+                assert native.engine.places == 1  # its one place, taken by asyncio's admission
+                writer.close()
+                await asyncio.wait_for(px.manager.traffic.wait_empty(), WAIT)
+                assert native.engine.places == 0
+                runtime = px.manager.runtime(route.key)
+                assert runtime is not None
+                assert runtime.accepted == 1
+                assert server.accepted == 1
+                # The dropped attempt's socket went with it.
+                await until(lambda: open_sockets() == sockets)
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    (line,) = access_lines(caplog)
+    assert " backend=2/" in line
+    assert "bytes_up=5 bytes_down=5" in line
