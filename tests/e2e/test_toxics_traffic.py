@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from restcp.core.toxics import draws, meets
 from restcp.model import Toxic
 from tests.e2e.conftest import (
@@ -72,16 +74,21 @@ def access_line(node: Node, client: str) -> str:
     return line
 
 
+@pytest.mark.parametrize("engine", ["asyncio", "native"])
 def test_a_toxic_added_through_the_api_acts_on_an_open_connection(
-    start_node: StartNode, tmp_path: Path
+    start_node: StartNode, tmp_path: Path, engine: str
 ) -> None:
-    node = start(start_node, tmp_path / "restcp.db")
+    """On ``--engine native`` the connection is the engine's until the toxic comes: the
+    route moves to asyncio, and the connection with it (docs/engine.md)."""
+    node = start(start_node, tmp_path / "restcp.db", "--engine", engine)
     port = create_route(node, "web")["port"]
     with Backend(echo) as backend:
         add_backend(node, "web", 1, backend.port)
         with connect(port, timeout=10) as sock:
             client = address(sock)
             assert echo_time(sock, b"before") < 2
+            served = node.wait_for_line("listening app=web route=1 url=")
+            assert ("engine=native" in served) == (engine == "native"), served
             # Added under the open connection: its echoes are held 2 s from now on.
             call(node, "PUT", TOXICS, {"type": "latency", "attributes": {"latency": 2000}}, 201)
             assert echo_time(sock, b"held") >= 2
