@@ -16,6 +16,7 @@ import pytest
 from restcp.core.reconcile import Update
 from restcp.proxy.listener import Listener
 from restcp.proxy.native import EngineListener, NativeEngine
+from restcp.proxy.sni_listener import SniListener
 from restcp.proxy.staged_pipe import StagedPipe
 from tests.integration.harness import (
     MB,
@@ -27,6 +28,7 @@ from tests.integration.harness import (
     payload,
     pipes_of,
     proxy,
+    read_outcome,
     run,
     sha,
     silent_backend,
@@ -260,3 +262,68 @@ def test_a_client_still_connecting_is_connected_by_asyncio(
     (line,) = access_lines(caplog)
     assert " backend=2/" in line
     assert "bytes_up=5 bytes_down=5" in line
+
+
+def test_server_names_given_to_an_engine_route_take_its_connections_along(loop: str) -> None:
+    """Server names move the route's socket to an SniListener (ProxyManager._relisten):
+    its open connections go to asyncio too, and relay as before (plain: what the route
+    gained applies to new clients)."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+    async def main() -> None:
+        async with Server(echo) as server, proxy(server.backend(), engine="native") as px:
+            reader, writer = await px.connect()
+            writer.write(b"before")
+            assert await asyncio.wait_for(reader.readexactly(6), WAIT) == b"before"
+            await px.change(sni=("*",))
+            assert isinstance(px.manager._listeners[px.route.key], SniListener)
+            assert len(engine_of(px)) == 0
+            assert len(px.manager.traffic) == 1
+            writer.write(b"after")
+            assert await asyncio.wait_for(reader.readexactly(5), WAIT) == b"after"
+            writer.close()
+
+    run(loop, main())
+
+
+def test_the_idle_clock_carries_over(
+    loop: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection idle for a while on the engine is as idle on asyncio: its idle timeout
+    runs from its last activity, not from the move."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+    async def main() -> None:
+        async with (
+            Server(echo) as server,
+            proxy(server.backend(), engine="native", idle_timeout=1.6) as px,
+        ):
+            handed = spy_handoffs(px, monkeypatch)
+            reader, writer = await px.connect()
+            try:
+                writer.write(b"x")
+                assert await asyncio.wait_for(reader.readexactly(1), WAIT) == b"x"
+                last = asyncio.get_running_loop().time()
+                await asyncio.sleep(0.8)  # idle on the engine
+                await px.change(toxics=NO_DELAY)
+                ((relaying, _connecting),) = handed
+                ((*_first, idle_for, _half_for, _spliced),) = relaying
+                assert idle_for >= 0.8
+                assert await read_outcome(reader) == "eof"
+                # Ended 1.6 s after its last activity, not 1.6 s after the move (2.4 s).
+                assert asyncio.get_running_loop().time() - last < 2.2
+            finally:
+                writer.close()
+
+    caplog.set_level(logging.INFO, "restcp.access")
+    run(loop, main())
+    (line,) = access_lines(caplog)
+    assert line.endswith("end=idle_timeout toxics=latency_downstream")
