@@ -1385,12 +1385,13 @@ cdef class Engine:
         side gives it back when the connection ends (``give``). A connection still
         connecting has its attempt dropped (the backend socket closed: no byte went to it)
         and its place given back; the client is handed over as a new one, for the asyncio
-        data plane to admit and connect itself."""
+        data plane to admit and connect itself. A relaying connection whose pipes' bytes
+        find no memory to be read into stays on the engine."""
         cdef int i, k, n, got
         cdef Conn *c
         cdef Route *r
         cdef Direction *d
-        cdef char *buf
+        cdef char *bufs[2]
         cdef double t
         pthread_mutex_lock(&self.lock)
         try:
@@ -1402,6 +1403,15 @@ cdef class Engine:
                 c = &self.conns[i]
                 if c.state == S_FREE or c.route != slot:
                     continue
+                bufs[0] = bufs[1] = NULL
+                if c.state == S_RELAY and (c.up.in_pipe > 0 or c.down.in_pipe > 0):
+                    # Room for its pipes' bytes first: without it, it stays on the engine.
+                    bufs[0] = <char *>malloc(c.up.in_pipe + 1)
+                    bufs[1] = <char *>malloc(c.down.in_pipe + 1)
+                    if bufs[0] == NULL or bufs[1] == NULL:
+                        free(bufs[0])
+                        free(bufs[1])
+                        continue
                 epoll_ctl(self.epfd, EPOLL_CTL_DEL, c.client, NULL)
                 if c.backend >= 0:
                     epoll_ctl(self.epfd, EPOLL_CTL_DEL, c.backend, NULL)
@@ -1416,18 +1426,16 @@ cdef class Engine:
                         if d.in_pipe > 0:
                             # The pipe's bytes, read out. A direction reads (into its pipe)
                             # only when its buffer is empty: the buffer's bytes come first.
-                            buf = <char *>malloc(d.in_pipe)
-                            if buf == NULL:
-                                raise MemoryError()
                             n = 0
                             while n < d.in_pipe:
-                                got = <int>read(d.pipe_r, buf + n, d.in_pipe - n)
+                                got = <int>read(d.pipe_r, bufs[k] + n, d.in_pipe - n)
                                 if got <= 0:
                                     break
                                 n += got
-                            data += buf[:n]
-                            free(buf)
+                            data += bufs[k][:n]
                         held.append(data)
+                    free(bufs[0])
+                    free(bufs[1])
                     relaying.append((
                         c.client, c.backend, held[0], held[1],
                         (c.up.eof != 0, c.up.shut != 0), (c.down.eof != 0, c.down.shut != 0),

@@ -587,10 +587,12 @@ class Handed:
 
 class AdoptedConnection(Connection):
     """A connection the native engine relayed until its route moved to the asyncio data
-    plane (proxy/handoff.py): its backend transport is made first (``end``, whose loss is
-    noted meanwhile), then its client's, whose ``client_made`` takes it over as
-    ``reached`` would a new one, without counting it again: the engine's record counted it
-    connected, and its place under the node's caps comes with it (RouteRuntime.adopt)."""
+    plane (proxy/handoff.py). Counted by its route from the moment it is made (its bytes
+    so far, as the engine counted them, among the route's live ones), without counting it
+    again: the engine's record counted it connected, and its place under the node's caps
+    comes with it (RouteRuntime.adopt). Its backend transport is made first (``end``,
+    whose loss is noted meanwhile), then its client's, whose ``client_made`` starts it
+    relaying as ``reached`` starts a new one."""
 
     __slots__ = ("_end_made", "_handed")
 
@@ -607,7 +609,13 @@ class AdoptedConnection(Connection):
         self._handed = handed
         self.member, self.backend = member, backend
         self.spliced = handed.spliced
+        self.bytes_up, self.bytes_down = handed.bytes_up, handed.bytes_down
+        now = loop.time()
+        self._started = now - handed.age
+        self.last_activity = now - handed.idle_for
         self._end_made = self.transports.attempt(self)
+        self.number = route.started(self)
+        route.adopt(self)
 
     @property
     def backend_end(self) -> BackendEnd:
@@ -622,24 +630,31 @@ class AdoptedConnection(Connection):
     def lost(self, end: BackendEnd, exc: Exception | None) -> None:
         pass
 
+    def not_made(self) -> None:
+        """Its transports could not be made (proxy/handoff.py reset its sockets): it ends
+        here, with its access line and counters."""
+        end = self._end_made
+        end.connector = None
+        if end.transport is not None and not end.gone:
+            self.backend_transport = end.transport
+        self._end("aborted", reset=True)
+        self._maybe_report()
+
     def client_made(self, transport: asyncio.Transport) -> None:
         self.client_transport = transport
-        self.number = self.route.started(self)
-        self.route.adopt(self)
+        handed, end = self._handed, self._end_made
+        end.connector = None  # its loss is the connection's from now on
+        if end.transport is not None and not end.gone:
+            self.backend_transport = end.transport
+        if self.end_reason is not None:
+            # Reset meanwhile (the shutdown's deadline): its transports go the same way.
+            self._end(self.end_reason, reset=True)
+            return
         self._enter(State.CONNECTING)
         transport.pause_reading()
-        handed, end, loop = self._handed, self._end_made, self._loop
-        end.connector = None  # its loss is the connection's from now on
-        # The ends may have counted early reads already.
-        self.bytes_up += handed.bytes_up
-        self.bytes_down += handed.bytes_down
-        now = loop.time()
-        self._started = now - handed.age
-        self.last_activity = now - handed.idle_for
-        if end.gone or end.transport is None:
+        if self.backend_transport is None:
             self._end("backend_reset" if end.error else "backend_closed", reset=bool(end.error))
             return
-        self.backend_transport = end.transport
         self._enter(State.RELAYING)
         held = handed.held
         # A FIN passed on by the engine is this connection's already; the half-close
@@ -647,7 +662,7 @@ class AdoptedConnection(Connection):
         self.client_eof, self.backend_eof = held.up_shut, held.down_shut
         timeout = self.route.half_close_timeout
         if handed.half_for >= 0 and timeout > 0:
-            self._half_close_deadline = now - handed.half_for + timeout
+            self._half_close_deadline = self._loop.time() - handed.half_for + timeout
         transports = self.transports
         transports.attach(end)
         self.pipe = transports

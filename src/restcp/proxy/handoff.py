@@ -38,7 +38,7 @@ from restcp.proxy.connection import AdoptedConnection, Handed, client_protocol
 from restcp.proxy.pipes import Held
 from restcp.proxy.runtime import RouteRuntime
 from restcp.proxy.transport_pipe import TransportPipe
-from restcp.sockets import arm_reset, reset_transport
+from restcp.sockets import arm_reset
 
 if TYPE_CHECKING:
     from restcp.engine._relay import Connecting, Relaying
@@ -90,22 +90,18 @@ async def _relaying(runtime: RouteRuntime, loop: asyncio.AbstractEventLoop, item
         await loop.connect_accepted_socket(functools.partial(_same, connection.transports), client)
     except OSError as err:
         # Out of memory or descriptors for a transport: the connection is reset, and ends
-        # here (its member's count, its place, its record) as the engine would end it.
+        # here (its access line, its member's count, its place).
         log.warning(
             "handoff failed app=%s route=%s: %s; connection reset",
             runtime.app, runtime.route_id, err,
         )  # fmt: skip
-        if end.transport is not None:
-            reset_transport(end.transport)  # it owns the backend's socket
-        else:
+        if end.transport is None:
             arm_reset(backend_sock)
             backend_sock.close()
-        arm_reset(client)
-        client.close()
-        runtime.accepted += 1
-        if member is not None:
-            member.active = max(0, member.active - 1)
-        runtime.traffic.places.give(runtime.app)
+        if connection.client_transport is None:
+            arm_reset(client)
+            client.close()
+        connection.not_made()
 
 
 def _same(protocol: TransportPipe) -> TransportPipe:
