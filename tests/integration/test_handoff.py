@@ -24,6 +24,7 @@ from tests.integration.harness import (
     Proxy,
     Server,
     access_lines,
+    open_fds,
     open_sockets,
     payload,
     pipes_of,
@@ -85,9 +86,9 @@ async def quiet(*sizes: Any, still: float = 0.3) -> None:
             await asyncio.sleep(0.02)
 
 
-@pytest.mark.parametrize("splice", [False, True])
+@pytest.mark.parametrize("splice", [False, True, "auto"])
 def test_bytes_in_flight_both_ways_cross_the_handoff_exactly(
-    loop: str, splice: bool, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    loop: str, splice: bool | str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Both peers write 16 MiB before reading a byte, so the engine holds bytes each way
     (its buffer; on a splice route, its pipes) when a toxic moves the route: after it,
@@ -112,7 +113,7 @@ def test_bytes_in_flight_both_ways_cross_the_handoff_exactly(
             proxy(server.backend(), engine="native", splice=splice) as px,
         ):
             handed = spy_handoffs(px, monkeypatch)
-            sockets, pipes = open_sockets(), open_pipes(px)
+            sockets, pipes, fds = open_sockets(), open_pipes(px), open_fds()
             reader, writer = await px.connect()
             writer.write(up)
             writer.write_eof()
@@ -154,6 +155,9 @@ def test_bytes_in_flight_both_ways_cross_the_handoff_exactly(
             # The engine's pipes are closed, and no socket is left behind.
             await until(lambda: open_sockets() == sockets)
             assert open_pipes(px) == pipes
+            # Nothing else either, but what the asyncio splice pipes keep for the next ones
+            # (their epoll set, their pooled pipes).
+            assert open_fds() == fds + px.manager.traffic.splicer.descriptors()
 
     caplog.set_level(logging.INFO, "restcp.access")
     run(loop, main())
