@@ -15,7 +15,9 @@ one kind of listener to the other, so its port never stops accepting.
 
 With the native engine (``engine``; proxy/native.py), a plain route's socket is accepted on
 by the engine instead of a Listener; an update that gives the route something the engine
-does not do (toxics, TLS...) hands the socket to a Listener, and back when it is gone again.
+does not do (toxics, TLS...) hands the socket to a Listener, and the engine's open
+connections of the route with it (proxy/handoff.py), and the socket back when it is gone
+again (asyncio's connections stay there).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ tables it reads, and its records read back on the loop.
 A route goes to the engine when it has nothing the engine does not do (``supported``);
 otherwise it stays on the asyncio pipes. The ProxyManager moves a route's listening socket
 between a Listener and an EngineListener when an update changes that: the socket is never
-closed, and the connections already open stay where they are until they end.
+closed. A route leaving the engine takes its open connections along (``handoff``;
+proxy/handoff.py adopts them); one coming to it leaves asyncio's where they are.
 """
 
 from __future__ import annotations
