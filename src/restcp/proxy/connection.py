@@ -54,6 +54,11 @@ added to its route (``toxics_changed``: the RouteRuntime tells every connection)
 goes back to the pipe it had once it meets none. A route without toxics costs a
 connection one test at its connect.
 
+A connection the native engine relayed until its route moved here (proxy/handoff.py) is
+an AdoptedConnection: made on both sockets at once, counted as connected already, it
+starts relaying with what the engine held (``Handed``) and goes through the states as any
+other from CONNECTING on.
+
 The module is over 500 lines, a tenth of them this map: it is one state machine and the
 one owner of what its pipes share; the mechanisms it drives (connecting, the pipes, the
 stages, the deadlines) are modules of their own.
