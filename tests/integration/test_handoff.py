@@ -363,6 +363,14 @@ async def handoff_scenario(
         client = Side(reader, writer)
         client.start()
         back = await asyncio.wait_for(backend_side, WAIT)
+        # Relaying on the engine (the backend may accept before the engine has seen its
+        # connect complete: one still connecting is connected again by asyncio, a case of
+        # its own above).
+        listener = px.manager._listeners[px.route.key]
+        assert isinstance(listener, EngineListener)
+        slot = listener._slot
+        assert slot is not None
+        await until(lambda: [row[2] for row in engine_of(px).engine.loads(slot)] == [1])
         sides = {"client": client, "backend": back}
         was_reset = False
         for step, actions in enumerate((before, after)):
