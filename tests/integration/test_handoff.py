@@ -93,11 +93,13 @@ async def quiet(*sizes: Any, still: float = 0.3) -> None:
 def test_bytes_in_flight_both_ways_cross_the_handoff_exactly(
     loop: str, splice: bool | str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both peers write 16 MiB before reading a byte, so the engine holds bytes each way
+    """Both peers write 48 MiB before reading a byte, so the engine holds bytes each way
     (its buffer; on a splice route, its pipes) when a toxic moves the route: after it,
     each peer reads exactly what the other wrote, then its FIN; one access line counts
     them, and the route's and its backend's counters count the connection once."""
-    up, down = payload(16 * MB), payload(16 * MB)
+    # More than the sockets' buffers and a pipe can hold between them, however far the
+    # kernel grows them (16 MiB was sometimes all taken in: a writer never blocked).
+    up, down = payload(48 * MB), payload(48 * MB)
     go = asyncio.Event()
     backend_writers: list[asyncio.StreamWriter] = []
 
@@ -165,7 +167,7 @@ def test_bytes_in_flight_both_ways_cross_the_handoff_exactly(
     caplog.set_level(logging.INFO, "restcp.access")
     run(loop, main())
     (line,) = access_lines(caplog)
-    assert f"bytes_up={16 * MB} bytes_down={16 * MB}" in line
+    assert f"bytes_up={48 * MB} bytes_down={48 * MB}" in line
     assert line.endswith("end=closed toxics=latency_downstream")
 
 
