@@ -2,13 +2,16 @@
 open connections stay with the address they reached, and count against that address, not
 the new one, until they end. The API lists them under the backend's ``replaced``; the new
 address's ``active_connections``, its ``max_connections`` and ``least_conn`` see only its
-own connections (issue #18)."""
+own connections (issue #18). On both data planes: the native engine's records name the
+address a connection reached when its backend has it no longer."""
 
 from __future__ import annotations
 
 from collections import Counter
 from contextlib import ExitStack
 from typing import Any
+
+import pytest
 
 from tests.e2e.conftest import create_route, wait_until
 from tests.e2e.peers import Backend, Client, Tagged, attach, backend_of, served_by
@@ -25,7 +28,15 @@ def leftovers(port: int, count: int) -> list[dict[str, Any]]:
     return [{"ip": "127.0.0.1", "port": port, "active_connections": count}]
 
 
-def test_max_connections_counts_the_new_address_alone(node: Node) -> None:
+@pytest.fixture(params=["asyncio", "native"])
+def any_node(request: pytest.FixtureRequest) -> Node:
+    """A node on each data plane (``native``: its routes served by the engine)."""
+    node: Node = request.getfixturevalue("engine_node" if request.param == "native" else "node")
+    return node
+
+
+def test_max_connections_counts_the_new_address_alone(any_node: Node) -> None:
+    node = any_node
     port = create_route(node, "mx")["port"]
     with ExitStack() as stack:
         a = stack.enter_context(Backend(Tagged("a")))
@@ -55,7 +66,8 @@ def test_max_connections_counts_the_new_address_alone(node: Node) -> None:
         assert served_by(port) == "b"
 
 
-def test_least_conn_weighs_the_new_address_alone(node: Node) -> None:
+def test_least_conn_weighs_the_new_address_alone(any_node: Node) -> None:
+    node = any_node
     port = create_route(node, "lc", balance="least_conn")["port"]
     with ExitStack() as stack:
         a, b, c = (stack.enter_context(Backend(Tagged(name))) for name in "abc")
@@ -79,7 +91,8 @@ def test_least_conn_weighs_the_new_address_alone(node: Node) -> None:
         wait_until(lambda: backend_of(node, "lc", 1, 1)["replaced"] == [], "a's last ends")
 
 
-def test_replacing_back_takes_the_leftovers_back(node: Node) -> None:
+def test_replacing_back_takes_the_leftovers_back(any_node: Node) -> None:
+    node = any_node
     """Replaced by b and then by a again: the connections still open to a are a's again."""
     port = create_route(node, "back")["port"]
     with ExitStack() as stack:

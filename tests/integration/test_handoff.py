@@ -324,7 +324,7 @@ def test_the_idle_clock_carries_over(
                 await asyncio.sleep(0.8)  # idle on the engine
                 await px.change(toxics=NO_DELAY)
                 ((relaying, _connecting),) = handed
-                ((*_first, idle_for, _half_for, _spliced),) = relaying
+                ((*_first, idle_for, _half_for, _spliced, _moved),) = relaying
                 assert idle_for >= 0.8
                 assert await read_outcome(reader) == "eof"
                 # Ended 1.6 s after its last activity, not 1.6 s after the move (2.4 s).

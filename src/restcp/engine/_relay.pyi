@@ -7,18 +7,20 @@ BALANCES: dict[str, int]
 BackendRow = tuple[int, int, bytes, int, int, int]
 # One ended connection: (slot, backend id, peer sockaddr, bytes up, bytes down, duration, end,
 # spliced: a direction of it went splicing at some point, as the access line's field says;
-# connected: the record stands for its "connected" record too, not drained before it ended).
-Record = tuple[int, int | None, bytes, int, int, float, str, bool, bool]
+# connected: the record stands for its "connected" record too, not drained before it ended;
+# replaced: the sockaddr it was connected to if its backend no longer has that address).
+Record = tuple[int, int | None, bytes, int, int, float, str, bool, bool, bytes | None]
 # A relayed connection still open: (slot, backend id, bytes up, bytes down).
 Live = tuple[int, int, int, int]
 # A slot's most clients admitted and open at once: (slot, most).
 Peak = tuple[int, int]
 # A relaying connection handed to the asyncio data plane (Engine.handoff): client fd,
 # backend fd, bytes held up, bytes held down, up (eof, shut), down (eof, shut), bytes_up,
-# bytes_down, backend id, peer sockaddr, age, idle for, half-closed for (-1: not), spliced.
+# bytes_down, backend id, peer sockaddr, age, idle for, half-closed for (-1: not), spliced,
+# the sockaddr it is connected to if its backend no longer has that address (else None).
 Relaying = tuple[
     int, int, bytes, bytes, tuple[bool, bool], tuple[bool, bool], int, int, int, bytes,
-    float, float, float, bool,
+    float, float, float, bool, bytes | None,
 ]  # fmt: skip
 # A connection still connecting, handed over as a new client: client fd, peer, age.
 Connecting = tuple[int, bytes, float]

@@ -338,6 +338,11 @@ cdef struct Record:
     int connected      # an end record that also stands for its E_CONNECTED one (folded)
     sockaddr_storage peer
     socklen_t peer_len
+    # The address it was connected to when that address is no longer its backend's (replaced
+    # or deleted, ``Load.listed`` 0): Python counts the connection against the member it
+    # keeps for that address, as asyncio does. Length 0 otherwise.
+    sockaddr_storage backend_addr
+    socklen_t backend_addr_len
 
 
 cdef inline double now() noexcept nogil:
@@ -1444,6 +1449,7 @@ cdef class Engine:
                         t - c.started, t - c.last,
                         t - c.half_since if c.half_since else -1.0,
                         c.spliced != 0,
+                        self.unlisted_addr(c),
                     ))
                     if not c.placed:
                         # Never so (a relaying client was placed at its accept); the asyncio
@@ -1465,6 +1471,15 @@ cdef class Engine:
         finally:
             pthread_mutex_unlock(&self.lock)
         return records, relaying, connecting
+
+    cdef object unlisted_addr(self, Conn *c):
+        """The address ``c`` is connected to if its backend no longer has it, else None."""
+        cdef sockaddr_storage addr
+        cdef socklen_t addr_len
+        if c.load < 0 or self.routes[c.route].loads[c.load].listed:
+            return None
+        self.unlisted(c, &addr, &addr_len)
+        return (<char *>&addr)[:addr_len]
 
     cdef void release(self, int index) noexcept nogil:
         """Free connection ``index``'s slot without closing its sockets (``handoff``): its
@@ -1492,8 +1507,9 @@ cdef class Engine:
     def drain(self) -> list:
         """The records of connections ended since the last drain: [(slot, backend_id or
         None, peer sockaddr bytes, bytes_up, bytes_down, duration, end, spliced,
-        connected)]; ``connected``: the record also stands for the connection's
-        "connected" one, which was not drained before it ended."""
+        connected, replaced)]; ``connected``: the record also stands for the connection's
+        "connected" one, which was not drained before it ended; ``replaced``: the sockaddr
+        it was connected to, if its backend no longer has that address (else None)."""
         pthread_mutex_lock(&self.lock)
         try:
             return self._drain()
@@ -1521,6 +1537,8 @@ cdef class Engine:
                 ENDS[rec.end],
                 rec.spliced != 0,
                 rec.connected != 0,
+                (<char *>&rec.backend_addr)[:rec.backend_addr_len]
+                if rec.backend_addr_len else None,
             ))
         self.n_records = 0
         self.drains += 1
@@ -1989,7 +2007,17 @@ cdef class Engine:
         rec.connected = 0
         memcpy(&rec.peer, &c.peer, c.peer_len)
         rec.peer_len = c.peer_len
+        rec.backend_addr_len = 0
+        if c.load >= 0 and not self.routes[c.route].loads[c.load].listed:
+            self.unlisted(c, &rec.backend_addr, &rec.backend_addr_len)
         return 1
+
+    cdef inline void unlisted(self, Conn *c, sockaddr_storage *addr,
+                              socklen_t *addr_len) noexcept nogil:
+        """The address ``c`` is connected to, that its backend no longer has."""
+        cdef Load *load = &self.routes[c.route].loads[c.load]
+        memcpy(addr, &load.addr, load.addr_len)
+        addr_len[0] = load.addr_len
 
     cdef void retry_accepts(self) noexcept nogil:
         cdef int i
@@ -2006,6 +2034,7 @@ cdef class Engine:
         memset(&blank, 0, sizeof(Conn))
         blank.route = slot
         blank.backend_id = -1
+        blank.load = -1
         blank.started = now()
         blank.bytes_up = <uint64_t>err
         self.record(&blank, end, err)

@@ -75,11 +75,13 @@ async def _connecting(
 
 async def _relaying(runtime: RouteRuntime, loop: asyncio.AbstractEventLoop, item: Relaying) -> None:
     client_fd, backend_fd, up, down, up_fins, down_fins, bytes_up, bytes_down = item[:8]
-    backend_id, raw_peer, age, idle_for, half_for, spliced = item[8:]
+    backend_id, raw_peer, age, idle_for, half_for, spliced, moved = item[8:]
     (up_eof, up_shut), (down_eof, down_shut) = up_fins, down_fins
     client = socket.socket(fileno=client_fd)
     backend_sock = socket.socket(fileno=backend_fd)
-    member = runtime.members.get(backend_id)
+    # The member it counts against: the one kept for its address if that is its
+    # backend's no longer (its access line names that address, as on asyncio).
+    member = runtime.member_at(backend_id, None if moved is None else peer(moved))
     held = Held(up, down, up_eof, down_eof, up_shut, down_shut)
     handed = Handed(held, bytes_up, bytes_down, age, idle_for, half_for, spliced)
     backend = member.backend if member is not None else runtime.route.backend(backend_id)

@@ -218,14 +218,22 @@ class NativeEngine:
 
     def _records(self, records: list[Record]) -> None:
         logging_on = access_log.isEnabledFor(logging.INFO)
-        for slot, backend_id, raw_peer, up, down, duration, end, spliced, connected in records:
+        for record in records:
+            slot, backend_id, raw_peer, up, down, duration, end, spliced, connected, moved = record
             runtime = self._slots[slot]
             member = None if backend_id is None else runtime.members.get(backend_id)
+            # The member it counts against while open: the one kept for the address it
+            # reached, if its backend was given another one (or deleted) since.
+            counted = member
+            if moved is not None and backend_id is not None:
+                counted = runtime.member_at(backend_id, peer(moved))
             if end == "connected":
-                # Counted from its connect, as the asyncio pipes count theirs.
+                # Counted from its connect, as the asyncio pipes count theirs: open against
+                # that address, and a connection of the backend's.
+                if counted is not None:
+                    counted.active += 1
+                    counted.active_max = max(counted.active_max, counted.active)
                 if member is not None:
-                    member.active += 1
-                    member.active_max = max(member.active_max, member.active)
                     member.connections += 1
                 continue
             if end == "connect_error":
@@ -247,16 +255,19 @@ class NativeEngine:
                 log.warning("accept resumed app=%s route=%s", runtime.app, runtime.route_id)
                 continue
             runtime.accepted += 1
-            if member is not None:
-                if connected:
-                    # Its connect and its end in one record: counted from its connect all
-                    # the same (it was open, if only between two drains).
-                    member.connections += 1
-                    member.active_max = max(member.active_max, member.active + 1)
-                else:
-                    member.active = max(0, member.active - 1)
-                member.bytes_up += up
-                member.bytes_down += down
+            if backend_id is not None:
+                if counted is not None:
+                    if connected:
+                        # Its connect and its end in one record: counted from its connect
+                        # all the same (it was open, if only between two drains).
+                        counted.active_max = max(counted.active_max, counted.active + 1)
+                    else:
+                        runtime.released(counted)
+                if member is not None:
+                    if connected:
+                        member.connections += 1
+                    member.bytes_up += up
+                    member.bytes_down += down
             elif end in REFUSALS:
                 runtime.refused[end] += 1
             if logging_on:

@@ -253,6 +253,21 @@ class RouteRuntime:
             member.retired = True
             self.retired[(member.id, *member.address)] = member
 
+    def released(self, member: Member) -> None:
+        """A connection that counted against ``member`` since its connect ended."""
+        member.active = max(0, member.active - 1)
+        if member.retired:
+            self._forget_if_done(member)
+
+    def member_at(self, backend_id: int, address: tuple[str, int] | None) -> Member | None:
+        """The member a connection to ``address`` counts against: the one kept for it if
+        its backend was given another address (or deleted) meanwhile, else the backend's."""
+        if address is not None:
+            retired = self.retired.get((backend_id, *address))
+            if retired is not None:
+                return retired
+        return self.members.get(backend_id)
+
     def _forget_if_done(self, member: Member) -> None:
         if member.retired and member.idle:
             member.retired = False
@@ -532,9 +547,7 @@ class RouteRuntime:
         member = connection.member
         if member is None:
             return
-        member.active = max(0, member.active - 1)
-        if member.retired:
-            self._forget_if_done(member)
+        self.released(member)
         current = self.members.get(member.backend.id)
         if current is not None:
             current.bytes_up += connection.bytes_up
