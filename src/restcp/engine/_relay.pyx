@@ -1491,6 +1491,12 @@ cdef class Engine:
         close_pipe(&c.down)
         free(c.tried)
         self.routes[c.route].active -= 1
+        self.free_slot(index)
+
+    cdef inline void free_slot(self, int index) noexcept nogil:
+        """Connection ``index``'s slot back on the free list, once what it held is freed
+        (``finish`` and ``release``): a later event of its old generation finds none."""
+        cdef Conn *c = &self.conns[index]
         c.state = S_FREE
         c.gen += 1
         c.client = -1
@@ -2098,14 +2104,4 @@ cdef class Engine:
         if self.record(c, end, 0) and c.connected_at and c.connected_drain == self.drains:
             self.records[c.connected_at - 1].end = E_FOLDED
             self.records[self.n_records - 1].connected = 1
-        c.state = S_FREE
-        c.gen += 1
-        c.client = -1
-        c.backend = -1
-        c.up.pending = NULL
-        c.down.pending = NULL
-        c.tried = NULL
-        c.load = -1
-        c.next_free = self.free_head
-        self.free_head = index
-        self.live -= 1
+        self.free_slot(index)
