@@ -38,6 +38,14 @@ def engine_node(start_node: StartNode, tmp_path: Path) -> Node:
     return start_node(*serve_args(tmp_path / "restcp.db", lo, hi, "--engine", "native"))
 
 
+@pytest.fixture
+def asyncio_node(start_node: StartNode, tmp_path: Path) -> Node:
+    """A ready `restcp serve --engine asyncio`: the asyncio case of a test run on both data
+    planes stays on asyncio whatever the default (RESTCP_ENGINE included)."""
+    lo, hi = free_port_range()
+    return start_node(*serve_args(tmp_path / "restcp.db", lo, hi, "--engine", "asyncio"))
+
+
 # What a node observes of a backend rather than what is stored: it starts afresh on restart.
 STATUS_FIELDS = (
     "health",

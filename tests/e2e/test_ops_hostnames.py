@@ -35,19 +35,19 @@ CHECK = {"interval": 0.1, "timeout": 1, "rise": 1, "fall": 1}
 @pytest.fixture(params=["asyncio", "native"])
 def engine(request: pytest.FixtureRequest) -> tuple[str, ...]:
     """The data plane that resolves the names at connect: its ``serve`` options."""
-    return ("--engine", "native") if request.param == "native" else ()
+    return ("--engine", request.param)
 
 
 @pytest.fixture
 def any_node(engine: tuple[str, ...], request: pytest.FixtureRequest) -> Node:
-    node: Node = request.getfixturevalue("engine_node" if engine else "node")
+    node: Node = request.getfixturevalue("engine_node" if "native" in engine else "asyncio_node")
     return node
 
 
 def on_engine(node: Node, app: str, engine: tuple[str, ...]) -> None:
     """The route is served by the data plane asked for."""
     line = node.wait_for_line(f"listening app={app} route=1 url=")
-    assert ("engine=native" in line) == bool(engine), line
+    assert ("engine=native" in line) == ("native" in engine), line
 
 
 def name_backend(node: Node, app: str, port: int, **body: Any) -> int:

@@ -76,7 +76,7 @@ def engine(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def any_node(engine: str, request: pytest.FixtureRequest) -> Node:
     """A node on each data plane: ``native`` serves these routes with the engine."""
-    node: Node = request.getfixturevalue("engine_node" if engine == "native" else "node")
+    node: Node = request.getfixturevalue("engine_node" if engine == "native" else "asyncio_node")
     return node
 
 
@@ -95,7 +95,7 @@ def check_route(node: Node, host: str, source: str, proxy: str | None, backend: 
     with Backend(recorder) as server:
         fields = {} if backend is None else {"proxy_protocol": backend}
         attach(node, app, 1, server.port, **fields)
-        served_by(node, app, "--engine" in node.args)
+        served_by(node, app, "native" in node.args)
         payload = b"GET / HTTP/1.0\r\n\r\n"
         frontend = (host, route["port"])
         encode = {"v1": v1, "v2": v2, None: lambda src, dst: b""}[expect]
@@ -120,8 +120,9 @@ def test_proxy_protocol_headers_ipv4(any_node: Node) -> None:
 
 def test_proxy_protocol_headers_ipv6(start_node: StartNode, tmp_path: Path, engine: str) -> None:
     lo, hi = free_port_range()
-    options = ("--engine", "native") if engine == "native" else ()
-    args = serve_args(tmp_path / "restcp.db", lo, hi, *options, "--frontend-ip", "127.0.0.1")
+    args = serve_args(
+        tmp_path / "restcp.db", lo, hi, "--engine", engine, "--frontend-ip", "127.0.0.1"
+    )
     node = start_node(*args, "--frontend-ip", "::1")
     check_route(node, "::1", "::1", "v1", None, "v1")
     check_route(node, "::1", "::1", "v2", None, "v2")

@@ -31,7 +31,9 @@ def leftovers(port: int, count: int) -> list[dict[str, Any]]:
 @pytest.fixture(params=["asyncio", "native"])
 def any_node(request: pytest.FixtureRequest) -> Node:
     """A node on each data plane (``native``: its routes served by the engine)."""
-    node: Node = request.getfixturevalue("engine_node" if request.param == "native" else "node")
+    node: Node = request.getfixturevalue(
+        "engine_node" if request.param == "native" else "asyncio_node"
+    )
     return node
 
 

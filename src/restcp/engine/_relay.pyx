@@ -262,6 +262,13 @@ cdef struct Load:
     int64_t active      # connected: least_conn and two_choices read it
     int64_t connecting  # connects in flight: they count against max_connections too
     int listed          # in the route's current table (0: only open connections hold it)
+    # Passive health (core/health.py's connect_failed), counted here as Python counts it, so
+    # that the failure reaching passive_fall takes the address out of the next pick at once
+    # rather than when Python has read the records and sent a table without it.
+    int64_t failures    # connect failures in a row (only while listed; a connect resets it)
+    int64_t tail        # ... of them since Python last drained the records
+    uint64_t tail_drain  # the drain ``tail`` counts from (Engine.drains then)
+    int out             # failures reached passive_fall: no new pick until Python says again
 
 cdef struct Route:
     int used           # the route is served (0: retired)
@@ -286,6 +293,9 @@ cdef struct Route:
     uint64_t accepted, active, bytes_up, bytes_down, connect_failures
     uint64_t active_max  # the most clients admitted and open at once
     int64_t *app_count   # its app's places under --max-connections-per-app (NULL: none)
+    int passive_fall   # 0: passive health off (or the table is when_all_down's try_all)
+    int try_all        # when_all_down "try_all": every row out is as if none were
+    int excluding      # a row is out and the picks skip it (``passive_changed``)
 
 cdef struct Direction:
     char *pending      # bytes read but not yet taken by the other side (NULL: none)
@@ -679,11 +689,24 @@ cdef inline bint eligible(Route *r, int i, const int64_t *tried, int n_tried) no
     for k in range(n_tried):
         if tried[k] == b.id:
             return 0
-    if b.max_connections >= 0:
+    if b.max_connections >= 0 or r.excluding:
         load = &r.loads[b.load]
-        if load.active + load.connecting >= b.max_connections:
+        if r.excluding and load.out:
+            return 0
+        if b.max_connections >= 0 and load.active + load.connecting >= b.max_connections:
             return 0
     return 1
+
+
+cdef void passive_changed(Route *r) noexcept nogil:
+    """Whether the picks skip the rows that are out: not when passive health is off, nor,
+    ``try_all``, when every row is (Python's candidates are then none, and it tries all)."""
+    cdef int i, outs = 0
+    for i in range(r.n_backends):
+        if r.loads[r.backends[i].load].out:
+            outs += 1
+    r.excluding = r.passive_fall > 0 and outs > 0 \
+        and not (r.try_all and outs == r.n_backends)
 
 
 cdef inline double load_of(Route *r, int i) noexcept nogil:
@@ -727,7 +750,7 @@ cdef int choose(Route *r, const int64_t *tried, int n_tried, const char *key, in
     cdef double low = 0, x, best_score = 0
     if r.n_backends == 0:
         return -1
-    if r.balance == B_RANDOM and n_tried == 0 and not r.capped:
+    if r.balance == B_RANDOM and n_tried == 0 and not r.capped and not r.excluding:
         # Every row may take the client: a binary search of the cumulative weights.
         if r.total_weight == 0:
             return -1
@@ -1005,12 +1028,15 @@ cdef class Engine:
 
     def add_route(self, int listen_fd, list backends, str balance, double connect_timeout,
                   double idle_timeout, double half_close_timeout, int max_attempts,
-                  long max_connections, app=None, int splice=0) -> int:
+                  long max_connections, app=None, int splice=0, int passive_fall=0,
+                  bint try_all=False) -> int:
         """Serve a route: accept on ``listen_fd`` (non-blocking, owned by the caller) and
         relay to ``backends`` ([BackendRow]: id, family, sockaddr bytes, weight,
         max_connections or -1, PROXY version; family 0: a host name, see ``resolved``); its
         clients count under ``app``'s cap (None: under none); ``splice`` 0: copy, 1: splice,
-        2: splice bulk ("auto"). Its slot number."""
+        2: splice bulk ("auto"); ``passive_fall`` connect failures in a row take an address
+        out of the picks until ``passive_reset`` (0: never), unless ``try_all`` and every
+        row is out. Its slot number."""
         check_splice(splice)
         cdef int64_t *app_count = NULL if app is None else self._app(app)
         cdef int slot, one = 1
@@ -1030,7 +1056,8 @@ cdef class Engine:
             r.app_count = app_count
             try:
                 self._configure(r, backends, balance, connect_timeout, idle_timeout,
-                                half_close_timeout, max_attempts, max_connections, splice)
+                                half_close_timeout, max_attempts, max_connections, splice,
+                                passive_fall, try_all)
             except BaseException:
                 r.used = 0  # its slot stays unused
                 raise
@@ -1052,20 +1079,21 @@ cdef class Engine:
 
     def update_route(self, int slot, list backends, str balance, double connect_timeout,
                      double idle_timeout, double half_close_timeout, int max_attempts,
-                     long max_connections, int splice=0) -> None:
+                     long max_connections, int splice=0, int passive_fall=0,
+                     bint try_all=False) -> None:
         """New backends or settings for a served route; open connections keep theirs."""
         check_splice(splice)
         pthread_mutex_lock(&self.lock)
         try:
             self._configure(&self.routes[slot], backends, balance, connect_timeout,
                             idle_timeout, half_close_timeout, max_attempts, max_connections,
-                            splice)
+                            splice, passive_fall, try_all)
         finally:
             pthread_mutex_unlock(&self.lock)
 
     cdef _configure(self, Route *r, list backends, str balance, double connect_timeout,
                     double idle_timeout, double half_close_timeout, int max_attempts,
-                    long max_connections, int splice):
+                    long max_connections, int splice, int passive_fall, bint try_all):
         """Read the table into ``r``; a bad table raises and changes nothing."""
         cdef int n = len(backends), i, j, kind
         cdef Backend *table
@@ -1077,6 +1105,8 @@ cdef class Engine:
         # Checked before anything changes: a bad table leaves the route as it was.
         if balance not in BALANCES:
             raise ValueError(f"unknown balance {balance!r}")
+        if passive_fall < 0:
+            raise ValueError(f"bad passive_fall {passive_fall!r}")
         kind = BALANCES[balance]
         for row in backends:
             if not isinstance(row, tuple) or len(row) != 6 or not isinstance(row[2], bytes) \
@@ -1115,8 +1145,11 @@ cdef class Engine:
         # each new address a record of none: one whose address left the table and has
         # nothing open, or a new one. Records still counting open connections stay until
         # those end. Two passes, so that no new address takes a record a later row keeps.
+        # An address back in the table starts its passive count over: Python's member for it
+        # may be a new one (a backend given back an address it had), and counting less than
+        # Python does is never wrong, only later (Python's own table then takes it out).
         for j in range(r.n_loads):
-            r.loads[j].listed = 0
+            r.loads[j].listed = 2 if r.loads[j].listed else 0
         for i in range(n):
             table[i].load = -1
             # Most updates keep the rows where they were (a weight, a health change): the
@@ -1132,7 +1165,13 @@ cdef class Engine:
                     table[i].load = j
                     break
             if table[i].load >= 0:
-                r.loads[table[i].load].listed = 1
+                load = &r.loads[table[i].load]
+                if not load.listed:
+                    load.failures, load.tail, load.out = 0, 0, 0
+                load.listed = 1
+        for j in range(r.n_loads):
+            if r.loads[j].listed == 2:
+                r.loads[j].listed = 0
         j = 0
         for i in range(n):
             if table[i].load >= 0:
@@ -1164,6 +1203,28 @@ cdef class Engine:
         r.max_attempts = max_attempts
         r.max_connections = max_connections
         r.splice = splice
+        r.passive_fall = passive_fall
+        r.try_all = try_all
+        passive_changed(r)
+
+    def passive_reset(self, int slot, long backend_id) -> None:
+        """Python's count of the backend's connect failures in a row went back to 0 (a
+        check passed, a cool-down ended): so does the engine's, but for the failures Python
+        has not read yet, which it counts after this."""
+        cdef Route *r
+        cdef Load *load
+        cdef int i
+        pthread_mutex_lock(&self.lock)
+        try:
+            r = &self.routes[slot]
+            for i in range(r.n_backends):
+                if r.backends[i].id == backend_id:
+                    load = &r.loads[r.backends[i].load]
+                    load.failures = load.tail if load.tail_drain == self.drains else 0
+                    load.out = r.passive_fall > 0 and load.failures >= r.passive_fall
+                    passive_changed(r)
+        finally:
+            pthread_mutex_unlock(&self.lock)
 
     def set_limit(self, long limit, long app_limit=-1) -> None:
         """The caps on connections open at once: every route's, and each app's (-1: none).
@@ -1285,10 +1346,11 @@ cdef class Engine:
         return result
 
     def resolved(self, int index, uint64_t token, int family=0, bytes packed=b"",
-                 bint again=False) -> bool:
+                 bint again=False, int err=0) -> bool:
         """Python's answer to an E_RESOLVE record (its ``index`` and ``token``): connect to
         ``packed`` (a struct sockaddr of ``family``), or, family 0, the name did not resolve
-        (Python logged it and counted it towards the backend's health): the next backend.
+        (with ``err``; Python logged it and counted it towards the backend's health, as the
+        engine does): the next backend.
         ``again``: the backend left the table before its name was asked; the attempt is not
         counted, and the balancer picks again from the (new) table. False if the attempt is
         over (timed out, the client gone): nothing was done."""
@@ -1316,11 +1378,13 @@ cdef class Engine:
                     c.tries -= 1
                 else:
                     self.routes[c.route].connect_failures += 1
-                    self.attempt_failed(c)
+                    self.attempt_failed(c, err, True)
                 self.connect_next(index)
-            elif self.start_connect(index, <sockaddr *>&addr, addr_len) < 0:
-                self.attempt_failed(c)
-                self.connect_next(index)
+            else:
+                err = self.start_connect(index, <sockaddr *>&addr, addr_len)
+                if err:
+                    self.attempt_failed(c, err)
+                    self.connect_next(index)
         finally:
             pthread_mutex_unlock(&self.lock)
         self._notify()  # what it recorded (a failed connect, a client let go)
@@ -1702,7 +1766,7 @@ cdef class Engine:
         cdef Route *r = &self.routes[c.route]
         cdef Backend *b
         cdef Record *rec
-        cdef int row, key_len = 0
+        cdef int row, err, key_len = 0
         cdef char key[64]
         if r.balance == B_SOURCE_HASH:
             key_len = peer_text(&c.peer, key)
@@ -1728,43 +1792,61 @@ cdef class Engine:
                     rec.bytes_up = <uint64_t>index
                     rec.bytes_down = (<uint64_t>c.gen << 32) | <uint64_t>c.tries
                 return
-            if self.start_connect(index, <sockaddr *>&b.addr, b.addr_len) == 0:
+            err = self.start_connect(index, <sockaddr *>&b.addr, b.addr_len)
+            if err == 0:
                 return
-            self.attempt_failed(c)
+            self.attempt_failed(c, err)
         self.finish(index, E_NO_BACKEND)  # as the asyncio pipes: a graceful close
 
     cdef int start_connect(self, int index, sockaddr *addr, socklen_t addr_len) noexcept nogil:
         """A non-blocking connect of connection ``index`` to ``addr``: 0 once it is under
-        way, -1 if it failed at once (recorded: the caller tries the next backend)."""
+        way, else the errno it failed with at once (recorded: the caller tries the next
+        backend)."""
         cdef Conn *c = &self.conns[index]
         cdef Route *r = &self.routes[c.route]
-        cdef int fd, rc, one = 1
+        cdef int fd, rc, err, one = 1
         cdef epoll_event ev
         fd = socket(addr.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         if fd < 0:
-            self.record(c, E_CONNECT_ERROR, errno)
+            err = errno
+            self.record(c, E_CONNECT_ERROR, err)
             r.connect_failures += 1
-            return -1
+            return err
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
         rc = connect(fd, addr, addr_len)
         if rc < 0 and errno != EINPROGRESS:
-            self.record(c, E_CONNECT_ERROR, errno)
+            err = errno
+            self.record(c, E_CONNECT_ERROR, err)
             close(fd)
             r.connect_failures += 1
-            return -1
+            return err
         c.backend = fd
         ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
         ev.data.u64 = tag(K_BACKEND, index, c.gen)
         epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
         return 0
 
-    cdef void attempt_failed(self, Conn *c) noexcept nogil:
-        """The connect to ``c.backend_id`` failed: its address counts it out, and the next
-        pick excludes it."""
+    cdef void attempt_failed(self, Conn *c, int err, bint told=False) noexcept nogil:
+        """The connect to ``c.backend_id`` failed with ``err`` (0: timed out): its address
+        counts it out and towards its passive health, and the next pick excludes it.
+        ``told``: Python counted it already (a name it could not resolve), not at a drain."""
         cdef Route *r = &self.routes[c.route]
+        cdef Load *load = &r.loads[c.load]
         cdef int64_t *tried = <int64_t *>realloc(c.tried, c.tries * sizeof(int64_t))
-        r.loads[c.load].connecting -= 1
+        load.connecting -= 1
         c.load = -1
+        # As RouteRuntime.connect_failed: not an address the backend no longer has, nor this
+        # node running short of descriptors or buffers (sockets.OUT_OF_RESOURCES).
+        if load.listed and err != EMFILE and err != ENFILE and err != ENOBUFS \
+                and err != ENOMEM:
+            if load.tail_drain != self.drains:
+                load.tail, load.tail_drain = 0, self.drains
+            if not told:
+                load.tail += 1
+            load.failures += 1
+            if r.passive_fall and load.failures >= r.passive_fall and not load.out:
+                load.out = 1
+                passive_changed(r)
         if tried == NULL:
             c.tries = r.max_attempts  # out of memory: no failover rather than a wrong one
             return
@@ -1779,7 +1861,7 @@ cdef class Engine:
         c.backend = -1
         c.resolving = 0  # a late answer finds the attempt over (``resolved``)
         self.routes[c.route].connect_failures += 1
-        self.attempt_failed(c)
+        self.attempt_failed(c, err)
         self.connect_next(index)
 
     cdef void on_event(self, int index, bint client, uint32_t events) noexcept nogil:
@@ -1787,6 +1869,7 @@ cdef class Engine:
         cdef int err = 0
         cdef socklen_t err_len = sizeof(err)
         cdef int end
+        cdef Load *load
         if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
             # Its peer's FIN (or a reset) is in the socket: a short read no longer means
             # there is nothing more to read (``move``). Noted whatever the state, as an
@@ -1810,8 +1893,11 @@ cdef class Engine:
             if c.splice == 1:
                 # Spliced from its connect, as the asyncio pipes do a "splice": true route's.
                 c.up.splicing = c.down.splicing = c.spliced = 1
-            self.routes[c.route].loads[c.load].connecting -= 1
-            self.routes[c.route].loads[c.load].active += 1
+            load = &self.routes[c.route].loads[c.load]
+            load.connecting -= 1
+            load.active += 1
+            if load.listed:  # RouteRuntime.connected: the backend's current address
+                load.failures, load.tail, load.tail_drain = 0, 0, self.drains
             if self.record(c, E_CONNECTED, 0):
                 c.connected_at = self.n_records
                 c.connected_drain = self.drains

@@ -90,6 +90,13 @@ def table(runtime: RouteRuntime) -> list[BackendRow]:
     return rows
 
 
+def passive_fall(runtime: RouteRuntime) -> int:
+    """The connect failures in a row that take an address of the table out of the engine's
+    picks at once, as RouteRuntime.connect_failed takes it out of the candidates: none for
+    when_all_down's try_all table (Python's candidates are none: it tries every backend)."""
+    return runtime.route.settings.passive_fall if runtime.candidates else 0
+
+
 class NativeEngine:
     """One engine per ProxyManager: its thread, and its records read on the loop. It also
     keeps the node's places under its caps (traffic.Places) for both data planes: the
@@ -147,6 +154,8 @@ class NativeEngine:
             -1 if settings.max_connections is None else settings.max_connections,
             runtime.app,
             SPLICE[runtime.splice],
+            passive_fall(runtime),
+            settings.when_all_down == "try_all",
         )
         self._slots[slot] = runtime
         # Its connections stay on the engine until they end, even if the route moves to
@@ -166,6 +175,8 @@ class NativeEngine:
             settings.max_connect_attempts,
             -1 if settings.max_connections is None else settings.max_connections,
             SPLICE[runtime.splice],
+            passive_fall(runtime),
+            settings.when_all_down == "try_all",
         )
 
     def __len__(self) -> int:
@@ -305,7 +316,7 @@ class NativeEngine:
         except OSError as err:
             # Like a failed connect, once the engine takes the answer: a late one (the
             # attempt timed out, and was counted so) says nothing more.
-            if self.engine.resolved(index, token):
+            if self.engine.resolved(index, token, err=err.errno or 0):
                 self._report_failure(runtime, member.id, err)
             return
         # A backend deleted meanwhile is connected to all the same, as asyncio's Connector
@@ -439,6 +450,7 @@ class EngineListener:
         self._slot = self._engine.add(self.runtime, self._sock)
         self.runtime.on_candidates = self.refresh
         self.runtime.on_close_backend = self.close_backend
+        self.runtime.on_passive_reset = self.passive_reset
 
     def refresh(self) -> None:
         """The route's candidates or settings changed: the engine's table follows. An
@@ -447,6 +459,10 @@ class EngineListener:
         engine keeps its last table until then rather than read one it cannot serve."""
         if self._slot is not None and unsupported(self.runtime.route, self.runtime) is None:
             self._engine.update(self._slot, self.runtime)
+
+    def passive_reset(self, backend_id: int) -> None:
+        if self._slot is not None:
+            self._engine.engine.passive_reset(self._slot, backend_id)
 
     def close_backend(self, backend_id: int, reason: str) -> None:
         """Reset the open connections to a backend (disabled, or past its drain timeout)."""
@@ -484,3 +500,4 @@ class EngineListener:
         if self.runtime.on_candidates == self.refresh:
             self.runtime.on_candidates = None
             self.runtime.on_close_backend = None
+            self.runtime.on_passive_reset = None

@@ -119,6 +119,10 @@ class RouteRuntime:
         # Told (backend id, reason) when a backend's open connections are reset (disabled,
         # past its drain timeout): the native engine resets its own.
         self.on_close_backend: Callable[[int, str], None] | None = None
+        # Told a backend's id when its count of connect failures in a row went back to 0
+        # other than by a connect (a check passed, a cool-down ended, it came back up): the
+        # native engine, which counts them too, starts again (``_step``).
+        self.on_passive_reset: Callable[[int], None] | None = None
         # The (backend id, bytes up, bytes down) of its connections open on the native
         # engine, which counts them in C (``live_bytes``); set once the engine served it.
         self.on_live: Callable[[], Iterable[tuple[int, int, int]]] | None = None
@@ -521,6 +525,9 @@ class RouteRuntime:
 
     def _step(self, member: Member, step: hm.Step) -> None:
         old = member.health.state
+        reset = step.health.passive_failures == 0 and (
+            member.health.passive_failures > 0 or (step.changed and old == "down")
+        )
         member.health = step.health
         if step.changed:
             log.log(
@@ -538,6 +545,9 @@ class RouteRuntime:
             self._recompute()
             if self.on_health is not None:
                 self.on_health((self.app, self.route_id))
+        if reset and self.on_passive_reset is not None:
+            # After the table (``_recompute``): a backend back up is in it to be found.
+            self.on_passive_reset(member.id)
 
     def finished(self, connection: Counted) -> None:
         self.connections.discard(connection)
