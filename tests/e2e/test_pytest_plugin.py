@@ -84,6 +84,9 @@ def run_user_tests(
     pytester.makepyfile(test_user=USER_TESTS)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SEEN", str(seen))
+        # Not one of this run's xdist workers, if it has some: the user's tests name their
+        # files by the worker they run on.
+        patch.delenv("PYTEST_XDIST_WORKER", raising=False)
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=120)
     return result, {p.stem: json.loads(p.read_text()) for p in seen.glob("*.json")}
 
