@@ -316,9 +316,10 @@ PROXIES: dict[str, Callable[[Backend, Path, Path], RunningProxy]] = {
     "haproxy": _haproxy(splice=False),
     "haproxy-splice": _haproxy(splice=True),
     "nginx": _nginx,
-    "restcp": _restcp("restcp"),
-    "restcp-splice": _restcp("restcp-splice", splice=True),
-    "restcp-copy": _restcp("restcp-copy", splice=False),
+    # The asyncio data plane, named (the native engine is restcp's default).
+    "restcp": _restcp("restcp", engine="asyncio"),
+    "restcp-splice": _restcp("restcp-splice", splice=True, engine="asyncio"),
+    "restcp-copy": _restcp("restcp-copy", splice=False, engine="asyncio"),
     # The native relay engine (docs/engine.md) on the same route. "auto": on the bulk
     # workload it spent no more CPU per MB than true, often less (docs/benchmarks.md).
     "restcp-native": _restcp("restcp-native", splice="auto", engine="native"),

@@ -24,9 +24,9 @@ PROXY_TITLES = {
     "haproxy": "HAProxy",
     "haproxy-splice": "HAProxy + splice",
     "nginx": "nginx stream",
-    "restcp": "restcp",
-    "restcp-splice": "restcp + splice",
-    "restcp-copy": "restcp, splice off",
+    "restcp": "restcp --engine asyncio",
+    "restcp-splice": "restcp --engine asyncio + splice",
+    "restcp-copy": "restcp --engine asyncio, splice off",
     "restcp-native": "restcp --engine native",
 }
 BACKEND_TITLES = {

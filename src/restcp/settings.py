@@ -65,9 +65,9 @@ class Settings:
     # Data-plane processes: 1 is this process alone; N > 1 adds N-1 workers that serve the
     # same routes on SO_REUSEPORT sockets (restcp/workers/).
     workers: int = 1
-    # Which data plane serves the routes it can: "asyncio" (every route), or "native" (the
-    # compiled engine, restcp.engine, for plain routes; docs/engine.md).
-    engine: str = "asyncio"
+    # Which data plane serves the routes it can: "native" (the compiled engine,
+    # restcp.engine, for plain routes; docs/engine.md), or "asyncio" (every route).
+    engine: str = "native"
     # The seed of every random draw of the toxics (toxicity, jitter, slicer sizes), unless a
     # route has its own; None: the node draws one at start and logs it (--seed replays it).
     seed: int | None = None

@@ -268,9 +268,10 @@ SETTINGS = [
         "text lines, or JSON lines with one object per event (RESTCP_LOG_FORMAT; text)"),
     _choice("--loop", ("auto", *LOOPS), "auto",
         "event loop: uvloop where installed (RESTCP_LOOP; auto)"),
-    _choice("--engine", ("asyncio", "native"), "asyncio",
-        "data plane of plain routes: native is the compiled relay engine, asyncio "
-        "where it is not built (RESTCP_ENGINE; asyncio; docs/engine.md)"),
+    _choice("--engine", ("asyncio", "native"), "native",
+        "data plane of plain routes: native is the compiled relay engine (asyncio, with "
+        "a warning, where it is not built); asyncio serves every route in Python "
+        "(RESTCP_ENGINE; native; docs/engine.md)"),
 ]  # fmt: skip
 
 
