@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -487,6 +488,19 @@ def bare_engine() -> Iterator[tuple[Any, socket.socket]]:
         engine.close()
 
 
+@contextlib.contextmanager
+def running(engine: Any) -> Iterator[None]:
+    """``engine``'s loop on a thread of its own; stopped, and what is open reset, after."""
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        engine.stop()
+        thread.join(WAIT)
+        engine.abort()
+
+
 def test_a_bad_table_changes_nothing() -> None:
     """A row of the wrong shape or with an unknown PROXY version: a clear error, from
     update_route and add_route alike."""
@@ -592,3 +606,29 @@ def test_the_engine_sets_nodelay_on_the_socket_it_accepts_on() -> None:
         slot = engine.add_route(listening.fileno(), [], "random", 1.0, 0.0, 0.0, 1, -1)
         assert listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         engine.retire(slot)
+
+
+def test_far_deadlines_wake_no_sweep_and_a_shorter_timeout_applies_at_once() -> None:
+    """Timeouts are swept once one may be due, not every SWEEP ms: a relaying connection
+    whose idle timeout is an hour away costs the loop no sweep while it waits. A route
+    update that shortens the timeout applies to the open connection at once."""
+    with socket.create_server(("127.0.0.1", 0)) as backend, bare_engine() as (engine, listening):
+        family, packed = sockaddr("127.0.0.1", backend.getsockname()[1])
+        table = [(1, family, packed, 1, -1, 0)]
+        # Every deadline far off, the connect's too.
+        slot = engine.add_route(listening.fileno(), table, "random", 3600.0, 3600.0, 0.0, 1, -1)
+        with running(engine), socket.create_connection(listening.getsockname()) as client:
+            served, _ = backend.accept()
+            with served:
+                client.sendall(b"x")
+                assert served.recv(1) == b"x"
+                before = engine.sweeps
+                # Six SWEEP periods of a connection with nothing due (a sweep every 50 ms
+                # would run six times).
+                time.sleep(0.3)
+                assert engine.sweeps - before <= 1
+                engine.update_route(slot, table, "random", 3600.0, 0.2, 0.0, 1, -1)
+                served.settimeout(WAIT)
+                assert served.recv(1) == b""  # closed for idleness, 0.2 s after its byte
+            ends = [record[6] for record in engine.drain()]
+        assert ends[-1] == "idle_timeout", ends

@@ -8,11 +8,8 @@ the whole node side (records read, health checks, the reset they send back)."""
 
 from __future__ import annotations
 
-import contextlib
 import select
 import socket
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,21 +17,9 @@ import pytest
 from restcp.engine import sockaddr
 from restcp.model import HealthCheck
 from tests.integration.harness import WAIT, Server, proxy, refusing_backend, run, until
-from tests.integration.test_engine import bare_engine, named, served_by
+from tests.integration.test_engine import bare_engine, named, running, served_by
 
 HOST = "127.0.0.1"
-
-
-@contextlib.contextmanager
-def running(engine: Any) -> Iterator[None]:
-    thread = threading.Thread(target=engine.run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        engine.stop()
-        thread.join(WAIT)
-        engine.abort()
 
 
 def row(backend_id: int, sock: socket.socket) -> tuple[int, int, bytes, int, int, int]:

@@ -36,16 +36,19 @@ a direction whose pipe holds bytes reads no more until they are written, as one 
 buffer does. No pipe to be had (out of descriptors), or a socket the kernel cannot splice
 from: that read is copied.
 
-Timeouts (connect, idle, half-close) are checked by a sweep over the connections every
-SWEEP milliseconds while any is open. Records reach Python in batches: the loop writes to
-``notify_fd`` (an eventfd the asyncio loop watches) and Python drains every record at once.
+Timeouts (connect, idle, half-close) are checked by a sweep over the connections, which
+runs once the earliest deadline it worked out last time has passed (``due``; each new
+deadline lowers it), and never sooner than SWEEP milliseconds after the last: connections
+whose deadlines are far off (an idle timeout of an hour) wake the loop for nothing.
+Records reach Python in batches: the loop writes to ``notify_fd`` (an eventfd the asyncio
+loop watches) and Python drains every record at once.
 """
 
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free, realloc
 from libc.string cimport memcmp, memcpy, memset, strlen
 from libc.stdio cimport snprintf
-from libc.math cimport log
+from libc.math cimport log, ceil, INFINITY
 from libc.errno cimport (errno, EAGAIN, EINPROGRESS, EINTR, EINVAL, EMFILE, ENFILE, ENOBUFS,
                          ENOMEM, ENOSYS)
 
@@ -162,7 +165,7 @@ cdef enum:
 cdef enum:
     MAX_EVENTS = 256
 cdef enum:
-    SWEEP = 50  # ms between timeout sweeps while connections are open
+    SWEEP = 50  # ms at least between two timeout sweeps (and between accept retries)
 
 # epoll data: kind in the low 2 bits, then the index; the generation in the high 32 bits.
 cdef enum:
@@ -948,6 +951,10 @@ cdef class Engine:
     cdef char *scratch
     cdef int stopping
     cdef int retries  # routes whose accept waits for a retry
+    # No timeout of an open connection is due before this (a lower bound: activity only
+    # moves idle deadlines later); the sweep runs once it has passed, and sets it again.
+    cdef double due
+    cdef uint64_t n_sweeps  # how many sweeps ran (``sweeps``)
     # The node's caps (-1: none) and the places taken under them, by both data planes:
     # ``taken`` every connection's and held client's, ``apps[i]`` those of app i (each
     # malloc'd apart, so that a route's pointer to its own stays valid as apps come).
@@ -959,6 +966,7 @@ cdef class Engine:
     cdef uint64_t rng
 
     def __cinit__(self):
+        self.due = INFINITY
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         self.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         self.notify_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
@@ -1088,8 +1096,11 @@ cdef class Engine:
             self._configure(&self.routes[slot], backends, balance, connect_timeout,
                             idle_timeout, half_close_timeout, max_attempts, max_connections,
                             splice, passive_fall, try_all)
+            # Its timeouts may be shorter now: the next sweep works the deadlines out again.
+            self.due = 0
         finally:
             pthread_mutex_unlock(&self.lock)
+        self._wake()
 
     cdef _configure(self, Route *r, list backends, str balance, double connect_timeout,
                     double idle_timeout, double half_close_timeout, int max_attempts,
@@ -1418,6 +1429,11 @@ cdef class Engine:
         """Open connections, every route's."""
         return self.live
 
+    @property
+    def sweeps(self) -> int:
+        """How many timeout sweeps the loop has run."""
+        return self.n_sweeps
+
     def drain_live(self) -> tuple:
         """``drain``'s records, and at the same instant what the records do not count yet:
         [(slot, backend id, bytes up, bytes down)] of every relayed connection still open,
@@ -1640,10 +1656,9 @@ cdef class Engine:
         cdef uint32_t gen
         cdef uint64_t data, drained
         cdef double last_sweep = now(), t
+        cdef int wait = -1
         while not self.stopping:
-            n = epoll_wait(
-                self.epfd, events, MAX_EVENTS, SWEEP if self.live or self.retries else -1
-            )
+            n = epoll_wait(self.epfd, events, MAX_EVENTS, wait)
             if n < 0 and errno != EINTR:
                 break
             pthread_mutex_lock(&self.lock)
@@ -1663,14 +1678,35 @@ cdef class Engine:
                         and self.conns[index].state != S_FREE:
                     self.on_event(index, kind == K_CLIENT, events[i].events)
             t = now()
-            if (self.live or self.retries) and t - last_sweep >= SWEEP / 1000.0:
+            if (self.retries or t >= self.due) and t - last_sweep >= SWEEP / 1000.0:
                 last_sweep = t
-                self.sweep(t)
+                if t >= self.due:
+                    self.sweep(t)
                 if self.retries:
                     self.retry_accepts()
             if self.n_records != ended:
                 self._notify()
+            wait = self.next_wait(last_sweep)
             pthread_mutex_unlock(&self.lock)
+
+    cdef int next_wait(self, double last_sweep) noexcept nogil:
+        """How long epoll_wait may wait (ms; -1: until an event): until the next sweep, which
+        runs once a timeout may be due or an accept waits for its retry, and never sooner
+        than SWEEP after the last one. Idle connections with far deadlines wake nothing."""
+        cdef double at = last_sweep + SWEEP / 1000.0
+        cdef double wait
+        if not self.retries:
+            if self.due == INFINITY:
+                return -1
+            if self.due > at:
+                at = self.due
+        wait = ceil((at - now()) * 1000.0)
+        return 0 if wait < 0 else <int>wait if wait < 3600000 else 3600000
+
+    cdef inline void soon(self, double when) noexcept nogil:
+        """A timeout may be due at ``when``: the sweep runs then if not before."""
+        if when < self.due:
+            self.due = when
 
     cdef void accept_all(self, int slot) noexcept nogil:
         cdef Route *r = &self.routes[slot]
@@ -1782,6 +1818,7 @@ cdef class Engine:
             r.loads[c.load].connecting += 1
             # The deadline covers a host name's resolution too, as on asyncio.
             c.deadline = now() + r.connect_timeout
+            self.soon(c.deadline)
             if b.family == 0:
                 # A host name: resolved by Python at each connect (never cached, so that
                 # the address policy judges what it points to now). The record asks; the
@@ -1890,6 +1927,8 @@ cdef class Engine:
             # Writable without an error: connected (no SO_ERROR to read).
             c.state = S_RELAY
             c.last = now()
+            if self.routes[c.route].idle_timeout > 0:
+                self.soon(c.last + self.routes[c.route].idle_timeout)
             if c.splice == 1:
                 # Spliced from its connect, as the asyncio pipes do a "splice": true route's.
                 c.up.splicing = c.down.splicing = c.spliced = 1
@@ -1941,6 +1980,8 @@ cdef class Engine:
             self.finish(index, E_CLOSED)
         elif (c.up.shut or c.down.shut) and c.half_since == 0:
             c.half_since = now()
+            if self.routes[c.route].half_close_timeout > 0:
+                self.soon(c.half_since + self.routes[c.route].half_close_timeout)
 
     cdef int queue_header(self, Conn *c) noexcept nogil:
         cdef sockaddr_storage local
@@ -2132,22 +2173,35 @@ cdef class Engine:
         self.record(&blank, end, err)
 
     cdef void sweep(self, double t) noexcept nogil:
+        """End (or fail over) what is past its timeout, and work out when the next one is
+        due: the earliest deadline of what is left open."""
         cdef int i
         cdef Conn *c
         cdef Route *r
+        self.due = INFINITY
+        self.n_sweeps += 1
         for i in range(self.n_conns):
             c = &self.conns[i]
             if c.state == S_FREE:
                 continue
             r = &self.routes[c.route]
             if c.state == S_CONNECTING:
-                if (c.backend >= 0 or c.resolving) and t >= c.deadline:
-                    self.connect_failed(i, 0)
-            elif c.half_since and r.half_close_timeout > 0 \
-                    and t - c.half_since >= r.half_close_timeout:
-                self.finish(i, E_HALF_CLOSE)
-            elif r.idle_timeout > 0 and t - c.last >= r.idle_timeout:
-                self.finish(i, E_IDLE)  # 0: no idle timeout
+                if c.backend >= 0 or c.resolving:
+                    if t >= c.deadline:
+                        self.connect_failed(i, 0)  # a next attempt sets its own deadline
+                    else:
+                        self.soon(c.deadline)
+                continue
+            if c.half_since and r.half_close_timeout > 0:
+                if t - c.half_since >= r.half_close_timeout:
+                    self.finish(i, E_HALF_CLOSE)
+                    continue
+                self.soon(c.half_since + r.half_close_timeout)
+            if r.idle_timeout > 0:  # 0: no idle timeout
+                if t - c.last >= r.idle_timeout:
+                    self.finish(i, E_IDLE)
+                    continue
+                self.soon(c.last + r.idle_timeout)
 
     cdef void finish(self, int index, int end) noexcept nogil:
         """Close both sides (reset them unless the connection ended cleanly), and record it."""
