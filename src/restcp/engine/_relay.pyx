@@ -1156,11 +1156,8 @@ cdef class Engine:
         # each new address a record of none: one whose address left the table and has
         # nothing open, or a new one. Records still counting open connections stay until
         # those end. Two passes, so that no new address takes a record a later row keeps.
-        # An address back in the table starts its passive count over: Python's member for it
-        # may be a new one (a backend given back an address it had), and counting less than
-        # Python does is never wrong, only later (Python's own table then takes it out).
         for j in range(r.n_loads):
-            r.loads[j].listed = 2 if r.loads[j].listed else 0
+            r.loads[j].listed = 0
         for i in range(n):
             table[i].load = -1
             # Most updates keep the rows where they were (a weight, a health change): the
@@ -1176,13 +1173,14 @@ cdef class Engine:
                     table[i].load = j
                     break
             if table[i].load >= 0:
-                load = &r.loads[table[i].load]
-                if not load.listed:
-                    load.failures, load.tail, load.out = 0, 0, 0
-                load.listed = 1
+                r.loads[table[i].load].listed = 1
+        # An address out of the table counts no failure; back in, it starts over: Python's
+        # member for it may be a new one (a backend given back an address it had), and
+        # counting less than Python does is never wrong, only later (Python's own table
+        # then takes it out).
         for j in range(r.n_loads):
-            if r.loads[j].listed == 2:
-                r.loads[j].listed = 0
+            if not r.loads[j].listed:
+                r.loads[j].failures, r.loads[j].tail, r.loads[j].out = 0, 0, 0
         j = 0
         for i in range(n):
             if table[i].load >= 0:
@@ -1234,6 +1232,7 @@ cdef class Engine:
                     load.failures = load.tail if load.tail_drain == self.drains else 0
                     load.out = r.passive_fall > 0 and load.failures >= r.passive_fall
                     passive_changed(r)
+                    break  # ids are unique in a table
         finally:
             pthread_mutex_unlock(&self.lock)
 
@@ -1686,13 +1685,14 @@ cdef class Engine:
                     self.retry_accepts()
             if self.n_records != ended:
                 self._notify()
-            wait = self.next_wait(last_sweep)
+            wait = self.next_wait(t, last_sweep)
             pthread_mutex_unlock(&self.lock)
 
-    cdef int next_wait(self, double last_sweep) noexcept nogil:
+    cdef int next_wait(self, double t, double last_sweep) noexcept nogil:
         """How long epoll_wait may wait (ms; -1: until an event): until the next sweep, which
         runs once a timeout may be due or an accept waits for its retry, and never sooner
-        than SWEEP after the last one. Idle connections with far deadlines wake nothing."""
+        than SWEEP after the last one (``t``: the time the loop read last). Idle connections
+        with far deadlines wake nothing."""
         cdef double at = last_sweep + SWEEP / 1000.0
         cdef double wait
         if not self.retries:
@@ -1700,7 +1700,7 @@ cdef class Engine:
                 return -1
             if self.due > at:
                 at = self.due
-        wait = ceil((at - now()) * 1000.0)
+        wait = ceil((at - t) * 1000.0)
         return 0 if wait < 0 else <int>wait if wait < 3600000 else 3600000
 
     cdef inline void soon(self, double when) noexcept nogil:
@@ -1935,8 +1935,11 @@ cdef class Engine:
             load = &self.routes[c.route].loads[c.load]
             load.connecting -= 1
             load.active += 1
-            if load.listed:  # RouteRuntime.connected: the backend's current address
-                load.failures, load.tail, load.tail_drain = 0, 0, self.drains
+            # RouteRuntime.connected: the run of failures of the backend's current address
+            # ends (none counts while the address is out of the table; with no failure in
+            # the run, none counts since the last drain either).
+            if load.failures:
+                load.failures, load.tail = 0, 0
             if self.record(c, E_CONNECTED, 0):
                 c.connected_at = self.n_records
                 c.connected_drain = self.drains
